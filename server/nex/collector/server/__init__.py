@@ -1,0 +1,1 @@
+"""The NEX Collector service."""
