@@ -1,0 +1,1 @@
+"""Pure domain code: entities, rules and errors. No gRPC, no SQL."""

@@ -1,0 +1,1 @@
+"""Teacher model providers: one interface (`base.TeacherProvider`), one file each."""
