@@ -1,2 +1,97 @@
+"""`nex-collector`: the operator's commands (dev, serve, worker, migrate) and a
+person's commands at a terminal (demo, batch …, dataset …)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+
+from nex.collector.server import logs
+from nex.collector.server.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="nex-collector",
+    help="Collect teacher-model outputs and build distillation datasets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+AddrOpt = Annotated[str | None, typer.Option("--addr", help="host:port to serve gRPC on [NEX_COLLECTOR_ADDR]")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="data directory [DATA_DIR]")]
+
+
+def settings_from(addr: str | None = None, data_dir: Path | None = None) -> Settings:
+    overrides: dict[str, object] = {}
+    if addr:
+        overrides["NEX_COLLECTOR_ADDR"] = addr
+    if data_dir:
+        overrides["DATA_DIR"] = data_dir
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, json_lines=settings.log_json)
+    return settings
+
+
+def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
+    from nex.collector.server.runtime import run
+
+    def ready(container: object, server: object) -> None:
+        where = "embedded PostgreSQL + Redis in " + str(settings.data_dir) if settings.embedded else "DATABASE_URL / REDIS_URL"
+        parts = []
+        if server is not None:
+            parts.append(f"gRPC on {server.address}")  # type: ignore[attr-defined]
+        if work:
+            parts.append("worker running")
+        console.print(f"[green]nex-collector ready[/green]: {', '.join(parts)} ({where}); Ctrl-C stops")
+
+    asyncio.run(run(settings, serve=serve, work=work, migrate=migrate, ready=ready))
+
+
+@app.command()
+def dev(addr: AddrOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Embedded PostgreSQL + Redis (unless DATABASE_URL/REDIS_URL are set), migrations,
+    server and worker in one process, in the foreground."""
+    _run(settings_from(addr, data_dir), serve=True, work=True, migrate=True)
+
+
+@app.command()
+def serve(
+    addr: AddrOpt = None,
+    data_dir: DataDirOpt = None,
+    migrate: Annotated[bool, typer.Option(help="apply migrations first")] = False,
+) -> None:
+    """The gRPC server only."""
+    _run(settings_from(addr, data_dir), serve=True, work=False, migrate=migrate)
+
+
+@app.command()
+def worker(data_dir: DataDirOpt = None) -> None:
+    """An arq worker: calls teachers, builds datasets, delivers evidence."""
+    _run(settings_from(None, data_dir), serve=False, work=True, migrate=False)
+
+
+@app.command()
+def migrate(data_dir: DataDirOpt = None) -> None:
+    """Brings the database schema to the newest migration."""
+    settings = settings_from(None, data_dir)
+
+    async def main() -> None:
+        from nex.collector.server.bootstrap import open_container
+
+        async with open_container(settings, migrate=True):
+            pass
+
+    asyncio.run(main())
+    console.print("[green]schema is up to date[/green]")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

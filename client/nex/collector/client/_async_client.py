@@ -1,0 +1,724 @@
+"""The asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from grpc import aio
+from nex.collector.v1 import (
+    context_ref_service_pb2,
+    context_ref_service_pb2_grpc,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    evidence_service_pb2,
+    evidence_service_pb2_grpc,
+    teacher_pb2,
+    teacher_service_pb2,
+    teacher_service_pb2_grpc,
+    template_service_pb2,
+    template_service_pb2_grpc,
+)
+
+from . import _convert
+from ._auth import BearerTokenInterceptor
+from ._errors import (
+    CollectorError,
+    DatasetBuildError,
+    UnavailableError,
+    from_rpc_error,
+    map_errors,
+)
+from ._types import (
+    ContextRef,
+    DatasetManifest,
+    DatasetStatus,
+    EvidenceLink,
+    Filter,
+    GenerationParams,
+    PromptTemplate,
+    RunEvent,
+    RunInput,
+    RunStatus,
+    RunView,
+    TeacherBatch,
+    TeacherRun,
+)
+from ._watch import WatchRetry, is_transient
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_T = TypeVar("_T")
+_P = TypeVar("_P", bound="_Page")
+
+# The channel notices a restarted server within a few seconds instead of
+# gRPC's default reconnect backoff of up to two minutes.
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class _Page(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+def _rid(request_id: str | None) -> str:
+    return request_id or ""
+
+
+class AsyncClient:
+    """Asynchronous client of every NEX Collector service.
+
+    Create it with ``await AsyncClient.connect(...)`` or
+    ``async with AsyncClient.connect(...) as client:``. One client (one HTTP/2
+    channel) serves any number of concurrent calls; share it.
+
+    ``timeout`` is the deadline in seconds of every unary call (None: none);
+    streams have no deadline. Failed calls raise a ``CollectorError``
+    subclass. ``list_*`` methods return lazy iterators that fetch the next
+    page on demand.
+    """
+
+    def __init__(
+        self,
+        channel: aio.Channel,
+        *,
+        timeout: float | None = 30,
+        watch_retry: WatchRetry | None = None,
+    ) -> None:
+        """Wraps an existing channel (prefer ``connect``, which also sets up auth)."""
+        self._channel = channel
+        self.timeout = timeout
+        self.watch_retry = watch_retry or WatchRetry()
+        self._context_refs = context_ref_service_pb2_grpc.ContextRefServiceStub(channel)
+        self._templates = template_service_pb2_grpc.TemplateServiceStub(channel)
+        self._teacher = teacher_service_pb2_grpc.TeacherServiceStub(channel)
+        self._datasets = dataset_service_pb2_grpc.DatasetServiceStub(channel)
+        self._evidence = evidence_service_pb2_grpc.EvidenceServiceStub(channel)
+
+    # ------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def connect(
+        cls,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        *,
+        timeout: float | None = 30,
+        tls: bool | grpc.ChannelCredentials = False,
+        lazy: bool = False,
+        watch_retry: WatchRetry | None = None,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> _Connect:
+        """Connects to ``target`` (``host:port``), sending ``token`` as a bearer token.
+
+        Await it (``client = await AsyncClient.connect()``) or use it as an
+        async context manager. Unless ``lazy``, waits up to ``timeout`` for the
+        server and raises ``UnavailableError`` when it cannot be reached.
+        ``tls``: True for TLS with the system roots, or explicit credentials.
+        ``options``: extra gRPC channel arguments.
+        """
+        return _Connect(
+            cls._open(
+                target,
+                token,
+                timeout=timeout,
+                tls=tls,
+                lazy=lazy,
+                watch_retry=watch_retry,
+                options=options,
+            )
+        )
+
+    @classmethod
+    async def _open(
+        cls,
+        target: str,
+        token: str | None,
+        *,
+        timeout: float | None,
+        tls: bool | grpc.ChannelCredentials,
+        lazy: bool,
+        watch_retry: WatchRetry | None,
+        options: Iterable[tuple[str, Any]],
+    ) -> AsyncClient:
+        interceptors = [BearerTokenInterceptor(token)] if token else []
+        opts = dict(_CHANNEL_OPTIONS)
+        opts.update(options)
+        channel_options = list(opts.items())
+        if tls is False:
+            channel = aio.insecure_channel(
+                target, options=channel_options, interceptors=interceptors
+            )
+        else:
+            creds = grpc.ssl_channel_credentials() if tls is True else tls
+            channel = aio.secure_channel(
+                target, creds, options=channel_options, interceptors=interceptors
+            )
+        if not lazy:
+            try:
+                async with asyncio.timeout(timeout):
+                    await channel.channel_ready()
+            except TimeoutError:
+                await channel.close(None)
+                raise UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"could not connect to {target} within {timeout} s",
+                ) from None
+            except BaseException:
+                await channel.close(None)
+                raise
+        return cls(channel, timeout=timeout, watch_retry=watch_retry)
+
+    async def close(self) -> None:
+        """Closes the channel, cancelling calls in flight."""
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --------------------------------------------------------------- helpers
+
+    async def _call(self, method: aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req) -> _Resp:
+        with map_errors():
+            return await method(request, timeout=self.timeout)
+
+    async def _paginate(
+        self,
+        fetch: Callable[[str], Awaitable[_P]],
+        items: Callable[[_P], Iterable[_T]],
+    ) -> AsyncIterator[_T]:
+        token = ""
+        while True:
+            page = await fetch(token)
+            for item in items(page):
+                yield item
+            token = page.next_page_token
+            if not token:
+                return
+
+    # ---------------------------------------------------------- context refs
+
+    async def create_context_ref(
+        self,
+        nex_context_id: str,
+        nex_context_version: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> ContextRef:
+        """Registers a NEX context version; the same pair again returns the existing one."""
+        resp = await self._call(
+            self._context_refs.CreateContextRef,
+            context_ref_service_pb2.CreateContextRefRequest(
+                nex_context_id=nex_context_id,
+                nex_context_version=nex_context_version,
+                labels=dict(labels or {}),
+                request_id=_rid(request_id),
+            ),
+        )
+        return _convert.context_ref(resp.context_ref)
+
+    async def get_context_ref(self, id: str) -> ContextRef:
+        resp = await self._call(
+            self._context_refs.GetContextRef, context_ref_service_pb2.GetContextRefRequest(id=id)
+        )
+        return _convert.context_ref(resp.context_ref)
+
+    def list_context_refs(
+        self, *, nex_context_id: str | None = None, page_size: int = 0
+    ) -> AsyncIterator[ContextRef]:
+        async def fetch(token: str) -> context_ref_service_pb2.ListContextRefsResponse:
+            return await self._call(
+                self._context_refs.ListContextRefs,
+                context_ref_service_pb2.ListContextRefsRequest(
+                    nex_context_id=nex_context_id or "", page_size=page_size, page_token=token
+                ),
+            )
+
+        return self._paginate(fetch, lambda p: map(_convert.context_ref, p.context_refs))
+
+    # ------------------------------------------------------------- templates
+
+    async def create_template(
+        self,
+        name: str,
+        *,
+        user_template: str,
+        system_template: str = "",
+        variables: Iterable[str] = (),
+        context_ref_id: str | None = None,
+        request_id: str | None = None,
+    ) -> PromptTemplate:
+        """Creates the next version of template ``name``. Every placeholder must be
+        declared in ``variables``."""
+        resp = await self._call(
+            self._templates.CreateTemplate,
+            template_service_pb2.CreateTemplateRequest(
+                name=name,
+                system_template=system_template,
+                user_template=user_template,
+                variables=list(variables),
+                context_ref_id=context_ref_id or "",
+                request_id=_rid(request_id),
+            ),
+        )
+        return _convert.template(resp.template)
+
+    async def get_template(self, id: str) -> PromptTemplate:
+        resp = await self._call(
+            self._templates.GetTemplate, template_service_pb2.GetTemplateRequest(id=id)
+        )
+        return _convert.template(resp.template)
+
+    def list_templates(
+        self, name: str | None = None, *, page_size: int = 0
+    ) -> AsyncIterator[PromptTemplate]:
+        async def fetch(token: str) -> template_service_pb2.ListTemplatesResponse:
+            return await self._call(
+                self._templates.ListTemplates,
+                template_service_pb2.ListTemplatesRequest(
+                    name=name or "", page_size=page_size, page_token=token
+                ),
+            )
+
+        return self._paginate(fetch, lambda p: map(_convert.template, p.templates))
+
+    # --------------------------------------------------------------- batches
+
+    async def create_batch(
+        self,
+        name: str,
+        template_id: str,
+        provider: str,
+        model: str,
+        *,
+        params: GenerationParams | None = None,
+        context_ref_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        link_evidence: bool = False,
+    ) -> TeacherBatch:
+        """Creates an empty batch; add runs with ``create_run`` / ``create_runs``."""
+        resp = await self._call(
+            self._teacher.CreateBatch,
+            teacher_service_pb2.CreateBatchRequest(
+                name=name,
+                template_id=template_id,
+                provider=str(provider),
+                model=model,
+                params=_convert.params_to_proto(params or GenerationParams()),
+                context_ref_id=context_ref_id or "",
+                labels=dict(labels or {}),
+                request_id=_rid(request_id),
+                link_evidence=link_evidence,
+            ),
+        )
+        return _convert.batch(resp.batch)
+
+    async def get_batch(self, id: str) -> TeacherBatch:
+        resp = await self._call(self._teacher.GetBatch, teacher_service_pb2.GetBatchRequest(id=id))
+        return _convert.batch(resp.batch)
+
+    def list_batches(self, *, page_size: int = 0) -> AsyncIterator[TeacherBatch]:
+        async def fetch(token: str) -> teacher_service_pb2.ListBatchesResponse:
+            return await self._call(
+                self._teacher.ListBatches,
+                teacher_service_pb2.ListBatchesRequest(page_size=page_size, page_token=token),
+            )
+
+        return self._paginate(fetch, lambda p: map(_convert.batch, p.batches))
+
+    async def cancel_batch(self, id: str) -> TeacherBatch:
+        """Cancels every queued run; running ones end cancelled when they return."""
+        resp = await self._call(
+            self._teacher.CancelBatch, teacher_service_pb2.CancelBatchRequest(id=id)
+        )
+        return _convert.batch(resp.batch)
+
+    # ------------------------------------------------------------------ runs
+
+    async def create_run(
+        self, batch_id: str, variables: Mapping[str, str], *, request_id: str | None = None
+    ) -> TeacherRun:
+        """Renders the batch's template with ``variables`` and queues one run."""
+        resp = await self._call(
+            self._teacher.CreateRun,
+            teacher_service_pb2.CreateRunRequest(
+                batch_id=batch_id, variables=dict(variables), request_id=_rid(request_id)
+            ),
+        )
+        return _convert.run(resp.run)
+
+    async def create_runs(
+        self, batch_id: str, runs: Iterable[Mapping[str, str] | RunInput]
+    ) -> list[TeacherRun]:
+        """Queues many runs in one atomic call (one bad input creates nothing; the
+        error's ``field_violations`` name it, e.g. ``runs[3].variables``). Pass
+        ``RunInput(variables, request_id)`` for per-run idempotency keys.
+        Returns the runs in the order given."""
+        resp = await self._call(
+            self._teacher.BatchCreateRuns,
+            teacher_service_pb2.BatchCreateRunsRequest(
+                batch_id=batch_id, runs=[_convert.run_input(r) for r in runs]
+            ),
+        )
+        return [_convert.run(r) for r in resp.runs]
+
+    async def get_run(self, id: str, *, view: RunView = RunView.FULL) -> TeacherRun:
+        resp = await self._call(
+            self._teacher.GetRun,
+            teacher_service_pb2.GetRunRequest(id=id, view=teacher_pb2.RunView.ValueType(view)),
+        )
+        return _convert.run(resp.run)
+
+    def list_runs(
+        self,
+        batch_id: str,
+        *,
+        status: RunStatus | None = None,
+        view: RunView = RunView.BASIC,
+        page_size: int = 0,
+    ) -> AsyncIterator[TeacherRun]:
+        async def fetch(token: str) -> teacher_service_pb2.ListRunsResponse:
+            return await self._call(
+                self._teacher.ListRuns,
+                teacher_service_pb2.ListRunsRequest(
+                    batch_id=batch_id,
+                    status=teacher_pb2.RunStatus.ValueType(status or 0),
+                    view=teacher_pb2.RunView.ValueType(view),
+                    page_size=page_size,
+                    page_token=token,
+                ),
+            )
+
+        return self._paginate(fetch, lambda p: map(_convert.run, p.runs))
+
+    async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> TeacherRun:
+        """Merges named scores into a completed run's scores."""
+        resp = await self._call(
+            self._teacher.SetRunScores,
+            teacher_service_pb2.SetRunScoresRequest(run_id=run_id, scores=dict(scores)),
+        )
+        return _convert.run(resp.run)
+
+    # --------------------------------------------------------------- watches
+
+    def watch_runs(
+        self,
+        *,
+        batch_id: str | None = None,
+        run_id: str | None = None,
+        after_revision: int = 0,
+        follow: bool = False,
+        reconnect: bool = False,
+        retry: WatchRetry | None = None,
+    ) -> AsyncIterator[RunEvent]:
+        """Streams the run events of a batch or of one run (give exactly one):
+        first every stored event after ``after_revision``, then live ones.
+        Heartbeats are skipped. A run watch ends after the run's terminal
+        event; a batch watch once no run is queued or running, unless
+        ``follow``. With ``reconnect`` it resumes like ``watch_batch``."""
+        if batch_id is not None and run_id is not None:
+            raise ValueError("give batch_id or run_id, not both")
+        return self._watch(
+            batch_id=batch_id,
+            run_id=run_id,
+            after_revision=after_revision,
+            follow=follow,
+            retry=(retry or self.watch_retry) if reconnect else None,
+        )
+
+    def watch_batch(
+        self,
+        batch_id: str,
+        *,
+        after_revision: int = 0,
+        follow: bool = False,
+        retry: WatchRetry | None = None,
+    ) -> AsyncIterator[RunEvent]:
+        """Streams a batch's run events, reconnecting by itself.
+
+        When the stream breaks (server restart, connection loss, UNAVAILABLE)
+        it reopens it after the last revision seen, with the backoff of
+        ``retry`` (default: the client's ``watch_retry``); no event is yielded
+        twice or skipped. Raises the last error after ``retry.give_up_after``
+        seconds without contact."""
+        return self._watch(
+            batch_id=batch_id,
+            run_id=None,
+            after_revision=after_revision,
+            follow=follow,
+            retry=retry or self.watch_retry,
+        )
+
+    def watch_run(
+        self,
+        run_id: str,
+        *,
+        after_revision: int = 0,
+        retry: WatchRetry | None = None,
+    ) -> AsyncIterator[RunEvent]:
+        """Streams one run's events until its terminal event, reconnecting like
+        ``watch_batch``."""
+        return self._watch(
+            batch_id=None,
+            run_id=run_id,
+            after_revision=after_revision,
+            follow=False,
+            retry=retry or self.watch_retry,
+        )
+
+    async def _watch(
+        self,
+        *,
+        batch_id: str | None,
+        run_id: str | None,
+        after_revision: int,
+        follow: bool,
+        retry: WatchRetry | None,
+    ) -> AsyncIterator[RunEvent]:
+        last = after_revision
+        failures = 0
+        outage_since: float | None = None
+        idle = retry.idle_timeout if retry else None
+        while True:
+            request = teacher_service_pb2.WatchRunsRequest(after_revision=last, follow=follow)
+            if run_id is not None:
+                request.run_id = run_id
+            elif batch_id is not None:
+                request.batch_id = batch_id
+            call = self._teacher.WatchRuns(request)
+            error: CollectorError
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(idle):
+                            msg = await call.read()
+                    except grpc.RpcError as err:
+                        raise from_rpc_error(err) from err
+                    if not isinstance(msg, teacher_service_pb2.WatchRunsResponse):
+                        break  # EOF: the server ended the stream normally
+                    failures, outage_since = 0, None  # the server is alive
+                    if msg.WhichOneof("kind") != "event":
+                        continue
+                    event = _convert.run_event(msg.event)
+                    if event.revision <= last:
+                        continue  # never yield an event twice
+                    last = event.revision
+                    yield event
+                    if run_id is not None and event.status.is_terminal:
+                        return
+                if run_id is None and not follow:
+                    return
+                # A run watch that ends before the terminal event, or a followed
+                # batch watch that ends at all, was cut short (e.g. a draining server).
+                error = UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE, "the watch stream ended early"
+                )
+            except TimeoutError:
+                error = UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE, f"no message from the server for {idle} s"
+                )
+            except CollectorError as err:
+                if retry is None or not is_transient(err):
+                    raise
+                error = err
+            finally:
+                call.cancel()
+            if retry is None:
+                raise error
+            now = time.monotonic()
+            if outage_since is None:
+                outage_since = now
+            if retry.give_up_after is not None and now - outage_since >= retry.give_up_after:
+                raise error
+            delay = retry.delay(failures, error.retry_delay)
+            if retry.give_up_after is not None:
+                delay = min(delay, max(0.0, outage_since + retry.give_up_after - now))
+            failures += 1
+            await asyncio.sleep(delay)
+
+    # -------------------------------------------------------------- datasets
+
+    async def build_dataset(
+        self,
+        name: str,
+        version: str,
+        batch_ids: Iterable[str],
+        *,
+        filters: Iterable[Filter] = (),
+        request_id: str | None = None,
+        context_ref_id: str | None = None,
+        link_evidence: bool = False,
+    ) -> DatasetManifest:
+        """Starts a build from the completed runs of ``batch_ids``; returns the
+        manifest in ``DatasetStatus.BUILDING`` (see ``wait_dataset``). Filters
+        apply in order; a run is kept when every filter keeps it."""
+        resp = await self._call(
+            self._datasets.BuildDataset,
+            dataset_service_pb2.BuildDatasetRequest(
+                name=name,
+                version=version,
+                batch_ids=list(batch_ids),
+                filters=[_convert.filter_to_proto(f) for f in filters],
+                request_id=_rid(request_id),
+                context_ref_id=context_ref_id or "",
+                link_evidence=link_evidence,
+            ),
+        )
+        return _convert.dataset(resp.dataset)
+
+    async def get_dataset(self, id: str) -> DatasetManifest:
+        resp = await self._call(
+            self._datasets.GetDataset, dataset_service_pb2.GetDatasetRequest(id=id)
+        )
+        return _convert.dataset(resp.dataset)
+
+    def list_datasets(
+        self, name: str | None = None, *, page_size: int = 0
+    ) -> AsyncIterator[DatasetManifest]:
+        async def fetch(token: str) -> dataset_service_pb2.ListDatasetsResponse:
+            return await self._call(
+                self._datasets.ListDatasets,
+                dataset_service_pb2.ListDatasetsRequest(
+                    name=name or "", page_size=page_size, page_token=token
+                ),
+            )
+
+        return self._paginate(fetch, lambda p: map(_convert.dataset, p.datasets))
+
+    async def wait_dataset(
+        self,
+        id: str,
+        *,
+        timeout: float | None = 600,
+        poll_interval: float = 0.5,
+        raise_on_failure: bool = True,
+    ) -> DatasetManifest:
+        """Polls until the build is READY or FAILED and returns the manifest.
+
+        A FAILED build raises ``DatasetBuildError`` (its ``.dataset`` is the
+        manifest) unless ``raise_on_failure=False``, which returns it for the
+        caller to check ``.status``. Raises ``TimeoutError`` after ``timeout``
+        seconds (None: wait forever)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                manifest = await self.get_dataset(id)
+                if manifest.status == DatasetStatus.FAILED and raise_on_failure:
+                    raise DatasetBuildError(manifest)
+                if manifest.status.is_terminal:
+                    return manifest
+                await asyncio.sleep(poll_interval)
+
+    # -------------------------------------------------------------- evidence
+
+    async def create_evidence_link(
+        self,
+        context_ref_id: str,
+        *,
+        dataset_id: str | None = None,
+        run_id: str | None = None,
+        kind: str = "evidence",
+        note: str = "",
+        request_id: str | None = None,
+    ) -> EvidenceLink:
+        """Links a dataset or a run (give one) to a NEX context; integrated mode
+        only (standalone answers ``FailedPreconditionError``)."""
+        if dataset_id is not None and run_id is not None:
+            raise ValueError("give dataset_id or run_id, not both")
+        request = evidence_service_pb2.CreateEvidenceLinkRequest(
+            context_ref_id=context_ref_id, kind=kind, note=note, request_id=_rid(request_id)
+        )
+        if dataset_id is not None:
+            request.dataset_id = dataset_id
+        elif run_id is not None:
+            request.run_id = run_id
+        resp = await self._call(self._evidence.CreateEvidenceLink, request)
+        return _convert.evidence_link(resp.evidence_link)
+
+    async def get_evidence_link(self, id: str) -> EvidenceLink:
+        resp = await self._call(
+            self._evidence.GetEvidenceLink, evidence_service_pb2.GetEvidenceLinkRequest(id=id)
+        )
+        return _convert.evidence_link(resp.evidence_link)
+
+    def list_evidence_links(
+        self, context_ref_id: str | None = None, *, page_size: int = 0
+    ) -> AsyncIterator[EvidenceLink]:
+        async def fetch(token: str) -> evidence_service_pb2.ListEvidenceLinksResponse:
+            return await self._call(
+                self._evidence.ListEvidenceLinks,
+                evidence_service_pb2.ListEvidenceLinksRequest(
+                    context_ref_id=context_ref_id or "", page_size=page_size, page_token=token
+                ),
+            )
+
+        return self._paginate(fetch, lambda p: map(_convert.evidence_link, p.evidence_links))
+
+
+class _Connect:
+    """What ``AsyncClient.connect`` returns: await it for the client, or use it
+    as ``async with`` to close the client on exit."""
+
+    __slots__ = ("_client", "_coro")
+
+    def __init__(self, coro: Awaitable[AsyncClient]) -> None:
+        self._coro = coro
+        self._client: AsyncClient | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncClient]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> AsyncClient:
+        self._client = await self._coro
+        return self._client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def connect_async(
+    target: str = DEFAULT_TARGET,
+    token: str | None = None,
+    *,
+    timeout: float | None = 30,
+    tls: bool | grpc.ChannelCredentials = False,
+    lazy: bool = False,
+    watch_retry: WatchRetry | None = None,
+    options: Iterable[tuple[str, Any]] = (),
+) -> _Connect:
+    """``AsyncClient.connect``: ``client = await connect_async(target, token)``."""
+    return AsyncClient.connect(
+        target,
+        token,
+        timeout=timeout,
+        tls=tls,
+        lazy=lazy,
+        watch_retry=watch_retry,
+        options=options,
+    )

@@ -1,0 +1,109 @@
+"""The grpc.aio server: our five services, health (NOT_SERVING while draining) and
+reflection."""
+
+from __future__ import annotations
+
+import logging
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nex.collector.server.api.interceptors import ServerInterceptor
+from nex.collector.server.api.servicers.context_refs import ContextRefServicer
+from nex.collector.server.api.servicers.templates import TemplateServicer
+from nex.collector.server.bootstrap import Container
+from nex.collector.v1 import (
+    context_ref_service_pb2,
+    context_ref_service_pb2_grpc,
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    evidence_service_pb2,
+    evidence_service_pb2_grpc,
+    teacher_service_pb2,
+    teacher_service_pb2_grpc,
+    template_service_pb2,
+    template_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (context_ref_service_pb2, "ContextRefService"),
+        (template_service_pb2, "TemplateService"),
+        (teacher_service_pb2, "TeacherService"),
+        (dataset_service_pb2, "DatasetService"),
+        (evidence_service_pb2, "EvidenceService"),
+    )
+)
+
+
+class GrpcServer:
+    """Start, serve, drain: `await start()`, then `await stop(grace)`."""
+
+    def __init__(self, container: Container, addr: str) -> None:
+        self._container = container
+        self._addr = addr
+        self._server = aio.server(
+            interceptors=[ServerInterceptor(container.settings.tokens)],
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ],
+        )
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> int:
+        c = self._container
+        context_ref_service_pb2_grpc.add_ContextRefServiceServicer_to_server(
+            ContextRefServicer(c.context_refs), self._server
+        )
+        template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
+            TemplateServicer(c.templates), self._server
+        )
+        teacher_service_pb2_grpc.add_TeacherServiceServicer_to_server(
+            c.extras.get("teacher_servicer") or teacher_service_pb2_grpc.TeacherServiceServicer(),
+            self._server,
+        )
+        dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(
+            c.extras.get("dataset_servicer") or dataset_service_pb2_grpc.DatasetServiceServicer(),
+            self._server,
+        )
+        evidence_service_pb2_grpc.add_EvidenceServiceServicer_to_server(
+            c.extras.get("evidence_servicer") or evidence_service_pb2_grpc.EvidenceServiceServicer(),
+            self._server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(self._addr)
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s", self.address)
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host = self._addr.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def _set_health(self, name: str, status: int) -> None:
+        await self._health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Reports NOT_SERVING, lets in-flight calls finish for `grace` seconds, stops."""
+        for name in ("", *SERVICE_NAMES):
+            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,1 @@
+"""One servicer per service: validate the message shape, call the use case, convert."""

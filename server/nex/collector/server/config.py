@@ -1,0 +1,90 @@
+"""The only place the environment is read."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IntegrationMode(StrEnum):
+    STANDALONE = "standalone"
+    INTEGRATED = "integrated"
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, from environment variables (names as in the README)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
+    addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
+    tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
+
+    mode: IntegrationMode = Field(
+        default=IntegrationMode.STANDALONE, validation_alias="MODE_INTEGRATION"
+    )
+    nex_base_url: str | None = Field(default=None, validation_alias="NEX_BASE_URL")
+    nex_api_token: SecretStr | None = Field(default=None, validation_alias="NEX_API_TOKEN")
+    nex_timeout_s: float = Field(default=5.0, validation_alias="NEX_TIMEOUT_S", gt=0)
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
+    teacher_timeout_s: float = Field(default=60.0, validation_alias="TEACHER_TIMEOUT_S", gt=0)
+    teacher_max_attempts: int = Field(default=4, validation_alias="TEACHER_MAX_ATTEMPTS", ge=1)
+
+    worker_max_jobs: int = Field(default=256, validation_alias="WORKER_MAX_JOBS", ge=1)
+    run_lease_s: float = Field(default=300.0, validation_alias="RUN_LEASE_S", gt=0)
+    reconcile_interval_s: float = Field(
+        default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0
+    )
+    watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    log_json: bool = Field(default=False, validation_alias="LOG_JSON")
+
+    @model_validator(mode="after")
+    def _integrated_needs_nex(self) -> Settings:
+        if self.mode is IntegrationMode.INTEGRATED and not self.nex_base_url:
+            raise ValueError(
+                "MODE_INTEGRATION=integrated needs NEX_BASE_URL (the NEX API, e.g. "
+                "https://nex.example.com); set it or use MODE_INTEGRATION=standalone"
+            )
+        return self
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        """Accepted bearer tokens; empty means authentication is off."""
+        return frozenset(t.strip() for t in self.tokens_csv.split(",") if t.strip())
+
+    @property
+    def embedded(self) -> bool:
+        """Whether PostgreSQL and Redis are started in the data directory."""
+        return self.database_url is None and self.redis_url is None
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Reads the environment (overrides win); a bad setting is a ConfigError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(problems) from None

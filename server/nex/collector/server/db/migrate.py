@@ -1,0 +1,38 @@
+"""Runs Alembic migrations programmatically (`nex-collector migrate`, `dev`, tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def _upgrade(connection: Connection, database_url: str) -> None:
+    config = alembic_config(database_url)
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def upgrade_to_head(engine: AsyncEngine) -> None:
+    """Brings the schema to the newest migration; safe to run concurrently
+    (an advisory lock serialises migrators)."""
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("SELECT pg_advisory_lock(7262001)")
+        try:
+            await connection.run_sync(_upgrade, engine.url.render_as_string(hide_password=False))
+            await connection.commit()
+        finally:
+            await connection.exec_driver_sql("SELECT pg_advisory_unlock(7262001)")
+            await connection.commit()

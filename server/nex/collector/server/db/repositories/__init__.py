@@ -1,0 +1,1 @@
+"""One repository per aggregate; each takes the unit of work's AsyncSession."""

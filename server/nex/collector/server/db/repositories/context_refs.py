@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from nex.collector.server.db.repositories.base import Repository
+from nex.collector.server.db.tables import context_refs
+from nex.collector.server.domain.context_refs import ContextRef
+from nex.collector.server.domain.pagination import PageRequest
+
+
+def _entity(row: Mapping[str, Any]) -> ContextRef:
+    return ContextRef(
+        id=row["id"],
+        nex_context_id=row["nex_context_id"],
+        nex_context_version=row["nex_context_version"],
+        labels=dict(row["labels"]),
+        create_time=row["create_time"],
+    )
+
+
+class ContextRefRepository(Repository):
+    table = context_refs
+
+    async def get(self, id_: str) -> ContextRef | None:
+        row = await self._one(select(context_refs).where(context_refs.c.id == id_))
+        return _entity(row) if row else None
+
+    async def find(self, *, request_id: str = "", nex_context_id: str = "",
+                   nex_context_version: str = "") -> ContextRef | None:
+        """By request id, else by (nex_context_id, nex_context_version)."""
+        if request_id:
+            row = await self._one(select(context_refs).where(context_refs.c.request_id == request_id))
+            if row:
+                return _entity(row)
+        if nex_context_id:
+            row = await self._one(
+                select(context_refs).where(
+                    context_refs.c.nex_context_id == nex_context_id,
+                    context_refs.c.nex_context_version == nex_context_version,
+                )
+            )
+            if row:
+                return _entity(row)
+        return None
+
+    async def insert(self, ref: ContextRef, request_id: str) -> bool:
+        """False when a concurrent create won (same request id or NEX context version)."""
+        stmt = (
+            insert(context_refs)
+            .values(
+                id=ref.id,
+                nex_context_id=ref.nex_context_id,
+                nex_context_version=ref.nex_context_version,
+                labels=ref.labels,
+                request_id=request_id or None,
+                create_time=ref.create_time,
+            )
+            .on_conflict_do_nothing()
+            .returning(context_refs.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def list(self, page: PageRequest, *, nex_context_id: str = "") -> tuple[Sequence[ContextRef], str | None]:
+        stmt = select(context_refs)
+        if nex_context_id:
+            stmt = stmt.where(context_refs.c.nex_context_id == nex_context_id)
+        rows, next_key = await self._page(stmt, page, context_refs.c.id)
+        return [_entity(r) for r in rows], next_key

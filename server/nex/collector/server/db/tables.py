@@ -1,0 +1,165 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations create it; this module
+only describes it for queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+
+def _created() -> Column[object]:
+    return Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+context_refs = Table(
+    "context_refs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("nex_context_id", Text, nullable=False),
+    Column("nex_context_version", Text, nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("request_id", Text, unique=True),
+    _created(),
+    UniqueConstraint("nex_context_id", "nex_context_version", name="uq_context_refs_nex"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("system_template", Text, nullable=False),
+    Column("user_template", Text, nullable=False),
+    Column("variables", ARRAY(Text), nullable=False),
+    Column("context_ref_id", Text, ForeignKey("context_refs.id")),
+    Column("request_id", Text, unique=True),
+    _created(),
+    UniqueConstraint("name", "version", name="uq_templates_name_version"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("template_id", Text, ForeignKey("templates.id"), nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("params", JSONB, nullable=False),
+    Column("context_ref_id", Text, ForeignKey("context_refs.id")),
+    Column("labels", JSONB, nullable=False),
+    Column("link_evidence", Boolean, nullable=False, server_default="false"),
+    Column("request_id", Text, unique=True),
+    _created(),
+    Column("cancel_time", DateTime(timezone=True)),
+    Column("evidence_linked", Boolean, nullable=False, server_default="false"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("batch_id", Text, ForeignKey("batches.id"), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("variables", JSONB, nullable=False),
+    Column("messages", JSONB, nullable=False),
+    Column("request_id", Text, unique=True),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("output_text", Text),
+    Column("finish_reason", Text),
+    Column("has_logprobs", Boolean, nullable=False, server_default="false"),
+    # Per-token logprobs, columnar (see domain.teacher.TokenLogprobs): arrays read
+    # about twice as fast as JSON.
+    Column("token_texts", ARRAY(Text)),
+    Column("token_logprobs", ARRAY(Double)),
+    Column("top_counts", ARRAY(Integer)),
+    Column("top_tokens", ARRAY(Text)),
+    Column("top_logprobs", ARRAY(Double)),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost_usd", Double, nullable=False, server_default="0"),
+    Column("latency_ms", BigInteger, nullable=False, server_default="0"),
+    Column("scores", JSONB, nullable=False, server_default="{}"),
+    _created(),
+    Column("start_time", DateTime(timezone=True)),
+    Column("end_time", DateTime(timezone=True)),
+    Column("lease_expires", DateTime(timezone=True)),
+    Index("ix_runs_batch_status", "batch_id", "status"),
+    Index("ix_runs_status_lease", "status", "lease_expires"),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("revision", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_run_events_batch_revision", "batch_id", "revision"),
+    Index("ix_run_events_run_revision", "run_id", "revision"),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("batch_ids", ARRAY(Text), nullable=False),
+    Column("filters", JSONB, nullable=False),
+    Column("files", JSONB, nullable=False, server_default="[]"),
+    Column("counts", JSONB, nullable=False, server_default="{}"),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("context_ref_id", Text, ForeignKey("context_refs.id")),
+    Column("link_evidence", Boolean, nullable=False, server_default="false"),
+    Column("request_id", Text, unique=True),
+    _created(),
+    Column("ready_time", DateTime(timezone=True)),
+    UniqueConstraint("name", "version", name="uq_datasets_name_version"),
+)
+
+evidence_links = Table(
+    "evidence_links",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("context_ref_id", Text, ForeignKey("context_refs.id"), nullable=False),
+    Column("dataset_id", Text, ForeignKey("datasets.id")),
+    Column("run_id", Text, ForeignKey("runs.id")),
+    Column("kind", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("request_id", Text, unique=True),
+    _created(),
+    Column("post_time", DateTime(timezone=True)),
+    Column("next_attempt_time", DateTime(timezone=True)),
+    Index("ix_evidence_links_status_next", "status", "next_attempt_time"),
+)

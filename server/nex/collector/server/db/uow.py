@@ -1,0 +1,54 @@
+"""The unit of work: one AsyncSession (one transaction) per RPC or task, with
+every repository bound to it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from nex.collector.server.db.repositories.context_refs import ContextRefRepository
+from nex.collector.server.db.repositories.templates import TemplateRepository
+
+
+class UnitOfWork:
+    session: AsyncSession
+    context_refs: ContextRefRepository
+    templates: TemplateRepository
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self._sessions()
+        self.context_refs = ContextRefRepository(self.session)
+        self.templates = TemplateRepository(self.session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is not None:
+                await self.session.rollback()
+        finally:
+            await self.session.close()
+
+    async def commit(self) -> None:
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        await self.session.rollback()
+
+
+class UnitOfWorkFactory:
+    """Makes a fresh UnitOfWork per use: `async with uow() as tx: …`."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    def __call__(self) -> UnitOfWork:
+        return UnitOfWork(self.sessions)

@@ -1,0 +1,15 @@
+"""References to NEX contexts (the reference only, never the content)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRef:
+    id: str
+    nex_context_id: str
+    nex_context_version: str
+    labels: dict[str, str]
+    create_time: datetime

@@ -1,0 +1,83 @@
+"""Errors the domain raises; `api/errors.py` maps each to one gRPC status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str  # request field path, e.g. "runs[1].variables"
+    description: str
+
+
+class DomainError(Exception):
+    """Base: `reason` is a stable UPPER_SNAKE code a caller can switch on."""
+
+    reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Iterable[FieldViolation], *, reason: str | None = None) -> None:
+        self.violations = list(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {summary}", reason=reason)
+
+    @classmethod
+    def one(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        return cls([FieldViolation(field, description)], reason=reason)
+
+
+class NotFound(DomainError):
+    reason = "NOT_FOUND"
+
+    def __init__(self, resource: str, id_: str) -> None:
+        super().__init__(f"{resource} {id_!r} not found", metadata={"resource": resource, "id": id_})
+        self.reason = f"{resource.upper()}_NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+class Unavailable(DomainError):
+    """A dependency (NEX, a teacher) is down; the caller may retry."""
+
+    reason = "UNAVAILABLE"
+
+
+class ResourceExhausted(DomainError):
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Violations:
+    """Collects field violations and raises them together."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def extend(self, items: Iterable[FieldViolation], prefix: str = "") -> None:
+        for v in items:
+            self.add(f"{prefix}{v.field}" if prefix else v.field, v.description)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)

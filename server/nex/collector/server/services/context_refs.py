@@ -1,0 +1,91 @@
+"""Use cases of ContextRefService."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.domain.context_refs import ContextRef
+from nex.collector.server.domain.errors import FailedPrecondition, Violations
+from nex.collector.server.domain.pagination import encode_token
+from nex.collector.server.domain.validation import MAX_NAME, check_labels, check_request_id, check_required
+from nex.collector.server.ids import new_id
+from nex.collector.server.services.common import check_id, now, page_request, require
+
+# Asks NEX whether a context version exists (integrated mode); None in standalone.
+ContextChecker = Callable[[str, str], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewContextRef:
+    nex_context_id: str
+    nex_context_version: str
+    labels: Mapping[str, str]
+    request_id: str = ""
+
+
+class ContextRefs:
+    def __init__(self, uow: UnitOfWorkFactory, checker: ContextChecker | None = None) -> None:
+        self._uow = uow
+        self._checker = checker
+
+    async def create(self, cmd: NewContextRef) -> ContextRef:
+        v = Violations()
+        check_required(v, "nex_context_id", cmd.nex_context_id, max_len=MAX_NAME)
+        check_required(v, "nex_context_version", cmd.nex_context_version, max_len=MAX_NAME)
+        check_labels(v, "labels", cmd.labels)
+        check_request_id(v, "request_id", cmd.request_id)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            existing = await tx.context_refs.find(
+                request_id=cmd.request_id,
+                nex_context_id=cmd.nex_context_id,
+                nex_context_version=cmd.nex_context_version,
+            )
+            if existing:
+                return existing
+        if self._checker is not None and not await self._checker(
+            cmd.nex_context_id, cmd.nex_context_version
+        ):
+            raise FailedPrecondition(
+                f"NEX has no context {cmd.nex_context_id!r} at version {cmd.nex_context_version!r}",
+                reason="NEX_CONTEXT_NOT_FOUND",
+                metadata={"nex_context_id": cmd.nex_context_id,
+                          "nex_context_version": cmd.nex_context_version},
+            )
+        ref = ContextRef(
+            id=new_id("ctx"),
+            nex_context_id=cmd.nex_context_id,
+            nex_context_version=cmd.nex_context_version,
+            labels=dict(cmd.labels),
+            create_time=now(),
+        )
+        async with self._uow() as tx:
+            if await tx.context_refs.insert(ref, cmd.request_id):
+                await tx.commit()
+                return ref
+            # A concurrent create won the race: answer with its result.
+            winner = await tx.context_refs.find(
+                request_id=cmd.request_id,
+                nex_context_id=cmd.nex_context_id,
+                nex_context_version=cmd.nex_context_version,
+            )
+            return require(winner, "context_ref", cmd.nex_context_id)
+
+    async def get(self, id_: str) -> ContextRef:
+        v = Violations()
+        check_id(v, "id", id_)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            return require(await tx.context_refs.get(id_), "context_ref", id_)
+
+    async def list(
+        self, *, nex_context_id: str, page_size: int, page_token: str
+    ) -> tuple[Sequence[ContextRef], str]:
+        v = Violations()
+        page = page_request(v, page_size, page_token, f"context_refs|{nex_context_id}")
+        v.raise_if_any()
+        async with self._uow() as tx:
+            items, last = await tx.context_refs.list(page, nex_context_id=nex_context_id)
+        return items, encode_token(last, f"context_refs|{nex_context_id}") if last else ""

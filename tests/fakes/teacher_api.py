@@ -1,0 +1,475 @@
+"""A real local HTTP server that speaks the OpenAI chat-completions and the
+Anthropic Messages APIs, for tests and benchmarks.
+
+Answers are deterministic functions of the request (model + messages), and
+faults are injected at runtime: fixed latency, a seeded failure rate, and a
+queue of scripted responses. Counters record what was received per path and
+per prompt, so tests can assert that a prompt was (not) sent again.
+
+In a test::
+
+    async with FakeTeacherAPI() as api:
+        provider = OpenAIProvider(api_key="k", base_url=api.openai_base_url, timeout=5)
+
+For a benchmark (another process)::
+
+    python -m tests.fakes.teacher_api --port 8999 --latency-ms 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import math
+import random
+import signal
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import orjson
+from aiohttp import web
+
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+
+DEFAULT_MAX_TOKENS = 1024
+MAX_TOP_LOGPROBS = 20
+
+# A few non-ASCII words so that `bytes` and unicode round trips are exercised.
+VOCAB: tuple[str, ...] = (
+    "the", "model", "answer", "is", "a", "distilled", "teacher", "student", "token",
+    "probability", "context", "of", "and", "to", "in", "data", "batch", "run", "we",
+    "learn", "from", "signal", "noise", "every", "step", "café", "naïve", "über",
+    "résumé", "日本", "→", "value", "loss", "gradient", "sample", "output", "input",
+    "prompt", "reason", "because", "therefore", "so", "it", "that", "this", "with",
+)  # fmt: skip
+
+_OPENAI_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class Scripted:
+    """One scripted answer. `body=None` means the normal answer for a 2xx and
+    the API's own error shape otherwise; `delay_s` is added to the latency
+    (a long one makes the client time out)."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    delay_s: float = 0.0
+    path: str | None = None  # only for requests to this path; None: any path
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request the fake received and what it answered."""
+
+    path: str
+    request: dict[str, Any]
+    status: int
+    response: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+def prompt_key(messages: list[dict[str, Any]]) -> str:
+    """The counters' key for a request: the text of its last user message."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def generate(
+    model: str, messages: list[dict[str, Any]], system: str, max_tokens: int, top_k: int
+) -> tuple[list[Position], bool]:
+    """Deterministic output for a prompt: its positions and whether it was cut
+    by `max_tokens`. Each position has the `top_k` likeliest alternatives,
+    whose probabilities sum below 1; the chosen token is the first or (as real
+    sampling does) sometimes the second likeliest."""
+    seed_bytes = orjson.dumps([model, system, messages], option=orjson.OPT_SORT_KEYS)
+    rng = random.Random(hashlib.sha256(seed_bytes).digest())
+    natural = 8 + rng.randrange(25)
+    count = min(natural, max(max_tokens, 0))
+    positions: list[Position] = []
+    for i in range(count):
+        # Drawn the same way whatever `top_k` is, so the text does not depend on it.
+        words = rng.sample(VOCAB, MAX_TOP_LOGPROBS)
+        mass = 0.55 + 0.44 * rng.random()
+        weights = sorted((rng.random() + 0.05 for _ in words), reverse=True)
+        total = sum(weights)
+        logprobs = [math.log(mass * w / total) for w in weights]
+        chosen = 1 if rng.random() < 0.2 else 0
+        prefix = "" if i == 0 else " "
+        top = [(prefix + w, lp) for w, lp in zip(words, logprobs, strict=True)]
+        token, logprob = top[chosen]
+        positions.append(Position(token, logprob, top[:top_k]))
+    return positions, natural > count
+
+
+def openai_completion(request: dict[str, Any]) -> dict[str, Any]:
+    """The chat-completions answer for a request body, in OpenAI's exact shape."""
+    model = str(request.get("model", ""))
+    messages = list(request.get("messages") or [])
+    max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
+    want_logprobs = bool(request.get("logprobs"))
+    top_k = min(int(request.get("top_logprobs") or 0), MAX_TOP_LOGPROBS) if want_logprobs else 0
+    positions, cut = generate(model, messages, "", max_tokens or DEFAULT_MAX_TOKENS, top_k)
+    logprobs = None
+    if want_logprobs:
+        logprobs = {
+            "content": [
+                {
+                    "token": p.token,
+                    "logprob": p.logprob,
+                    "bytes": list(p.token.encode()),
+                    "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in p.top
+                    ],
+                }
+                for p in positions
+            ],
+            "refusal": None,
+        }
+    prompt_tokens = sum(len(_text_of(m.get("content")).split()) + 3 for m in messages)
+    digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return {
+        "id": f"chatcmpl-{digest[:24]}",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "".join(p.token for p in positions),
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": logprobs,
+                "finish_reason": "length" if cut else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(positions),
+            "total_tokens": prompt_tokens + len(positions),
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def anthropic_message(request: dict[str, Any]) -> dict[str, Any]:
+    """The Messages answer for a request body, in Anthropic's exact shape."""
+    model = str(request.get("model", ""))
+    messages = list(request.get("messages") or [])
+    system = _text_of(request.get("system"))
+    max_tokens = int(request.get("max_tokens") or 0)
+    positions, cut = generate(model, messages, system, max_tokens, 0)
+    input_tokens = len(system.split()) + sum(
+        len(_text_of(m.get("content")).split()) + 3 for m in messages
+    )
+    digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return {
+        "id": f"msg_{digest[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "".join(p.token for p in positions)}],
+        "stop_reason": "max_tokens" if cut else "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": len(positions),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def error_body(path: str, status: int, message: str) -> dict[str, Any]:
+    """An error body in the shape of the API that `path` belongs to."""
+    if path == ANTHROPIC_PATH:
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    kind, code = _OPENAI_ERROR_TYPES.get(status, ("server_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class FakeTeacherAPI:
+    """The fake server. Every knob (`latency_s`, `failure_rate`,
+    `failure_statuses`, `api_key`) may be changed while it runs."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_s: float = 0.0,
+        failure_rate: float = 0.0,
+        failure_statuses: tuple[int, ...] = (500, 529),
+        seed: int = 0,
+        api_key: str | None = None,
+        record: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.latency_s = latency_s
+        self.failure_rate = failure_rate
+        self.failure_statuses = failure_statuses
+        self.api_key = api_key
+        self.record = record
+        self.requests_by_path: Counter[str] = Counter()
+        self.requests_by_prompt: Counter[str] = Counter()
+        self.exchanges: list[Exchange] = []
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._failures = 0
+        self._script: deque[Scripted] = deque()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- addresses -----------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        """What to give `AsyncOpenAI(base_url=…)` (or OPENAI_BASE_URL)."""
+        return f"{self.base_url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """What to give `AsyncAnthropic(base_url=…)` (or ANTHROPIC_BASE_URL)."""
+        return self.base_url
+
+    # -- fault injection -----------------------------------------------------
+
+    def script(self, *responses: Scripted) -> None:
+        """Queues answers that the next matching requests get, in order."""
+        self._script.extend(responses)
+
+    def fail_next(
+        self,
+        status: int,
+        times: int = 1,
+        *,
+        retry_after: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """The next `times` requests (to `path`, or any) answer `status`,
+        with a `Retry-After` header when given."""
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        self.script(*(Scripted(status, headers=headers, path=path) for _ in range(times)))
+
+    def reset(self) -> None:
+        """Clears counters, recorded exchanges, the script and the failure RNG."""
+        self.requests_by_path.clear()
+        self.requests_by_prompt.clear()
+        self.exchanges.clear()
+        self._script.clear()
+        self._rng = random.Random(self._seed)
+        self._failures = 0
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests_by_path.values())
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> Self:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post(OPENAI_PATH, self._handle)
+        app.router.add_post(ANTHROPIC_PATH, self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=2048, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> Self:
+        """Serves from a background thread with its own event loop (for
+        benchmarks and synchronous code); stop it with `stop_thread()`."""
+        started = threading.Event()
+        loop = asyncio.new_event_loop()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start())
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=serve, name="fake-teacher-api", daemon=True)
+        self._thread.start()
+        started.wait(10)
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+            self._loop = None
+
+    # -- the handler ---------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._json(path, 400, error_body(path, 400, "invalid JSON body"), {})
+        if not isinstance(body, dict):
+            return self._json(path, 400, error_body(path, 400, "body must be an object"), {})
+        self.requests_by_path[path] += 1
+        self.requests_by_prompt[prompt_key(list(body.get("messages") or []))] += 1
+
+        scripted = self._next_scripted(path)
+        delay = self.latency_s + (scripted.delay_s if scripted else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        status, headers, answer = self._answer(path, request, body, scripted)
+        if self.record:
+            self.exchanges.append(Exchange(path, body, status, answer))
+        return self._json(path, status, answer, headers)
+
+    def _next_scripted(self, path: str) -> Scripted | None:
+        for i, item in enumerate(self._script):
+            if item.path is None or item.path == path:
+                del self._script[i]
+                return item
+        return None
+
+    def _answer(
+        self, path: str, request: web.Request, body: dict[str, Any], scripted: Scripted | None
+    ) -> tuple[int, dict[str, str], Any]:
+        if scripted is not None:
+            if scripted.body is not None:
+                return scripted.status, scripted.headers, scripted.body
+            if scripted.status >= 300:
+                message = f"scripted failure {scripted.status}"
+                return scripted.status, scripted.headers, error_body(path, scripted.status, message)
+        elif self.failure_rate > 0 and self._rng.random() < self.failure_rate:
+            status = self.failure_statuses[self._failures % len(self.failure_statuses)]
+            self._failures += 1
+            return status, {}, error_body(path, status, "injected failure")
+
+        presented = _presented_key(request)
+        if self.api_key is not None and presented != self.api_key:
+            # Real APIs echo (part of) the key they got; a full echo is the worst case.
+            message = f"Incorrect API key provided: {presented}."
+            return 401, {}, error_body(path, 401, message)
+
+        headers = scripted.headers if scripted is not None else {}
+        if path == ANTHROPIC_PATH:
+            if not body.get("max_tokens"):
+                return 400, {}, error_body(path, 400, "max_tokens: Field required")
+            return 200, headers, anthropic_message(body)
+        return 200, headers, openai_completion(body)
+
+    @staticmethod
+    def _json(path: str, status: int, answer: Any, headers: dict[str, str]) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(answer),
+            status=status,
+            headers=headers,
+            content_type="application/json",
+        )
+
+
+def _presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer ") :]
+    return request.headers.get("x-api-key", "")
+
+
+async def _serve_forever(api: FakeTeacherAPI) -> None:
+    await api.start()
+    print(f"FAKE_TEACHER_API_URL={api.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await api.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI + Anthropic teacher API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=None, help="reject other keys with 401")
+    args = parser.parse_args(argv)
+    api = FakeTeacherAPI(
+        host=args.host,
+        port=args.port,
+        latency_s=args.latency_ms / 1000,
+        failure_rate=args.failure_rate,
+        seed=args.seed,
+        api_key=args.api_key,
+        record=False,
+    )
+    asyncio.run(_serve_forever(api))
+
+
+if __name__ == "__main__":
+    main()
