@@ -7,16 +7,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from nex.collector.server.config import Settings
 from nex.collector.server.db.migrate import upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.embedded import EmbeddedServices, start_embedded
+from nex.collector.server.domain.teacher import Provider
+from nex.collector.server.providers.registry import ProviderSet
+from nex.collector.server.providers.retry import RetryPolicy
+from nex.collector.server.queue import JobQueue
 from nex.collector.server.services.context_refs import ContextRefs
+from nex.collector.server.services.execution import RunExecutor
+from nex.collector.server.services.reconcile import Reconciler
+from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.templates import Templates
+from nex.collector.server.services.watch import EventHub, RunWatcher
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,14 @@ class Container:
     uow: UnitOfWorkFactory
     context_refs: ContextRefs
     templates: Templates
+    redis: ArqRedis
+    queue: JobQueue
+    providers: ProviderSet
+    teacher: Teacher
+    executor: RunExecutor
+    reconciler: Reconciler
+    hub: EventHub
+    watcher: RunWatcher
     embedded: EmbeddedServices | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -51,14 +69,56 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def provider_problems(settings: Settings) -> dict[str, str | None]:
+    """Why a provider cannot be used on this server (None: it can)."""
+    return {
+        Provider.OPENAI.value: None if settings.openai_api_key else
+        "the server has no OPENAI_API_KEY; set it to use provider 'openai'",
+        Provider.ANTHROPIC.value: None if settings.anthropic_api_key else
+        "the server has no ANTHROPIC_API_KEY; set it to use provider 'anthropic'",
+        Provider.MOCK.value: None,
+    }
+
+
+def plain_dsn(database_url: str) -> str:
+    """The asyncpg DSN of a SQLAlchemy URL (for LISTEN/NOTIFY)."""
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 @contextlib.asynccontextmanager
 async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Container]:
+    """Everything a process needs; closes all of it on the way out."""
     database_url, redis_url, embedded = resolve_urls(settings)
     engine = make_engine(database_url)
+    closers: list[Any] = []
     try:
         if migrate:
             await upgrade_to_head(engine)
         uow = UnitOfWorkFactory(async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession))
+        redis = await create_pool(RedisSettings.from_dsn(redis_url))
+        closers.append(redis.aclose)
+        queue = JobQueue(redis)
+        providers = ProviderSet(
+            openai_api_key=_secret(settings.openai_api_key),
+            openai_base_url=settings.openai_base_url,
+            anthropic_api_key=_secret(settings.anthropic_api_key),
+            anthropic_base_url=settings.anthropic_base_url,
+            timeout=settings.teacher_timeout_s,
+        )
+        closers.append(providers.aclose)
+        executor = RunExecutor(
+            uow,
+            providers.get,
+            policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
+            lease=timedelta(seconds=settings.run_lease_s),
+        )
+        hub = EventHub(plain_dsn(database_url))
+        await hub.start()
+        closers.append(hub.aclose)
         container = Container(
             settings=settings,
             database_url=database_url,
@@ -67,10 +127,21 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             uow=uow,
             context_refs=ContextRefs(uow),
             templates=Templates(uow),
+            redis=redis,
+            queue=queue,
+            providers=providers,
+            teacher=Teacher(uow, queue, provider_ready=provider_problems(settings)),
+            executor=executor,
+            reconciler=Reconciler(uow, queue, max_attempts=settings.teacher_max_attempts),
+            hub=hub,
+            watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             embedded=embedded,
         )
         yield container
     finally:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                await close()
         await engine.dispose()
         if embedded is not None:
             embedded.stop()

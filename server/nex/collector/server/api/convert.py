@@ -6,9 +6,12 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from nex.collector.server.domain.batches import BatchStatus, BatchView, Run, RunError, RunEvent, Usage
 from nex.collector.server.domain.context_refs import ContextRef
+from nex.collector.server.domain.errors import InvalidArgument
+from nex.collector.server.domain.teacher import GenerationParams, RunStatus, TokenLogprobs
 from nex.collector.server.domain.templates import PromptTemplate
-from nex.collector.v1 import context_ref_pb2, template_pb2
+from nex.collector.v1 import common_pb2, context_ref_pb2, teacher_pb2, template_pb2
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -39,4 +42,132 @@ def template(t: PromptTemplate) -> template_pb2.PromptTemplate:
         variables=list(t.variables),
         context_ref_id=t.context_ref_id or "",
         create_time=timestamp(t.create_time),
+    )
+
+
+# -- teacher ---------------------------------------------------------------------
+
+_RUN_STATUS = {
+    RunStatus.QUEUED: teacher_pb2.RUN_STATUS_QUEUED,
+    RunStatus.RUNNING: teacher_pb2.RUN_STATUS_RUNNING,
+    RunStatus.COMPLETED: teacher_pb2.RUN_STATUS_COMPLETED,
+    RunStatus.FAILED: teacher_pb2.RUN_STATUS_FAILED,
+    RunStatus.CANCELLED: teacher_pb2.RUN_STATUS_CANCELLED,
+}
+_RUN_STATUS_FROM_PB = {v: k for k, v in _RUN_STATUS.items()}
+_BATCH_STATUS = {
+    BatchStatus.OPEN: teacher_pb2.BATCH_STATUS_OPEN,
+    BatchStatus.RUNNING: teacher_pb2.BATCH_STATUS_RUNNING,
+    BatchStatus.COMPLETED: teacher_pb2.BATCH_STATUS_COMPLETED,
+    BatchStatus.CANCELLED: teacher_pb2.BATCH_STATUS_CANCELLED,
+}
+
+
+def run_status_from_pb(value: int, field: str = "status") -> RunStatus | None:
+    """None for UNSPECIFIED; an unknown number is INVALID_ARGUMENT."""
+    if value == teacher_pb2.RUN_STATUS_UNSPECIFIED:
+        return None
+    if value not in _RUN_STATUS_FROM_PB:
+        raise InvalidArgument.one(field, f"unknown run status {value}")
+    return _RUN_STATUS_FROM_PB[value]  # type: ignore[index]
+
+
+def params_from_pb(p: teacher_pb2.GenerationParams) -> GenerationParams:
+    return GenerationParams(
+        temperature=p.temperature if p.HasField("temperature") else None,
+        max_tokens=p.max_tokens if p.HasField("max_tokens") else None,
+        top_p=p.top_p if p.HasField("top_p") else None,
+        top_logprobs=p.top_logprobs if p.HasField("top_logprobs") else None,
+        seed=p.seed if p.HasField("seed") else None,
+        stop=tuple(p.stop),
+    )
+
+
+def params(p: GenerationParams) -> teacher_pb2.GenerationParams:
+    return teacher_pb2.GenerationParams(
+        temperature=p.temperature,
+        max_tokens=p.max_tokens,
+        top_p=p.top_p,
+        top_logprobs=p.top_logprobs,
+        seed=p.seed,
+        stop=list(p.stop),
+    )
+
+
+def usage(u: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd)
+
+
+def error(e: RunError | None) -> common_pb2.Error | None:
+    return common_pb2.Error(code=e.code, message=e.message) if e else None
+
+
+def batch(view: BatchView) -> teacher_pb2.TeacherBatch:
+    b, c = view.batch, view.counts
+    return teacher_pb2.TeacherBatch(
+        id=b.id,
+        name=b.name,
+        template_id=b.template_id,
+        provider=b.provider,
+        model=b.model,
+        params=params(b.params),
+        context_ref_id=b.context_ref_id or "",
+        labels=b.labels,
+        status=_BATCH_STATUS[view.status],
+        counts=teacher_pb2.RunCounts(
+            queued=c.queued, running=c.running, completed=c.completed,
+            failed=c.failed, cancelled=c.cancelled, total=c.total,
+        ),
+        usage=usage(view.usage),
+        create_time=timestamp(b.create_time),
+        link_evidence=b.link_evidence,
+        cancel_time=timestamp(b.cancel_time),
+    )
+
+
+def _tokens(t: TokenLogprobs) -> list[teacher_pb2.TokenLogprob]:
+    out = []
+    for token, logprob, alts in zip(t.tokens, t.logprobs, t.alternatives(), strict=True):
+        out.append(
+            teacher_pb2.TokenLogprob(
+                token=token,
+                logprob=logprob,
+                top_logprobs=[teacher_pb2.TopLogprob(token=a, logprob=lp) for a, lp in alts],
+            )
+        )
+    return out
+
+
+def run(r: Run) -> teacher_pb2.TeacherRun:
+    return teacher_pb2.TeacherRun(
+        id=r.id,
+        batch_id=r.batch_id,
+        status=_RUN_STATUS[r.status],
+        variables=r.variables,
+        messages=[teacher_pb2.Message(role=m.role, content=m.content) for m in r.messages],
+        output_text=r.output_text,
+        finish_reason=r.finish_reason,
+        tokens=_tokens(r.tokens) if r.tokens is not None else [],
+        usage=usage(r.usage),
+        scores=r.scores,
+        attempt=r.attempt,
+        error=error(r.error),
+        latency_ms=r.latency_ms,
+        create_time=timestamp(r.create_time),
+        start_time=timestamp(r.start_time),
+        end_time=timestamp(r.end_time),
+        has_logprobs=r.has_logprobs,
+        request_id=r.request_id,
+    )
+
+
+def run_event(e: RunEvent) -> teacher_pb2.RunEvent:
+    return teacher_pb2.RunEvent(
+        revision=e.revision,
+        run_id=e.run_id,
+        batch_id=e.batch_id,
+        status=_RUN_STATUS[e.status],
+        attempt=e.attempt,
+        error=error(e.error),
+        time=timestamp(e.time),
     )

@@ -62,8 +62,8 @@ def _wrap(
 
 async def _abort(context: aio.ServicerContext, error: BaseException, method: str) -> None:
     code, status = status_for(error)
-    if isinstance(error, DomainError):
-        log.info("%s -> %s %s", method, code.name, error.reason)
+    if isinstance(error, DomainError | NotImplementedError):
+        log.info("%s -> %s %s", method, code.name, status.message)
     else:
         log.exception("%s failed", method, exc_info=error)
     await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from nex.collector.server.api.interceptors import ServerInterceptor
 from nex.collector.server.api.servicers.context_refs import ContextRefServicer
+from nex.collector.server.api.servicers.teacher import TeacherServicer
 from nex.collector.server.api.servicers.templates import TemplateServicer
 from nex.collector.server.bootstrap import Container
 from nex.collector.v1 import (
@@ -67,7 +68,7 @@ class GrpcServer:
             TemplateServicer(c.templates), self._server
         )
         teacher_service_pb2_grpc.add_TeacherServiceServicer_to_server(
-            c.extras.get("teacher_servicer") or teacher_service_pb2_grpc.TeacherServiceServicer(),
+            TeacherServicer(c.teacher, c.watcher),
             self._server,
         )
         dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(

@@ -7,7 +7,10 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from nex.collector.server.db.repositories.batches import BatchRepository
 from nex.collector.server.db.repositories.context_refs import ContextRefRepository
+from nex.collector.server.db.repositories.events import EventRepository
+from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
 
 
@@ -15,6 +18,9 @@ class UnitOfWork:
     session: AsyncSession
     context_refs: ContextRefRepository
     templates: TemplateRepository
+    batches: BatchRepository
+    runs: RunRepository
+    events: EventRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -23,6 +29,9 @@ class UnitOfWork:
         self.session = self._sessions()
         self.context_refs = ContextRefRepository(self.session)
         self.templates = TemplateRepository(self.session)
+        self.batches = BatchRepository(self.session)
+        self.runs = RunRepository(self.session)
+        self.events = EventRepository(self.session)
         return self
 
     async def __aexit__(

@@ -12,11 +12,10 @@ from typing import Any, TypeVar, cast
 import httpx2
 import openai
 import orjson
-from openai.types.chat import ChatCompletionMessageParam
-
 from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.providers.base import Completion, GenerationRequest
 from nex.collector.server.providers.errors import provider_errors
+from openai.types.chat import ChatCompletionMessageParam
 
 DEFAULT_MAX_CONNECTIONS = 512
 

@@ -27,7 +27,9 @@ class RetryPolicy:
         """Whether to call again after attempt number `attempt` (1-based) failed."""
         return error.retryable and attempt < self.max_attempts
 
-    def delay(self, attempt: int, error: ProviderError, *, rng: random.Random | None = None) -> float:
+    def delay(
+        self, attempt: int, error: ProviderError, *, rng: random.Random | None = None
+    ) -> float:
         """Seconds to wait after attempt `attempt` (1-based) failed: exponential
         backoff with full jitter, but at least the provider's `retry_after`;
         never more than `max_delay`."""

@@ -1,11 +1,77 @@
-"""Runs the arq worker inside a process built by bootstrap."""
+"""The arq worker: thin job functions calling into the domain services, plus the
+reconciler loop. Jobs carry ids only; PostgreSQL holds everything else."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker, func
 
 from nex.collector.server.bootstrap import Container
+from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN
+
+log = logging.getLogger(__name__)
+
+
+def job_functions(container: Container) -> list[Any]:
+    s = container.settings
+
+    async def execute_run(ctx: dict[str, Any], run_id: str) -> str:
+        return await container.executor.execute(run_id)
+
+    functions = [
+        func(
+            execute_run,
+            name=EXECUTE_RUN,
+            timeout=(s.teacher_timeout_s + 30) * s.teacher_max_attempts + 60,
+            keep_result=0,
+        )
+    ]
+    for name, handler in container.extras.get("jobs", {}).items():
+        if name in (BUILD_DATASET, DELIVER_EVIDENCE):
+            functions.append(func(handler, name=name, keep_result=0, timeout=3600))
+    return functions
+
+
+async def _reconcile_forever(container: Container, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await container.reconciler.tick()
+        except Exception as exc:  # noqa: BLE001 - try again next tick
+            log.warning("reconciler pass failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), container.settings.reconcile_interval_s)
 
 
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
-    await stop.wait()
+    s = container.settings
+    pool = await create_pool(RedisSettings.from_dsn(container.redis_url))
+    worker = Worker(
+        functions=job_functions(container),
+        redis_pool=pool,
+        max_jobs=s.worker_max_jobs,
+        poll_delay=0.05,
+        queue_read_limit=s.worker_max_jobs,
+        keep_result=0,
+        max_tries=20,
+        handle_signals=False,
+    )
+    reconciler = asyncio.create_task(_reconcile_forever(container, stop), name="reconciler")
+    main = asyncio.create_task(worker.async_run(), name="arq-worker")
+    try:
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if main.done() and main.exception():
+            log.error("worker stopped: %s", main.exception())
+    finally:
+        stop.set()
+        await worker.close()
+        for task in (main, reconciler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await container.executor.aclose()

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from nex.collector.server.api import convert
+from nex.collector.server.domain.errors import InvalidArgument
+from nex.collector.server.services.teacher import NewBatch, NewRun, Teacher
+from nex.collector.server.services.watch import Heartbeat, RunWatcher
+from nex.collector.v1 import teacher_pb2
+from nex.collector.v1 import teacher_service_pb2 as pb
+from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
+
+
+def _full(view: int, default: bool) -> bool:
+    if view == teacher_pb2.RUN_VIEW_UNSPECIFIED:
+        return default
+    if view not in (teacher_pb2.RUN_VIEW_BASIC, teacher_pb2.RUN_VIEW_FULL):
+        raise InvalidArgument.one("view", f"unknown view {view}")
+    return view == teacher_pb2.RUN_VIEW_FULL
+
+
+class TeacherServicer(pb_grpc.TeacherServiceServicer):
+    def __init__(self, teacher: Teacher, watcher: RunWatcher) -> None:
+        self._teacher = teacher
+        self._watcher = watcher
+
+    async def CreateBatch(self, request: pb.CreateBatchRequest, context: aio.ServicerContext) -> pb.CreateBatchResponse:
+        view = await self._teacher.create_batch(
+            NewBatch(
+                name=request.name,
+                template_id=request.template_id,
+                provider=request.provider,
+                model=request.model,
+                params=convert.params_from_pb(request.params),
+                context_ref_id=request.context_ref_id,
+                labels=dict(request.labels),
+                request_id=request.request_id,
+                link_evidence=request.link_evidence,
+            )
+        )
+        return pb.CreateBatchResponse(batch=convert.batch(view))
+
+    async def GetBatch(self, request: pb.GetBatchRequest, context: aio.ServicerContext) -> pb.GetBatchResponse:
+        return pb.GetBatchResponse(batch=convert.batch(await self._teacher.get_batch(request.id)))
+
+    async def ListBatches(self, request: pb.ListBatchesRequest, context: aio.ServicerContext) -> pb.ListBatchesResponse:
+        views, token = await self._teacher.list_batches(page_size=request.page_size, page_token=request.page_token)
+        return pb.ListBatchesResponse(batches=[convert.batch(v) for v in views], next_page_token=token)
+
+    async def CancelBatch(self, request: pb.CancelBatchRequest, context: aio.ServicerContext) -> pb.CancelBatchResponse:
+        return pb.CancelBatchResponse(batch=convert.batch(await self._teacher.cancel_batch(request.id)))
+
+    async def CreateRun(self, request: pb.CreateRunRequest, context: aio.ServicerContext) -> pb.CreateRunResponse:
+        runs = await self._teacher.create_runs(
+            request.batch_id, [NewRun(dict(request.variables), request.request_id)], single=True
+        )
+        return pb.CreateRunResponse(run=convert.run(runs[0]))
+
+    async def BatchCreateRuns(
+        self, request: pb.BatchCreateRunsRequest, context: aio.ServicerContext
+    ) -> pb.BatchCreateRunsResponse:
+        runs = await self._teacher.create_runs(
+            request.batch_id, [NewRun(dict(r.variables), r.request_id) for r in request.runs]
+        )
+        return pb.BatchCreateRunsResponse(runs=[convert.run(r) for r in runs])
+
+    async def GetRun(self, request: pb.GetRunRequest, context: aio.ServicerContext) -> pb.GetRunResponse:
+        run = await self._teacher.get_run(request.id, full=_full(request.view, True))
+        return pb.GetRunResponse(run=convert.run(run))
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: aio.ServicerContext) -> pb.ListRunsResponse:
+        runs, token = await self._teacher.list_runs(
+            batch_id=request.batch_id,
+            status=convert.run_status_from_pb(request.status),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            full=_full(request.view, False),
+        )
+        return pb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=token)
+
+    async def WatchRuns(
+        self, request: pb.WatchRunsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunsResponse]:
+        async for item in self._watcher.watch(
+            batch_id=request.batch_id,
+            run_id=request.run_id,
+            after_revision=request.after_revision,
+            follow=request.follow,
+        ):
+            if isinstance(item, Heartbeat):
+                now = Timestamp()
+                now.GetCurrentTime()
+                yield pb.WatchRunsResponse(heartbeat=pb.Heartbeat(time=now))
+            else:
+                yield pb.WatchRunsResponse(event=convert.run_event(item))
+
+    async def SetRunScores(
+        self, request: pb.SetRunScoresRequest, context: aio.ServicerContext
+    ) -> pb.SetRunScoresResponse:
+        run = await self._teacher.set_run_scores(request.run_id, dict(request.scores))
+        return pb.SetRunScoresResponse(run=convert.run(run))

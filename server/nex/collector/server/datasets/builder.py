@@ -1,0 +1,213 @@
+"""Builds a dataset from a stream of completed runs: score, filter, write.
+
+Memory stays flat whatever the dataset's size: the builder holds the chunk
+being processed, the chunk being fetched, and at most one row group of
+Arrow data per file (``row_group_size`` examples, fewer when their estimated
+size reaches ``max_row_group_bytes``).
+
+The CPU work runs on one worker thread, chunk after chunk in order, so the
+event loop stays responsive and fetching the next chunk (in the loop) overlaps
+processing the current one (Parquet encoding and compression release the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from nex.collector.server.datasets.columns import ChunkTables, LogprobColumns, estimated_bytes
+from nex.collector.server.datasets.schema import SCHEMAS
+from nex.collector.server.datasets.writer import (
+    RESERVED_MANIFEST_KEYS,
+    BuildResult,
+    DatasetExistsError,
+    DatasetWriter,
+    FilterDrop,
+    remove_stale_staging,
+)
+from nex.collector.server.domain.filters import Filter, FilterChain, describe, filter_to_dict
+from nex.collector.server.domain.scoring import MetricRegistry, compute_scores
+from nex.collector.server.domain.teacher import CompletedRun
+
+__all__ = ["DEFAULT_MAX_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "Progress", "build_dataset"]
+
+DEFAULT_ROW_GROUP_SIZE = 10_000
+DEFAULT_MAX_ROW_GROUP_BYTES = 256 << 20
+
+Progress = Callable[[int, int], "Awaitable[None] | None"]
+"""Called after each chunk with (runs seen so far, runs kept so far)."""
+
+
+class _RowGroup:
+    """The examples buffered for the next row group, as table slices per file."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {name: [] for name in SCHEMAS}
+        self.rows = 0
+        self.bytes = 0
+
+    def add(self, tables: Mapping[str, pa.Table], rows: int, size: int) -> None:
+        for name, table in tables.items():
+            self.parts[name].append(table)
+        self.rows += rows
+        self.bytes += size
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {
+            name: pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
+            for name, parts in self.parts.items()
+        }
+
+
+class _Build:
+    """The synchronous part of a build; called from one thread, in order."""
+
+    def __init__(
+        self,
+        chain: FilterChain,
+        metrics: MetricRegistry,
+        writer: DatasetWriter,
+        row_group_size: int,
+        max_row_group_bytes: int,
+    ) -> None:
+        self.chain = chain
+        self.metrics = metrics
+        self.writer = writer
+        self.row_group_size = row_group_size
+        self.max_row_group_bytes = max_row_group_bytes
+        self.total = 0
+        self.kept = 0
+        self.dropped = [0] * len(chain)
+        self.group = _RowGroup()
+
+    def add_chunk(self, runs: Sequence[CompletedRun]) -> None:
+        if not runs:
+            return
+        logprobs = LogprobColumns(runs)
+        kept: list[int] = []
+        kept_scores: list[dict[str, float]] = []
+        for i, run in enumerate(runs):
+            scores = compute_scores(run, self.metrics, entropy=logprobs.mean_entropy[i])
+            rejected = self.chain.first_rejecting(run, scores)
+            if rejected is None:
+                kept.append(i)
+                kept_scores.append(scores)
+            else:
+                self.dropped[rejected] += 1
+        self.total += len(runs)
+        self.kept += len(kept)
+        if not kept:
+            return
+        tables = ChunkTables(runs, kept, kept_scores, logprobs)
+        sizes = [estimated_bytes(runs[i]) for i in kept]
+        start = 0
+        while start < len(kept):
+            # Fill the current row group; it always takes at least one example.
+            stop = start
+            size = 0
+            while (
+                stop < len(kept)
+                and self.group.rows + (stop - start) < self.row_group_size
+                and (stop == start or self.group.bytes + size < self.max_row_group_bytes)
+            ):
+                size += sizes[stop]
+                stop += 1
+            self.group.add(tables.slice(start, stop), stop - start, size)
+            start = stop
+            if (
+                self.group.rows >= self.row_group_size
+                or self.group.bytes >= self.max_row_group_bytes
+            ):
+                self.flush()
+
+    def flush(self) -> None:
+        if self.group.rows:
+            self.writer.write_row_group(self.group.tables())
+        self.group = _RowGroup()
+
+    def finish(self, manifest_extra: Mapping[str, Any]) -> BuildResult:
+        self.flush()
+        return self.writer.commit(
+            total=self.total,
+            kept=self.kept,
+            dropped=[
+                FilterDrop(i, describe(f), n)
+                for i, (f, n) in enumerate(zip(self.chain.filters, self.dropped, strict=True))
+            ],
+            filters=[filter_to_dict(f) for f in self.chain.filters],
+            manifest_extra=manifest_extra,
+        )
+
+
+async def _report(progress: Progress | None, build: _Build) -> None:
+    if progress is None:
+        return
+    result = progress(build.total, build.kept)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def build_dataset(
+    chunks: AsyncIterable[Sequence[CompletedRun]],
+    *,
+    filters: Sequence[Filter],
+    metrics: MetricRegistry,
+    final_dir: Path,
+    manifest_extra: Mapping[str, Any],
+    progress: Progress | None = None,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES,
+    clean_stale: bool = True,
+) -> BuildResult:
+    """Scores and filters the runs of `chunks` (in the order given) and writes
+    the dataset into `final_dir`, which appears, complete, only on success.
+
+    Raises InvalidFiltersError before touching the disk if a filter is
+    invalid, DatasetExistsError if `final_dir` exists, ValueError if
+    `manifest_extra` uses a key the builder writes itself; on any error
+    (including cancellation) the staging folder is removed and the error
+    re-raised. `clean_stale` first removes staging folders of earlier,
+    killed attempts at the same `final_dir`.
+    """
+    if row_group_size < 1 or max_row_group_bytes < 1:
+        raise ValueError("row_group_size and max_row_group_bytes must be positive")
+    clash = RESERVED_MANIFEST_KEYS & set(manifest_extra)
+    if clash:
+        raise ValueError(f"manifest_extra may not set {sorted(clash)}: the builder writes them")
+    chain = FilterChain(filters)
+    if final_dir.exists():
+        raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
+    if clean_stale:
+        remove_stale_staging(final_dir)
+    writer = DatasetWriter(final_dir)
+    build = _Build(chain, metrics, writer, row_group_size, max_row_group_bytes)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-build")
+    pending: Future[None] | None = None
+    try:
+        async for chunk in chunks:
+            if pending is not None:
+                await asyncio.wrap_future(pending)
+                await _report(progress, build)
+            pending = executor.submit(build.add_chunk, list(chunk))
+        if pending is not None:
+            await asyncio.wrap_future(pending)
+            await _report(progress, build)
+        pending = None
+        return await asyncio.wrap_future(executor.submit(build.finish, manifest_extra))
+    except BaseException:
+        # A chunk may still be in the thread: let it finish before deleting its folder.
+        executor.shutdown(wait=True, cancel_futures=True)
+        if pending is not None and pending.done() and not pending.cancelled():
+            with contextlib.suppress(BaseException):
+                pending.exception()  # retrieved: no "never retrieved" warning
+        writer.abort()
+        raise
+    finally:
+        executor.shutdown(wait=False)

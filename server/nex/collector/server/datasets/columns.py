@@ -1,0 +1,344 @@
+"""A chunk of runs as Arrow columns, built column-wise for speed.
+
+Per-token data never becomes per-token Python objects: the runs' columnar
+TokenLogprobs lists are concatenated with ``list.extend`` (C speed) into flat
+Arrow arrays, and the nested columns are assembled from offsets. The soft
+labels and position entropies are computed on those arrays with Arrow
+kernels using the same formulas, in the same order, as the pure
+``domain.scoring`` / ``domain.targets`` functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import accumulate
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nex.collector.server.datasets.schema import (
+    EXAMPLES,
+    INPUTS,
+    MESSAGE,
+    SCORES,
+    SOFT_LABEL,
+    TARGETS,
+    TEACHER,
+    TOP_LOGPROB,
+)
+from nex.collector.server.domain.scoring import has_logprobs, score_sources
+from nex.collector.server.domain.teacher import CompletedRun
+
+__all__ = ["ChunkTables", "LogprobColumns", "estimated_bytes"]
+
+_INT32_MAX = 2**31 - 1
+
+
+def _offsets(values: Sequence[int]) -> pa.Array:
+    if values and values[-1] > _INT32_MAX:
+        raise ValueError("chunk too large for 32-bit list offsets; use smaller chunks")
+    return pa.array(values, pa.int32())
+
+
+def _mask(present: Sequence[bool]) -> pa.Array | None:
+    """A null mask (True = null) or None when every entry is present."""
+    if all(present):
+        return None
+    return pa.array([not p for p in present], pa.bool_())
+
+
+class LogprobColumns:
+    """The per-token columns of a chunk of runs, plus each run's mean entropy.
+
+    ``tokens``, ``logprobs``, ``top_logprobs`` (teacher table) and ``y_probs``
+    (targets table) have one entry per run; the token columns are null for
+    runs without logprobs, ``y_probs`` for runs without top alternatives.
+    """
+
+    def __init__(self, runs: Sequence[CompletedRun]) -> None:
+        tokens: list[str] = []
+        logprobs: list[float] = []
+        counts: list[int] = []
+        top_tokens: list[str] = []
+        top_logprobs: list[float] = []
+        run_positions = [0]  # run i owns positions [run_positions[i], run_positions[i + 1])
+        present: list[bool] = []
+        soft: list[bool] = []
+        for run in runs:
+            t = run.tokens
+            if t is None:
+                run_positions.append(run_positions[-1])
+                present.append(False)
+                soft.append(False)
+                continue
+            n = len(t.tokens)
+            n_alt = len(t.top_tokens)
+            if (
+                len(t.logprobs) != n
+                or len(t.top_counts) != n
+                or len(t.top_logprobs) != n_alt
+                or sum(t.top_counts) != n_alt
+                or min(t.top_counts, default=0) < 0
+            ):
+                raise ValueError(
+                    f"run {run.run_id} has inconsistent token logprobs: {n} tokens, "
+                    f"{len(t.logprobs)} logprobs, {len(t.top_counts)} top counts summing to "
+                    f"{sum(t.top_counts)}, {n_alt} top tokens, {len(t.top_logprobs)} top logprobs"
+                )
+            tokens.extend(t.tokens)
+            logprobs.extend(t.logprobs)
+            counts.extend(t.top_counts)
+            top_tokens.extend(t.top_tokens)
+            top_logprobs.extend(t.top_logprobs)
+            run_positions.append(run_positions[-1] + n)
+            present.append(True)
+            soft.append(n_alt > 0)
+
+        self.has_soft_labels = soft
+        run_offsets = _offsets(run_positions)
+        present_mask = _mask(present)
+        alt_offsets = _offsets(list(accumulate(counts, initial=0)))
+        alt_tokens = pa.array(top_tokens, pa.string())
+        alt_logprobs = pa.array(top_logprobs, pa.float64())
+        del top_tokens, top_logprobs
+
+        self.tokens = pa.ListArray.from_arrays(
+            run_offsets, pa.array(tokens, pa.string()), mask=present_mask
+        )
+        self.logprobs = pa.ListArray.from_arrays(
+            run_offsets, pa.array(logprobs, pa.float64()), mask=present_mask
+        )
+        top = pa.StructArray.from_arrays([alt_tokens, alt_logprobs], fields=list(TOP_LOGPROB))
+        self.top_logprobs = pa.ListArray.from_arrays(
+            run_offsets, pa.ListArray.from_arrays(alt_offsets, top), mask=present_mask
+        )
+
+        probs, position_entropy = _softmax(alt_offsets, alt_logprobs, max(counts, default=0))
+        labels = pa.StructArray.from_arrays([alt_tokens, probs], fields=list(SOFT_LABEL))
+        if soft == present:
+            y_offsets, y_alt_offsets = run_offsets, alt_offsets
+        else:
+            # Runs with tokens but no alternatives get a null y_probs: drop their
+            # (empty) positions so that every null entry has an empty range.
+            y_positions = [0]
+            y_counts: list[int] = []
+            for i, has_soft in enumerate(soft):
+                start, end = run_positions[i], run_positions[i + 1]
+                if has_soft:
+                    y_counts.extend(counts[start:end])
+                    y_positions.append(y_positions[-1] + end - start)
+                else:
+                    y_positions.append(y_positions[-1])
+            y_offsets = _offsets(y_positions)
+            y_alt_offsets = _offsets(list(accumulate(y_counts, initial=0)))
+        self.y_probs = pa.ListArray.from_arrays(
+            y_offsets, pa.ListArray.from_arrays(y_alt_offsets, labels), mask=_mask(soft)
+        )
+
+        self.mean_entropy: list[float | None] = []
+        for i in range(len(runs)):
+            values = [
+                h
+                for h in position_entropy[run_positions[i] : run_positions[i + 1]]
+                if h is not None
+            ]
+            self.mean_entropy.append(math.fsum(values) / len(values) if values else None)
+
+    def take(self, indices: Sequence[int]) -> dict[str, pa.Array]:
+        """The four nested columns for the runs at `indices` (in that order)."""
+        columns = {
+            "tokens": self.tokens,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "y_probs": self.y_probs,
+        }
+        if list(indices) == list(range(len(self.tokens))):
+            return columns
+        where = pa.array(indices, pa.int32())
+        return {name: column.take(where) for name, column in columns.items()}
+
+
+def _softmax(
+    offsets: pa.Array, logprobs: pa.Array, width: int
+) -> tuple[pa.Array, list[float | None]]:
+    """Per position, the renormalised probabilities of its alternatives (flat,
+    aligned with `logprobs`) and the entropy in nats (None without alternatives).
+
+    Mirrors domain.targets.renormalise and domain.scoring.position_entropy:
+    m = max, e = exp(l - m), z = left-to-right sum of e, p = e / z,
+    H = max(0, ln z - sum(e * (l - m)) / z)."""
+    positions = len(offsets) - 1
+    if width == 0:
+        return pa.array([], pa.float64()), [None] * positions
+    per_position = pa.ListArray.from_arrays(offsets, logprobs)
+    padded = pc.list_slice(per_position, 0, width, return_fixed_size_list=True)
+    columns = [pc.list_element(padded, j) for j in range(width)]
+    peak = pc.max_element_wise(*columns, skip_nulls=True)  # null: no alternatives
+    no_mass = pc.fill_null(pc.equal(peak, -math.inf), False)
+    shift = pc.if_else(no_mass, 0.0, peak)
+    z: pa.Array | None = None
+    weighted: pa.Array | None = None
+    for column in columns:
+        d = pc.subtract(column, shift)
+        e = pc.exp(d)
+        term = pc.fill_null(pc.if_else(pc.greater(e, 0.0), pc.multiply(e, d), 0.0), 0.0)
+        e = pc.fill_null(e, 0.0)
+        z = e if z is None else pc.add(z, e)
+        weighted = term if weighted is None else pc.add(weighted, term)
+    assert z is not None and weighted is not None
+    entropy = pc.max_element_wise(
+        pc.subtract(pc.ln(z), pc.divide(weighted, z)), 0.0, skip_nulls=False
+    )
+    parent = pc.list_parent_indices(per_position)
+    z_each = pc.take(z, parent)
+    probs = pc.divide(pc.exp(pc.subtract(logprobs, pc.take(shift, parent))), z_each)
+    if pc.any(no_mass).as_py():
+        # Every alternative at -inf: share the position uniformly, as renormalise does.
+        count = pc.list_value_length(per_position).cast(pa.float64())
+        entropy = pc.if_else(no_mass, pc.ln(count), entropy)
+        probs = pc.if_else(
+            pc.take(no_mass, parent), pc.divide(1.0, pc.take(count, parent)), probs
+        )
+    entropy = pc.if_else(pc.is_null(peak), pa.scalar(None, pa.float64()), entropy)
+    return probs, entropy.to_pylist()
+
+
+def estimated_bytes(run: CompletedRun) -> int:
+    """A rough, data-only estimate of a run's in-memory size across the five
+    tables; bounds a row group's memory. Deterministic: it decides row-group
+    boundaries, which must not depend on anything but the runs."""
+    size = 256 + 2 * len(run.output_text) + sum(len(m.content) + 16 for m in run.messages)
+    size += sum(len(k) + len(v) + 16 for k, v in run.variables.items())
+    if run.tokens is not None:
+        size += 24 * len(run.tokens.tokens) + 48 * len(run.tokens.top_tokens)
+    return size
+
+
+class ChunkTables:
+    """The five tables for the kept runs of a chunk, and a way to cut them into
+    row-group segments by example."""
+
+    def __init__(
+        self,
+        runs: Sequence[CompletedRun],
+        kept: Sequence[int],
+        scores: Sequence[Mapping[str, float]],
+        logprobs: LogprobColumns,
+    ) -> None:
+        sel = [runs[i] for i in kept]
+        ids = pa.array([r.run_id for r in sel], pa.string())
+        soft = pa.array([logprobs.has_soft_labels[i] for i in kept], pa.bool_())
+        model = pa.array([r.model for r in sel], pa.string())
+        provider = pa.array([r.provider for r in sel], pa.string())
+        finish = pa.array([r.finish_reason for r in sel], pa.string())
+        nested = logprobs.take(kept)
+
+        examples = pa.Table.from_arrays(
+            [
+                ids,
+                pa.array([r.batch_id for r in sel], pa.string()),
+                pa.array([r.template_id for r in sel], pa.string()),
+                pa.array([r.template_version for r in sel], pa.int32()),
+                provider,
+                model,
+                finish,
+                pa.array([has_logprobs(r) for r in sel], pa.bool_()),
+                soft,
+            ],
+            schema=EXAMPLES,
+        )
+        inputs = pa.Table.from_arrays([ids, _variables(sel), _messages(sel)], schema=INPUTS)
+        teacher = pa.Table.from_arrays(
+            [
+                ids,
+                provider,
+                model,
+                finish,
+                pa.array([r.input_tokens for r in sel], pa.int64()),
+                pa.array([r.output_tokens for r in sel], pa.int64()),
+                pa.array([r.latency_ms for r in sel], pa.int64()),
+                nested["tokens"],
+                nested["logprobs"],
+                nested["top_logprobs"],
+            ],
+            schema=TEACHER,
+        )
+
+        names: list[str] = []
+        values: list[float] = []
+        sources: list[str] = []
+        score_ids: list[str] = []
+        score_rows = [0]
+        for run, run_scores in zip(sel, scores, strict=True):
+            for name, value, source in score_sources(run_scores, run):
+                names.append(name)
+                values.append(value)
+                sources.append(source)
+            score_ids.extend([run.run_id] * len(run_scores))
+            score_rows.append(len(names))
+        y_scores = pa.MapArray.from_arrays(
+            _offsets(score_rows), pa.array(names, pa.string()), pa.array(values, pa.float64())
+        )
+        targets = pa.Table.from_arrays(
+            [ids, model, pa.array([r.output_text for r in sel], pa.string()), nested["y_probs"],
+             y_scores, soft],
+            schema=TARGETS,
+        )
+        score_table = pa.Table.from_arrays(
+            [
+                pa.array(score_ids, pa.string()),
+                pa.array(names, pa.string()),
+                pa.array(values, pa.float64()),
+                pa.array(sources, pa.string()),
+            ],
+            schema=SCORES,
+        )
+        self.tables = {
+            "examples": examples,
+            "inputs": inputs,
+            "teacher": teacher,
+            "targets": targets,
+            "scores": score_table,
+        }
+        self._score_rows = score_rows
+
+    def slice(self, start: int, stop: int) -> dict[str, pa.Table]:
+        """The tables for examples [start, stop) of this chunk's kept runs."""
+        out = {
+            name: table.slice(start, stop - start)
+            for name, table in self.tables.items()
+            if name != "scores"
+        }
+        first, last = self._score_rows[start], self._score_rows[stop]
+        out["scores"] = self.tables["scores"].slice(first, last - first)
+        return out
+
+
+def _variables(runs: Sequence[CompletedRun]) -> pa.Array:
+    keys: list[str] = []
+    values: list[str] = []
+    offsets = [0]
+    for run in runs:
+        for key, value in sorted(run.variables.items()):
+            keys.append(key)
+            values.append(value)
+        offsets.append(len(keys))
+    return pa.MapArray.from_arrays(
+        _offsets(offsets), pa.array(keys, pa.string()), pa.array(values, pa.string())
+    )
+
+
+def _messages(runs: Sequence[CompletedRun]) -> pa.Array:
+    roles: list[str] = []
+    contents: list[str] = []
+    offsets = [0]
+    for run in runs:
+        for message in run.messages:
+            roles.append(message.role)
+            contents.append(message.content)
+        offsets.append(len(roles))
+    structs = pa.StructArray.from_arrays(
+        [pa.array(roles, pa.string()), pa.array(contents, pa.string())], fields=list(MESSAGE)
+    )
+    return pa.ListArray.from_arrays(_offsets(offsets), structs)

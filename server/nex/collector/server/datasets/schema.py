@@ -1,0 +1,132 @@
+"""The five Parquet tables of a dataset (see docs/dataset-format.md).
+
+Every table starts with ``example_id`` (the run id), on which they join.
+``examples``, ``inputs``, ``teacher`` and ``targets`` hold one row per
+example, in the same order; ``scores`` is long ("tidy"): one row per
+(example, score), names in sorted order within an example, so datasets with
+different custom metrics share one schema.
+
+Map keys are written sorted and nothing time- or randomness-dependent goes
+into the files, so the same runs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = [
+    "EXAMPLES",
+    "FILE_NAMES",
+    "FORMAT_VERSION",
+    "INPUTS",
+    "MESSAGE",
+    "SCHEMAS",
+    "SCORES",
+    "SOFT_LABEL",
+    "TARGETS",
+    "TEACHER",
+    "TOP_LOGPROB",
+]
+
+FORMAT_VERSION = 1
+
+TOP_LOGPROB = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
+"""One top alternative as the teacher gave it."""
+
+SOFT_LABEL = pa.struct([("token", pa.string()), ("prob", pa.float64())])
+"""One top alternative with its probability renormalised over the position's
+alternatives (they sum to 1)."""
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+
+def _schema(table: str, fields: list[pa.Field], doc: str) -> pa.Schema:
+    metadata = {
+        "nex.collector.table": table,
+        "nex.collector.format_version": str(FORMAT_VERSION),
+        "nex.collector.doc": doc,
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+def _id() -> pa.Field:
+    return pa.field("example_id", pa.string(), nullable=False)
+
+
+EXAMPLES = _schema(
+    "examples",
+    [
+        _id(),
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("template_id", pa.string(), nullable=False),
+        pa.field("template_version", pa.int32(), nullable=False),
+        pa.field("provider", pa.string(), nullable=False),
+        pa.field("teacher_model", pa.string(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("has_logprobs", pa.bool_(), nullable=False),
+        pa.field("has_soft_labels", pa.bool_(), nullable=False),
+    ],
+    "One row per example: where it came from and what it has.",
+)
+
+INPUTS = _schema(
+    "inputs",
+    [
+        _id(),
+        pa.field("variables", pa.map_(pa.string(), pa.string()), nullable=False),
+        pa.field("messages", pa.list_(MESSAGE), nullable=False),
+    ],
+    "The prompt: template variables (keys sorted) and the rendered messages.",
+)
+
+TEACHER = _schema(
+    "teacher",
+    [
+        _id(),
+        pa.field("provider", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        pa.field("latency_ms", pa.int64(), nullable=False),
+        pa.field("tokens", pa.list_(pa.string())),
+        pa.field("logprobs", pa.list_(pa.float64())),
+        pa.field("top_logprobs", pa.list_(pa.list_(TOP_LOGPROB))),
+    ],
+    "The teacher's raw output per token; the token columns are null without logprobs.",
+)
+
+TARGETS = _schema(
+    "targets",
+    [
+        _id(),
+        pa.field("teacher_model", pa.string(), nullable=False),
+        pa.field("y_text", pa.string(), nullable=False),
+        pa.field("y_probs", pa.list_(pa.list_(SOFT_LABEL))),
+        pa.field("y_scores", pa.map_(pa.string(), pa.float64()), nullable=False),
+        pa.field("has_soft_labels", pa.bool_(), nullable=False),
+    ],
+    "Training targets: text, soft labels per token (null without), scores.",
+)
+
+SCORES = _schema(
+    "scores",
+    [
+        _id(),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ],
+    "One row per (example, score); source is builtin, posted or metric.",
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "examples": EXAMPLES,
+    "inputs": INPUTS,
+    "teacher": TEACHER,
+    "targets": TARGETS,
+    "scores": SCORES,
+}
+"""Table name → schema, in manifest order."""
+
+FILE_NAMES: dict[str, str] = {table: f"{table}.parquet" for table in SCHEMAS}

@@ -1,0 +1,241 @@
+"""Writes a dataset folder: five Parquet files and manifest.json, staged in a
+hidden sibling folder and renamed into place only once complete.
+
+Nothing here reads a clock or a random source except the staging folder's
+name, so the same rows give byte-identical Parquet files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
+
+__all__ = [
+    "MANIFEST_NAME",
+    "RESERVED_MANIFEST_KEYS",
+    "BuildResult",
+    "DatasetExistsError",
+    "DatasetFileInfo",
+    "DatasetWriter",
+    "FilterDrop",
+    "remove_stale_staging",
+    "sha256_file",
+    "staging_dir_for",
+]
+
+MANIFEST_NAME = "manifest.json"
+RESERVED_MANIFEST_KEYS = frozenset({"counts", "files", "filters", "format_version", "uri"})
+
+# Dictionary-encode only the strings that repeat (vocabulary tokens, names);
+# unique strings and doubles gain nothing and cost time.
+_DICTIONARY_COLUMNS = {
+    "examples": [
+        "batch_id", "template_id", "provider", "teacher_model", "finish_reason"
+    ],
+    "inputs": ["variables.key_value.key", "messages.list.element.role"],
+    "teacher": [
+        "provider",
+        "model",
+        "finish_reason",
+        "tokens.list.element",
+        "top_logprobs.list.element.list.element.token",
+    ],
+    "targets": ["teacher_model", "y_probs.list.element.list.element.token", "y_scores.key_value.key"],
+    "scores": ["name", "source"],
+}
+
+
+class DatasetExistsError(FileExistsError):
+    """The dataset folder exists already: a built version never changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFileInfo:
+    name: str
+    sha256: str
+    rows: int
+    bytes: int
+
+
+class FilterDrop(NamedTuple):
+    index: int
+    filter: str  # the filter in words, see domain.filters.describe
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    files: list[DatasetFileInfo]
+    total: int
+    kept: int
+    dropped: list[FilterDrop]
+    uri: str
+
+
+def staging_dir_for(final_dir: Path) -> Path:
+    return final_dir.parent / f".{final_dir.name}.tmp-{secrets.token_hex(6)}"
+
+
+def remove_stale_staging(final_dir: Path) -> list[Path]:
+    """Removes staging folders left for `final_dir` by builds that died without
+    cleaning up (a worker killed with SIGKILL). Only safe while no other build
+    of the same dataset runs, which the dataset's unique (name, version) ensures."""
+    removed = []
+    if final_dir.parent.is_dir():
+        for path in sorted(final_dir.parent.glob(f".{final_dir.name}.tmp-*")):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"manifest value of type {type(value).__name__} is not JSON: {value!r}")
+
+
+class DatasetWriter:
+    """The five Parquet writers of one build, in a staging folder.
+
+    Each ``write_row_group`` call writes exactly one row group per file.
+    ``commit`` closes, checksums and fsyncs the files, writes manifest.json
+    and renames the folder to its final name; ``abort`` removes it.
+    """
+
+    def __init__(self, final_dir: Path) -> None:
+        if final_dir.exists():
+            raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.final_dir = final_dir
+        self.staging_dir = staging_dir_for(final_dir)
+        self.staging_dir.mkdir()
+        self._rows = dict.fromkeys(SCHEMAS, 0)
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        try:
+            for table, schema in SCHEMAS.items():
+                self._writers[table] = pq.ParquetWriter(
+                    self.staging_dir / FILE_NAMES[table],
+                    schema,
+                    compression="zstd",
+                    use_dictionary=_DICTIONARY_COLUMNS[table],
+                    write_statistics=True,
+                    store_schema=True,
+                )
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_row_group(self, tables: Mapping[str, pa.Table]) -> None:
+        """One row group per file from `tables` (table name → rows, possibly in
+        several chunks; they are made contiguous so that the bytes written do not
+        depend on how the rows were chunked)."""
+        for name, writer in self._writers.items():
+            table = tables[name].combine_chunks()
+            if table.num_rows:
+                writer.write_table(table, row_group_size=table.num_rows)
+                self._rows[name] += table.num_rows
+
+    def commit(
+        self,
+        *,
+        total: int,
+        kept: int,
+        dropped: Sequence[FilterDrop],
+        filters: Sequence[Mapping[str, Any]],
+        manifest_extra: Mapping[str, Any],
+    ) -> BuildResult:
+        self._close_writers()
+        files = []
+        for table in SCHEMAS:
+            path = self.staging_dir / FILE_NAMES[table]
+            _fsync_path(path)
+            files.append(
+                DatasetFileInfo(
+                    name=FILE_NAMES[table],
+                    sha256=sha256_file(path),
+                    rows=self._rows[table],
+                    bytes=path.stat().st_size,
+                )
+            )
+        uri = self.final_dir.resolve().as_uri()
+        manifest: dict[str, Any] = dict(manifest_extra)
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            uri=uri,
+            files=[
+                {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes}
+                for f in files
+            ],
+            counts={
+                "total": total,
+                "kept": kept,
+                "dropped": [d._asdict() for d in dropped],
+            },
+            filters=list(filters),
+        )
+        text = json.dumps(
+            manifest, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default
+        )
+        manifest_path = self.staging_dir / MANIFEST_NAME
+        with manifest_path.open("w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_path(self.staging_dir)
+        if self.final_dir.exists():
+            raise DatasetExistsError(f"dataset folder {self.final_dir} appeared during the build")
+        os.rename(self.staging_dir, self.final_dir)
+        _fsync_path(self.final_dir.parent)
+        return BuildResult(files=files, total=total, kept=kept, dropped=list(dropped), uri=uri)
+
+    def abort(self) -> None:
+        """Closes what is open and removes the staging folder; never raises."""
+        with contextlib.suppress(Exception):
+            self._close_writers()
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+    def _close_writers(self) -> None:
+        writers, self._writers = self._writers, {}
+        errors = []
+        for writer in writers.values():
+            try:
+                writer.close()
+            except Exception as exc:  # close them all, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]

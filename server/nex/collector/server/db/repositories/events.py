@@ -1,0 +1,81 @@
+"""The run event log: every status change, in revision order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+
+from nex.collector.server.db.tables import run_events
+from nex.collector.server.domain.batches import RunError, RunEvent
+from nex.collector.server.domain.teacher import RunStatus
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# Taken (transaction-scoped) right before events are inserted and held until commit,
+# so revisions become visible in increasing order: a reader that saw revision N
+# can never later find a committed event below N.
+EVENTS_LOCK = 7262002
+NOTIFY_CHANNEL = "nex_run_events"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    run_id: str
+    batch_id: str
+    status: RunStatus
+    attempt: int
+    error: RunError | None = None
+
+
+def _entity(row: Any) -> RunEvent:
+    return RunEvent(
+        revision=row["revision"],
+        run_id=row["run_id"],
+        batch_id=row["batch_id"],
+        status=RunStatus(row["status"]),
+        attempt=row["attempt"],
+        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        time=row["time"],
+    )
+
+
+class EventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def append(self, events: Sequence[NewEvent]) -> None:
+        """Appends events and wakes watchers; call it last, right before commit."""
+        if not events:
+            return
+        await self.session.execute(text(f"SELECT pg_advisory_xact_lock({EVENTS_LOCK})"))
+        await self.session.execute(
+            insert(run_events),
+            [
+                {
+                    "run_id": e.run_id,
+                    "batch_id": e.batch_id,
+                    "status": e.status.value,
+                    "attempt": e.attempt,
+                    "error_code": e.error.code if e.error else None,
+                    "error_message": e.error.message if e.error else None,
+                }
+                for e in events
+            ],
+        )
+        for batch_id in sorted({e.batch_id for e in events}):
+            await self.session.execute(
+                select(func.pg_notify(NOTIFY_CHANNEL, batch_id))
+            )
+
+    async def after(
+        self, *, revision: int, batch_id: str = "", run_id: str = "", limit: int = 1000
+    ) -> list[RunEvent]:
+        stmt = select(run_events).where(run_events.c.revision > revision)
+        if run_id:
+            stmt = stmt.where(run_events.c.run_id == run_id)
+        else:
+            stmt = stmt.where(run_events.c.batch_id == batch_id)
+        stmt = stmt.order_by(run_events.c.revision).limit(limit)
+        return [_entity(r) for r in (await self.session.execute(stmt)).mappings()]

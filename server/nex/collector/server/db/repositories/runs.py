@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from nex.collector.server.db.repositories.base import Repository
+from nex.collector.server.db.tables import runs
+from nex.collector.server.domain.batches import Run, RunError, Usage
+from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+
+_TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
+BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
+
+
+def messages_to_json(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def messages_from_json(data: Sequence[Mapping[str, str]]) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m["content"]) for m in data]
+
+
+def tokens_from_row(row: Mapping[str, Any]) -> TokenLogprobs | None:
+    if row.get("token_texts") is None:
+        return None
+    return TokenLogprobs(
+        tokens=list(row["token_texts"]),
+        logprobs=list(row["token_logprobs"]),
+        top_counts=list(row["top_counts"]),
+        top_tokens=list(row["top_tokens"]),
+        top_logprobs=list(row["top_logprobs"]),
+    )
+
+
+def tokens_to_row(tokens: TokenLogprobs | None) -> dict[str, Any]:
+    if tokens is None:
+        return dict.fromkeys(_TOKEN_COLUMNS)
+    return {
+        "token_texts": tokens.tokens,
+        "token_logprobs": tokens.logprobs,
+        "top_counts": tokens.top_counts,
+        "top_tokens": tokens.top_tokens,
+        "top_logprobs": tokens.top_logprobs,
+    }
+
+
+def run_from_row(row: Mapping[str, Any]) -> Run:
+    return Run(
+        id=row["id"],
+        batch_id=row["batch_id"],
+        status=RunStatus(row["status"]),
+        variables=dict(row["variables"]),
+        messages=messages_from_json(row["messages"]),
+        request_id=row["request_id"] or "",
+        attempt=row["attempt"],
+        create_time=row["create_time"],
+        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        output_text=row["output_text"] or "",
+        finish_reason=row["finish_reason"] or "",
+        has_logprobs=row["has_logprobs"],
+        tokens=tokens_from_row(row),
+        usage=Usage(row["input_tokens"], row["output_tokens"], row["cost_usd"]),
+        latency_ms=row["latency_ms"],
+        scores=dict(row["scores"]),
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+    )
+
+
+class RunRepository(Repository):
+    table = runs
+
+    def _select(self, full: bool) -> Any:
+        return select(runs) if full else select(*BASIC_COLUMNS)
+
+    async def get(self, id_: str, *, full: bool = True) -> Run | None:
+        row = await self._one(self._select(full).where(runs.c.id == id_))
+        return run_from_row(row) if row else None
+
+    async def by_request_ids(self, request_ids: Sequence[str]) -> dict[str, Run]:
+        if not request_ids:
+            return {}
+        stmt = self._select(False).where(runs.c.request_id.in_(list(request_ids)))
+        return {r.request_id: r for r in map(run_from_row, (await self.session.execute(stmt)).mappings())}
+
+    async def insert_queued(self, items: Sequence[Run]) -> set[str]:
+        """Inserts queued runs; returns the ids inserted (a request id that a
+        concurrent call took is skipped)."""
+        if not items:
+            return set()
+        stmt = (
+            insert(runs)
+            .values(
+                [
+                    {
+                        "id": r.id,
+                        "batch_id": r.batch_id,
+                        "status": RunStatus.QUEUED.value,
+                        "variables": r.variables,
+                        "messages": messages_to_json(r.messages),
+                        "request_id": r.request_id or None,
+                        "create_time": r.create_time,
+                    }
+                    for r in items
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[runs.c.request_id])
+            .returning(runs.c.id)
+        )
+        return {row[0] for row in await self.session.execute(stmt)}
+
+    async def list(
+        self, page: PageRequest, *, batch_id: str, status: RunStatus | None, full: bool
+    ) -> tuple[Sequence[Run], str | None]:
+        stmt = self._select(full).where(runs.c.batch_id == batch_id)
+        if status is not None:
+            stmt = stmt.where(runs.c.status == status.value)
+        rows, next_key = await self._page(stmt, page, runs.c.id)
+        return [run_from_row(r) for r in rows], next_key
+
+    async def cancel_queued(self, batch_id: str, when: datetime) -> list[tuple[str, int]]:
+        stmt = (
+            update(runs)
+            .where(runs.c.batch_id == batch_id, runs.c.status == RunStatus.QUEUED.value)
+            .values(status=RunStatus.CANCELLED.value, end_time=when)
+            .returning(runs.c.id, runs.c.attempt)
+        )
+        return [(r[0], r[1]) for r in await self.session.execute(stmt)]
+
+    async def merge_scores(self, id_: str, scores: Mapping[str, float]) -> bool:
+        stmt = (
+            update(runs)
+            .where(runs.c.id == id_)
+            .values(scores=runs.c.scores.op("||")(func.cast(bindparam("s", type_=runs.c.scores.type), runs.c.scores.type)))
+            .returning(runs.c.id)
+        )
+        return (await self.session.execute(stmt, {"s": dict(scores)})).first() is not None
+
+    # -- the worker's hot path ---------------------------------------------------
+
+    async def claim(self, ids: Sequence[str], lease: timedelta, now: datetime) -> list[Mapping[str, Any]]:
+        """Queued -> running for the given runs (attempt + 1, a lease); rows of
+        runs that are not queued (done, cancelled, taken) are simply absent."""
+        stmt = (
+            update(runs)
+            .where(runs.c.id.in_(list(ids)), runs.c.status == RunStatus.QUEUED.value)
+            .values(
+                status=RunStatus.RUNNING.value,
+                attempt=runs.c.attempt + 1,
+                start_time=func.coalesce(runs.c.start_time, now),
+                lease_expires=now + lease,
+            )
+            .returning(runs.c.id, runs.c.batch_id, runs.c.attempt, runs.c.messages)
+        )
+        return list((await self.session.execute(stmt)).mappings())
+
+    async def lock_running(self, keys: Sequence[tuple[str, int]]) -> set[str]:
+        """Locks the runs still running at the given attempt; returns their ids."""
+        if not keys:
+            return set()
+        wanted = dict(keys)
+        stmt = (
+            select(runs.c.id, runs.c.attempt)
+            .where(runs.c.id.in_(list(wanted)), runs.c.status == RunStatus.RUNNING.value)
+            .with_for_update()
+        )
+        return {r[0] for r in await self.session.execute(stmt) if wanted.get(r[0]) == r[1]}
+
+    async def finish(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Writes the final state of locked runs (one executemany)."""
+        if not rows:
+            return
+        stmt = (
+            update(runs)
+            .where(runs.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("status"),
+                error_code=bindparam("error_code"),
+                error_message=bindparam("error_message"),
+                output_text=bindparam("output_text"),
+                finish_reason=bindparam("finish_reason"),
+                has_logprobs=bindparam("has_logprobs"),
+                token_texts=bindparam("token_texts"),
+                token_logprobs=bindparam("token_logprobs"),
+                top_counts=bindparam("top_counts"),
+                top_tokens=bindparam("top_tokens"),
+                top_logprobs=bindparam("top_logprobs"),
+                input_tokens=bindparam("input_tokens"),
+                output_tokens=bindparam("output_tokens"),
+                cost_usd=bindparam("cost_usd"),
+                latency_ms=bindparam("latency_ms"),
+                end_time=bindparam("end_time"),
+                lease_expires=None,
+            )
+        )
+        await self.session.execute(stmt, list(rows), execution_options={"synchronize_session": False})
+
+    async def next_attempt(self, id_: str, attempt: int, lease: timedelta, now: datetime) -> bool:
+        """Running at `attempt` -> running at attempt + 1 with a fresh lease."""
+        stmt = (
+            update(runs)
+            .where(runs.c.id == id_, runs.c.status == RunStatus.RUNNING.value, runs.c.attempt == attempt)
+            .values(attempt=attempt + 1, lease_expires=now + lease)
+            .returning(runs.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
+        stmt = (
+            update(runs)
+            .where(runs.c.id == id_, runs.c.status == RunStatus.RUNNING.value, runs.c.attempt == attempt)
+            .values(status=RunStatus.CANCELLED.value, end_time=now, lease_expires=None)
+            .returning(runs.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    # -- the reconciler ----------------------------------------------------------
+
+    async def expired_leases(self, now: datetime, limit: int) -> list[Mapping[str, Any]]:
+        stmt = (
+            select(runs.c.id, runs.c.batch_id, runs.c.attempt)
+            .where(runs.c.status == RunStatus.RUNNING.value, runs.c.lease_expires < now)
+            .order_by(runs.c.lease_expires)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.execute(stmt)).mappings())
+
+    async def requeue(self, ids: Sequence[str]) -> None:
+        await self.session.execute(
+            update(runs).where(runs.c.id.in_(list(ids))).values(status=RunStatus.QUEUED.value, lease_expires=None)
+        )
+
+    async def fail_many(self, ids: Sequence[str], code: str, message: str, now: datetime) -> None:
+        await self.session.execute(
+            update(runs)
+            .where(runs.c.id.in_(list(ids)))
+            .values(status=RunStatus.FAILED.value, error_code=code, error_message=message, end_time=now, lease_expires=None)
+        )
+
+    async def stale_queued(self, older_than: datetime, limit: int) -> list[str]:
+        stmt = (
+            select(runs.c.id)
+            .where(runs.c.status == RunStatus.QUEUED.value, runs.c.create_time < older_than)
+            .order_by(runs.c.id)
+            .limit(limit)
+        )
+        return [r[0] for r in await self.session.execute(stmt)]
+
+    async def active_count(self, batch_id: str) -> int:
+        stmt = select(func.count()).where(
+            runs.c.batch_id == batch_id,
+            runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]),
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def status_of(self, id_: str) -> RunStatus | None:
+        value = (await self.session.execute(select(runs.c.status).where(runs.c.id == id_))).scalar()
+        return RunStatus(value) if value else None

@@ -1,0 +1,161 @@
+"""Teacher batches and the state of their runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.teacher import (
+    ChatMessage,
+    GenerationParams,
+    Provider,
+    RunStatus,
+    TokenLogprobs,
+)
+
+MAX_STOP_SEQUENCES = 4
+MAX_TOP_LOGPROBS = 20
+MAX_RUNS_PER_CALL = 5000
+
+
+class BatchStatus(StrEnum):
+    OPEN = "open"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    queued: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running + self.completed + self.failed + self.cancelled
+
+    @property
+    def active(self) -> int:
+        return self.queued + self.running
+
+    @classmethod
+    def from_mapping(cls, counts: Mapping[str, int]) -> RunCounts:
+        return cls(**{s.value: int(counts.get(s.value, 0)) for s in RunStatus})
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: str
+    name: str
+    template_id: str
+    provider: str
+    model: str
+    params: GenerationParams
+    context_ref_id: str | None
+    labels: dict[str, str]
+    link_evidence: bool
+    create_time: datetime
+    cancel_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """A batch with what is derived from its runs."""
+
+    batch: Batch
+    counts: RunCounts
+    usage: Usage
+
+    @property
+    def status(self) -> BatchStatus:
+        if self.batch.cancel_time is not None:
+            return BatchStatus.CANCELLED
+        if self.counts.total == 0:
+            return BatchStatus.OPEN
+        return BatchStatus.RUNNING if self.counts.active else BatchStatus.COMPLETED
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: str
+    batch_id: str
+    status: RunStatus
+    variables: dict[str, str]
+    messages: list[ChatMessage]
+    request_id: str
+    attempt: int
+    create_time: datetime
+    error: RunError | None = None
+    output_text: str = ""
+    finish_reason: str = ""
+    has_logprobs: bool = False
+    tokens: TokenLogprobs | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_ms: int = 0
+    scores: dict[str, float] = field(default_factory=dict)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    revision: int
+    run_id: str
+    batch_id: str
+    status: RunStatus
+    attempt: int
+    error: RunError | None
+    time: datetime
+
+
+def check_params(v: Violations, field: str, p: GenerationParams) -> None:
+    def bad(name: str, what: str) -> None:
+        v.add(f"{field}.{name}", what)
+
+    if p.temperature is not None and not (0.0 <= p.temperature <= 2.0):
+        bad("temperature", "must be between 0 and 2")
+    if p.top_p is not None and not (0.0 < p.top_p <= 1.0):
+        bad("top_p", "must be in (0, 1]")
+    if p.max_tokens is not None and not (1 <= p.max_tokens <= 1_000_000):
+        bad("max_tokens", "must be between 1 and 1000000")
+    if p.top_logprobs is not None and not (0 <= p.top_logprobs <= MAX_TOP_LOGPROBS):
+        bad("top_logprobs", f"must be between 0 and {MAX_TOP_LOGPROBS}")
+    if len(p.stop) > MAX_STOP_SEQUENCES:
+        bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    if any(not s for s in p.stop):
+        bad("stop", "stop sequences must not be empty")
+
+
+def check_provider(v: Violations, field: str, provider: str) -> None:
+    if provider not in {p.value for p in Provider}:
+        v.add(field, f"must be one of {', '.join(p.value for p in Provider)}; got {provider!r}")
+
+
+def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None:
+    if not scores:
+        v.add(field, "give at least one score")
+    for name, value in scores.items():
+        if not name or len(name) > 64:
+            v.add(f"{field}[{name!r}]", "score names are 1-64 characters")
+        if not math.isfinite(value):
+            v.add(f"{field}[{name!r}]", "must be a finite number")

@@ -1,0 +1,174 @@
+"""Executing one run: claim it, call the teacher with retries, store the result.
+Every state change is a guarded transition, so a duplicate or late job does
+nothing; claims and results of concurrent runs share transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from nex.collector.server.db.repositories.events import NewEvent
+from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
+from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.domain.batches import Batch, RunError
+from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.providers.base import Completion, GenerationRequest, ProviderError, TeacherProvider
+from nex.collector.server.providers.pricing import cost_usd
+from nex.collector.server.providers.retry import RetryPolicy
+from nex.collector.server.services.batching import MicroBatcher
+from nex.collector.server.services.common import now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    run_id: str
+    batch_id: str
+    attempt: int
+    messages: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    run_id: str
+    batch_id: str
+    attempt: int
+    status: RunStatus
+    completion: Completion | None = None
+    error: RunError | None = None
+    cost_usd: float = 0.0
+    latency_ms: int = 0
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        provider_for: Callable[[str], TeacherProvider],
+        *,
+        policy: RetryPolicy,
+        lease: timedelta,
+    ) -> None:
+        self._uow = uow
+        self._provider_for = provider_for
+        self._policy = policy
+        self._lease = lease
+        self._batches: dict[str, Batch] = {}
+        self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(self._claim_many)
+        self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(self._finish_many)
+
+    async def aclose(self) -> None:
+        await self._claims.aclose()
+        await self._outcomes.aclose()
+
+    async def execute(self, run_id: str) -> str:
+        """Runs one job; returns what happened (for logs and arq's job result)."""
+        claim = await self._claims.submit(run_id)
+        if claim is None:
+            return "skipped: not queued"
+        batch = await self._batch(claim.batch_id)
+        provider = self._provider_for(batch.provider)
+        request = GenerationRequest(batch.model, messages_from_json(claim.messages), batch.params)
+        attempt = claim.attempt
+        while True:
+            started = time.perf_counter()
+            try:
+                completion = await provider.generate(request)
+            except ProviderError as err:
+                if not self._policy.should_retry(attempt, err):
+                    outcome = Outcome(run_id, batch.id, attempt, RunStatus.FAILED,
+                                      error=RunError(err.code, err.message))
+                    await self._outcomes.submit(outcome)
+                    return f"failed: {err.code}"
+                await asyncio.sleep(self._policy.delay(attempt, err))
+                if not await self._next_attempt(run_id, batch.id, attempt):
+                    return "stopped: cancelled or lease lost"
+                attempt += 1
+                continue
+            latency_ms = int((time.perf_counter() - started) * 1000)
+            outcome = Outcome(
+                run_id,
+                batch.id,
+                attempt,
+                RunStatus.COMPLETED,
+                completion=completion,
+                cost_usd=cost_usd(batch.provider, batch.model, completion.input_tokens, completion.output_tokens),
+                latency_ms=latency_ms,
+            )
+            stored = await self._outcomes.submit(outcome)
+            return "completed" if stored else "discarded: run moved on"
+
+    async def _batch(self, batch_id: str) -> Batch:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            async with self._uow() as tx:
+                batch = await tx.batches.get(batch_id)
+            if batch is None:
+                raise LookupError(f"batch {batch_id} vanished")
+            if len(self._batches) > 1000:
+                self._batches.clear()
+            self._batches[batch_id] = batch
+        return batch
+
+    async def _claim_many(self, run_ids: Sequence[str]) -> list[Claim | None]:
+        async with self._uow() as tx:
+            rows = await tx.runs.claim(list(dict.fromkeys(run_ids)), self._lease, now())
+            await tx.events.append(
+                [NewEvent(r["id"], r["batch_id"], RunStatus.RUNNING, r["attempt"]) for r in rows]
+            )
+            await tx.commit()
+        claims = {r["id"]: Claim(r["id"], r["batch_id"], r["attempt"], r["messages"]) for r in rows}
+        return [claims.pop(run_id, None) for run_id in run_ids]
+
+    async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        finished_at = now()
+        async with self._uow() as tx:
+            live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
+            rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
+            await tx.runs.finish(rows)
+            await tx.events.append(
+                [NewEvent(o.run_id, o.batch_id, o.status, o.attempt, o.error) for o in outcomes if o.run_id in live]
+            )
+            await tx.commit()
+        return [o.run_id in live for o in outcomes]
+
+    async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:
+        """Before a retry: stop when the batch was cancelled, else attempt + 1."""
+        async with self._uow() as tx:
+            batch = await tx.batches.get(batch_id)
+            if batch is not None and batch.cancel_time is not None:
+                if await tx.runs.cancel_running(run_id, attempt, now()):
+                    await tx.events.append([NewEvent(run_id, batch_id, RunStatus.CANCELLED, attempt)])
+                await tx.commit()
+                return False
+            if not await tx.runs.next_attempt(run_id, attempt, self._lease, now()):
+                return False
+            await tx.events.append([NewEvent(run_id, batch_id, RunStatus.RUNNING, attempt + 1)])
+            await tx.commit()
+            return True
+
+
+def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
+    c = o.completion
+    row: dict[str, Any] = {
+        "b_id": o.run_id,
+        "status": o.status.value,
+        "error_code": o.error.code if o.error else None,
+        "error_message": o.error.message if o.error else None,
+        "output_text": c.text if c else None,
+        "finish_reason": c.finish_reason if c else None,
+        "has_logprobs": bool(c and c.tokens is not None),
+        "input_tokens": c.input_tokens if c else 0,
+        "output_tokens": c.output_tokens if c else 0,
+        "cost_usd": o.cost_usd,
+        "latency_ms": o.latency_ms,
+        "end_time": finished_at,
+    }
+    row.update(tokens_to_row(c.tokens if c else None))
+    return row
