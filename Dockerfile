@@ -1,0 +1,19 @@
+# One image for every role: `docker run IMAGE serve|worker|migrate|dev`.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY client ./client
+COPY server ./server
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 collector
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER collector
+WORKDIR /home/collector
+ENV DATA_DIR=/home/collector/data \
+    NEX_COLLECTOR_ADDR=0.0.0.0:50051
+EXPOSE 50051
+ENTRYPOINT ["nex-collector"]
+CMD ["serve"]

@@ -1,0 +1,38 @@
+"""Distilled datasets: streaming Parquet files plus a checksummed manifest.
+
+See docs/dataset-format.md for the files and their columns.
+"""
+
+from nex.collector.server.datasets.builder import (
+    DEFAULT_MAX_ROW_GROUP_BYTES,
+    DEFAULT_ROW_GROUP_SIZE,
+    Progress,
+    build_dataset,
+)
+from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
+from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.datasets.writer import (
+    MANIFEST_NAME,
+    BuildResult,
+    DatasetExistsError,
+    DatasetFileInfo,
+    FilterDrop,
+    remove_stale_staging,
+)
+
+__all__ = [
+    "DEFAULT_MAX_ROW_GROUP_BYTES",
+    "DEFAULT_ROW_GROUP_SIZE",
+    "FILE_NAMES",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "SCHEMAS",
+    "BuildResult",
+    "DatasetExistsError",
+    "DatasetFileInfo",
+    "FilterDrop",
+    "Progress",
+    "build_dataset",
+    "remove_stale_staging",
+    "verify_dataset",
+]
