@@ -25,7 +25,7 @@ from nex.collector.v1 import (
 )
 
 from . import _convert
-from ._auth import BearerTokenInterceptor
+from ._auth import bearer_token_interceptors
 from ._errors import (
     CollectorError,
     DatasetBuildError,
@@ -146,13 +146,13 @@ class AsyncClient:
         target: str,
         token: str | None,
         *,
-        timeout: float | None,
+        timeout: float | None,  # noqa: ASYNC109
         tls: bool | grpc.ChannelCredentials,
         lazy: bool,
         watch_retry: WatchRetry | None,
         options: Iterable[tuple[str, Any]],
     ) -> AsyncClient:
-        interceptors = [BearerTokenInterceptor(token)] if token else []
+        interceptors = bearer_token_interceptors(token) if token else []
         opts = dict(_CHANNEL_OPTIONS)
         opts.update(options)
         channel_options = list(opts.items())
@@ -527,12 +527,12 @@ class AsyncClient:
                     yield event
                     if run_id is not None and event.status.is_terminal:
                         return
-                if run_id is None and not follow:
+                # The server ended the stream with OK: the watch is over, except a
+                # followed batch watch, which only a stopping server ends.
+                if retry is None or not follow or run_id is not None:
                     return
-                # A run watch that ends before the terminal event, or a followed
-                # batch watch that ends at all, was cut short (e.g. a draining server).
                 error = UnavailableError(
-                    grpc.StatusCode.UNAVAILABLE, "the watch stream ended early"
+                    grpc.StatusCode.UNAVAILABLE, "the followed watch stream ended"
                 )
             except TimeoutError:
                 error = UnavailableError(
@@ -610,7 +610,7 @@ class AsyncClient:
         self,
         id: str,
         *,
-        timeout: float | None = 600,
+        timeout: float | None = 600,  # noqa: ASYNC109
         poll_interval: float = 0.5,
         raise_on_failure: bool = True,
     ) -> DatasetManifest:

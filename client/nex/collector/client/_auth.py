@@ -1,4 +1,4 @@
-"""Bearer-token metadata added to every call by a channel interceptor."""
+"""Bearer-token metadata added to every call by channel interceptors."""
 
 from __future__ import annotations
 
@@ -19,18 +19,15 @@ def _with_token(details: aio.ClientCallDetails, header: tuple[str, str]) -> aio.
     )
 
 
-class BearerTokenInterceptor(
-    aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-):
-    """Sends ``authorization: Bearer <token>`` with every unary and server-streaming call."""
-
+class _TokenInterceptor:
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
     def __repr__(self) -> str:  # never print the token
         return f"{type(self).__name__}(token=***)"
 
+
+class _UnaryUnaryToken(_TokenInterceptor, aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(
         self,
         continuation: Callable[[aio.ClientCallDetails, Any], Any],
@@ -39,6 +36,8 @@ class BearerTokenInterceptor(
     ) -> Any:
         return await continuation(_with_token(client_call_details, self._header), request)
 
+
+class _UnaryStreamToken(_TokenInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(
         self,
         continuation: Callable[[aio.ClientCallDetails, Any], Any],
@@ -46,3 +45,11 @@ class BearerTokenInterceptor(
         request: Any,
     ) -> AsyncIterable[Any] | Any:
         return await continuation(_with_token(client_call_details, self._header), request)
+
+
+def bearer_token_interceptors(token: str) -> list[Any]:
+    """Interceptors sending ``authorization: Bearer <token>`` with every call.
+
+    One object per call kind: a ``grpc.aio`` channel files each interceptor
+    under the first kind it implements only."""
+    return [_UnaryUnaryToken(token), _UnaryStreamToken(token)]

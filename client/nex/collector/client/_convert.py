@@ -286,8 +286,7 @@ def dataset(msg: dataset_pb2.DatasetManifest) -> DatasetManifest:
         status=_enum(DatasetStatus, msg.status),
         uri=msg.uri,
         files=tuple(
-            DatasetFile(name=f.name, sha256=f.sha256, rows=f.rows, bytes=f.bytes)
-            for f in msg.files
+            DatasetFile(name=f.name, sha256=f.sha256, rows=f.rows, bytes=f.bytes) for f in msg.files
         ),
         counts=DatasetCounts(
             total=msg.counts.total,

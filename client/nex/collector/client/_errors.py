@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
     from ._types import DatasetManifest
@@ -153,7 +153,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CollectorError]] = {
 }
 
 
-def _status_details(trailing: Iterable[tuple[str, str | bytes]] | None) -> status_pb2.Status | None:
+def _status_details(trailing: Iterable[Any] | None) -> status_pb2.Status | None:
     for key, value in trailing or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status()

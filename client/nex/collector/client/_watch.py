@@ -44,7 +44,7 @@ class WatchRetry:
     multiplier: float = 2.0
     jitter: float = 0.2
     give_up_after: float | None = 300.0
-    idle_timeout: float | None = 60.0
+    idle_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
         if self.initial_backoff < 0 or self.max_backoff < 0:
@@ -60,7 +60,7 @@ class WatchRetry:
             return hint
         base = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
         if self.jitter:
-            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311
+            base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, base)
 
 
