@@ -1,5 +1,5 @@
 """Fixtures: real PostgreSQL + Redis (embedded or from DATABASE_URL / REDIS_URL),
-and a real collector reached through the shipped client."""
+a fake teacher at the wire, and a real collector reached through the shipped client."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ from pathlib import Path
 import pytest
 
 from nex.collector.client import Client, connect
-
+from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing, backing_services
 from tests.support.collector import RunningCollector, collector_settings, running_collector
+
+TEACHER_KEY = "sk-test-secret-key-0123456789"
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (the database is shared by the session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +29,41 @@ def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backing]:
 
 
 @pytest.fixture(scope="session")
+def teacher_api() -> Iterator[FakeTeacherAPI]:
+    """A local HTTP server speaking the OpenAI and Anthropic APIs."""
+    api = FakeTeacherAPI(api_key=TEACHER_KEY).start_in_thread()
+    try:
+        yield api
+    finally:
+        api.stop_thread()
+
+
+@pytest.fixture
+def fresh_teacher_api(teacher_api: FakeTeacherAPI) -> FakeTeacherAPI:
+    """The fake teacher with counters, script and faults reset for one test."""
+    teacher_api.reset()
+    teacher_api.latency_s = 0.0
+    teacher_api.failure_rate = 0.0
+    return teacher_api
+
+
+def teacher_settings(api: FakeTeacherAPI) -> dict[str, object]:
+    return {
+        "OPENAI_BASE_URL": api.openai_base_url,
+        "OPENAI_API_KEY": TEACHER_KEY,
+        "ANTHROPIC_BASE_URL": api.anthropic_base_url,
+        "ANTHROPIC_API_KEY": TEACHER_KEY,
+        "TEACHER_TIMEOUT_S": 5.0,
+    }
+
+
+@pytest.fixture(scope="session")
 def collector(
-    backing: Backing, tmp_path_factory: pytest.TempPathFactory
+    backing: Backing, teacher_api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningCollector]:
-    settings = collector_settings(backing, Path(tmp_path_factory.mktemp("data")))
+    settings = collector_settings(
+        backing, Path(tmp_path_factory.mktemp("data")), **teacher_settings(teacher_api)
+    )
     with running_collector(settings) as running:
         yield running
 
@@ -35,8 +73,3 @@ def client(collector: RunningCollector) -> Iterator[Client]:
     """The shipped blocking client, authenticated."""
     with connect(collector.address, token=collector.token) as c:
         yield c
-
-
-def unique(prefix: str) -> str:
-    """A name no other test uses (the database is shared by the session)."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import math
 import random
@@ -46,6 +47,9 @@ VOCAB: tuple[str, ...] = (
     "résumé", "日本", "→", "value", "loss", "gradient", "sample", "output", "input",
     "prompt", "reason", "because", "therefore", "so", "it", "that", "this", "with",
 )  # fmt: skip
+
+# Strides coprime with len(VOCAB) (46), so the 20 alternatives are distinct words.
+_STEPS = (1, 3, 5, 7, 9, 11, 13, 15, 17, 19)
 
 _OPENAI_ERROR_TYPES = {
     400: ("invalid_request_error", None),
@@ -115,27 +119,38 @@ def generate(
     model: str, messages: list[dict[str, Any]], system: str, max_tokens: int, top_k: int
 ) -> tuple[list[Position], bool]:
     """Deterministic output for a prompt: its positions and whether it was cut
-    by `max_tokens`. Each position has the `top_k` likeliest alternatives,
-    whose probabilities sum below 1; the chosen token is the first or (as real
-    sampling does) sometimes the second likeliest."""
+    by `max_tokens`. Each position has the `top_k` likeliest of 20 alternatives
+    (geometric probabilities summing below 1); the chosen token is the first or
+    (as real sampling does) sometimes the second likeliest. The draws do not
+    depend on `top_k`, so neither does the text."""
     seed_bytes = orjson.dumps([model, system, messages], option=orjson.OPT_SORT_KEYS)
     rng = random.Random(hashlib.sha256(seed_bytes).digest())
     natural = 8 + rng.randrange(25)
     count = min(natural, max(max_tokens, 0))
+    size = len(VOCAB)
     positions: list[Position] = []
     for i in range(count):
-        # Drawn the same way whatever `top_k` is, so the text does not depend on it.
-        words = rng.sample(VOCAB, MAX_TOP_LOGPROBS)
+        start = rng.randrange(size)
+        step = _STEPS[rng.randrange(len(_STEPS))]
+        ratio = 0.2 + 0.7 * rng.random()
         mass = 0.55 + 0.44 * rng.random()
-        weights = sorted((rng.random() + 0.05 for _ in words), reverse=True)
-        total = sum(weights)
-        logprobs = [math.log(mass * w / total) for w in weights]
         chosen = 1 if rng.random() < 0.2 else 0
+        # p_j = mass * (1 - r) r^j / (1 - r^20): decreasing, summing to `mass` over all 20.
+        head = math.log(mass * (1 - ratio) / (1 - ratio**MAX_TOP_LOGPROBS))
+        log_ratio = math.log(ratio)
         prefix = "" if i == 0 else " "
-        top = [(prefix + w, lp) for w, lp in zip(words, logprobs, strict=True)]
+        top = [
+            (prefix + VOCAB[(start + j * step) % size], head + j * log_ratio)
+            for j in range(max(top_k, chosen + 1))
+        ]
         token, logprob = top[chosen]
         positions.append(Position(token, logprob, top[:top_k]))
     return positions, natural > count
+
+
+@functools.cache
+def _utf8(token: str) -> list[int]:
+    return list(token.encode())
 
 
 def openai_completion(request: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +168,9 @@ def openai_completion(request: dict[str, Any]) -> dict[str, Any]:
                 {
                     "token": p.token,
                     "logprob": p.logprob,
-                    "bytes": list(p.token.encode()),
+                    "bytes": _utf8(p.token),
                     "top_logprobs": [
-                        {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in p.top
+                        {"token": t, "logprob": lp, "bytes": _utf8(t)} for t, lp in p.top
                     ],
                 }
                 for p in positions

@@ -1,0 +1,23 @@
+"""Direct reads of the collector's database, for assertions a client cannot make
+(what is stored, and what is not)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from nex.collector.server.bootstrap import plain_dsn
+from tests.support.collector import RunningCollector
+
+
+async def _fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [dict(r) for r in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()
+
+
+def fetch_all(collector: RunningCollector, query: str, *args: Any) -> list[dict[str, Any]]:
+    return collector.call(_fetch(plain_dsn(collector.container.database_url), query, *args))
