@@ -11,13 +11,11 @@ from datetime import timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-
 from nex.collector.server.config import Settings
 from nex.collector.server.db.migrate import upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.domain.teacher import Provider
+from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import JobQueue
@@ -27,6 +25,12 @@ from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.templates import Templates
 from nex.collector.server.services.watch import EventHub, RunWatcher
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +80,12 @@ def _secret(value: Any) -> str | None:
 def provider_problems(settings: Settings) -> dict[str, str | None]:
     """Why a provider cannot be used on this server (None: it can)."""
     return {
-        Provider.OPENAI.value: None if settings.openai_api_key else
-        "the server has no OPENAI_API_KEY; set it to use provider 'openai'",
-        Provider.ANTHROPIC.value: None if settings.anthropic_api_key else
-        "the server has no ANTHROPIC_API_KEY; set it to use provider 'anthropic'",
+        Provider.OPENAI.value: None
+        if settings.openai_api_key
+        else "the server has no OPENAI_API_KEY; set it to use provider 'openai'",
+        Provider.ANTHROPIC.value: None
+        if settings.anthropic_api_key
+        else "the server has no ANTHROPIC_API_KEY; set it to use provider 'anthropic'",
         Provider.MOCK.value: None,
     }
 
@@ -98,7 +104,9 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
     try:
         if migrate:
             await upgrade_to_head(engine)
-        uow = UnitOfWorkFactory(async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession))
+        uow = UnitOfWorkFactory(
+            async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession)
+        )
         redis = await create_pool(RedisSettings.from_dsn(redis_url))
         closers.append(redis.aclose)
         queue = JobQueue(redis)

@@ -45,9 +45,7 @@ class Settings(BaseSettings):
 
     worker_max_jobs: int = Field(default=256, validation_alias="WORKER_MAX_JOBS", ge=1)
     run_lease_s: float = Field(default=300.0, validation_alias="RUN_LEASE_S", gt=0)
-    reconcile_interval_s: float = Field(
-        default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0
-    )
+    reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
     watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(default=False, validation_alias="LOG_JSON")
@@ -84,7 +82,6 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-            for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(problems) from None

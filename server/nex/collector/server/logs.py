@@ -34,5 +34,15 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "openai", "anthropic", "asyncio", "alembic", "pgserver", "aiohttp.access", "arq.worker", "arq.jobs"):
+    for noisy in (
+        "httpx",
+        "openai",
+        "anthropic",
+        "asyncio",
+        "alembic",
+        "pgserver",
+        "aiohttp.access",
+        "arq.worker",
+        "arq.jobs",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -8,7 +8,13 @@ import logging
 from collections.abc import Sequence
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.constants import (
+    default_queue_name,
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+)
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
@@ -50,10 +56,19 @@ class JobQueue:
             added += int(await self._script(keys=[self.queue_name], args=argv))
         return added
 
+    async def release(self, function: str, ids: Sequence[str]) -> None:
+        """Makes jobs whose worker died startable again at once (arq would wait for
+        its in-progress marker to time out), then enqueues any that are gone."""
+        if ids:
+            await self.redis.delete(*(in_progress_key_prefix + i for i in ids))
+        await self.enqueue(function, ids)
+
     async def try_enqueue(self, function: str, ids: Sequence[str]) -> None:
         """Enqueue, but a Redis failure only logs: PostgreSQL holds the work and the
         reconciler enqueues it again."""
         try:
             await self.enqueue(function, ids)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not enqueue %d %s jobs (%s); the reconciler will", len(ids), function, exc)
+        except Exception as exc:
+            log.warning(
+                "could not enqueue %d %s jobs (%s); the reconciler will", len(ids), function, exc
+            )

@@ -5,8 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from nex.collector.server.domain.batches import BatchStatus, BatchView, Run, RunError, RunEvent, Usage
+from nex.collector.server.domain.batches import (
+    BatchStatus,
+    BatchView,
+    Run,
+    RunError,
+    RunEvent,
+    Usage,
+)
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus, TokenLogprobs
@@ -95,7 +101,9 @@ def params(p: GenerationParams) -> teacher_pb2.GenerationParams:
 
 
 def usage(u: Usage) -> common_pb2.Usage:
-    return common_pb2.Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd)
+    return common_pb2.Usage(
+        input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd
+    )
 
 
 def error(e: RunError | None) -> common_pb2.Error | None:
@@ -115,8 +123,12 @@ def batch(view: BatchView) -> teacher_pb2.TeacherBatch:
         labels=b.labels,
         status=_BATCH_STATUS[view.status],
         counts=teacher_pb2.RunCounts(
-            queued=c.queued, running=c.running, completed=c.completed,
-            failed=c.failed, cancelled=c.cancelled, total=c.total,
+            queued=c.queued,
+            running=c.running,
+            completed=c.completed,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            total=c.total,
         ),
         usage=usage(view.usage),
         create_time=timestamp(b.create_time),

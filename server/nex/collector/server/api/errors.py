@@ -7,7 +7,6 @@ import logging
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-
 from nex.collector.server.domain import errors as domain
 
 log = logging.getLogger(__name__)
@@ -45,13 +44,19 @@ def rich_status(
     violations: list[domain.FieldViolation] | None = None,
 ) -> status_pb2.Status:
     """A google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
-    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {}))]
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+        )
+    ]
     if violations:
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
                         for v in violations
                     ]
                 )
@@ -77,4 +82,4 @@ def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from grpc import aio
-
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
 from nex.collector.server.domain.errors import DomainError
 
@@ -113,8 +112,7 @@ class ServerInterceptor(aio.ServerInterceptor):
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
                     status.message,
-                    trailing_metadata=trailing_metadata(status)
-                    + (("x-request-id", request_id_var.get()),),
+                    trailing_metadata=trailing_metadata(status),
                 )
 
         async def unary(inner: Any, request: Any, context: aio.ServicerContext) -> Any:
@@ -122,7 +120,7 @@ class ServerInterceptor(aio.ServerInterceptor):
             started = time.perf_counter()
             try:
                 response = await inner(request, context)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+            except Exception as exc:
                 if isinstance(exc, aio.AbortError):
                     raise
                 await _abort(context, exc, method)
@@ -130,12 +128,14 @@ class ServerInterceptor(aio.ServerInterceptor):
             log.debug("%s OK in %.1f ms", method, (time.perf_counter() - started) * 1000)
             return response
 
-        async def stream(inner: Any, request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(
+            inner: Any, request: Any, context: aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             await before(context)
             try:
                 async for item in inner(request, context):
                     yield item
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if isinstance(exc, aio.AbortError):
                     raise
                 await _abort(context, exc, method)

@@ -8,7 +8,6 @@ import logging
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from nex.collector.server.api.interceptors import ServerInterceptor
 from nex.collector.server.api.servicers.context_refs import ContextRefServicer
 from nex.collector.server.api.servicers.teacher import TeacherServicer
@@ -76,13 +75,17 @@ class GrpcServer:
             self._server,
         )
         evidence_service_pb2_grpc.add_EvidenceServiceServicer_to_server(
-            c.extras.get("evidence_servicer") or evidence_service_pb2_grpc.EvidenceServiceServicer(),
+            c.extras.get("evidence_servicer")
+            or evidence_service_pb2_grpc.EvidenceServiceServicer(),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self._server,
         )
         self.port = self._server.add_insecure_port(self._addr)

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
 from nex.collector.server import logs
 from nex.collector.server.config import ConfigError, Settings, load_settings
+from rich.console import Console
 
 app = typer.Typer(
     name="nex-collector",
@@ -21,7 +20,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-AddrOpt = Annotated[str | None, typer.Option("--addr", help="host:port to serve gRPC on [NEX_COLLECTOR_ADDR]")]
+AddrOpt = Annotated[
+    str | None, typer.Option("--addr", help="host:port to serve gRPC on [NEX_COLLECTOR_ADDR]")
+]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="data directory [DATA_DIR]")]
 
 
@@ -44,13 +45,19 @@ def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
     from nex.collector.server.runtime import run
 
     def ready(container: object, server: object) -> None:
-        where = "embedded PostgreSQL + Redis in " + str(settings.data_dir) if settings.embedded else "DATABASE_URL / REDIS_URL"
+        where = (
+            "embedded PostgreSQL + Redis in " + str(settings.data_dir)
+            if settings.embedded
+            else "DATABASE_URL / REDIS_URL"
+        )
         parts = []
         if server is not None:
             parts.append(f"gRPC on {server.address}")  # type: ignore[attr-defined]
         if work:
             parts.append("worker running")
-        console.print(f"[green]nex-collector ready[/green]: {', '.join(parts)} ({where}); Ctrl-C stops")
+        console.print(
+            f"[green]nex-collector ready[/green]: {', '.join(parts)} ({where}); Ctrl-C stops"
+        )
 
     asyncio.run(run(settings, serve=serve, work=work, migrate=migrate, ready=ready))
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
 from nex.collector.server.datasets.columns import ChunkTables, LogprobColumns, estimated_bytes
 from nex.collector.server.datasets.schema import SCHEMAS
 from nex.collector.server.datasets.writer import (

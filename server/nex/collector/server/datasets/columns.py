@@ -16,7 +16,6 @@ from itertools import accumulate
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from nex.collector.server.datasets.schema import (
     EXAMPLES,
     INPUTS,
@@ -57,93 +56,59 @@ class LogprobColumns:
     """
 
     def __init__(self, runs: Sequence[CompletedRun]) -> None:
-        tokens: list[str] = []
-        logprobs: list[float] = []
-        counts: list[int] = []
-        top_tokens: list[str] = []
-        top_logprobs: list[float] = []
-        run_positions = [0]  # run i owns positions [run_positions[i], run_positions[i + 1])
-        present: list[bool] = []
-        soft: list[bool] = []
-        for run in runs:
-            t = run.tokens
-            if t is None:
-                run_positions.append(run_positions[-1])
-                present.append(False)
-                soft.append(False)
-                continue
-            n = len(t.tokens)
-            n_alt = len(t.top_tokens)
-            if (
-                len(t.logprobs) != n
-                or len(t.top_counts) != n
-                or len(t.top_logprobs) != n_alt
-                or sum(t.top_counts) != n_alt
-                or min(t.top_counts, default=0) < 0
-            ):
-                raise ValueError(
-                    f"run {run.run_id} has inconsistent token logprobs: {n} tokens, "
-                    f"{len(t.logprobs)} logprobs, {len(t.top_counts)} top counts summing to "
-                    f"{sum(t.top_counts)}, {n_alt} top tokens, {len(t.top_logprobs)} top logprobs"
-                )
-            tokens.extend(t.tokens)
-            logprobs.extend(t.logprobs)
-            counts.extend(t.top_counts)
-            top_tokens.extend(t.top_tokens)
-            top_logprobs.extend(t.top_logprobs)
-            run_positions.append(run_positions[-1] + n)
-            present.append(True)
-            soft.append(n_alt > 0)
+        columns = [run.tokens for run in runs]
+        self.has_soft_labels = [_check(run) for run in runs]
+        present = [t is not None for t in columns]
 
-        self.has_soft_labels = soft
-        run_offsets = _offsets(run_positions)
+        # pa.array over the runs' own lists: one C-level pass, no per-token Python work.
+        self.tokens = pa.array([t.tokens if t is not None else None for t in columns], pa.list_(pa.string()))
+        self.logprobs = pa.array(
+            [t.logprobs if t is not None else None for t in columns], pa.list_(pa.float64())
+        )
+        counts = pa.array(
+            [t.top_counts if t is not None else None for t in columns], pa.list_(pa.int32())
+        ).flatten()
+        alt_tokens = pa.array(
+            [t.top_tokens if t is not None else None for t in columns], pa.list_(pa.string())
+        ).flatten()
+        alt_logprobs = pa.array(
+            [t.top_logprobs if t is not None else None for t in columns], pa.list_(pa.float64())
+        ).flatten()
+        del columns
+
+        run_offsets = self.tokens.offsets
+        alt_offsets = pa.concat_arrays(
+            [pa.array([0], pa.int32()), pc.cumulative_sum_checked(counts)]
+        )
         present_mask = _mask(present)
-        alt_offsets = _offsets(list(accumulate(counts, initial=0)))
-        alt_tokens = pa.array(top_tokens, pa.string())
-        alt_logprobs = pa.array(top_logprobs, pa.float64())
-        del top_tokens, top_logprobs
-
-        self.tokens = pa.ListArray.from_arrays(
-            run_offsets, pa.array(tokens, pa.string()), mask=present_mask
-        )
-        self.logprobs = pa.ListArray.from_arrays(
-            run_offsets, pa.array(logprobs, pa.float64()), mask=present_mask
-        )
         top = pa.StructArray.from_arrays([alt_tokens, alt_logprobs], fields=list(TOP_LOGPROB))
         self.top_logprobs = pa.ListArray.from_arrays(
             run_offsets, pa.ListArray.from_arrays(alt_offsets, top), mask=present_mask
         )
 
-        probs, position_entropy = _softmax(alt_offsets, alt_logprobs, max(counts, default=0))
+        probs, entropy = _softmax(alt_offsets, counts, alt_logprobs)
         labels = pa.StructArray.from_arrays([alt_tokens, probs], fields=list(SOFT_LABEL))
-        if soft == present:
-            y_offsets, y_alt_offsets = run_offsets, alt_offsets
-        else:
+        y_offsets, y_alt_offsets = run_offsets, alt_offsets
+        if self.has_soft_labels != present:
             # Runs with tokens but no alternatives get a null y_probs: drop their
             # (empty) positions so that every null entry has an empty range.
+            run_positions = run_offsets.to_pylist()
+            position_counts = counts.to_pylist()
             y_positions = [0]
             y_counts: list[int] = []
-            for i, has_soft in enumerate(soft):
+            for i, soft in enumerate(self.has_soft_labels):
                 start, end = run_positions[i], run_positions[i + 1]
-                if has_soft:
-                    y_counts.extend(counts[start:end])
-                    y_positions.append(y_positions[-1] + end - start)
-                else:
-                    y_positions.append(y_positions[-1])
+                if soft:
+                    y_counts.extend(position_counts[start:end])
+                y_positions.append(y_positions[-1] + (end - start if soft else 0))
             y_offsets = _offsets(y_positions)
             y_alt_offsets = _offsets(list(accumulate(y_counts, initial=0)))
         self.y_probs = pa.ListArray.from_arrays(
-            y_offsets, pa.ListArray.from_arrays(y_alt_offsets, labels), mask=_mask(soft)
+            y_offsets,
+            pa.ListArray.from_arrays(y_alt_offsets, labels),
+            mask=_mask(self.has_soft_labels),
         )
-
-        self.mean_entropy: list[float | None] = []
-        for i in range(len(runs)):
-            values = [
-                h
-                for h in position_entropy[run_positions[i] : run_positions[i + 1]]
-                if h is not None
-            ]
-            self.mean_entropy.append(math.fsum(values) / len(values) if values else None)
+        self.mean_entropy = _mean_by_run(self.tokens, entropy)
 
     def take(self, indices: Sequence[int]) -> dict[str, pa.Array]:
         """The four nested columns for the runs at `indices` (in that order)."""
@@ -153,55 +118,112 @@ class LogprobColumns:
             "top_logprobs": self.top_logprobs,
             "y_probs": self.y_probs,
         }
-        if list(indices) == list(range(len(self.tokens))):
+        if len(indices) == len(self.tokens) and list(indices) == list(range(len(indices))):
             return columns
         where = pa.array(indices, pa.int32())
         return {name: column.take(where) for name, column in columns.items()}
 
 
-def _softmax(
-    offsets: pa.Array, logprobs: pa.Array, width: int
-) -> tuple[pa.Array, list[float | None]]:
+def _check(run: CompletedRun) -> bool:
+    """Validates a run's TokenLogprobs; returns whether it has soft labels."""
+    t = run.tokens
+    if t is None:
+        return False
+    n = len(t.tokens)
+    n_alt = len(t.top_tokens)
+    if (
+        len(t.logprobs) != n
+        or len(t.top_counts) != n
+        or len(t.top_logprobs) != n_alt
+        or sum(t.top_counts) != n_alt
+        or min(t.top_counts, default=0) < 0
+    ):
+        raise ValueError(
+            f"run {run.run_id} has inconsistent token logprobs: {n} tokens, "
+            f"{len(t.logprobs)} logprobs, {len(t.top_counts)} top counts summing to "
+            f"{sum(t.top_counts)}, {n_alt} top tokens, {len(t.top_logprobs)} top logprobs"
+        )
+    return n_alt > 0
+
+
+def _softmax(offsets: pa.Array, counts: pa.Array, logprobs: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Per position, the renormalised probabilities of its alternatives (flat,
-    aligned with `logprobs`) and the entropy in nats (None without alternatives).
+    aligned with `logprobs`) and the entropy in nats (null without alternatives).
 
     Mirrors domain.targets.renormalise and domain.scoring.position_entropy:
     m = max, e = exp(l - m), z = left-to-right sum of e, p = e / z,
-    H = max(0, ln z - sum(e * (l - m)) / z)."""
-    positions = len(offsets) - 1
+    H = max(0, ln z - sum(e * (l - m)) / z). The j-th alternatives of all
+    positions form one column (a take at offset + j), so each step is one
+    Arrow kernel call over the chunk."""
+    positions = len(counts)
+    bounds = pc.min_max(counts).as_py()
+    width = bounds["max"] or 0
     if width == 0:
-        return pa.array([], pa.float64()), [None] * positions
-    per_position = pa.ListArray.from_arrays(offsets, logprobs)
-    padded = pc.list_slice(per_position, 0, width, return_fixed_size_list=True)
-    columns = [pc.list_element(padded, j) for j in range(width)]
+        return pa.array([], pa.float64()), pa.nulls(positions, pa.float64())
+    ragged = bounds["min"] < width
+    starts = offsets.slice(0, positions)
+    columns = []
+    for j in range(width):
+        index = pc.add(starts, pa.scalar(j, pa.int32())) if j else starts
+        if bounds["min"] <= j:  # positions with ≤ j alternatives have no column j
+            index = pc.if_else(pc.greater(counts, j), index, pa.scalar(None, pa.int32()))
+        columns.append(pc.take(logprobs, index))
     peak = pc.max_element_wise(*columns, skip_nulls=True)  # null: no alternatives
-    no_mass = pc.fill_null(pc.equal(peak, -math.inf), False)
-    shift = pc.if_else(no_mass, 0.0, peak)
-    z: pa.Array | None = None
-    weighted: pa.Array | None = None
+    infinite = pc.any(pc.equal(logprobs, -math.inf)).as_py()
+    shift = peak
+    no_mass = None
+    if infinite:
+        no_mass = pc.fill_null(pc.equal(peak, -math.inf), False)
+        shift = pc.if_else(no_mass, 0.0, peak)
+    z = weighted = None
     for column in columns:
         d = pc.subtract(column, shift)
         e = pc.exp(d)
-        term = pc.fill_null(pc.if_else(pc.greater(e, 0.0), pc.multiply(e, d), 0.0), 0.0)
-        e = pc.fill_null(e, 0.0)
+        term = pc.multiply(e, d)
+        if infinite:  # 0 * -inf would be NaN; such terms contribute nothing
+            term = pc.if_else(pc.greater(e, 0.0), term, 0.0)
+        if ragged:
+            e = pc.fill_null(e, 0.0)
+            term = pc.fill_null(term, 0.0)
         z = e if z is None else pc.add(z, e)
         weighted = term if weighted is None else pc.add(weighted, term)
-    assert z is not None and weighted is not None
     entropy = pc.max_element_wise(
         pc.subtract(pc.ln(z), pc.divide(weighted, z)), 0.0, skip_nulls=False
     )
-    parent = pc.list_parent_indices(per_position)
-    z_each = pc.take(z, parent)
-    probs = pc.divide(pc.exp(pc.subtract(logprobs, pc.take(shift, parent))), z_each)
-    if pc.any(no_mass).as_py():
+    parent = pc.list_parent_indices(pa.ListArray.from_arrays(offsets, logprobs))
+    probs = pc.divide(
+        pc.exp(pc.subtract(logprobs, pc.take(shift, parent))), pc.take(z, parent)
+    )
+    if no_mass is not None and pc.any(no_mass).as_py():
         # Every alternative at -inf: share the position uniformly, as renormalise does.
-        count = pc.list_value_length(per_position).cast(pa.float64())
+        count = counts.cast(pa.float64())
         entropy = pc.if_else(no_mass, pc.ln(count), entropy)
         probs = pc.if_else(
             pc.take(no_mass, parent), pc.divide(1.0, pc.take(count, parent)), probs
         )
-    entropy = pc.if_else(pc.is_null(peak), pa.scalar(None, pa.float64()), entropy)
-    return probs, entropy.to_pylist()
+    if bounds["min"] == 0:
+        entropy = pc.if_else(pc.is_null(peak), pa.scalar(None, pa.float64()), entropy)
+    return probs, entropy
+
+
+def _mean_by_run(tokens: pa.ListArray, values: pa.Array) -> list[float | None]:
+    """Per run, the mean of its positions' non-null values (None if none).
+
+    A hash aggregation keyed by run: each run's positions are summed in order,
+    whatever else is in the chunk."""
+    means: list[float | None] = [None] * len(tokens)
+    if len(values) == 0:
+        return means
+    grouped = (
+        pa.table({"run": pc.list_parent_indices(tokens), "value": values})
+        .group_by("run", use_threads=False)
+        .aggregate([("value", "mean")])
+    )
+    for run, mean in zip(
+        grouped["run"].to_pylist(), grouped["value_mean"].to_pylist(), strict=True
+    ):
+        means[run] = mean
+    return means
 
 
 def estimated_bytes(run: CompletedRun) -> int:
@@ -281,8 +303,14 @@ class ChunkTables:
             _offsets(score_rows), pa.array(names, pa.string()), pa.array(values, pa.float64())
         )
         targets = pa.Table.from_arrays(
-            [ids, model, pa.array([r.output_text for r in sel], pa.string()), nested["y_probs"],
-             y_scores, soft],
+            [
+                ids,
+                model,
+                pa.array([r.output_text for r in sel], pa.string()),
+                nested["y_probs"],
+                y_scores,
+                soft,
+            ],
             schema=TARGETS,
         )
         score_table = pa.Table.from_arrays(

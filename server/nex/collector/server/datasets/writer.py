@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
 
 __all__ = [
@@ -44,9 +43,7 @@ RESERVED_MANIFEST_KEYS = frozenset({"counts", "files", "filters", "format_versio
 # Dictionary-encode only the strings that repeat (vocabulary tokens, names);
 # unique strings and doubles gain nothing and cost time.
 _DICTIONARY_COLUMNS = {
-    "examples": [
-        "batch_id", "template_id", "provider", "teacher_model", "finish_reason"
-    ],
+    "examples": ["batch_id", "template_id", "provider", "teacher_model", "finish_reason"],
     "inputs": ["variables.key_value.key", "messages.list.element.role"],
     "teacher": [
         "provider",
@@ -55,7 +52,11 @@ _DICTIONARY_COLUMNS = {
         "tokens.list.element",
         "top_logprobs.list.element.list.element.token",
     ],
-    "targets": ["teacher_model", "y_probs.list.element.list.element.token", "y_scores.key_value.key"],
+    "targets": [
+        "teacher_model",
+        "y_probs.list.element.list.element.token",
+        "y_scores.key_value.key",
+    ],
     "scores": ["name", "source"],
 }
 

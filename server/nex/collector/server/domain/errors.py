@@ -17,8 +17,9 @@ class DomainError(Exception):
 
     reason = "ERROR"
 
-    def __init__(self, message: str, *, reason: str | None = None,
-                 metadata: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
@@ -43,7 +44,9 @@ class NotFound(DomainError):
     reason = "NOT_FOUND"
 
     def __init__(self, resource: str, id_: str) -> None:
-        super().__init__(f"{resource} {id_!r} not found", metadata={"resource": resource, "id": id_})
+        super().__init__(
+            f"{resource} {id_!r} not found", metadata={"resource": resource, "id": id_}
+        )
         self.reason = f"{resource.upper()}_NOT_FOUND"
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
 import re2
-
 from nex.collector.server.domain.scoring import BOOLEAN_PROPERTIES
 from nex.collector.server.domain.teacher import CompletedRun
 
@@ -176,7 +175,9 @@ def _violations(path: str, f: Filter) -> list[FieldViolation]:
         case BooleanFilter(name=name):
             if name not in BOOLEAN_PROPERTIES:
                 known = ", ".join(sorted(BOOLEAN_PROPERTIES))
-                return [FieldViolation(f"{path}.name", f"unknown property {name!r}; one of {known}")]
+                return [
+                    FieldViolation(f"{path}.name", f"unknown property {name!r}; one of {known}")
+                ]
             return []
         case ScoreFilter(name=name, min=low, max=high):
             out = []
@@ -190,7 +191,9 @@ def validate_filters(filters: Sequence[Filter], field: str = "filters") -> list[
     out: list[FieldViolation] = []
     for i, f in enumerate(filters):
         if type(f) not in _KIND:
-            out.append(FieldViolation(f"{field}[{i}]", "set one of length, regex, entropy, boolean, score"))
+            out.append(
+                FieldViolation(f"{field}[{i}]", "set one of length, regex, entropy, boolean, score")
+            )
             continue
         out.extend(_violations(f"{field}[{i}]", f))
     return out

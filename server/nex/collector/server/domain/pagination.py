@@ -26,7 +26,9 @@ def encode_token(last_key: str, filter_key: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_token(v: Violations, token: str, filter_key: str, field: str = "page_token") -> str | None:
+def decode_token(
+    v: Violations, token: str, filter_key: str, field: str = "page_token"
+) -> str | None:
     """The key after which the page starts, or None for the first page."""
     if not token:
         return None

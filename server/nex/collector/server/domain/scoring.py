@@ -270,7 +270,7 @@ class _Auto(Enum):
 
 
 def builtin_scores(
-    run: CompletedRun, *, entropy: float | None | _Auto = _Auto.AUTO
+    run: CompletedRun, *, entropy: float | _Auto | None = _Auto.AUTO
 ) -> dict[str, float]:
     """The built-in scores that apply to the run. `entropy` lets a caller that
     computed the mean entropy in bulk (the dataset builder) pass it in."""
@@ -295,7 +295,7 @@ def compute_scores(
     run: CompletedRun,
     metrics: MetricRegistry | None = None,
     *,
-    entropy: float | None | _Auto = _Auto.AUTO,
+    entropy: float | _Auto | None = _Auto.AUTO,
 ) -> dict[str, float]:
     """All scores of a run, keys sorted: built-ins, then posted scores, then
     metric plug-ins for names not taken yet (see the module docstring)."""

@@ -70,7 +70,9 @@ class TokenLogprobs:
         start = 0
         for count in self.top_counts:
             end = start + count
-            out.append(list(zip(self.top_tokens[start:end], self.top_logprobs[start:end], strict=True)))
+            out.append(
+                list(zip(self.top_tokens[start:end], self.top_logprobs[start:end], strict=True))
+            )
             start = end
         return out
 

@@ -11,7 +11,6 @@ from datetime import datetime
 import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from nex.collector.server.domain.errors import FieldViolation, InvalidArgument, Violations
 from nex.collector.server.domain.teacher import ChatMessage
 
@@ -39,9 +38,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
     )
 
 
-def check_template_source(
-    v: Violations, field: str, source: str, declared: Sequence[str]
-) -> None:
+def check_template_source(v: Violations, field: str, source: str, declared: Sequence[str]) -> None:
     """Adds a violation when `source` does not parse or uses an undeclared variable."""
     if len(source) > MAX_TEMPLATE_CHARS:
         v.add(field, f"must be at most {MAX_TEMPLATE_CHARS} characters")
@@ -53,7 +50,9 @@ def check_template_source(
         return
     undeclared = sorted(meta.find_undeclared_variables(ast) - set(declared))
     if undeclared:
-        v.add(field, f"uses undeclared variables {', '.join(undeclared)}; declare them in variables")
+        v.add(
+            field, f"uses undeclared variables {', '.join(undeclared)}; declare them in variables"
+        )
 
 
 def check_variable_names(v: Violations, field: str, names: Sequence[str]) -> None:
@@ -76,11 +75,21 @@ def check_variables(
     missing = [n for n in template.variables if n not in variables]
     extra = sorted(set(variables) - set(template.variables))
     if missing:
-        out.append(FieldViolation(field, f"missing variables {', '.join(missing)} "
-                                  f"(template {template.name} v{template.version})"))
+        out.append(
+            FieldViolation(
+                field,
+                f"missing variables {', '.join(missing)} "
+                f"(template {template.name} v{template.version})",
+            )
+        )
     if extra:
-        out.append(FieldViolation(field, f"variables {', '.join(extra)} are not declared by "
-                                  f"template {template.name} v{template.version}"))
+        out.append(
+            FieldViolation(
+                field,
+                f"variables {', '.join(extra)} are not declared by "
+                f"template {template.name} v{template.version}",
+            )
+        )
     return out
 
 
@@ -99,7 +108,9 @@ def render(
     messages: list[ChatMessage] = []
     try:
         if template.system_template:
-            messages.append(ChatMessage("system", _compiled(template.system_template).render(variables)))
+            messages.append(
+                ChatMessage("system", _compiled(template.system_template).render(variables))
+            )
         messages.append(ChatMessage("user", _compiled(template.user_template).render(variables)))
     except jinja2.TemplateError as exc:  # sandbox SecurityError, undefined attribute, …
         raise InvalidArgument.one(field, f"template could not be rendered: {exc}") from None

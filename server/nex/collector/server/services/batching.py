@@ -4,6 +4,7 @@ items that arrive within a few milliseconds share one database transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -41,10 +42,8 @@ class MicroBatcher(Generic[T, R]):
     async def _loop(self) -> None:
         while self._pending:
             if len(self._pending) < self._max_size:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._linger)
-                except TimeoutError:
-                    pass
             self._wakeup.clear()
             chunk, self._pending = self._pending[: self._max_size], self._pending[self._max_size :]
             await self._slots.acquire()
@@ -55,7 +54,7 @@ class MicroBatcher(Generic[T, R]):
     async def _flush(self, chunk: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
             results = await self._handler([item for item, _ in chunk])
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+        except BaseException as exc:
             for _, future in chunk:
                 if not future.done():
                     future.set_exception(exc)

@@ -9,7 +9,12 @@ from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.errors import FailedPrecondition, Violations
 from nex.collector.server.domain.pagination import encode_token
-from nex.collector.server.domain.validation import MAX_NAME, check_labels, check_request_id, check_required
+from nex.collector.server.domain.validation import (
+    MAX_NAME,
+    check_labels,
+    check_request_id,
+    check_required,
+)
 from nex.collector.server.ids import new_id
 from nex.collector.server.services.common import check_id, now, page_request, require
 
@@ -51,8 +56,10 @@ class ContextRefs:
             raise FailedPrecondition(
                 f"NEX has no context {cmd.nex_context_id!r} at version {cmd.nex_context_version!r}",
                 reason="NEX_CONTEXT_NOT_FOUND",
-                metadata={"nex_context_id": cmd.nex_context_id,
-                          "nex_context_version": cmd.nex_context_version},
+                metadata={
+                    "nex_context_id": cmd.nex_context_id,
+                    "nex_context_version": cmd.nex_context_version,
+                },
             )
         ref = ContextRef(
             id=new_id("ctx"),

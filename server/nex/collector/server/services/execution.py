@@ -17,7 +17,12 @@ from nex.collector.server.db.repositories.runs import messages_from_json, tokens
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError
 from nex.collector.server.domain.teacher import RunStatus
-from nex.collector.server.providers.base import Completion, GenerationRequest, ProviderError, TeacherProvider
+from nex.collector.server.providers.base import (
+    Completion,
+    GenerationRequest,
+    ProviderError,
+    TeacherProvider,
+)
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
@@ -82,8 +87,13 @@ class RunExecutor:
                 completion = await provider.generate(request)
             except ProviderError as err:
                 if not self._policy.should_retry(attempt, err):
-                    outcome = Outcome(run_id, batch.id, attempt, RunStatus.FAILED,
-                                      error=RunError(err.code, err.message))
+                    outcome = Outcome(
+                        run_id,
+                        batch.id,
+                        attempt,
+                        RunStatus.FAILED,
+                        error=RunError(err.code, err.message),
+                    )
                     await self._outcomes.submit(outcome)
                     return f"failed: {err.code}"
                 await asyncio.sleep(self._policy.delay(attempt, err))
@@ -98,7 +108,9 @@ class RunExecutor:
                 attempt,
                 RunStatus.COMPLETED,
                 completion=completion,
-                cost_usd=cost_usd(batch.provider, batch.model, completion.input_tokens, completion.output_tokens),
+                cost_usd=cost_usd(
+                    batch.provider, batch.model, completion.input_tokens, completion.output_tokens
+                ),
                 latency_ms=latency_ms,
             )
             stored = await self._outcomes.submit(outcome)
@@ -133,7 +145,11 @@ class RunExecutor:
             rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
             await tx.runs.finish(rows)
             await tx.events.append(
-                [NewEvent(o.run_id, o.batch_id, o.status, o.attempt, o.error) for o in outcomes if o.run_id in live]
+                [
+                    NewEvent(o.run_id, o.batch_id, o.status, o.attempt, o.error)
+                    for o in outcomes
+                    if o.run_id in live
+                ]
             )
             await tx.commit()
         return [o.run_id in live for o in outcomes]
@@ -144,7 +160,9 @@ class RunExecutor:
             batch = await tx.batches.get(batch_id)
             if batch is not None and batch.cancel_time is not None:
                 if await tx.runs.cancel_running(run_id, attempt, now()):
-                    await tx.events.append([NewEvent(run_id, batch_id, RunStatus.CANCELLED, attempt)])
+                    await tx.events.append(
+                        [NewEvent(run_id, batch_id, RunStatus.CANCELLED, attempt)]
+                    )
                 await tx.commit()
                 return False
             if not await tx.runs.next_attempt(run_id, attempt, self._lease, now()):

@@ -40,8 +40,11 @@ class Reconciler:
             stale = await tx.runs.stale_queued(now() - self._grace, self._limit)
         enqueued = await self._queue.enqueue(EXECUTE_RUN, stale) if stale else 0
         if requeued or enqueued:
-            log.info("reconciler: %d runs requeued after a lost worker, %d jobs re-enqueued",
-                     requeued, enqueued)
+            log.info(
+                "reconciler: %d runs requeued after a lost worker, %d jobs re-enqueued",
+                requeued,
+                enqueued,
+            )
         return requeued, enqueued
 
     async def _expired_leases(self) -> int:
@@ -51,17 +54,24 @@ class Reconciler:
                 return 0
             give_up = [r for r in rows if r["attempt"] >= self._max_attempts]
             retry = [r for r in rows if r["attempt"] < self._max_attempts]
-            error = RunError("WORKER_LOST", f"the worker running this run stopped answering "
-                             f"{self._max_attempts} times")
+            error = RunError(
+                "WORKER_LOST",
+                f"the worker running this run stopped answering {self._max_attempts} times",
+            )
             if give_up:
-                await tx.runs.fail_many([r["id"] for r in give_up], error.code, error.message, now())
+                await tx.runs.fail_many(
+                    [r["id"] for r in give_up], error.code, error.message, now()
+                )
             if retry:
                 await tx.runs.requeue([r["id"] for r in retry])
             await tx.events.append(
-                [NewEvent(r["id"], r["batch_id"], RunStatus.FAILED, r["attempt"], error) for r in give_up]
+                [
+                    NewEvent(r["id"], r["batch_id"], RunStatus.FAILED, r["attempt"], error)
+                    for r in give_up
+                ]
                 + [NewEvent(r["id"], r["batch_id"], RunStatus.QUEUED, r["attempt"]) for r in retry]
             )
             await tx.commit()
         if retry:
-            await self._queue.try_enqueue(EXECUTE_RUN, [r["id"] for r in retry])
+            await self._queue.release(EXECUTE_RUN, [r["id"] for r in retry])
         return len(rows)

@@ -73,14 +73,17 @@ class Teacher:
             v.add("link_evidence", "needs context_ref_id")
         v.raise_if_any()
         if problem := self._provider_problem.get(cmd.provider):
-            raise FailedPrecondition(problem, reason="PROVIDER_NOT_CONFIGURED",
-                                     metadata={"provider": cmd.provider})
+            raise FailedPrecondition(
+                problem, reason="PROVIDER_NOT_CONFIGURED", metadata={"provider": cmd.provider}
+            )
         async with self._uow() as tx:
             if cmd.request_id and (found := await tx.batches.get_by_request_id(cmd.request_id)):
                 return await tx.batches.view(found)
             require(await tx.templates.get(cmd.template_id), "template", cmd.template_id)
             if cmd.context_ref_id:
-                require(await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id)
+                require(
+                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                )
             batch = Batch(
                 id=new_id("bat"),
                 name=cmd.name,
@@ -95,7 +98,9 @@ class Teacher:
             )
             if not await tx.batches.insert(batch, cmd.request_id):
                 await tx.rollback()
-                winner = require(await tx.batches.get_by_request_id(cmd.request_id), "batch", cmd.request_id)
+                winner = require(
+                    await tx.batches.get_by_request_id(cmd.request_id), "batch", cmd.request_id
+                )
                 return await tx.batches.view(winner)
             await tx.commit()
             return await tx.batches.view(batch)
@@ -129,14 +134,19 @@ class Teacher:
                 await tx.batches.mark_cancelled(id_, when)
                 cancelled = await tx.runs.cancel_queued(id_, when)
                 await tx.events.append(
-                    [NewEvent(run_id, id_, RunStatus.CANCELLED, attempt) for run_id, attempt in cancelled]
+                    [
+                        NewEvent(run_id, id_, RunStatus.CANCELLED, attempt)
+                        for run_id, attempt in cancelled
+                    ]
                 )
                 await tx.commit()
             return await tx.batches.view(require(await tx.batches.get(id_), "batch", id_))
 
     # -- runs --------------------------------------------------------------------
 
-    async def create_runs(self, batch_id: str, inputs: Sequence[NewRun], *, single: bool = False) -> list[Run]:
+    async def create_runs(
+        self, batch_id: str, inputs: Sequence[NewRun], *, single: bool = False
+    ) -> list[Run]:
         """Renders and queues runs, all or nothing; repeated request ids return the
         first result. Field paths name `runs[i]` (or plain fields for CreateRun)."""
         v = Violations()
@@ -151,13 +161,18 @@ class Teacher:
             check_request_id(v, f"{prefix}request_id", item.request_id)
             if item.request_id:
                 if item.request_id in seen_request_ids:
-                    v.add(f"{prefix}request_id", f"repeats runs[{seen_request_ids[item.request_id]}].request_id")
+                    v.add(
+                        f"{prefix}request_id",
+                        f"repeats runs[{seen_request_ids[item.request_id]}].request_id",
+                    )
                 seen_request_ids[item.request_id] = i
         v.raise_if_any()
         async with self._uow() as tx:
             batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
             existing = await tx.runs.by_request_ids(list(seen_request_ids))
-            template = require(await tx.templates.get(batch.template_id), "template", batch.template_id)
+            template = require(
+                await tx.templates.get(batch.template_id), "template", batch.template_id
+            )
             for i, item in enumerate(inputs):
                 if item.request_id not in existing:
                     field_name = "variables" if single else f"runs[{i}].variables"
@@ -196,13 +211,18 @@ class Teacher:
                 # every request id resolves to that call's runs.
                 await tx.rollback()
                 return await self.create_runs(batch_id, inputs, single=single)
-            await tx.events.append([NewEvent(r.id, batch_id, RunStatus.QUEUED, 0) for r in new_runs])
+            await tx.events.append(
+                [NewEvent(r.id, batch_id, RunStatus.QUEUED, 0) for r in new_runs]
+            )
             await tx.commit()
         await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
         by_request = {r.request_id: r for r in new_runs if r.request_id}
         by_request.update(existing)
         fresh_iter = iter(new_runs)
-        return [by_request[i.request_id] if i.request_id in existing else next(fresh_iter) for i in inputs]
+        return [
+            by_request[i.request_id] if i.request_id in existing else next(fresh_iter)
+            for i in inputs
+        ]
 
     async def get_run(self, id_: str, *, full: bool = True) -> Run:
         v = Violations()
@@ -212,7 +232,13 @@ class Teacher:
             return require(await tx.runs.get(id_, full=full), "run", id_)
 
     async def list_runs(
-        self, *, batch_id: str, status: RunStatus | None, page_size: int, page_token: str, full: bool
+        self,
+        *,
+        batch_id: str,
+        status: RunStatus | None,
+        page_size: int,
+        page_token: str,
+        full: bool,
     ) -> tuple[Sequence[Run], str]:
         v = Violations()
         check_id(v, "batch_id", batch_id)

@@ -48,7 +48,9 @@ class Templates:
             if cmd.request_id and (found := await tx.templates.get_by_request_id(cmd.request_id)):
                 return found
             if cmd.context_ref_id:
-                require(await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id)
+                require(
+                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                )
             template = PromptTemplate(
                 id=new_id("tpl"),
                 name=cmd.name,
@@ -61,7 +63,9 @@ class Templates:
             )
             if not await tx.templates.insert(template, cmd.request_id):
                 await tx.rollback()
-                return require(await tx.templates.get_by_request_id(cmd.request_id), "template", cmd.request_id)
+                return require(
+                    await tx.templates.get_by_request_id(cmd.request_id), "template", cmd.request_id
+                )
             await tx.commit()
             return template
 
@@ -72,7 +76,9 @@ class Templates:
         async with self._uow() as tx:
             return require(await tx.templates.get(id_), "template", id_)
 
-    async def list(self, *, name: str, page_size: int, page_token: str) -> tuple[Sequence[PromptTemplate], str]:
+    async def list(
+        self, *, name: str, page_size: int, page_token: str
+    ) -> tuple[Sequence[PromptTemplate], str]:
         v = Violations()
         page = page_request(v, page_size, page_token, f"templates|{name}")
         v.raise_if_any()

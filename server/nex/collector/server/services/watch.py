@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunEvent
@@ -52,17 +51,19 @@ class EventHub:
     async def _listen(self) -> None:
         while True:
             try:
+                lost = asyncio.Event()
                 self._conn = await asyncpg.connect(self._dsn)
+                self._conn.add_termination_listener(lambda _conn: lost.set())
                 await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
                 self._wake_all()  # anything missed while disconnected
-                while not self._conn.is_closed():
-                    await asyncio.sleep(1)
+                await lost.wait()
+                raise ConnectionError("LISTEN connection closed")
             except asyncio.CancelledError:
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         await self._conn.close()
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep listening
+            except Exception as exc:
                 log.warning("event listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(1)
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
-
 from nex.collector.server.bootstrap import Container
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN
 
@@ -41,16 +40,53 @@ async def _reconcile_forever(container: Container, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             await container.reconciler.tick()
-        except Exception as exc:  # noqa: BLE001 - try again next tick
+        except Exception as exc:
             log.warning("reconciler pass failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), container.settings.reconcile_interval_s)
 
 
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
+    """Runs arq until `stop`; when arq's loop dies (Redis restarted, network), a new
+    one starts while the jobs in flight finish on their own."""
+    reconciler = asyncio.create_task(_reconcile_forever(container, stop), name="reconciler")
+    workers: list[Worker] = []
+    try:
+        while not stop.is_set():
+            try:
+                worker = await _new_worker(container)
+            except Exception as exc:  # noqa: BLE001 - Redis not reachable yet
+                log.warning("worker cannot reach Redis (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            workers.append(worker)
+            main = asyncio.create_task(worker.async_run(), name="arq-worker")
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if main.done() and not main.cancelled() and main.exception() is not None:
+                log.warning("worker loop stopped (%s); starting a new one", main.exception())
+                await asyncio.sleep(0.5)
+            else:
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await main
+    finally:
+        stop.set()
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.close()
+        reconciler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reconciler
+        await container.executor.aclose()
+
+
+async def _new_worker(container: Container) -> Worker:
     s = container.settings
-    pool = await create_pool(RedisSettings.from_dsn(container.redis_url))
-    worker = Worker(
+    pool = await create_pool(RedisSettings.from_dsn(container.redis_url), retry=0)
+    return Worker(
         functions=job_functions(container),
         redis_pool=pool,
         max_jobs=s.worker_max_jobs,
@@ -60,18 +96,3 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
         max_tries=20,
         handle_signals=False,
     )
-    reconciler = asyncio.create_task(_reconcile_forever(container, stop), name="reconciler")
-    main = asyncio.create_task(worker.async_run(), name="arq-worker")
-    try:
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if main.done() and main.exception():
-            log.error("worker stopped: %s", main.exception())
-    finally:
-        stop.set()
-        await worker.close()
-        for task in (main, reconciler):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await container.executor.aclose()

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from grpc import aio
-
 from nex.collector.server.api import convert
 from nex.collector.server.services.context_refs import ContextRefs, NewContextRef
 from nex.collector.v1 import context_ref_service_pb2 as pb
@@ -28,7 +27,9 @@ class ContextRefServicer(pb_grpc.ContextRefServiceServicer):
     async def GetContextRef(
         self, request: pb.GetContextRefRequest, context: aio.ServicerContext
     ) -> pb.GetContextRefResponse:
-        return pb.GetContextRefResponse(context_ref=convert.context_ref(await self._refs.get(request.id)))
+        return pb.GetContextRefResponse(
+            context_ref=convert.context_ref(await self._refs.get(request.id))
+        )
 
     async def ListContextRefs(
         self, request: pb.ListContextRefsRequest, context: aio.ServicerContext

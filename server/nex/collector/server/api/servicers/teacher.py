@@ -4,7 +4,6 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
-
 from nex.collector.server.api import convert
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.services.teacher import NewBatch, NewRun, Teacher
@@ -27,7 +26,9 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         self._teacher = teacher
         self._watcher = watcher
 
-    async def CreateBatch(self, request: pb.CreateBatchRequest, context: aio.ServicerContext) -> pb.CreateBatchResponse:
+    async def CreateBatch(
+        self, request: pb.CreateBatchRequest, context: aio.ServicerContext
+    ) -> pb.CreateBatchResponse:
         view = await self._teacher.create_batch(
             NewBatch(
                 name=request.name,
@@ -43,17 +44,31 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         )
         return pb.CreateBatchResponse(batch=convert.batch(view))
 
-    async def GetBatch(self, request: pb.GetBatchRequest, context: aio.ServicerContext) -> pb.GetBatchResponse:
+    async def GetBatch(
+        self, request: pb.GetBatchRequest, context: aio.ServicerContext
+    ) -> pb.GetBatchResponse:
         return pb.GetBatchResponse(batch=convert.batch(await self._teacher.get_batch(request.id)))
 
-    async def ListBatches(self, request: pb.ListBatchesRequest, context: aio.ServicerContext) -> pb.ListBatchesResponse:
-        views, token = await self._teacher.list_batches(page_size=request.page_size, page_token=request.page_token)
-        return pb.ListBatchesResponse(batches=[convert.batch(v) for v in views], next_page_token=token)
+    async def ListBatches(
+        self, request: pb.ListBatchesRequest, context: aio.ServicerContext
+    ) -> pb.ListBatchesResponse:
+        views, token = await self._teacher.list_batches(
+            page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListBatchesResponse(
+            batches=[convert.batch(v) for v in views], next_page_token=token
+        )
 
-    async def CancelBatch(self, request: pb.CancelBatchRequest, context: aio.ServicerContext) -> pb.CancelBatchResponse:
-        return pb.CancelBatchResponse(batch=convert.batch(await self._teacher.cancel_batch(request.id)))
+    async def CancelBatch(
+        self, request: pb.CancelBatchRequest, context: aio.ServicerContext
+    ) -> pb.CancelBatchResponse:
+        return pb.CancelBatchResponse(
+            batch=convert.batch(await self._teacher.cancel_batch(request.id))
+        )
 
-    async def CreateRun(self, request: pb.CreateRunRequest, context: aio.ServicerContext) -> pb.CreateRunResponse:
+    async def CreateRun(
+        self, request: pb.CreateRunRequest, context: aio.ServicerContext
+    ) -> pb.CreateRunResponse:
         runs = await self._teacher.create_runs(
             request.batch_id, [NewRun(dict(request.variables), request.request_id)], single=True
         )
@@ -67,11 +82,15 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         )
         return pb.BatchCreateRunsResponse(runs=[convert.run(r) for r in runs])
 
-    async def GetRun(self, request: pb.GetRunRequest, context: aio.ServicerContext) -> pb.GetRunResponse:
+    async def GetRun(
+        self, request: pb.GetRunRequest, context: aio.ServicerContext
+    ) -> pb.GetRunResponse:
         run = await self._teacher.get_run(request.id, full=_full(request.view, True))
         return pb.GetRunResponse(run=convert.run(run))
 
-    async def ListRuns(self, request: pb.ListRunsRequest, context: aio.ServicerContext) -> pb.ListRunsResponse:
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: aio.ServicerContext
+    ) -> pb.ListRunsResponse:
         runs, token = await self._teacher.list_runs(
             batch_id=request.batch_id,
             status=convert.run_status_from_pb(request.status),

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from grpc import aio
-
 from nex.collector.server.api import convert
 from nex.collector.server.services.templates import NewTemplate, Templates
 from nex.collector.v1 import template_service_pb2 as pb
@@ -30,7 +29,9 @@ class TemplateServicer(pb_grpc.TemplateServiceServicer):
     async def GetTemplate(
         self, request: pb.GetTemplateRequest, context: aio.ServicerContext
     ) -> pb.GetTemplateResponse:
-        return pb.GetTemplateResponse(template=convert.template(await self._templates.get(request.id)))
+        return pb.GetTemplateResponse(
+            template=convert.template(await self._templates.get(request.id))
+        )
 
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: aio.ServicerContext

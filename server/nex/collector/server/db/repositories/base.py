@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from nex.collector.server.domain.pagination import PageRequest
 from sqlalchemy import ColumnElement, Select, Table
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from nex.collector.server.domain.pagination import PageRequest
 
 
 class Repository:
@@ -26,7 +25,9 @@ class Repository:
         """Rows of one page ordered by `key`, and the key to continue after (or None)."""
         if page.after is not None:
             stmt = stmt.where(key > page.after)
-        rows = (await self.session.execute(stmt.order_by(key).limit(page.size + 1))).mappings().all()
+        rows = (
+            (await self.session.execute(stmt.order_by(key).limit(page.size + 1))).mappings().all()
+        )
         if len(rows) > page.size:
             rows = rows[: page.size]
             return rows, str(rows[-1][key.key])  # type: ignore[attr-defined]

@@ -5,14 +5,13 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
-
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, runs
 from nex.collector.server.domain.batches import Batch, BatchView, RunCounts, Usage
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import GenerationParams
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
 
 
 def params_to_json(p: GenerationParams) -> dict[str, Any]:
@@ -51,7 +50,9 @@ def _entity(row: Mapping[str, Any]) -> Batch:
 class BatchRepository(Repository):
     table = batches
 
-    async def get(self, id_: str, *, for_update: bool = False, for_share: bool = False) -> Batch | None:
+    async def get(
+        self, id_: str, *, for_update: bool = False, for_share: bool = False
+    ) -> Batch | None:
         """`for_share` keeps a concurrent cancel (which takes `for_update`) out
         until the transaction ends."""
         stmt = select(batches).where(batches.c.id == id_)
@@ -87,7 +88,9 @@ class BatchRepository(Repository):
 
     async def mark_cancelled(self, id_: str, when: datetime) -> None:
         await self.session.execute(
-            update(batches).where(batches.c.id == id_, batches.c.cancel_time.is_(None)).values(cancel_time=when)
+            update(batches)
+            .where(batches.c.id == id_, batches.c.cancel_time.is_(None))
+            .values(cancel_time=when)
         )
 
     async def view(self, batch: Batch) -> BatchView:
@@ -111,7 +114,9 @@ class BatchRepository(Repository):
         )
         per_batch: dict[str, dict[str, Any]] = {}
         for row in (await self.session.execute(stmt)).mappings():
-            acc = per_batch.setdefault(row["batch_id"], {"counts": {}, "in": 0, "out": 0, "cost": 0.0})
+            acc = per_batch.setdefault(
+                row["batch_id"], {"counts": {}, "in": 0, "out": 0, "cost": 0.0}
+            )
             acc["counts"][row["status"]] = row["n"]
             acc["in"] += int(row["input_tokens"])
             acc["out"] += int(row["output_tokens"])
@@ -120,7 +125,11 @@ class BatchRepository(Repository):
         for b in items:
             acc = per_batch.get(b.id, {"counts": {}, "in": 0, "out": 0, "cost": 0.0})
             result.append(
-                BatchView(b, RunCounts.from_mapping(acc["counts"]), Usage(acc["in"], acc["out"], round(acc["cost"], 9)))
+                BatchView(
+                    b,
+                    RunCounts.from_mapping(acc["counts"]),
+                    Usage(acc["in"], acc["out"], round(acc["cost"], 9)),
+                )
             )
         return result
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
-
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import context_refs
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.pagination import PageRequest
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 
 
 def _entity(row: Mapping[str, Any]) -> ContextRef:
@@ -29,11 +28,14 @@ class ContextRefRepository(Repository):
         row = await self._one(select(context_refs).where(context_refs.c.id == id_))
         return _entity(row) if row else None
 
-    async def find(self, *, request_id: str = "", nex_context_id: str = "",
-                   nex_context_version: str = "") -> ContextRef | None:
+    async def find(
+        self, *, request_id: str = "", nex_context_id: str = "", nex_context_version: str = ""
+    ) -> ContextRef | None:
         """By request id, else by (nex_context_id, nex_context_version)."""
         if request_id:
-            row = await self._one(select(context_refs).where(context_refs.c.request_id == request_id))
+            row = await self._one(
+                select(context_refs).where(context_refs.c.request_id == request_id)
+            )
             if row:
                 return _entity(row)
         if nex_context_id:
@@ -64,7 +66,9 @@ class ContextRefRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def list(self, page: PageRequest, *, nex_context_id: str = "") -> tuple[Sequence[ContextRef], str | None]:
+    async def list(
+        self, page: PageRequest, *, nex_context_id: str = ""
+    ) -> tuple[Sequence[ContextRef], str | None]:
         stmt = select(context_refs)
         if nex_context_id:
             stmt = stmt.where(context_refs.c.nex_context_id == nex_context_id)

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
-
 from nex.collector.server.db.tables import run_events
 from nex.collector.server.domain.batches import RunError, RunEvent
 from nex.collector.server.domain.teacher import RunStatus
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # Taken (transaction-scoped) right before events are inserted and held until commit,
@@ -36,7 +35,9 @@ def _entity(row: Any) -> RunEvent:
         batch_id=row["batch_id"],
         status=RunStatus(row["status"]),
         attempt=row["attempt"],
-        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        error=RunError(row["error_code"], row["error_message"] or "")
+        if row["error_code"]
+        else None,
         time=row["time"],
     )
 
@@ -65,9 +66,7 @@ class EventRepository:
             ],
         )
         for batch_id in sorted({e.batch_id for e in events}):
-            await self.session.execute(
-                select(func.pg_notify(NOTIFY_CHANNEL, batch_id))
-            )
+            await self.session.execute(select(func.pg_notify(NOTIFY_CHANNEL, batch_id)))
 
     async def after(
         self, *, revision: int, batch_id: str = "", run_id: str = "", limit: int = 1000

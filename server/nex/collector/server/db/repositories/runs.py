@@ -4,14 +4,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert
-
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import runs
 from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
@@ -59,7 +58,9 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
         request_id=row["request_id"] or "",
         attempt=row["attempt"],
         create_time=row["create_time"],
-        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        error=RunError(row["error_code"], row["error_message"] or "")
+        if row["error_code"]
+        else None,
         output_text=row["output_text"] or "",
         finish_reason=row["finish_reason"] or "",
         has_logprobs=row["has_logprobs"],
@@ -86,7 +87,10 @@ class RunRepository(Repository):
         if not request_ids:
             return {}
         stmt = self._select(False).where(runs.c.request_id.in_(list(request_ids)))
-        return {r.request_id: r for r in map(run_from_row, (await self.session.execute(stmt)).mappings())}
+        return {
+            r.request_id: r
+            for r in map(run_from_row, (await self.session.execute(stmt)).mappings())
+        }
 
     async def insert_queued(self, items: Sequence[Run]) -> set[str]:
         """Inserts queued runs; returns the ids inserted (a request id that a
@@ -136,14 +140,20 @@ class RunRepository(Repository):
         stmt = (
             update(runs)
             .where(runs.c.id == id_)
-            .values(scores=runs.c.scores.op("||")(func.cast(bindparam("s", type_=runs.c.scores.type), runs.c.scores.type)))
+            .values(
+                scores=runs.c.scores.op("||")(
+                    func.cast(bindparam("s", type_=runs.c.scores.type), runs.c.scores.type)
+                )
+            )
             .returning(runs.c.id)
         )
         return (await self.session.execute(stmt, {"s": dict(scores)})).first() is not None
 
     # -- the worker's hot path ---------------------------------------------------
 
-    async def claim(self, ids: Sequence[str], lease: timedelta, now: datetime) -> list[Mapping[str, Any]]:
+    async def claim(
+        self, ids: Sequence[str], lease: timedelta, now: datetime
+    ) -> list[Mapping[str, Any]]:
         """Queued -> running for the given runs (attempt + 1, a lease); rows of
         runs that are not queued (done, cancelled, taken) are simply absent."""
         stmt = (
@@ -198,13 +208,19 @@ class RunRepository(Repository):
                 lease_expires=None,
             )
         )
-        await self.session.execute(stmt, list(rows), execution_options={"synchronize_session": False})
+        await self.session.execute(
+            stmt, list(rows), execution_options={"synchronize_session": False}
+        )
 
     async def next_attempt(self, id_: str, attempt: int, lease: timedelta, now: datetime) -> bool:
         """Running at `attempt` -> running at attempt + 1 with a fresh lease."""
         stmt = (
             update(runs)
-            .where(runs.c.id == id_, runs.c.status == RunStatus.RUNNING.value, runs.c.attempt == attempt)
+            .where(
+                runs.c.id == id_,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.attempt == attempt,
+            )
             .values(attempt=attempt + 1, lease_expires=now + lease)
             .returning(runs.c.id)
         )
@@ -213,7 +229,11 @@ class RunRepository(Repository):
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
             update(runs)
-            .where(runs.c.id == id_, runs.c.status == RunStatus.RUNNING.value, runs.c.attempt == attempt)
+            .where(
+                runs.c.id == id_,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.attempt == attempt,
+            )
             .values(status=RunStatus.CANCELLED.value, end_time=now, lease_expires=None)
             .returning(runs.c.id)
         )
@@ -233,14 +253,22 @@ class RunRepository(Repository):
 
     async def requeue(self, ids: Sequence[str]) -> None:
         await self.session.execute(
-            update(runs).where(runs.c.id.in_(list(ids))).values(status=RunStatus.QUEUED.value, lease_expires=None)
+            update(runs)
+            .where(runs.c.id.in_(list(ids)))
+            .values(status=RunStatus.QUEUED.value, lease_expires=None)
         )
 
     async def fail_many(self, ids: Sequence[str], code: str, message: str, now: datetime) -> None:
         await self.session.execute(
             update(runs)
             .where(runs.c.id.in_(list(ids)))
-            .values(status=RunStatus.FAILED.value, error_code=code, error_message=message, end_time=now, lease_expires=None)
+            .values(
+                status=RunStatus.FAILED.value,
+                error_code=code,
+                error_message=message,
+                end_time=now,
+                lease_expires=None,
+            )
         )
 
     async def stale_queued(self, older_than: datetime, limit: int) -> list[str]:

@@ -3,13 +3,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert
-
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import templates
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.templates import PromptTemplate
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
 
 
 def _entity(row: Mapping[str, Any]) -> PromptTemplate:
@@ -44,7 +43,9 @@ class TemplateRepository(Repository):
         )
         current = (
             await self.session.execute(
-                select(func.coalesce(func.max(templates.c.version), 0)).where(templates.c.name == name)
+                select(func.coalesce(func.max(templates.c.version), 0)).where(
+                    templates.c.name == name
+                )
             )
         ).scalar_one()
         return int(current) + 1
@@ -68,7 +69,9 @@ class TemplateRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def list(self, page: PageRequest, *, name: str = "") -> tuple[Sequence[PromptTemplate], str | None]:
+    async def list(
+        self, page: PageRequest, *, name: str = ""
+    ) -> tuple[Sequence[PromptTemplate], str | None]:
         stmt = select(templates)
         if name:
             stmt = stmt.where(templates.c.name == name)

@@ -1,0 +1,159 @@
+"""Nothing is lost: a worker killed with SIGKILL mid-run, Redis restarted empty, a
+teacher failing 20 % of calls. PostgreSQL is the source of truth."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nex.collector.client import BatchStatus, Client, GenerationParams, RunStatus, TeacherBatch, connect
+from tests.conftest import teacher_settings, unique
+from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.support.backing import Backing
+from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.processes import RedisProcess, WorkerProcess
+
+LEASE_S = 3.0
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def chaos_env(
+    backing: Backing, fresh_teacher_api: FakeTeacherAPI, redis: RedisProcess, tmp_path: Path
+) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": backing.database_url,
+        "REDIS_URL": redis.url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "RUN_LEASE_S": str(LEASE_S),
+        "RECONCILE_INTERVAL_S": "0.5",
+        "TEACHER_MAX_ATTEMPTS": "8",
+        "WORKER_MAX_JOBS": "16",
+        "LOG_LEVEL": "INFO",
+    }
+    env.update({k: str(v) for k, v in teacher_settings(fresh_teacher_api).items()})
+    return env
+
+
+@pytest.fixture
+def server_only(chaos_env: dict[str, str], backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
+    """A collector that serves gRPC but runs no worker: workers are processes."""
+    overrides = {k: v for k, v in chaos_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
+    settings = collector_settings(backing, tmp_path / "data", **overrides)
+    with running_collector(settings, work=False) as running:
+        yield running
+
+
+@pytest.fixture
+def chaos_client(server_only: RunningCollector) -> Iterator[Client]:
+    with connect(server_only.address, token=server_only.token) as c:
+        yield c
+
+
+def _batch(client: Client, n: int) -> tuple[TeacherBatch, list[str]]:
+    template = client.create_template(unique("chaos"), user_template="Say {{ x }}", variables=["x"])
+    batch = client.create_batch(
+        unique("chaos"), template.id, "openai", "gpt-4o-mini", params=GenerationParams(top_logprobs=2, max_tokens=8)
+    )
+    runs = client.create_runs(batch.id, [{"x": f"item {i}"} for i in range(n)])
+    return batch, [r.id for r in runs]
+
+
+def _wait_done(client: Client, batch_id: str, timeout: float = 90) -> TeacherBatch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.get_batch(batch_id)
+        if batch.status == BatchStatus.COMPLETED:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch did not finish: {client.get_batch(batch_id).counts}")
+
+
+def _assert_nothing_resent(api: FakeTeacherAPI, seconds: float = LEASE_S + 1.5) -> None:
+    """After every run completed, the teacher hears nothing more (reconciler
+    passes included)."""
+    api.reset()
+    time.sleep(seconds)
+    assert api.total_requests == 0
+
+
+def test_worker_killed_mid_run_loses_nothing(
+    chaos_client: Client, chaos_env: dict[str, str], fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    fresh_teacher_api.latency_s = 0.4
+    batch, run_ids = _batch(chaos_client, 60)
+    first = WorkerProcess(chaos_env, tmp_path / "worker1.log").start()
+    try:
+        deadline = time.monotonic() + 60
+        while chaos_client.get_batch(batch.id).counts.completed < 5:
+            assert time.monotonic() < deadline, (tmp_path / "worker1.log").read_text()[-3000:]
+            time.sleep(0.1)
+        assert chaos_client.get_batch(batch.id).counts.running > 0  # killed mid-run
+        first.kill9()
+    finally:
+        first.stop()
+    second = WorkerProcess(chaos_env, tmp_path / "worker2.log").start()
+    try:
+        done = _wait_done(chaos_client, batch.id)
+        assert (done.counts.completed, done.counts.total) == (60, 60)
+        _assert_nothing_resent(fresh_teacher_api)
+    finally:
+        second.stop()
+    # The runs the killed worker held were taken again: one more attempt each.
+    attempts = Counter(chaos_client.get_run(r).attempt for r in run_ids)
+    assert set(attempts) <= {1, 2} and attempts[2] > 0
+
+
+def test_redis_restarted_empty_loses_nothing(
+    chaos_client: Client, chaos_env: dict[str, str], fresh_teacher_api: FakeTeacherAPI,
+    redis: RedisProcess, tmp_path: Path,
+) -> None:
+    fresh_teacher_api.latency_s = 0.2
+    worker = WorkerProcess(chaos_env, tmp_path / "worker.log").start()
+    try:
+        batch, _ = _batch(chaos_client, 80)
+        deadline = time.monotonic() + 60
+        while chaos_client.get_batch(batch.id).counts.completed < 5:
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.1)
+        redis.kill()
+        time.sleep(1.0)
+        redis.start()  # same port, nothing in it: every queued job is gone
+        done = _wait_done(chaos_client, batch.id)
+        assert (done.counts.completed, done.counts.total) == (80, 80)
+        ok_per_prompt = Counter(x.request["messages"][0]["content"] for x in fresh_teacher_api.exchanges if x.status == 200)
+        assert max(ok_per_prompt.values()) == 1  # no completed run was sent again
+        _assert_nothing_resent(fresh_teacher_api)
+    finally:
+        worker.stop()
+
+
+def test_teacher_failing_a_fifth_of_calls(
+    chaos_client: Client, chaos_env: dict[str, str], fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    fresh_teacher_api.failure_rate = 0.2
+    worker = WorkerProcess({**chaos_env, "WORKER_MAX_JOBS": "64"}, tmp_path / "worker.log").start()
+    try:
+        batch, run_ids = _batch(chaos_client, 100)
+        done = _wait_done(chaos_client, batch.id)
+        assert (done.counts.completed, done.counts.total) == (100, 100)
+        failures = sum(1 for x in fresh_teacher_api.exchanges if x.status >= 500)
+        assert failures > 5
+        ok_per_prompt = Counter(x.request["messages"][0]["content"] for x in fresh_teacher_api.exchanges if x.status == 200)
+        assert sorted(ok_per_prompt.values()) == [1] * 100
+        retried = [r for r in run_ids if chaos_client.get_run(r).attempt > 1]
+        assert len(retried) > 0
+    finally:
+        worker.stop()
