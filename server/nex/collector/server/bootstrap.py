@@ -20,6 +20,8 @@ from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import JobQueue
 from nex.collector.server.services.context_refs import ContextRefs
+from nex.collector.server.domain.scoring import MetricRegistry
+from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.execution import RunExecutor
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.teacher import Teacher
@@ -52,6 +54,7 @@ class Container:
     reconciler: Reconciler
     hub: EventHub
     watcher: RunWatcher
+    datasets: Datasets
     embedded: EmbeddedServices | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +127,9 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=timedelta(seconds=settings.run_lease_s),
         )
+        datasets = Datasets(
+            uow, queue, root=settings.datasets_dir, metrics=MetricRegistry.from_entry_points()
+        )
         hub = EventHub(plain_dsn(database_url))
         await hub.start()
         closers.append(hub.aclose)
@@ -143,6 +149,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             reconciler=Reconciler(uow, queue, max_attempts=settings.teacher_max_attempts),
             hub=hub,
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
+            datasets=datasets,
             embedded=embedded,
         )
         yield container

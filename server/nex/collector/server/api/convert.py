@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nex.collector.server.domain.batches import (
@@ -13,11 +14,13 @@ from nex.collector.server.domain.batches import (
     RunEvent,
     Usage,
 )
+from nex.collector.server.domain import filters
 from nex.collector.server.domain.context_refs import ContextRef
+from nex.collector.server.domain.datasets import Dataset, DatasetStatus
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus, TokenLogprobs
 from nex.collector.server.domain.templates import PromptTemplate
-from nex.collector.v1 import common_pb2, context_ref_pb2, teacher_pb2, template_pb2
+from nex.collector.v1 import common_pb2, context_ref_pb2, dataset_pb2, teacher_pb2, template_pb2
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -182,4 +185,67 @@ def run_event(e: RunEvent) -> teacher_pb2.RunEvent:
         attempt=e.attempt,
         error=error(e.error),
         time=timestamp(e.time),
+    )
+
+
+# -- datasets --------------------------------------------------------------------
+
+_DATASET_STATUS = {
+    DatasetStatus.BUILDING: dataset_pb2.DATASET_STATUS_BUILDING,
+    DatasetStatus.READY: dataset_pb2.DATASET_STATUS_READY,
+    DatasetStatus.FAILED: dataset_pb2.DATASET_STATUS_FAILED,
+}
+
+
+def _opt(message: Any, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def filter_from_pb(f: dataset_pb2.Filter, field: str) -> filters.Filter:
+    kind = f.WhichOneof("kind")
+    if kind == "length":
+        return filters.LengthFilter(_opt(f.length, "min_chars"), _opt(f.length, "max_chars"))
+    if kind == "regex":
+        return filters.RegexFilter(f.regex.pattern, f.regex.must_match)
+    if kind == "entropy":
+        return filters.EntropyFilter(_opt(f.entropy, "min"), _opt(f.entropy, "max"))
+    if kind == "boolean":
+        return filters.BooleanFilter(f.boolean.name, f.boolean.value)
+    if kind == "score":
+        return filters.ScoreFilter(f.score.name, _opt(f.score, "min"), _opt(f.score, "max"))
+    raise InvalidArgument.one(field, "set one of length, regex, entropy, boolean, score")
+
+
+def filter_(f: filters.Filter) -> dataset_pb2.Filter:
+    if isinstance(f, filters.LengthFilter):
+        return dataset_pb2.Filter(length=dataset_pb2.LengthFilter(min_chars=f.min_chars, max_chars=f.max_chars))
+    if isinstance(f, filters.RegexFilter):
+        return dataset_pb2.Filter(regex=dataset_pb2.RegexFilter(pattern=f.pattern, must_match=f.must_match))
+    if isinstance(f, filters.EntropyFilter):
+        return dataset_pb2.Filter(entropy=dataset_pb2.EntropyFilter(min=f.min, max=f.max))
+    if isinstance(f, filters.BooleanFilter):
+        return dataset_pb2.Filter(boolean=dataset_pb2.BooleanFilter(name=f.name, value=f.value))
+    return dataset_pb2.Filter(score=dataset_pb2.ScoreFilter(name=f.name, min=f.min, max=f.max))
+
+
+def dataset(d: Dataset) -> dataset_pb2.DatasetManifest:
+    return dataset_pb2.DatasetManifest(
+        id=d.id,
+        name=d.name,
+        version=d.version,
+        status=_DATASET_STATUS[d.status],
+        uri=d.uri,
+        files=[dataset_pb2.DatasetFile(name=f.name, sha256=f.sha256, rows=f.rows, bytes=f.bytes) for f in d.files],
+        counts=dataset_pb2.DatasetCounts(
+            total=d.counts.total,
+            kept=d.counts.kept,
+            dropped=[dataset_pb2.FilterDrop(index=x.index, filter=x.filter, dropped=x.dropped) for x in d.counts.dropped],
+        ),
+        batch_ids=list(d.batch_ids),
+        filters=[filter_(f) for f in d.filters],
+        create_time=timestamp(d.create_time),
+        error=error(d.error),
+        ready_time=timestamp(d.ready_time),
+        context_ref_id=d.context_ref_id or "",
+        link_evidence=d.link_evidence,
     )

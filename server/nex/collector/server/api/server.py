@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nex.collector.server.api.interceptors import ServerInterceptor
 from nex.collector.server.api.servicers.context_refs import ContextRefServicer
+from nex.collector.server.api.servicers.datasets import DatasetServicer
 from nex.collector.server.api.servicers.teacher import TeacherServicer
 from nex.collector.server.api.servicers.templates import TemplateServicer
 from nex.collector.server.bootstrap import Container
@@ -71,7 +72,7 @@ class GrpcServer:
             self._server,
         )
         dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(
-            c.extras.get("dataset_servicer") or dataset_service_pb2_grpc.DatasetServiceServicer(),
+            DatasetServicer(c.datasets),
             self._server,
         )
         evidence_service_pb2_grpc.add_EvidenceServiceServicer_to_server(

@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 from nex.collector.server import logs
+from nex.collector.server.cli import batch as batch_cli
+from nex.collector.server.cli import dataset as dataset_cli
+from nex.collector.server.cli.demo import demo
 from nex.collector.server.config import ConfigError, Settings, load_settings
 from rich.console import Console
 
@@ -19,6 +22,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+_CLIENT_PANEL = "Client commands (talk to a running collector)"
+app.command(rich_help_panel=_CLIENT_PANEL)(demo)
+app.add_typer(batch_cli.template_app, name="template", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(batch_cli.batch_app, name="batch", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(batch_cli.run_app, name="run", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(dataset_cli.app, name="dataset", rich_help_panel=_CLIENT_PANEL)
 
 AddrOpt = Annotated[
     str | None, typer.Option("--addr", help="host:port to serve gRPC on [NEX_COLLECTOR_ADDR]")

@@ -40,7 +40,7 @@ from nex.collector.server.domain.teacher import CompletedRun
 __all__ = ["DEFAULT_MAX_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "Progress", "build_dataset"]
 
 DEFAULT_ROW_GROUP_SIZE = 10_000
-DEFAULT_MAX_ROW_GROUP_BYTES = 256 << 20
+DEFAULT_MAX_ROW_GROUP_BYTES = 64 << 20
 
 Progress = Callable[[int, int], "Awaitable[None] | None"]
 """Called after each chunk with (runs seen so far, runs kept so far)."""
@@ -147,6 +147,14 @@ class _Build:
         )
 
 
+def _open_writer(final_dir: Path, clean_stale: bool) -> DatasetWriter:
+    if final_dir.exists():
+        raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
+    if clean_stale:
+        remove_stale_staging(final_dir)
+    return DatasetWriter(final_dir)
+
+
 async def _report(progress: Progress | None, build: _Build) -> None:
     if progress is None:
         return
@@ -184,11 +192,7 @@ async def build_dataset(
         raise ValueError(f"manifest_extra may not set {sorted(clash)}: the builder writes them")
     json.dumps(manifest_extra, default=json_default)  # fail now, not after the whole build
     chain = FilterChain(filters)
-    if final_dir.exists():
-        raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
-    if clean_stale:
-        remove_stale_staging(final_dir)
-    writer = DatasetWriter(final_dir)
+    writer = await asyncio.to_thread(_open_writer, final_dir, clean_stale)
     build = _Build(chain, metrics, writer, row_group_size, max_row_group_bytes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-build")
     pending: Future[None] | None = None

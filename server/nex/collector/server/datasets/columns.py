@@ -61,7 +61,9 @@ class LogprobColumns:
         present = [t is not None for t in columns]
 
         # pa.array over the runs' own lists: one C-level pass, no per-token Python work.
-        self.tokens = pa.array([t.tokens if t is not None else None for t in columns], pa.list_(pa.string()))
+        self.tokens = pa.array(
+            [t.tokens if t is not None else None for t in columns], pa.list_(pa.string())
+        )
         self.logprobs = pa.array(
             [t.logprobs if t is not None else None for t in columns], pa.list_(pa.float64())
         )
@@ -191,16 +193,12 @@ def _softmax(offsets: pa.Array, counts: pa.Array, logprobs: pa.Array) -> tuple[p
         pc.subtract(pc.ln(z), pc.divide(weighted, z)), 0.0, skip_nulls=False
     )
     parent = pc.list_parent_indices(pa.ListArray.from_arrays(offsets, logprobs))
-    probs = pc.divide(
-        pc.exp(pc.subtract(logprobs, pc.take(shift, parent))), pc.take(z, parent)
-    )
+    probs = pc.divide(pc.exp(pc.subtract(logprobs, pc.take(shift, parent))), pc.take(z, parent))
     if no_mass is not None and pc.any(no_mass).as_py():
         # Every alternative at -inf: share the position uniformly, as renormalise does.
         count = counts.cast(pa.float64())
         entropy = pc.if_else(no_mass, pc.ln(count), entropy)
-        probs = pc.if_else(
-            pc.take(no_mass, parent), pc.divide(1.0, pc.take(count, parent)), probs
-        )
+        probs = pc.if_else(pc.take(no_mass, parent), pc.divide(1.0, pc.take(count, parent)), probs)
     if bounds["min"] == 0:
         entropy = pc.if_else(pc.is_null(peak), pa.scalar(None, pa.float64()), entropy)
     return probs, entropy

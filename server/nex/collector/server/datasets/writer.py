@@ -14,10 +14,11 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,6 +62,25 @@ _DICTIONARY_COLUMNS = {
 }
 
 
+# Statistics (min/max) only where a reader can use them to skip row groups:
+# top-level scalar columns, not per-token leaves.
+_STATISTICS_COLUMNS = {
+    "examples": [field.name for field in SCHEMAS["examples"]],
+    "inputs": ["example_id"],
+    "teacher": [
+        "example_id",
+        "provider",
+        "model",
+        "finish_reason",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms",
+    ],
+    "targets": ["example_id", "teacher_model", "has_soft_labels"],
+    "scores": [field.name for field in SCHEMAS["scores"]],
+}
+
+
 class DatasetExistsError(FileExistsError):
     """The dataset folder exists already: a built version never changes."""
 
@@ -73,7 +93,11 @@ class DatasetFileInfo:
     bytes: int
 
 
-class FilterDrop(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class FilterDrop:
+    """How many runs filter `index` dropped (a run counts for the first filter
+    that drops it)."""
+
     index: int
     filter: str  # the filter in words, see domain.filters.describe
     dropped: int
@@ -149,6 +173,10 @@ class DatasetWriter:
         self.staging_dir.mkdir()
         self._rows = dict.fromkeys(SCHEMAS, 0)
         self._writers: dict[str, pq.ParquetWriter] = {}
+        # Encoding and compression release the GIL: one background thread writes
+        # row group n while the caller prepares row group n + 1.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending: Future[None] | None = None
         try:
             for table, schema in SCHEMAS.items():
                 self._writers[table] = pq.ParquetWriter(
@@ -156,7 +184,7 @@ class DatasetWriter:
                     schema,
                     compression="zstd",
                     use_dictionary=_DICTIONARY_COLUMNS[table],
-                    write_statistics=True,
+                    write_statistics=_STATISTICS_COLUMNS[table],
                     store_schema=True,
                 )
         except BaseException:
@@ -164,14 +192,24 @@ class DatasetWriter:
             raise
 
     def write_row_group(self, tables: Mapping[str, pa.Table]) -> None:
-        """One row group per file from `tables` (table name → rows, possibly in
-        several chunks; they are made contiguous so that the bytes written do not
-        depend on how the rows were chunked)."""
+        """Queues one row group per file from `tables` (table name → rows, possibly
+        in several chunks); waits for the previous row group first, so at most
+        one is in flight. Errors of a write surface on the next call or in commit."""
+        self._wait()
+        self._pending = self._executor.submit(self._write, dict(tables))
+
+    def _write(self, tables: Mapping[str, pa.Table]) -> None:
         for name, writer in self._writers.items():
+            # Contiguous rows: the bytes written must not depend on how rows were chunked.
             table = tables[name].combine_chunks()
             if table.num_rows:
                 writer.write_table(table, row_group_size=table.num_rows)
                 self._rows[name] += table.num_rows
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def commit(
         self,
@@ -182,6 +220,8 @@ class DatasetWriter:
         filters: Sequence[Mapping[str, Any]],
         manifest_extra: Mapping[str, Any],
     ) -> BuildResult:
+        self._wait()
+        self._executor.shutdown()
         self._close_writers()
         files = []
         for table in SCHEMAS:
@@ -207,7 +247,9 @@ class DatasetWriter:
             counts={
                 "total": total,
                 "kept": kept,
-                "dropped": [d._asdict() for d in dropped],
+                "dropped": [
+                    {"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in dropped
+                ],
             },
             filters=list(filters),
         )
@@ -227,7 +269,11 @@ class DatasetWriter:
         return BuildResult(files=files, total=total, kept=kept, dropped=list(dropped), uri=uri)
 
     def abort(self) -> None:
-        """Closes what is open and removes the staging folder; never raises."""
+        """Closes what is open and removes the staging folder; never raises.
+        Blocks until a row group being written is done."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(BaseException):
+            self._wait()
         with contextlib.suppress(Exception):
             self._close_writers()
         shutil.rmtree(self.staging_dir, ignore_errors=True)

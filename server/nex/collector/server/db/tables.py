@@ -142,7 +142,10 @@ datasets = Table(
     Column("request_id", Text, unique=True),
     _created(),
     Column("ready_time", DateTime(timezone=True)),
+    Column("lease_expires", DateTime(timezone=True)),
+    Column("evidence_linked", Boolean, nullable=False, server_default="false"),
     UniqueConstraint("name", "version", name="uq_datasets_name_version"),
+    Index("ix_datasets_status", "status"),
 )
 
 evidence_links = Table(

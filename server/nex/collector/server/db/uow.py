@@ -7,6 +7,7 @@ from types import TracebackType
 
 from nex.collector.server.db.repositories.batches import BatchRepository
 from nex.collector.server.db.repositories.context_refs import ContextRefRepository
+from nex.collector.server.db.repositories.datasets import DatasetRepository
 from nex.collector.server.db.repositories.events import EventRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
@@ -20,6 +21,7 @@ class UnitOfWork:
     batches: BatchRepository
     runs: RunRepository
     events: EventRepository
+    datasets: DatasetRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -31,6 +33,7 @@ class UnitOfWork:
         self.batches = BatchRepository(self.session)
         self.runs = RunRepository(self.session)
         self.events = EventRepository(self.session)
+        self.datasets = DatasetRepository(self.session)
         return self
 
     async def __aexit__(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
 import re2
+from nex.collector.server.domain.errors import FieldViolation, InvalidArgument
 from nex.collector.server.domain.scoring import BOOLEAN_PROPERTIES
 from nex.collector.server.domain.teacher import CompletedRun
 
@@ -96,17 +97,8 @@ _KIND: dict[type[Any], str] = {
 }
 
 
-class FieldViolation(NamedTuple):
-    """A bad field: its path (e.g. ``filters[2].regex.pattern``) and what is wrong."""
-
-    field: str
-    description: str
-
-
-class InvalidFiltersError(ValueError):
-    def __init__(self, violations: Sequence[FieldViolation]) -> None:
-        self.violations = list(violations)
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+class InvalidFiltersError(InvalidArgument):
+    """Raised by FilterChain for filters that validate_filters rejects."""
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -149,41 +141,41 @@ def _check_bounds(
     return out
 
 
+def _non_negative(path: str, fields: dict[str, float | None], what: str) -> list[FieldViolation]:
+    return [
+        FieldViolation(f"{path}.{name}", what)
+        for name, value in fields.items()
+        if value is not None and value < 0
+    ]
+
+
 def _violations(path: str, f: Filter) -> list[FieldViolation]:
     path = f"{path}.{_KIND[type(f)]}"
-    match f:
-        case LengthFilter(min_chars=low, max_chars=high):
-            out = _check_bounds(path, "min_chars", low, "max_chars", high)
-            for name, value in (("min_chars", low), ("max_chars", high)):
-                if value is not None and value < 0:
-                    out.append(FieldViolation(f"{path}.{name}", "must be ≥ 0"))
-            return out
-        case RegexFilter(pattern=pattern):
-            if not pattern:
-                return [FieldViolation(f"{path}.pattern", "must not be empty")]
-            try:
-                compile_pattern(pattern)
-            except ValueError as exc:
-                return [FieldViolation(f"{path}.pattern", str(exc))]
-            return []
-        case EntropyFilter(min=low, max=high):
-            out = _check_bounds(path, "min", low, "max", high)
-            for name, value in (("min", low), ("max", high)):
-                if value is not None and value < 0:
-                    out.append(FieldViolation(f"{path}.{name}", "entropy is ≥ 0"))
-            return out
-        case BooleanFilter(name=name):
-            if name not in BOOLEAN_PROPERTIES:
-                known = ", ".join(sorted(BOOLEAN_PROPERTIES))
-                return [
-                    FieldViolation(f"{path}.name", f"unknown property {name!r}; one of {known}")
-                ]
-            return []
-        case ScoreFilter(name=name, min=low, max=high):
-            out = []
-            if not name.strip():
-                out.append(FieldViolation(f"{path}.name", "must not be empty"))
-            return out + _check_bounds(path, "min", low, "max", high)
+    if isinstance(f, LengthFilter):
+        return _check_bounds(path, "min_chars", f.min_chars, "max_chars", f.max_chars) + (
+            _non_negative(path, {"min_chars": f.min_chars, "max_chars": f.max_chars}, "must be ≥ 0")
+        )
+    if isinstance(f, RegexFilter):
+        if not f.pattern:
+            return [FieldViolation(f"{path}.pattern", "must not be empty")]
+        try:
+            compile_pattern(f.pattern)
+        except ValueError as exc:
+            return [FieldViolation(f"{path}.pattern", str(exc))]
+        return []
+    if isinstance(f, EntropyFilter):
+        return _check_bounds(path, "min", f.min, "max", f.max) + _non_negative(
+            path, {"min": f.min, "max": f.max}, "entropy is ≥ 0"
+        )
+    if isinstance(f, BooleanFilter):
+        if f.name not in BOOLEAN_PROPERTIES:
+            known = ", ".join(sorted(BOOLEAN_PROPERTIES))
+            return [FieldViolation(f"{path}.name", f"unknown property {f.name!r}; one of {known}")]
+        return []
+    out = []
+    if not f.name.strip():
+        out.append(FieldViolation(f"{path}.name", "must not be empty"))
+    return out + _check_bounds(path, "min", f.min, "max", f.max)
 
 
 def validate_filters(filters: Sequence[Filter], field: str = "filters") -> list[FieldViolation]:
@@ -374,7 +366,8 @@ class FilterChain:
         return Verdict(keep, why)
 
     def explain(self, run: CompletedRun, scores: Mapping[str, float]) -> str:
-        """One line per filter: ``filters[0] length(min_chars=10): drop (output has 3 chars, …)``."""
+        """One line per filter, e.g.
+        ``filters[0] length(min_chars=10): drop (output has 3 chars, wanted [10, inf])``."""
         lines = []
         for i, f in enumerate(self.filters):
             keep, why = self.verdict(i, run, scores)

@@ -11,7 +11,7 @@ from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.teacher import RunStatus
-from nex.collector.server.queue import EXECUTE_RUN, JobQueue
+from nex.collector.server.queue import BUILD_DATASET, EXECUTE_RUN, JobQueue
 from nex.collector.server.services.common import now
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,10 @@ class Reconciler:
         requeued = await self._expired_leases()
         async with self._uow() as tx:
             stale = await tx.runs.stale_queued(now() - self._grace, self._limit)
+            builds = await tx.datasets.stale_builds(now(), self._grace)
         enqueued = await self._queue.enqueue(EXECUTE_RUN, stale) if stale else 0
+        if builds:
+            await self._queue.release(BUILD_DATASET, builds)
         if requeued or enqueued:
             log.info(
                 "reconciler: %d runs requeued after a lost worker, %d jobs re-enqueued",

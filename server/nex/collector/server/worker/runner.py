@@ -11,7 +11,7 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 from nex.collector.server.bootstrap import Container
-from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN
+from nex.collector.server.queue import BUILD_DATASET, EXECUTE_RUN
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +22,18 @@ def job_functions(container: Container) -> list[Any]:
     async def execute_run(ctx: dict[str, Any], run_id: str) -> str:
         return await container.executor.execute(run_id)
 
-    functions = [
+    async def build_dataset(ctx: dict[str, Any], dataset_id: str) -> str:
+        return await container.datasets.run_build(dataset_id)
+
+    return [
         func(
             execute_run,
             name=EXECUTE_RUN,
             timeout=(s.teacher_timeout_s + 30) * s.teacher_max_attempts + 60,
             keep_result=0,
-        )
+        ),
+        func(build_dataset, name=BUILD_DATASET, timeout=6 * 3600, keep_result=0),
     ]
-    for name, handler in container.extras.get("jobs", {}).items():
-        if name in (BUILD_DATASET, DELIVER_EVIDENCE):
-            functions.append(func(handler, name=name, keep_result=0, timeout=3600))
-    return functions
 
 
 async def _reconcile_forever(container: Container, stop: asyncio.Event) -> None:

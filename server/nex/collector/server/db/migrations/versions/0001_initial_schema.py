@@ -82,6 +82,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("ready_time", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_expires", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("evidence_linked", sa.Boolean(), server_default="false", nullable=False),
         sa.ForeignKeyConstraint(
             ["context_ref_id"],
             ["context_refs.id"],
@@ -187,6 +189,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("request_id"),
     )
+    op.create_index("ix_datasets_status", "datasets", ["status"], unique=False)
     op.create_index("ix_runs_batch_status", "runs", ["batch_id", "status"], unique=False)
     op.create_index("ix_runs_status_lease", "runs", ["status", "lease_expires"], unique=False)
     op.create_table(
@@ -240,6 +243,7 @@ def downgrade() -> None:
     op.drop_table("runs")
     op.drop_table("batches")
     op.drop_table("templates")
+    op.drop_index("ix_datasets_status", table_name="datasets")
     op.drop_table("datasets")
     op.drop_index("ix_run_events_run_revision", table_name="run_events")
     op.drop_index("ix_run_events_batch_revision", table_name="run_events")

@@ -1,0 +1,755 @@
+"""``nex-collector template …``, ``batch …`` and ``run …``: prompt templates,
+batches of teacher runs from a JSONL file of variables, live progress, runs.
+
+The JSONL input: one JSON object per line, its keys the template's variables.
+String values are sent as they are; any other value is sent JSON-encoded
+(``3`` → ``"3"``, ``["a"]`` → ``'["a"]'``). An optional top-level
+``"_request_id"`` key is the run's idempotency key (unique across the
+collector: sending it again returns the run first created with it). Lines
+without one get a key derived from the batch and the line's variables, so
+sending the same file to the same batch again (``batch add``) creates only
+the runs that are missing. Blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, BinaryIO, NoReturn
+
+import typer
+from nex.collector.client import (
+    AsyncClient,
+    GenerationParams,
+    InvalidArgumentError,
+    PromptTemplate,
+    Provider,
+    RunInput,
+    RunStatus,
+    RunView,
+    TeacherBatch,
+    TeacherRun,
+)
+from nex.collector.client.progress import watch_batch_progress
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .common import (
+    AddrOpt,
+    Target,
+    TokenOpt,
+    err,
+    fail,
+    fmt_time,
+    fmt_usage,
+    out,
+    print_collector_error,
+    resolve_target,
+    run_style,
+    run_with_client,
+    shorten,
+    status_text,
+)
+
+__all__ = [
+    "REQUEST_ID_KEY",
+    "InputLine",
+    "batch_app",
+    "batch_summary",
+    "read_inputs",
+    "run_app",
+    "run_panel",
+    "template_app",
+]
+
+REQUEST_ID_KEY = "_request_id"
+MAX_REQUEST_ID = 128
+MAX_CHUNK = 5000
+MAX_PROBLEMS_SHOWN = 20
+DEFAULT_MOCK_MODEL = "mock-teacher"
+
+template_app = typer.Typer(
+    help="Prompt templates (Jinja2, versioned by name).", no_args_is_help=True
+)
+batch_app = typer.Typer(
+    help="Batches of teacher runs: create from JSONL, watch, show, cancel.",
+    no_args_is_help=True,
+)
+run_app = typer.Typer(help="Single teacher runs.", no_args_is_help=True)
+
+
+# ---------------------------------------------------------------- JSONL input
+
+
+@dataclass(frozen=True, slots=True)
+class InputLine:
+    """One run to create, from line ``line`` (1-based) of the input file."""
+
+    line: int
+    variables: dict[str, str]
+    request_id: str | None = None
+
+
+def _as_variable(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def parse_input_line(number: int, raw: bytes) -> InputLine | str | None:
+    """The run of one JSONL line, a problem in words, or None for a blank line."""
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        return f"line {number}: not UTF-8 ({exc.reason} at byte {exc.start})"
+    if not text:
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(obj, dict):
+        return f"line {number}: expected a JSON object of variables, got {type(obj).__name__}"
+    request_id = obj.pop(REQUEST_ID_KEY, None)
+    if request_id is not None and (not isinstance(request_id, str) or not request_id):
+        return f"line {number}: {REQUEST_ID_KEY} must be a non-empty string"
+    if request_id is not None and len(request_id) > MAX_REQUEST_ID:
+        return f"line {number}: {REQUEST_ID_KEY} is longer than {MAX_REQUEST_ID} characters"
+    variables = {str(k): _as_variable(v) for k, v in obj.items()}
+    return InputLine(number, variables, request_id)
+
+
+def read_inputs(stream: BinaryIO) -> tuple[list[InputLine], list[str]]:
+    """Every run of a JSONL stream, and the problems found (one per bad line)."""
+    lines: list[InputLine] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(stream, start=1):
+        parsed = parse_input_line(number, raw)
+        if isinstance(parsed, str):
+            problems.append(parsed)
+        elif parsed is not None:
+            if parsed.request_id is not None:
+                if parsed.request_id in seen:
+                    problems.append(
+                        f"line {number}: {REQUEST_ID_KEY} {parsed.request_id!r} repeats "
+                        f"line {seen[parsed.request_id]}"
+                    )
+                seen.setdefault(parsed.request_id, number)
+            lines.append(parsed)
+    return lines, problems
+
+
+def check_against_template(lines: Sequence[InputLine], template: PromptTemplate) -> list[str]:
+    """Lines whose variables are not exactly the template's declared ones."""
+    declared = set(template.variables)
+    problems = []
+    for item in lines:
+        missing = [v for v in template.variables if v not in item.variables]
+        extra = sorted(set(item.variables) - declared)
+        if missing:
+            problems.append(f"line {item.line}: missing variables {', '.join(missing)}")
+        if extra:
+            problems.append(
+                f"line {item.line}: variables {', '.join(extra)} are not declared by "
+                f"template {template.name} v{template.version}"
+            )
+    return problems
+
+
+def derived_request_ids(batch_id: str, lines: Sequence[InputLine]) -> list[str]:
+    """Each line's idempotency key: its own ``_request_id``, else one made of the
+    batch id, a hash of its variables and how often they occurred before."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for item in lines:
+        if item.request_id is not None:
+            keys.append(item.request_id)
+            continue
+        canonical = json.dumps(item.variables, sort_keys=True, ensure_ascii=False)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
+        seen[digest] += 1
+        keys.append(f"{batch_id}/{digest}/{seen[digest]}")
+    return keys
+
+
+_RUN_FIELD = re.compile(r"^runs\[(\d+)\]\.?(.*)$")
+
+
+def violations_by_line(exc: InvalidArgumentError, chunk: Sequence[InputLine]) -> list[str]:
+    """The error's field violations with ``runs[i]`` replaced by the file's line."""
+    problems = []
+    for v in exc.field_violations:
+        match = _RUN_FIELD.match(v.field)
+        if match and int(match.group(1)) < len(chunk):
+            item = chunk[int(match.group(1))]
+            where = f"line {item.line}" + (f" ({match.group(2)})" if match.group(2) else "")
+            problems.append(f"{where}: {v.description}")
+        else:
+            problems.append(f"{v.field}: {v.description}")
+    return problems or [exc.message]
+
+
+def _read_file(path: str) -> tuple[list[InputLine], list[str]]:
+    if path == "-":
+        return read_inputs(sys.stdin.buffer)
+    try:
+        with Path(path).open("rb") as f:
+            return read_inputs(f)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def _fail_lines(path: str, problems: Sequence[str], note: str = "") -> NoReturn:
+    shown = list(problems[:MAX_PROBLEMS_SHOWN])
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        shown.append(f"… and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+    if note:
+        shown.append(note)
+    fail(f"{path}: {len(problems)} bad line(s); nothing was sent", shown)
+
+
+def load_inputs(path: str) -> list[InputLine]:
+    """The runs of a JSONL file, or exit 1 naming every bad line."""
+    lines, problems = _read_file(path)
+    if problems:
+        _fail_lines(path, problems)
+    if not lines:
+        fail(f"{path}: no runs (the file is empty)")
+    return lines
+
+
+# ------------------------------------------------------------- sending runs
+
+
+def _chunks(lines: Sequence[InputLine], size: int) -> Iterator[Sequence[InputLine]]:
+    for start in range(0, len(lines), size):
+        yield lines[start : start + size]
+
+
+async def send_runs(
+    client: AsyncClient, batch_id: str, lines: Sequence[InputLine], chunk: int
+) -> int:
+    """BatchCreateRuns in chunks of ``chunk`` (each atomic); returns the runs
+    sent. A rejected chunk exits 1 naming its bad lines; earlier chunks stay."""
+    keys = dict(zip((i.line for i in lines), derived_request_ids(batch_id, lines), strict=True))
+    sent = 0
+    with out.status(f"queueing {len(lines):,} runs…") as status:
+        for part in _chunks(lines, chunk):
+            runs = [RunInput(i.variables, keys[i.line]) for i in part]
+            try:
+                await client.create_runs(batch_id, runs)
+            except InvalidArgumentError as exc:
+                status.stop()
+                _report_rejected_chunk(exc, batch_id, part, sent)
+            sent += len(part)
+            status.update(f"queued {sent:,} / {len(lines):,} runs…")
+    out.print(f"[green]✓[/green] queued {sent:,} runs in batch [bold]{batch_id}[/bold]")
+    return sent
+
+
+def _report_rejected_chunk(
+    exc: InvalidArgumentError, batch_id: str, part: Sequence[InputLine], sent: int
+) -> NoReturn:
+    print_collector_error(
+        InvalidArgumentError(exc.code, exc.message, reason=exc.reason, field_violations=())
+    )
+    for problem in violations_by_line(exc, part):
+        err.print(f"  {escape(problem)}")
+    first, last = part[0].line, part[-1].line
+    done = f"{sent:,} runs from earlier lines are queued" if sent else "no run was created"
+    err.print(
+        f"  [dim]lines {first}–{last} were rejected together; {done} in batch {batch_id}. "
+        "Fix the lines and send the file again with "
+        f"`nex-collector batch add {batch_id} --inputs FILE` (runs already queued are not "
+        "repeated).[/dim]"
+    )
+    raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _params_text(params: GenerationParams) -> str:
+    parts = [
+        f"{name}={value}"
+        for name, value in (
+            ("temperature", params.temperature),
+            ("max_tokens", params.max_tokens),
+            ("top_p", params.top_p),
+            ("top_logprobs", params.top_logprobs),
+            ("seed", params.seed),
+        )
+        if value is not None
+    ]
+    if params.stop:
+        parts.append(f"stop={list(params.stop)}")
+    return ", ".join(parts) or "provider defaults"
+
+
+def _counts_text(batch: TeacherBatch) -> Text:
+    c = batch.counts
+    text = Text()
+    for status in (
+        RunStatus.QUEUED,
+        RunStatus.RUNNING,
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+    ):
+        n = getattr(c, status.name.lower())
+        text.append(f"{status.name.lower()} {n:,}", style=run_style(status) if n else "dim")
+        text.append("  ")
+    text.append(f"total {c.total:,}", style="bold")
+    return text
+
+
+def batch_summary(batch: TeacherBatch) -> Table:
+    """A key/value table of a batch: what it is, runs per status, usage."""
+    table = Table(title=f"batch {batch.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("id", batch.id)
+    table.add_row("status", status_text(batch.status))
+    table.add_row("teacher", f"{batch.provider} / {batch.model}")
+    table.add_row("params", _params_text(batch.params))
+    table.add_row("template", batch.template_id)
+    if batch.context_ref_id:
+        table.add_row("context ref", batch.context_ref_id)
+    if batch.labels:
+        table.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(batch.labels.items())))
+    table.add_row("runs", _counts_text(batch))
+    table.add_row("usage", fmt_usage(batch.usage))
+    table.add_row("created", fmt_time(batch.create_time))
+    return table
+
+
+def runs_table(runs: Sequence[TeacherRun], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("run")
+    table.add_column("status")
+    table.add_column("finish")
+    table.add_column("out tok", justify="right")
+    table.add_column("output / error", overflow="ellipsis", no_wrap=True, ratio=1)
+    for run in runs:
+        detail = (
+            f"[red]{escape(run.error.code)}[/red] {escape(shorten(run.error.message, 80))}"
+            if run.error
+            else escape(shorten(run.output_text, 80))
+        )
+        table.add_row(
+            run.id,
+            status_text(run.status),
+            run.finish_reason or "-",
+            f"{run.usage.output_tokens:,}",
+            detail,
+        )
+    return table
+
+
+async def _first_runs(
+    client: AsyncClient, batch_id: str, limit: int, status: RunStatus | None = None
+) -> list[TeacherRun]:
+    runs: list[TeacherRun] = []
+    if limit <= 0:
+        return runs
+    async for run in client.list_runs(batch_id, status=status, page_size=min(limit, 100)):
+        runs.append(run)
+        if len(runs) >= limit:
+            break
+    return runs
+
+
+async def show_batch_result(client: AsyncClient, batch: TeacherBatch) -> None:
+    """The summary table, and the first failed runs' errors if any."""
+    out.print(batch_summary(batch))
+    if batch.counts.failed:
+        failed = await _first_runs(client, batch.id, 5, RunStatus.FAILED)
+        out.print(runs_table(failed, f"first failed runs ({batch.counts.failed:,} in all)"))
+
+
+def tokens_table(run: TeacherRun, limit: int, alternatives: int = 4) -> Table:
+    """The first ``limit`` output tokens with their logprob and top alternatives."""
+    table = Table(
+        title=f"first {min(limit, len(run.tokens))} of {len(run.tokens)} tokens",
+        title_justify="left",
+    )
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("token")
+    table.add_column("logprob", justify="right")
+    table.add_column("p", justify="right")
+    table.add_column("top alternatives (p)", overflow="fold")
+    for i, tok in enumerate(run.tokens[:limit]):
+        alts = ", ".join(
+            f"{t.token!r} {math.exp(t.logprob):.2f}" for t in tok.top_logprobs[:alternatives]
+        )
+        table.add_row(
+            str(i),
+            escape(repr(tok.token)),
+            f"{tok.logprob:.3f}",
+            f"{math.exp(tok.logprob):.2f}",
+            escape(alts) or "-",
+        )
+    return table
+
+
+def run_panel(run: TeacherRun, tokens: int = 12) -> RenderableType:
+    """A run: its prompt, output, facts, scores and first tokens with logprobs."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    facts.add_row("status", status_text(run.status))
+    facts.add_row("batch", run.batch_id)
+    facts.add_row("finish reason", run.finish_reason or "-")
+    facts.add_row("usage", fmt_usage(run.usage))
+    facts.add_row("latency", f"{run.latency_ms:,} ms · attempt {run.attempt}")
+    if run.error:
+        facts.add_row("error", Text(f"{run.error.code}: {run.error.message}", style="red"))
+    if run.scores:
+        facts.add_row(
+            "scores", ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.scores.items()))
+        )
+    prompt = Text()
+    for m in run.messages:
+        prompt.append(f"{m.role}: ", style="bold magenta")
+        prompt.append(m.content + "\n")
+    parts: list[RenderableType] = [
+        facts,
+        Panel(prompt.rstrip() if prompt else Text("-"), title="prompt", title_align="left"),
+        Panel(Text(run.output_text or "-"), title="output", title_align="left"),
+    ]
+    if run.tokens and tokens > 0:
+        parts.append(tokens_table(run, tokens))
+    elif run.status == RunStatus.COMPLETED and not run.has_logprobs:
+        parts.append(Text("this teacher returned no logprobs", style="dim"))
+    return Panel(Group(*parts), title=f"run {run.id}", title_align="left")
+
+
+# ----------------------------------------------------------------- commands
+
+
+@template_app.command("create")
+def template_create(
+    name: Annotated[str, typer.Option("--name", help="template name; reusing it adds a version")],
+    user: Annotated[str, typer.Option("--user", help="user message, Jinja2: 'Explain {{ topic }}'")],
+    var: Annotated[
+        list[str] | None, typer.Option("--var", help="a declared variable (repeat for each)")
+    ] = None,
+    system: Annotated[str, typer.Option("--system", help="system message, Jinja2")] = "",
+    context_ref: Annotated[
+        str | None, typer.Option("--context-ref", help="ContextRef id it belongs to")
+    ] = None,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create a prompt template (the next version of NAME) and print its id.
+
+    Every placeholder must be declared with --var, e.g.
+    --user 'Explain {{ topic }} in a {{ style }} way' --var topic --var style.
+    """
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> PromptTemplate:
+        return await client.create_template(
+            name,
+            user_template=user,
+            system_template=system,
+            variables=var or [],
+            context_ref_id=context_ref,
+        )
+
+    t = run_with_client(target, action)
+    out.print(
+        f"[green]✓[/green] template [bold]{escape(t.name)}[/bold] v{t.version}: "
+        f"[bold]{t.id}[/bold] (variables: {', '.join(t.variables) or 'none'})"
+    )
+
+
+@template_app.command("list")
+def template_list(
+    name: Annotated[str | None, typer.Option("--name", help="only this name")] = None,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List templates (all versions), oldest first."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> list[PromptTemplate]:
+        return [t async for t in client.list_templates(name)]
+
+    table = Table("id", "name", "v", "variables", "user template", title="templates")
+    for t in run_with_client(target, action):
+        table.add_row(
+            t.id, escape(t.name), str(t.version), ", ".join(t.variables),
+            escape(shorten(t.user_template, 60)),
+        )  # fmt: skip
+    out.print(table)
+
+
+ProviderOpt = Annotated[
+    Provider, typer.Option("--provider", help="the teacher", case_sensitive=False)
+]
+
+
+@batch_app.command("create")
+def batch_create(
+    template: Annotated[str, typer.Option("--template", help="template id")],
+    inputs: Annotated[
+        str, typer.Option("--inputs", help="JSONL file of variables, one run per line ('-': stdin)")
+    ],
+    provider: ProviderOpt = Provider.MOCK,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help=f"teacher model [default for mock: {DEFAULT_MOCK_MODEL}]"),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="batch name [default: file name]")] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="output token limit")] = None,
+    top_p: Annotated[float | None, typer.Option(help="nucleus sampling")] = None,
+    top_logprobs: Annotated[
+        int | None, typer.Option(help="alternatives recorded per token (0-20)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="stop sequence (repeat)")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="KEY=VALUE label (repeat)")
+    ] = None,
+    context_ref: Annotated[str | None, typer.Option("--context-ref", help="ContextRef id")] = None,
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="idempotency key of the batch")
+    ] = None,
+    chunk: Annotated[
+        int, typer.Option(min=1, max=MAX_CHUNK, help="runs per BatchCreateRuns call (atomic)")
+    ] = 1000,
+    watch: Annotated[bool, typer.Option(help="follow the runs with a progress bar")] = True,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create a batch and queue one run per line of a JSONL file of variables.
+
+    Each line is a JSON object whose keys are the template's variables; strings
+    are sent as they are, other values JSON-encoded. An optional top-level
+    "_request_id" key is that run's idempotency key; lines without one get a key
+    made of the batch id and the line's variables, so `batch add` can resend a
+    file safely. Example line: {"topic": "tides", "style": "short", "_request_id": "q-17"}
+
+    The file is checked first (JSON, variables against the template): any bad
+    line is reported with its number and nothing is created. Runs are sent in
+    chunks of --chunk; each chunk is all-or-nothing. Then, unless --no-watch,
+    a live progress bar follows the batch until every run has ended.
+    """
+    target = resolve_target(addr, token)
+    lines = load_inputs(inputs)
+    labels = _parse_labels(label or [])
+    teacher_model = _model_for(provider, model)
+    params = GenerationParams(
+        temperature=temperature,
+        max_tokens=max_tokens,
+        top_p=top_p,
+        top_logprobs=top_logprobs,
+        seed=seed,
+        stop=tuple(stop or ()),
+    )
+
+    async def action(client: AsyncClient) -> None:
+        tmpl = await client.get_template(template)
+        problems = check_against_template(lines, tmpl)
+        if problems:
+            _fail_lines(inputs, problems, f"template {tmpl.name} v{tmpl.version} declares: "
+                        f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
+        batch = await client.create_batch(
+            name or _default_name(inputs),
+            template,
+            provider.value,
+            teacher_model,
+            params=params,
+            context_ref_id=context_ref,
+            labels=labels,
+            request_id=request_id,
+        )
+        out.print(
+            f"[green]✓[/green] batch [bold]{batch.id}[/bold] ({escape(batch.name)}, "
+            f"{batch.provider}/{escape(batch.model)})"
+        )
+        await send_runs(client, batch.id, lines, chunk)
+        await _finish(client, batch.id, watch)
+
+    run_with_client(target, action)
+
+
+@batch_app.command("add")
+def batch_add(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    inputs: Annotated[str, typer.Option("--inputs", help="JSONL file of variables ('-': stdin)")],
+    chunk: Annotated[int, typer.Option(min=1, max=MAX_CHUNK, help="runs per call")] = 1000,
+    watch: Annotated[bool, typer.Option(help="follow the runs with a progress bar")] = True,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Queue more runs in an existing batch from a JSONL file (same format as
+    `batch create`). Lines already queued in this batch are not repeated."""
+    target = resolve_target(addr, token)
+    lines = load_inputs(inputs)
+
+    async def action(client: AsyncClient) -> None:
+        batch = await client.get_batch(batch_id)
+        tmpl = await client.get_template(batch.template_id)
+        problems = check_against_template(lines, tmpl)
+        if problems:
+            _fail_lines(inputs, problems)
+        await send_runs(client, batch.id, lines, chunk)
+        await _finish(client, batch.id, watch)
+
+    run_with_client(target, action)
+
+
+@batch_app.command("watch")
+def batch_watch(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    follow: Annotated[
+        bool, typer.Option("--follow", help="keep watching for new runs until Ctrl-C")
+    ] = False,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Follow a batch live: a progress bar, runs per status, runs/s, tokens and
+    cost; then a summary. Ends when no run is queued or running (unless --follow).
+    Survives collector restarts: the watch resumes where it stopped."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> None:
+        batch = await watch_batch_progress(client, batch_id, out, follow=follow)
+        await show_batch_result(client, batch)
+
+    run_with_client(target, action)
+
+
+@batch_app.command("show")
+def batch_show(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    runs: Annotated[int, typer.Option("--runs", min=0, help="also list the first N runs")] = 5,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show a batch: teacher, params, runs per status, tokens and cost, and its first runs."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> None:
+        batch = await client.get_batch(batch_id)
+        await show_batch_result(client, batch)
+        first = await _first_runs(client, batch_id, runs)
+        if first:
+            out.print(runs_table(first, f"first {len(first)} of {batch.counts.total:,} runs"))
+
+    run_with_client(target, action)
+
+
+@batch_app.command("list")
+def batch_list(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="show the newest N")] = 20,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List batches, newest last."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> list[TeacherBatch]:
+        return [b async for b in client.list_batches(page_size=200)]
+
+    batches = run_with_client(target, action)
+    shown = batches[-limit:]
+    title = f"batches (newest {len(shown)} of {len(batches)})" if len(shown) < len(batches) else "batches"
+    table = Table("id", "name", "teacher", "status", "done", "cost", "created", title=title)
+    for b in shown:
+        table.add_row(
+            b.id, escape(b.name), escape(f"{b.provider}/{b.model}"), status_text(b.status),
+            f"{b.counts.done:,}/{b.counts.total:,}", f"${b.usage.cost_usd:,.4f}",
+            fmt_time(b.create_time),
+        )  # fmt: skip
+    out.print(table)
+
+
+@batch_app.command("cancel")
+def batch_cancel(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Cancel a batch: queued runs are cancelled, running ones end cancelled when
+    they return, and no further teacher call is made."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> TeacherBatch:
+        return await client.cancel_batch(batch_id)
+
+    batch = run_with_client(target, action)
+    out.print(f"[yellow]cancelled[/yellow] batch [bold]{batch.id}[/bold]")
+    out.print(batch_summary(batch))
+
+
+@run_app.command("show")
+def run_show(
+    run_id: Annotated[str, typer.Argument(metavar="ID", help="run id")],
+    tokens: Annotated[
+        int, typer.Option("--tokens", min=0, help="how many output tokens to list")
+    ] = 12,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show a run: prompt, output, finish reason, usage, scores, and its first
+    tokens with their logprobs and top alternatives."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> TeacherRun:
+        return await client.get_run(run_id, view=RunView.FULL)
+
+    out.print(run_panel(run_with_client(target, action), tokens))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def _finish(client: AsyncClient, batch_id: str, watch: bool) -> None:
+    if watch:
+        try:
+            batch = await watch_batch_progress(client, batch_id, out)
+        except asyncio.CancelledError:  # Ctrl-C
+            err.print(
+                f"[dim]stopped watching; the batch keeps running. Resume with: "
+                f"nex-collector batch watch {batch_id}[/dim]"
+            )
+            raise
+        await show_batch_result(client, batch)
+    else:
+        out.print(f"watch it with: nex-collector batch watch {batch_id}")
+
+
+def _model_for(provider: Provider, model: str | None) -> str:
+    if model:
+        return model
+    if provider == Provider.MOCK:
+        return DEFAULT_MOCK_MODEL
+    raise typer.BadParameter(f"give the {provider.value} model to call", param_hint="--model")
+
+
+def _parse_labels(items: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _default_name(path: str) -> str:
+    return "stdin" if path == "-" else Path(path).stem

@@ -1,0 +1,598 @@
+"""``nex-collector dataset …``: build a distilled dataset from batches, wait for
+it, and look at it (summary, score quantiles, a histogram), list, verify.
+
+Filters on the command line are ``KIND:key=value,key=value`` (see
+``FILTER_HELP``); the Parquet files are read straight from the manifest's
+``file://`` uri when the folder is on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import unquote, urlparse
+
+import typer
+from nex.collector.client import (
+    AsyncClient,
+    BooleanFilter,
+    DatasetManifest,
+    DatasetStatus,
+    EntropyFilter,
+    Filter,
+    LengthFilter,
+    RegexFilter,
+    ScoreFilter,
+)
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .common import (
+    AddrOpt,
+    Target,
+    TokenOpt,
+    err,
+    fail,
+    fmt_bytes,
+    fmt_time,
+    out,
+    resolve_target,
+    run_with_client,
+    status_text,
+)
+
+__all__ = [
+    "FILTER_HELP",
+    "app",
+    "dataset_view",
+    "format_filter",
+    "histogram",
+    "local_dir",
+    "parse_filter",
+    "quantiles",
+    "read_scores",
+    "verify_view",
+    "wait_with_progress",
+]
+
+app = typer.Typer(
+    help="Distilled datasets: build from batches, show, list, verify.", no_args_is_help=True
+)
+
+FILTER_HELP = """A filter is KIND:key=value,key=value (repeat --filter; a run is kept
+when every filter keeps it):
+length:min_chars=10,max_chars=2000 (output characters; min/max also work) ·
+regex:pattern=^Answer,must_match=true (RE2; must_match=false keeps non-matches;
+the pattern may contain commas) · entropy:min=0.1,max=2.5 (mean token entropy,
+nats) · boolean:name=finish_reason_stop,value=true (also finish_reason_length,
+has_logprobs, has_output; value defaults to true) ·
+score:name=mean_logprob,min=-1.5,max=0 (any score: length_chars, length_tokens,
+mean_logprob, perplexity, mean_entropy, posted or plug-in scores).
+Shorthands: regex:^Answer, boolean:finish_reason_stop, score:perplexity,max=20."""
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+PREFERRED_SCORE = "mean_logprob"
+BAR_BLOCKS = " ▏▎▍▌▋▊▉█"
+
+# --------------------------------------------------------------- filter syntax
+
+_KEYS: dict[str, dict[str, type]] = {
+    "length": {"min_chars": int, "max_chars": int},
+    "regex": {"pattern": str, "must_match": bool},
+    "entropy": {"min": float, "max": float},
+    "boolean": {"name": str, "value": bool},
+    "score": {"name": str, "min": float, "max": float},
+}
+_ALIASES: dict[str, dict[str, str]] = {"length": {"min": "min_chars", "max": "max_chars"}}
+_FIRST_KEY = {"regex": "pattern", "boolean": "name", "score": "name"}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+class FilterSyntaxError(ValueError):
+    """A --filter that does not follow the mini-syntax; the message says why."""
+
+
+def _convert(kind: str, key: str, raw: str, kind_type: type) -> object:
+    value = raw if key == "pattern" else raw.strip()
+    if kind_type is bool:
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise FilterSyntaxError(f"{kind}: {key} must be true or false, got {value!r}")
+    if kind_type is str:
+        return value
+    try:
+        number = kind_type(value)
+    except ValueError:
+        raise FilterSyntaxError(
+            f"{kind}: {key} must be {'an integer' if kind_type is int else 'a number'}, "
+            f"got {value!r}"
+        ) from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise FilterSyntaxError(f"{kind}: {key} must be a finite number")
+    return number
+
+
+def _split(kind: str, body: str) -> dict[str, str]:
+    keys = {**{k: k for k in _KEYS[kind]}, **_ALIASES.get(kind, {})}
+    alternatives = "|".join(sorted(map(re.escape, keys), key=len, reverse=True))
+    parts = re.split(rf",(?=\s*(?:{alternatives})\s*=)", body)
+    values: dict[str, str] = {}
+    for i, part in enumerate(parts):
+        match = re.match(rf"\s*({alternatives})\s*=(.*)$", part, re.DOTALL)
+        if match:
+            key, raw = keys[match.group(1)], match.group(2)
+        elif i == 0 and kind in _FIRST_KEY and part.strip():
+            key, raw = _FIRST_KEY[kind], part
+        else:
+            known = ", ".join(_KEYS[kind])
+            raise FilterSyntaxError(f"{kind}: cannot read {part!r} (keys: {known})")
+        if key in values:
+            raise FilterSyntaxError(f"{kind}: {key} is given twice")
+        values[key] = raw
+    return values
+
+
+def parse_filter(spec: str) -> Filter:
+    """``KIND:key=value,…`` → the client's filter (see ``FILTER_HELP``)."""
+    kind, sep, body = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in _KEYS:
+        raise FilterSyntaxError(
+            f"unknown filter kind {kind!r} in {spec!r}; use one of {', '.join(_KEYS)}"
+        )
+    if not sep or not body.strip():
+        raise FilterSyntaxError(f"{kind}: give its settings, e.g. {_example(kind)}")
+    args = {
+        key: _convert(kind, key, raw, _KEYS[kind][key]) for key, raw in _split(kind, body).items()
+    }
+    return _build(kind, args)
+
+
+def _example(kind: str) -> str:
+    return {
+        "length": "length:min_chars=10,max_chars=2000",
+        "regex": "regex:pattern=^Answer",
+        "entropy": "entropy:max=2.5",
+        "boolean": "boolean:name=finish_reason_stop,value=true",
+        "score": "score:name=mean_logprob,min=-1.5",
+    }[kind]
+
+
+def _build(kind: str, args: Mapping[str, Any]) -> Filter:
+    if kind in ("regex", "boolean", "score"):
+        required = _FIRST_KEY[kind]
+        if not args.get(required):
+            raise FilterSyntaxError(f"{kind}: {required} is required, e.g. {_example(kind)}")
+    bounds = [k for k in args if k.startswith(("min", "max"))]
+    if kind in ("length", "entropy", "score") and not bounds:
+        raise FilterSyntaxError(f"{kind}: give a min and/or a max, e.g. {_example(kind)}")
+    low = args.get("min", args.get("min_chars"))
+    high = args.get("max", args.get("max_chars"))
+    if low is not None and high is not None and low > high:
+        raise FilterSyntaxError(f"{kind}: the minimum {low} is above the maximum {high}")
+    builders: dict[str, type] = {
+        "length": LengthFilter,
+        "regex": RegexFilter,
+        "entropy": EntropyFilter,
+        "boolean": BooleanFilter,
+        "score": ScoreFilter,
+    }
+    result: Filter = builders[kind](**args)
+    return result
+
+
+def parse_filters(specs: Sequence[str]) -> list[Filter]:
+    """Every --filter, or a usage error (exit 2) naming the bad one."""
+    try:
+        return [parse_filter(s) for s in specs]
+    except FilterSyntaxError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--filter") from None
+
+
+def _num(value: float | int) -> str:
+    return f"{value:g}"
+
+
+def format_filter(f: Filter) -> str:
+    """A filter in the command-line syntax (what ``parse_filter`` reads)."""
+    if isinstance(f, RegexFilter):
+        return f"regex:pattern={f.pattern},must_match={str(f.must_match).lower()}"
+    if isinstance(f, BooleanFilter):
+        return f"boolean:name={f.name},value={str(f.value).lower()}"
+    if isinstance(f, LengthFilter):
+        pairs = [("min_chars", f.min_chars), ("max_chars", f.max_chars)]
+        kind = "length"
+    elif isinstance(f, EntropyFilter):
+        pairs, kind = [("min", f.min), ("max", f.max)], "entropy"
+    else:
+        pairs, kind = [("name", f.name), ("min", f.min), ("max", f.max)], "score"
+    body = ",".join(
+        f"{k}={v if isinstance(v, str) else _num(v)}" for k, v in pairs if v is not None
+    )
+    return f"{kind}:{body}"
+
+
+# -------------------------------------------------------------- dataset files
+
+
+def local_dir(uri: str) -> Path | None:
+    """The folder of a ``file://`` uri when it exists on this machine, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        return None
+    path = Path(unquote(parsed.path))
+    return path if path.is_dir() else None
+
+
+def read_scores(directory: Path) -> dict[str, list[float]]:
+    """Finite values per score name from scores.parquet, sorted by name. Reads
+    the long layout (example_id, name, value, …) and a wide one (one nullable
+    numeric column per score) alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(directory / "scores.parquet")
+    result: dict[str, list[float]] = {}
+    if {"name", "value"} <= set(table.column_names):
+        pairs = zip(
+            table.column("name").to_pylist(), table.column("value").to_pylist(), strict=True
+        )
+        for name, value in pairs:
+            if value is not None and math.isfinite(value):
+                result.setdefault(str(name), []).append(float(value))
+    else:
+        for field in table.schema:
+            if field.name == "example_id" or not (
+                pa.types.is_floating(field.type) or pa.types.is_integer(field.type)
+            ):
+                continue
+            values = [
+                float(v)
+                for v in table.column(field.name).to_pylist()
+                if v is not None and math.isfinite(v)
+            ]
+            if values:
+                result[field.name] = values
+    return dict(sorted(result.items()))
+
+
+def quantiles(values: Sequence[float], qs: Sequence[float] = QUANTILES) -> list[float]:
+    """Linear-interpolation quantiles (numpy's default) of a non-empty sequence."""
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    result = []
+    for q in qs:
+        pos = q * last
+        lo = math.floor(pos)
+        hi = min(lo + 1, last)
+        result.append(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+    return result
+
+
+def quantiles_table(scores: Mapping[str, Sequence[float]]) -> Table:
+    table = Table(title="score quantiles", title_justify="left")
+    table.add_column("score")
+    table.add_column("n", justify="right")
+    for q in QUANTILES:
+        table.add_column(f"p{round(q * 100)}", justify="right")
+    for name, values in scores.items():
+        table.add_row(name, f"{len(values):,}", *(f"{v:.4g}" for v in quantiles(values)))
+    return table
+
+
+def _bar(count: int, peak: int, width: int) -> str:
+    eighths = round(count / peak * width * 8) if peak else 0
+    full, rest = divmod(eighths, 8)
+    return "█" * full + (BAR_BLOCKS[rest] if rest else "")
+
+
+def histogram(name: str, values: Sequence[float], bins: int = 16, width: int = 40) -> Panel:
+    """A horizontal histogram of ``values`` in unicode bars."""
+    lo, hi = min(values), max(values)
+    bins = 1 if hi == lo else bins
+    step = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - lo) / step), bins - 1)] += 1
+    peak = max(counts)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(justify="right", style="dim")
+    grid.add_column(style="cyan", no_wrap=True)
+    grid.add_column(justify="right")
+    for i, count in enumerate(counts):
+        start, end = lo + i * step, (lo + (i + 1) * step if bins > 1 else hi)
+        grid.add_row(f"{start:9.4g} … {end:<9.4g}", _bar(count, peak, width), f"{count:,}")
+    return Panel(
+        grid,
+        title=f"{name}: {len(values):,} values",
+        title_align="left",
+        expand=False,
+    )
+
+
+# ----------------------------------------------------------------- rendering
+
+
+def summary_table(m: DatasetManifest) -> Table:
+    table = Table(title=f"dataset {m.name} {m.version}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("id", m.id)
+    table.add_row("status", status_text(m.status))
+    if m.error:
+        table.add_row("error", Text(f"{m.error.code}: {m.error.message}", style="red"))
+    table.add_row("uri", m.uri or "-")
+    table.add_row("batches", ", ".join(m.batch_ids))
+    table.add_row("filters", "\n".join(format_filter(f) for f in m.filters) or "none")
+    if m.status == DatasetStatus.READY:
+        c = m.counts
+        share = f" ({c.kept / c.total:.0%})" if c.total else ""
+        table.add_row("examples", f"{c.kept:,} kept of {c.total:,} runs{share}")
+    table.add_row("created", fmt_time(m.create_time))
+    if m.ready_time:
+        table.add_row("ready", fmt_time(m.ready_time))
+    return table
+
+
+def files_table(m: DatasetManifest) -> Table:
+    table = Table(title="files", title_justify="left")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("sha256", style="dim")
+    for f in m.files:
+        table.add_row(f.name, f"{f.rows:,}", fmt_bytes(f.bytes), f.sha256[:16] + "…")
+    return table
+
+
+def drops_table(m: DatasetManifest) -> Table:
+    c = m.counts
+    table = Table(title="filters: runs dropped (by the first filter that drops them)")
+    table.title_justify = "left"
+    table.add_column("#", justify="right")
+    table.add_column("filter")
+    table.add_column("dropped", justify="right")
+    table.add_row("", "[dim]runs in the batches[/dim]", f"{c.total:,}")
+    for d in c.dropped:
+        table.add_row(str(d.index), escape(d.filter), f"[red]-{d.dropped:,}[/red]")
+    table.add_row("", "[bold]kept[/bold]", f"[bold green]{c.kept:,}[/bold green]")
+    return table
+
+
+def dataset_view(m: DatasetManifest, score: str | None = None, bins: int = 16) -> RenderableType:
+    """Everything ``dataset show`` prints: summary, files, drops, score
+    quantiles and a histogram (the last two when the files are local)."""
+    parts: list[RenderableType] = [summary_table(m)]
+    if m.status != DatasetStatus.READY:
+        return Group(*parts)
+    parts += [files_table(m), drops_table(m)]
+    directory = local_dir(m.uri)
+    if directory is None:
+        parts.append(Text(f"the files are not on this machine ({m.uri}): no score view", "dim"))
+        return Group(*parts)
+    scores = read_scores(directory)
+    if not scores:
+        parts.append(Text("no scores (the dataset is empty)", style="dim"))
+        return Group(*parts)
+    parts.append(quantiles_table(scores))
+    chosen = score or (PREFERRED_SCORE if PREFERRED_SCORE in scores else next(iter(scores)))
+    if chosen not in scores:
+        parts.append(Text(f"no score {chosen!r}; scores: {', '.join(scores)}", style="yellow"))
+    else:
+        parts.append(histogram(chosen, scores[chosen], bins))
+    return Group(*parts)
+
+
+async def wait_with_progress(
+    client: AsyncClient, manifest: DatasetManifest, timeout: float, poll: float = 0.5
+) -> DatasetManifest:
+    """Polls until the build is READY or FAILED, with a spinner and a bar of the
+    runs examined so far (when the server reports them); returns the manifest."""
+    expected = 0
+    for batch_id in manifest.batch_ids:
+        expected += (await client.get_batch(batch_id)).counts.completed
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    )
+    deadline = time.monotonic() + timeout
+    with progress:
+        task = progress.add_task(f"building {manifest.name} {manifest.version}", total=expected)
+        while not manifest.status.is_terminal:
+            if time.monotonic() > deadline:
+                fail(
+                    f"dataset {manifest.id} is still building after {timeout:g} s",
+                    [f"check later with: nex-collector dataset show {manifest.id}"],
+                )
+            await asyncio.sleep(poll)
+            manifest = await client.get_dataset(manifest.id)
+            progress.update(task, completed=min(manifest.counts.total, expected or 1))
+        progress.update(task, completed=expected)
+    return manifest
+
+
+def verify_view(directory: Path) -> tuple[RenderableType, list[str]]:
+    """Checks a dataset folder against its manifest.json: a table of the files
+    and the problems found (empty: intact)."""
+    from nex.collector.server.datasets.verify import verify_dataset
+
+    problems = verify_dataset(directory)
+    try:
+        listed = json.loads((directory / "manifest.json").read_text("utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    table = Table(title=f"{directory}", title_justify="left")
+    for column in ("file", "rows", "size", "sha256", "check"):
+        table.add_column(column, justify="right" if column in ("rows", "size") else "left")
+    for entry in listed if isinstance(listed, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        name = str(entry.get("name"))
+        bad = any(p.startswith(f"{name}:") for p in problems)
+        table.add_row(
+            name,
+            f"{entry.get('rows', 0):,}",
+            fmt_bytes(int(entry.get("bytes", 0))),
+            str(entry.get("sha256", ""))[:16] + "…",
+            Text("✗ mismatch", "red") if bad else Text("✓ ok", "green"),
+        )
+    return table, problems
+
+
+# ----------------------------------------------------------------- commands
+
+
+@app.command("build", help=f"""Build a dataset from the completed runs of one or more batches,
+wait until it is READY (a spinner and a bar), then show its summary.
+
+{FILTER_HELP}""")
+def build(
+    name: Annotated[str, typer.Option("--name", help="dataset name")],
+    version: Annotated[str, typer.Option("--version", help="dataset version; never rebuilt")],
+    batch: Annotated[list[str], typer.Option("--batch", help="batch id (repeat)")],
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="KIND:key=value,… (repeat; see above)"),
+    ] = None,
+    request_id: Annotated[str | None, typer.Option("--request-id", help="idempotency key")] = None,
+    wait: Annotated[bool, typer.Option(help="wait for READY and show the summary")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 600.0,
+    score: Annotated[str | None, typer.Option(help="score to draw as a histogram")] = None,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    filters = parse_filters(filter_ or [])
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> DatasetManifest:
+        manifest = await client.build_dataset(
+            name, version, batch, filters=filters, request_id=request_id
+        )
+        out.print(f"[green]✓[/green] building dataset [bold]{manifest.id}[/bold]")
+        if not wait:
+            return manifest
+        return await wait_with_progress(client, manifest, timeout)
+
+    manifest = run_with_client(target, action)
+    if not wait:
+        out.print(f"follow it with: nex-collector dataset show {manifest.id}")
+        return
+    out.print(dataset_view(manifest, score))
+    if manifest.status == DatasetStatus.FAILED:
+        error = manifest.error
+        fail(f"the build failed: {error.message if error else 'no reason given'}")
+
+
+@app.command("show")
+def show(
+    dataset_id: Annotated[str, typer.Argument(metavar="ID", help="dataset id")],
+    score: Annotated[
+        str | None,
+        typer.Option(help=f"score to draw as a histogram [default: {PREFERRED_SCORE}, else the "
+                     "first]", show_default=False),
+    ] = None,  # fmt: skip
+    bins: Annotated[int, typer.Option(min=1, max=200, help="histogram bars")] = 16,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Show a dataset: status, uri, rows per file, runs kept and dropped per
+    filter, score quantiles (p0 p25 p50 p75 p100) and a histogram of one score.
+    Quantiles and histogram read scores.parquet, so they need the dataset's
+    folder on this machine."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> DatasetManifest:
+        return await client.get_dataset(dataset_id)
+
+    out.print(dataset_view(run_with_client(target, action), score, bins))
+
+
+@app.command("list")
+def list_(
+    name: Annotated[str | None, typer.Option("--name", help="only this name")] = None,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """List datasets."""
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> list[DatasetManifest]:
+        return [d async for d in client.list_datasets(name, page_size=200)]
+
+    table = Table("id", "name", "version", "status", "kept / runs", "created", title="datasets")
+    for d in run_with_client(target, action):
+        kept = f"{d.counts.kept:,} / {d.counts.total:,}" if d.status == DatasetStatus.READY else "-"
+        table.add_row(
+            d.id, escape(d.name), escape(d.version), status_text(d.status), kept,
+            fmt_time(d.create_time),
+        )  # fmt: skip
+    out.print(table)
+
+
+def _dataset_dir(ref: str, addr: str | None, token: str | None) -> Path:
+    """A dataset folder from a path, a file:// uri, or a dataset id (asked of the server)."""
+    path = Path(ref)
+    if path.name == "manifest.json" and path.is_file():
+        return path.parent
+    if path.is_dir():
+        return path
+    if ref.startswith("file:"):
+        directory = local_dir(ref)
+        if directory is None:
+            fail(f"no such folder: {ref}")
+        return directory
+    target: Target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> DatasetManifest:
+        return await client.get_dataset(ref)
+
+    manifest = run_with_client(target, action)
+    if manifest.status != DatasetStatus.READY:
+        fail(f"dataset {ref} is {manifest.status.name.lower()}, not ready: nothing to verify")
+    directory = local_dir(manifest.uri)
+    if directory is None:
+        fail(f"the files of {ref} are not on this machine: {manifest.uri}")
+    return directory
+
+
+@app.command("verify")
+def verify(
+    ref: Annotated[
+        str, typer.Argument(metavar="ID|PATH", help="dataset id, folder, or its manifest.json")
+    ],
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Recompute every file's sha256, size, row count and schema and compare them
+    with manifest.json. Exit code 1 on any mismatch. A PATH needs no server."""
+    directory = _dataset_dir(ref, addr, token)
+    table, problems = verify_view(directory)
+    out.print(table)
+    if problems:
+        fail(f"{len(problems)} problem(s) in {directory}", problems)
+    out.print("[green]✓ every file matches manifest.json[/green] (sha256, size, rows, schema)")

@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from nex.collector.server.db.repositories.base import Repository
+from nex.collector.server.db.repositories.runs import messages_from_json, tokens_from_row
+from nex.collector.server.db.tables import batches, datasets, runs, templates
+from nex.collector.server.domain.batches import RunError
+from nex.collector.server.domain.datasets import (
+    Dataset,
+    DatasetCounts,
+    DatasetFile,
+    DatasetStatus,
+    FilterDrop,
+)
+from nex.collector.server.domain.filters import filter_from_dict, filter_to_dict
+from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.teacher import CompletedRun, RunStatus
+
+
+def _entity(row: Mapping[str, Any]) -> Dataset:
+    counts = row["counts"] or {}
+    return Dataset(
+        id=row["id"],
+        name=row["name"],
+        version=row["version"],
+        status=DatasetStatus(row["status"]),
+        uri=row["uri"],
+        batch_ids=tuple(row["batch_ids"]),
+        filters=tuple(filter_from_dict(f) for f in row["filters"]),
+        create_time=row["create_time"],
+        files=tuple(DatasetFile(**f) for f in row["files"]),
+        counts=DatasetCounts(
+            total=counts.get("total", 0),
+            kept=counts.get("kept", 0),
+            dropped=tuple(FilterDrop(**d) for d in counts.get("dropped", [])),
+        ),
+        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        context_ref_id=row["context_ref_id"],
+        link_evidence=row["link_evidence"],
+        ready_time=row["ready_time"],
+    )
+
+
+class DatasetRepository(Repository):
+    table = datasets
+
+    async def get(self, id_: str) -> Dataset | None:
+        row = await self._one(select(datasets).where(datasets.c.id == id_))
+        return _entity(row) if row else None
+
+    async def find(self, *, request_id: str = "", name: str = "", version: str = "") -> Dataset | None:
+        if request_id:
+            row = await self._one(select(datasets).where(datasets.c.request_id == request_id))
+            if row:
+                return _entity(row)
+        if name:
+            row = await self._one(
+                select(datasets).where(datasets.c.name == name, datasets.c.version == version)
+            )
+            if row:
+                return _entity(row)
+        return None
+
+    async def insert(self, d: Dataset, request_id: str) -> bool:
+        stmt = (
+            insert(datasets)
+            .values(
+                id=d.id,
+                name=d.name,
+                version=d.version,
+                status=d.status.value,
+                uri=d.uri,
+                batch_ids=list(d.batch_ids),
+                filters=[filter_to_dict(f) for f in d.filters],
+                context_ref_id=d.context_ref_id,
+                link_evidence=d.link_evidence,
+                request_id=request_id or None,
+                create_time=d.create_time,
+            )
+            .on_conflict_do_nothing()
+            .returning(datasets.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def list(self, page: PageRequest, *, name: str = "") -> tuple[Sequence[Dataset], str | None]:
+        stmt = select(datasets)
+        if name:
+            stmt = stmt.where(datasets.c.name == name)
+        rows, next_key = await self._page(stmt, page, datasets.c.id)
+        return [_entity(r) for r in rows], next_key
+
+    async def claim(self, id_: str, lease: timedelta, now: datetime) -> bool:
+        """Takes the build lease of a BUILDING dataset nobody (alive) builds."""
+        stmt = (
+            update(datasets)
+            .where(
+                datasets.c.id == id_,
+                datasets.c.status == DatasetStatus.BUILDING.value,
+                or_(datasets.c.lease_expires.is_(None), datasets.c.lease_expires < now),
+            )
+            .values(lease_expires=now + lease)
+            .returning(datasets.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def renew(self, id_: str, lease: timedelta, now: datetime) -> None:
+        await self.session.execute(
+            update(datasets).where(datasets.c.id == id_).values(lease_expires=now + lease)
+        )
+
+    async def finish(
+        self, id_: str, *, status: DatasetStatus, now: datetime, files: Sequence[DatasetFile] = (),
+        counts: DatasetCounts | None = None, error: RunError | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": status.value, "lease_expires": None}
+        if status is DatasetStatus.READY:
+            values["ready_time"] = now
+            values["files"] = [
+                {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes} for f in files
+            ]
+            c = counts or DatasetCounts()
+            values["counts"] = {
+                "total": c.total,
+                "kept": c.kept,
+                "dropped": [{"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in c.dropped],
+            }
+        if error is not None:
+            values["error_code"], values["error_message"] = error.code, error.message
+        await self.session.execute(
+            update(datasets)
+            .where(datasets.c.id == id_, datasets.c.status == DatasetStatus.BUILDING.value)
+            .values(**values)
+        )
+
+    async def stale_builds(self, now: datetime, grace: timedelta) -> list[str]:
+        """BUILDING datasets whose builder's lease ran out, or that no worker took."""
+        stmt = select(datasets.c.id).where(
+            datasets.c.status == DatasetStatus.BUILDING.value,
+            or_(
+                datasets.c.lease_expires < now,
+                (datasets.c.lease_expires.is_(None)) & (datasets.c.create_time < now - grace),
+            ),
+        )
+        return [r[0] for r in await self.session.execute(stmt)]
+
+    async def sources(self, batch_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per batch: its template (id, version) and teacher (provider, model, params)."""
+        stmt = (
+            select(
+                batches.c.id, batches.c.provider, batches.c.model, batches.c.params,
+                batches.c.template_id, templates.c.version, templates.c.name,
+            )
+            .join(templates, templates.c.id == batches.c.template_id)
+            .where(batches.c.id.in_(list(batch_ids)))
+        )
+        return {
+            r["id"]: {
+                "provider": r["provider"], "model": r["model"], "params": r["params"],
+                "template_id": r["template_id"], "template_name": r["name"], "template_version": r["version"],
+            }
+            for r in (await self.session.execute(stmt)).mappings()
+        }
+
+    async def completed_runs(
+        self, batch_ids: Sequence[str], sources: Mapping[str, Mapping[str, Any]], *, chunk: int = 1000
+    ) -> AsyncIterator[list[CompletedRun]]:
+        """The completed runs of the batches in id order, streamed through a
+        server-side cursor `chunk` rows at a time (memory stays flat)."""
+        stmt = (
+            select(
+                runs.c.id, runs.c.batch_id, runs.c.variables, runs.c.messages, runs.c.output_text,
+                runs.c.finish_reason, runs.c.token_texts, runs.c.token_logprobs, runs.c.top_counts,
+                runs.c.top_tokens, runs.c.top_logprobs, runs.c.input_tokens, runs.c.output_tokens,
+                runs.c.latency_ms, runs.c.scores,
+            )
+            .where(runs.c.batch_id.in_(list(batch_ids)), runs.c.status == RunStatus.COMPLETED.value)
+            .order_by(runs.c.id)
+            .execution_options(yield_per=chunk)
+        )
+        result = await self.session.stream(stmt)
+        async for partition in result.mappings().partitions(chunk):
+            out = []
+            for r in partition:
+                src = sources[r["batch_id"]]
+                out.append(
+                    CompletedRun(
+                        run_id=r["id"],
+                        batch_id=r["batch_id"],
+                        template_id=src["template_id"],
+                        template_version=src["template_version"],
+                        provider=src["provider"],
+                        model=src["model"],
+                        variables=r["variables"],
+                        messages=messages_from_json(r["messages"]),
+                        output_text=r["output_text"] or "",
+                        finish_reason=r["finish_reason"] or "",
+                        tokens=tokens_from_row(r),
+                        input_tokens=r["input_tokens"],
+                        output_tokens=r["output_tokens"],
+                        latency_ms=r["latency_ms"],
+                        scores=r["scores"],
+                    )
+                )
+            yield out

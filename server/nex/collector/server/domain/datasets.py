@@ -1,0 +1,69 @@
+"""Distilled datasets: what a build was asked for and what it produced."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from nex.collector.server.domain.batches import RunError
+from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.filters import Filter
+
+MAX_BATCHES_PER_DATASET = 100
+_PATH_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class DatasetStatus(StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFile:
+    name: str
+    sha256: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilterDrop:
+    index: int
+    filter: str
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetCounts:
+    total: int = 0
+    kept: int = 0
+    dropped: tuple[FilterDrop, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    id: str
+    name: str
+    version: str
+    status: DatasetStatus
+    uri: str
+    batch_ids: tuple[str, ...]
+    filters: tuple[Filter, ...]
+    create_time: datetime
+    files: tuple[DatasetFile, ...] = ()
+    counts: DatasetCounts = field(default_factory=DatasetCounts)
+    error: RunError | None = None
+    context_ref_id: str | None = None
+    link_evidence: bool = False
+    ready_time: datetime | None = None
+
+
+def check_path_component(v: Violations, field_name: str, value: str) -> None:
+    """Names and versions become folder names: keep them portable and safe."""
+    if not value:
+        v.add(field_name, "is required")
+    elif not _PATH_SAFE.match(value) or value in (".", ".."):
+        v.add(field_name, "use 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")

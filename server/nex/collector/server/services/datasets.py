@@ -1,0 +1,242 @@
+"""Use cases of DatasetService, and the build job the worker runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from nex.collector.server.datasets.builder import build_dataset
+from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsError
+from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.domain.batches import RunError
+from nex.collector.server.domain.datasets import (
+    MAX_BATCHES_PER_DATASET,
+    Dataset,
+    DatasetCounts,
+    DatasetFile,
+    DatasetStatus,
+    FilterDrop,
+    check_path_component,
+)
+from nex.collector.server.domain.errors import AlreadyExists, Violations
+from nex.collector.server.domain.filters import Filter, validate_filters
+from nex.collector.server.domain.pagination import encode_token
+from nex.collector.server.domain.scoring import MetricRegistry
+from nex.collector.server.domain.validation import check_request_id
+from nex.collector.server.ids import new_id
+from nex.collector.server.queue import BUILD_DATASET, JobQueue
+from nex.collector.server.services.common import check_id, now, page_request, require
+
+log = logging.getLogger(__name__)
+
+BUILD_LEASE = timedelta(seconds=60)
+_RENEW_EVERY_S = 10.0
+
+# Called with a dataset that just became READY (e.g. to link it as evidence).
+OnReady = Callable[[Dataset], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDataset:
+    name: str
+    version: str
+    batch_ids: Sequence[str]
+    filters: Sequence[Filter]
+    request_id: str = ""
+    context_ref_id: str = ""
+    link_evidence: bool = False
+
+
+class Datasets:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        queue: JobQueue,
+        *,
+        root: Path,
+        metrics: MetricRegistry,
+        on_ready: OnReady | None = None,
+    ) -> None:
+        self._uow = uow
+        self._queue = queue
+        self._root = root
+        self._metrics = metrics
+        self._on_ready = on_ready
+
+    def folder(self, name: str, version: str) -> Path:
+        return (self._root / name / version).resolve()
+
+    async def build(self, cmd: NewDataset) -> Dataset:
+        """Validates and stores the manifest as BUILDING; a worker builds it."""
+        v = Violations()
+        check_path_component(v, "name", cmd.name)
+        check_path_component(v, "version", cmd.version)
+        if not cmd.batch_ids:
+            v.add("batch_ids", "give at least one batch")
+        if len(cmd.batch_ids) > MAX_BATCHES_PER_DATASET:
+            v.add("batch_ids", f"at most {MAX_BATCHES_PER_DATASET} batches")
+        for i, batch_id in enumerate(cmd.batch_ids):
+            check_id(v, f"batch_ids[{i}]", batch_id)
+        if len(set(cmd.batch_ids)) != len(cmd.batch_ids):
+            v.add("batch_ids", "lists a batch twice")
+        v.extend(validate_filters(cmd.filters, "filters"))
+        check_request_id(v, "request_id", cmd.request_id)
+        if cmd.link_evidence and not cmd.context_ref_id:
+            v.add("link_evidence", "needs context_ref_id")
+        v.raise_if_any()
+        async with self._uow() as tx:
+            if cmd.request_id and (found := await tx.datasets.find(request_id=cmd.request_id)):
+                return found
+            if await tx.datasets.find(name=cmd.name, version=cmd.version):
+                raise AlreadyExists(
+                    f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
+                    reason="DATASET_VERSION_EXISTS",
+                    metadata={"name": cmd.name, "version": cmd.version},
+                )
+            for batch_id in cmd.batch_ids:
+                require(await tx.batches.get(batch_id), "batch", batch_id)
+            if cmd.context_ref_id:
+                require(await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id)
+            dataset = Dataset(
+                id=new_id("ds"),
+                name=cmd.name,
+                version=cmd.version,
+                status=DatasetStatus.BUILDING,
+                uri=self.folder(cmd.name, cmd.version).as_uri(),
+                batch_ids=tuple(cmd.batch_ids),
+                filters=tuple(cmd.filters),
+                create_time=now(),
+                context_ref_id=cmd.context_ref_id or None,
+                link_evidence=cmd.link_evidence,
+            )
+            if not await tx.datasets.insert(dataset, cmd.request_id):
+                await tx.rollback()  # a concurrent build of the same version or request id won
+                found = await tx.datasets.find(request_id=cmd.request_id)
+                if found:
+                    return found
+                raise AlreadyExists(
+                    f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
+                    reason="DATASET_VERSION_EXISTS",
+                )
+            await tx.commit()
+        await self._queue.try_enqueue(BUILD_DATASET, [dataset.id])
+        return dataset
+
+    async def get(self, id_: str) -> Dataset:
+        v = Violations()
+        check_id(v, "id", id_)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            return require(await tx.datasets.get(id_), "dataset", id_)
+
+    async def list(self, *, name: str, page_size: int, page_token: str) -> tuple[Sequence[Dataset], str]:
+        v = Violations()
+        key = f"datasets|{name}"
+        page = page_request(v, page_size, page_token, key)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            items, last = await tx.datasets.list(page, name=name)
+        return items, encode_token(last, key) if last else ""
+
+    # -- the worker's job ----------------------------------------------------------
+
+    async def run_build(self, dataset_id: str) -> str:
+        """Builds a BUILDING dataset; idempotent, and safe to run again after a
+        crash at any point."""
+        async with self._uow() as tx:
+            if not await tx.datasets.claim(dataset_id, BUILD_LEASE, now()):
+                return "skipped: not building, or another worker holds it"
+            await tx.commit()
+            dataset = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
+            sources = await tx.datasets.sources(dataset.batch_ids)
+        final_dir = self.folder(dataset.name, dataset.version)
+        try:
+            result = await self._write(dataset, sources, final_dir)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(dataset_id))
+            raise
+        except DatasetExistsError:
+            adopted = self._adopt(dataset, final_dir)
+            if adopted is None:
+                return await self._fail(dataset, "DATASET_FOLDER_EXISTS",
+                                        f"{final_dir} exists and belongs to another build")
+            files, counts = adopted
+        except Exception as exc:  # noqa: BLE001 - the reason goes to the manifest
+            log.exception("dataset %s failed", dataset_id)
+            return await self._fail(dataset, "BUILD_FAILED", f"{type(exc).__name__}: {exc}")
+        else:
+            files = [DatasetFile(f.name, f.sha256, f.rows, f.bytes) for f in result.files]
+            counts = DatasetCounts(
+                result.total, result.kept, tuple(FilterDrop(d.index, d.filter, d.dropped) for d in result.dropped)
+            )
+        async with self._uow() as tx:
+            await tx.datasets.finish(dataset_id, status=DatasetStatus.READY, now=now(), files=files, counts=counts)
+            await tx.commit()
+            ready = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
+        if self._on_ready is not None:
+            await self._on_ready(ready)
+        return f"ready: {counts.kept} of {counts.total} runs kept"
+
+    async def _write(self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Path) -> Any:
+        last_renewal = time.monotonic()
+
+        async def progress(total: int, kept: int) -> None:
+            nonlocal last_renewal
+            if time.monotonic() - last_renewal > _RENEW_EVERY_S:
+                last_renewal = time.monotonic()
+                async with self._uow() as renew:
+                    await renew.datasets.renew(dataset.id, BUILD_LEASE, now())
+                    await renew.commit()
+
+        async with self._uow() as tx:
+            return await build_dataset(
+                tx.datasets.completed_runs(dataset.batch_ids, sources),
+                filters=dataset.filters,
+                metrics=self._metrics,
+                final_dir=final_dir,
+                manifest_extra={
+                    "id": dataset.id,
+                    "name": dataset.name,
+                    "version": dataset.version,
+                    "batch_ids": list(dataset.batch_ids),
+                    "sources": {b: sources[b] for b in sorted(sources)},
+                    "context_ref_id": dataset.context_ref_id,
+                    "create_time": dataset.create_time.isoformat(),
+                    "status": DatasetStatus.READY.value,
+                },
+                progress=progress,
+            )
+
+    def _adopt(self, dataset: Dataset, final_dir: Path) -> tuple[list[DatasetFile], DatasetCounts] | None:
+        """A previous attempt renamed the folder into place and died before
+        recording it: take its manifest when it is this dataset's."""
+        try:
+            manifest = json.loads((final_dir / MANIFEST_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        if manifest.get("id") != dataset.id:
+            return None
+        c = manifest["counts"]
+        return (
+            [DatasetFile(f["name"], f["sha256"], f["rows"], f["bytes"]) for f in manifest["files"]],
+            DatasetCounts(c["total"], c["kept"], tuple(FilterDrop(d["index"], d["filter"], d["dropped"]) for d in c["dropped"])),
+        )
+
+    async def _fail(self, dataset: Dataset, code: str, message: str) -> str:
+        async with self._uow() as tx:
+            await tx.datasets.finish(dataset.id, status=DatasetStatus.FAILED, now=now(), error=RunError(code, message))
+            await tx.commit()
+        return f"failed: {code}"
+
+    async def _release(self, dataset_id: str) -> None:
+        """A build interrupted by shutdown: let the next worker take it at once."""
+        async with self._uow() as tx:
+            await tx.datasets.renew(dataset_id, timedelta(0), now())
+            await tx.commit()
