@@ -3,6 +3,7 @@ a fake teacher at the wire, and a real collector reached through the shipped cli
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,10 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backing]:
-    with backing_services(Path(tmp_path_factory.mktemp("backing"))) as b:
+def backing() -> Iterator[Backing]:
+    # Not under pytest's tmp_path: pytest prunes old base folders, and another
+    # pytest session on the machine could remove a live embedded database.
+    with tempfile.TemporaryDirectory(prefix="nexc-test-") as tmp, backing_services(Path(tmp)) as b:
         yield b
 
 

@@ -22,6 +22,9 @@ from nex.collector.server.queue import JobQueue
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.services.datasets import Datasets
+from nex.collector.server.config import IntegrationMode
+from nex.collector.server.integrations.nex import NexClient
+from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.teacher import Teacher
@@ -55,6 +58,7 @@ class Container:
     hub: EventHub
     watcher: RunWatcher
     datasets: Datasets
+    evidence: Evidence
     embedded: EmbeddedServices | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -121,14 +125,26 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             timeout=settings.teacher_timeout_s,
         )
         closers.append(providers.aclose)
+        nex = None
+        if settings.mode is IntegrationMode.INTEGRATED:
+            nex = NexClient(
+                settings.nex_base_url or "", _secret(settings.nex_api_token), timeout=settings.nex_timeout_s
+            )
+            closers.append(nex.aclose)
+        evidence = Evidence(uow, queue, nex)
         executor = RunExecutor(
             uow,
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=timedelta(seconds=settings.run_lease_s),
+            on_batches_touched=evidence.link_finished_batches,
         )
         datasets = Datasets(
-            uow, queue, root=settings.datasets_dir, metrics=MetricRegistry.from_entry_points()
+            uow,
+            queue,
+            root=settings.datasets_dir,
+            metrics=MetricRegistry.from_entry_points(),
+            on_ready=evidence.link_dataset,
         )
         hub = EventHub(plain_dsn(database_url))
         await hub.start()
@@ -139,17 +155,18 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             redis_url=redis_url,
             engine=engine,
             uow=uow,
-            context_refs=ContextRefs(uow),
+            context_refs=ContextRefs(uow, nex.context_exists if nex else None),
             templates=Templates(uow),
             redis=redis,
             queue=queue,
             providers=providers,
             teacher=Teacher(uow, queue, provider_ready=provider_problems(settings)),
             executor=executor,
-            reconciler=Reconciler(uow, queue, max_attempts=settings.teacher_max_attempts),
+            reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),
             hub=hub,
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             datasets=datasets,
+            evidence=evidence,
             embedded=embedded,
         )
         yield container

@@ -18,9 +18,17 @@ from nex.collector.server.domain import filters
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.datasets import Dataset, DatasetStatus
 from nex.collector.server.domain.errors import InvalidArgument
+from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus, TokenLogprobs
 from nex.collector.server.domain.templates import PromptTemplate
-from nex.collector.v1 import common_pb2, context_ref_pb2, dataset_pb2, teacher_pb2, template_pb2
+from nex.collector.v1 import (
+    common_pb2,
+    context_ref_pb2,
+    dataset_pb2,
+    evidence_pb2,
+    teacher_pb2,
+    template_pb2,
+)
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -248,4 +256,28 @@ def dataset(d: Dataset) -> dataset_pb2.DatasetManifest:
         ready_time=timestamp(d.ready_time),
         context_ref_id=d.context_ref_id or "",
         link_evidence=d.link_evidence,
+    )
+
+
+# -- evidence --------------------------------------------------------------------
+
+_EVIDENCE_STATUS = {
+    EvidenceStatus.PENDING: evidence_pb2.EVIDENCE_STATUS_PENDING,
+    EvidenceStatus.POSTED: evidence_pb2.EVIDENCE_STATUS_POSTED,
+}
+
+
+def evidence_link(link: EvidenceLink) -> evidence_pb2.EvidenceLink:
+    return evidence_pb2.EvidenceLink(
+        id=link.id,
+        context_ref_id=link.context_ref_id,
+        dataset_id=link.dataset_id or "",
+        run_id=link.run_id or "",
+        kind=link.kind,
+        note=link.note,
+        status=_EVIDENCE_STATUS[link.status],
+        attempts=link.attempts,
+        last_error=link.last_error or "",
+        create_time=timestamp(link.create_time),
+        post_time=timestamp(link.post_time),
     )

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from nex.collector.server.api.interceptors import ServerInterceptor
 from nex.collector.server.api.servicers.context_refs import ContextRefServicer
 from nex.collector.server.api.servicers.datasets import DatasetServicer
+from nex.collector.server.api.servicers.evidence import EvidenceServicer
 from nex.collector.server.api.servicers.teacher import TeacherServicer
 from nex.collector.server.api.servicers.templates import TemplateServicer
 from nex.collector.server.bootstrap import Container
@@ -76,8 +77,7 @@ class GrpcServer:
             self._server,
         )
         evidence_service_pb2_grpc.add_EvidenceServiceServicer_to_server(
-            c.extras.get("evidence_servicer")
-            or evidence_service_pb2_grpc.EvidenceServiceServicer(),
+            EvidenceServicer(c.evidence),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

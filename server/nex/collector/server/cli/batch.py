@@ -39,6 +39,7 @@ from nex.collector.client import (
     TeacherRun,
 )
 from nex.collector.client.progress import watch_batch_progress
+from rich import box
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.panel import Panel
@@ -46,8 +47,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .common import (
+    ID_WIDTH,
     AddrOpt,
-    Target,
     TokenOpt,
     err,
     fail,
@@ -268,7 +269,7 @@ def _report_rejected_chunk(
     first, last = part[0].line, part[-1].line
     done = f"{sent:,} runs from earlier lines are queued" if sent else "no run was created"
     err.print(
-        f"  [dim]lines {first}–{last} were rejected together; {done} in batch {batch_id}. "
+        f"  [dim]lines {first}-{last} were rejected together; {done} in batch {batch_id}. "
         "Fix the lines and send the file again with "
         f"`nex-collector batch add {batch_id} --inputs FILE` (runs already queued are not "
         "repeated).[/dim]"
@@ -334,24 +335,27 @@ def batch_summary(batch: TeacherBatch) -> Table:
 
 
 def runs_table(runs: Sequence[TeacherRun], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("run")
-    table.add_column("status")
-    table.add_column("finish")
-    table.add_column("out tok", justify="right")
-    table.add_column("output / error", overflow="ellipsis", no_wrap=True, ratio=1)
+    """One line per run: id, status, finish reason, output tokens, output (or
+    error) cut to the terminal's width."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("run", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("finish", no_wrap=True)
+    table.add_column("out", justify="right", no_wrap=True)
+    table.add_column("output / error", no_wrap=True)
+    room = max(12, out.width - ID_WIDTH - 40)
     for run in runs:
         detail = (
-            f"[red]{escape(run.error.code)}[/red] {escape(shorten(run.error.message, 80))}"
+            Text(f"{run.error.code} ", style="red") + Text(shorten(run.error.message, room))
             if run.error
-            else escape(shorten(run.output_text, 80))
+            else Text(shorten(run.output_text, room))
         )
         table.add_row(
             run.id,
             status_text(run.status),
             run.finish_reason or "-",
             f"{run.usage.output_tokens:,}",
-            detail,
+            detail[:room],
         )
     return table
 
@@ -415,16 +419,14 @@ def run_panel(run: TeacherRun, tokens: int = 12) -> RenderableType:
     if run.error:
         facts.add_row("error", Text(f"{run.error.code}: {run.error.message}", style="red"))
     if run.scores:
-        facts.add_row(
-            "scores", ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.scores.items()))
-        )
+        facts.add_row("scores", ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.scores.items())))
     prompt = Text()
-    for m in run.messages:
-        prompt.append(f"{m.role}: ", style="bold magenta")
-        prompt.append(m.content + "\n")
+    for i, m in enumerate(run.messages):
+        prompt.append(("\n" if i else "") + f"{m.role}: ", style="bold magenta")
+        prompt.append(m.content)
     parts: list[RenderableType] = [
         facts,
-        Panel(prompt.rstrip() if prompt else Text("-"), title="prompt", title_align="left"),
+        Panel(prompt if prompt else Text("-"), title="prompt", title_align="left"),
         Panel(Text(run.output_text or "-"), title="output", title_align="left"),
     ]
     if run.tokens and tokens > 0:
@@ -440,7 +442,9 @@ def run_panel(run: TeacherRun, tokens: int = 12) -> RenderableType:
 @template_app.command("create")
 def template_create(
     name: Annotated[str, typer.Option("--name", help="template name; reusing it adds a version")],
-    user: Annotated[str, typer.Option("--user", help="user message, Jinja2: 'Explain {{ topic }}'")],
+    user: Annotated[
+        str, typer.Option("--user", help="user message, Jinja2: 'Explain {{ topic }}'")
+    ],
     var: Annotated[
         list[str] | None, typer.Option("--var", help="a declared variable (repeat for each)")
     ] = None,
@@ -486,7 +490,10 @@ def template_list(
     async def action(client: AsyncClient) -> list[PromptTemplate]:
         return [t async for t in client.list_templates(name)]
 
-    table = Table("id", "name", "v", "variables", "user template", title="templates")
+    table = Table(title="templates", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)
+    for column in ("name", "v", "variables", "user template"):
+        table.add_column(column)
     for t in run_with_client(target, action):
         table.add_row(
             t.id, escape(t.name), str(t.version), ", ".join(t.variables),
@@ -509,9 +516,11 @@ def batch_create(
     provider: ProviderOpt = Provider.MOCK,
     model: Annotated[
         str | None,
-        typer.Option("--model", help=f"teacher model [default for mock: {DEFAULT_MOCK_MODEL}]"),
+        typer.Option("--model", help=f"teacher model (default for mock: {DEFAULT_MOCK_MODEL})"),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="batch name [default: file name]")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="batch name (default: file name)")
+    ] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="output token limit")] = None,
     top_p: Annotated[float | None, typer.Option(help="nucleus sampling")] = None,
@@ -667,14 +676,22 @@ def batch_list(
 
     batches = run_with_client(target, action)
     shown = batches[-limit:]
-    title = f"batches (newest {len(shown)} of {len(batches)})" if len(shown) < len(batches) else "batches"
-    table = Table("id", "name", "teacher", "status", "done", "cost", "created", title=title)
+    title = (
+        f"batches (newest {len(shown)} of {len(batches)})"
+        if len(shown) < len(batches)
+        else "batches"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=12)
+    table.add_column("status", no_wrap=True)
+    table.add_column("done", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
     for b in shown:
-        table.add_row(
-            b.id, escape(b.name), escape(f"{b.provider}/{b.model}"), status_text(b.status),
-            f"{b.counts.done:,}/{b.counts.total:,}", f"${b.usage.cost_usd:,.4f}",
-            fmt_time(b.create_time),
-        )  # fmt: skip
+        name = Text(b.name) + Text(f"\n{b.provider}/{b.model}", style="dim")
+        done = f"{b.counts.done:,}/{b.counts.total:,}"
+        cost = f"${b.usage.cost_usd:,.4f}"
+        table.add_row(b.id, name, status_text(b.status), done, cost)
     out.print(table)
 
 

@@ -45,6 +45,8 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
 """How long a command waits for the collector to answer before giving up."""
 CALL_TIMEOUT_S = 120.0
+ID_WIDTH = 30
+"""Columns of a server id (``bat_`` + 26): id columns never shrink below it."""
 """The deadline of each unary call once connected."""
 
 out = Console(highlight=False)
@@ -56,7 +58,7 @@ AddrOpt = Annotated[
     str | None,
     typer.Option(
         "--addr",
-        help="host:port of the collector [default: NEX_COLLECTOR_ADDR, else 127.0.0.1:50051]",
+        help="host:port of the collector (default: NEX_COLLECTOR_ADDR, else 127.0.0.1:50051)",
         show_default=False,
     ),
 ]
@@ -66,8 +68,7 @@ TokenOpt = Annotated[
         "--token",
         envvar="NEX_COLLECTOR_TOKEN",
         show_envvar=False,
-        help="bearer token [default: NEX_COLLECTOR_TOKEN, else the first of "
-        "NEX_COLLECTOR_TOKENS]",
+        help="bearer token (default: NEX_COLLECTOR_TOKEN, else the first of NEX_COLLECTOR_TOKENS)",
         show_default=False,
     ),
 ]
@@ -114,10 +115,23 @@ def fail(message: str, details: Iterable[str] = (), *, code: int = 1) -> NoRetur
     raise typer.Exit(code)
 
 
+def headline(exc: CollectorError) -> str:
+    """The error's message without the field violations it repeats (they are
+    listed one per line below it)."""
+    message = exc.message or exc.code.name
+    if not exc.field_violations:
+        return message
+    first = exc.field_violations[0]
+    at = message.find(f"{first.field}: {first.description}")
+    if at > 0 and all(f"{v.field}: {v.description}" in message for v in exc.field_violations):
+        return message[:at].rstrip(" :;,") or message
+    return message
+
+
 def print_collector_error(exc: CollectorError, target: Target | None = None) -> None:
     """``error: <message> [REASON]`` and one line per bad field, plus a hint."""
     reason = f" [dim]\\[{escape(exc.reason)}][/dim]" if exc.reason else ""
-    err.print(f"[bold red]error:[/bold red] {escape(exc.message or exc.code.name)}{reason}")
+    err.print(f"[bold red]error:[/bold red] {escape(headline(exc))}{reason}")
     for v in exc.field_violations:
         err.print(f"  [yellow]{escape(v.field)}[/yellow]: {escape(v.description)}")
     if isinstance(exc, UnavailableError) and target is not None:
@@ -200,15 +214,15 @@ def run_style(status: RunStatus) -> str:
     return _RUN_STYLE.get(status, "")
 
 
-def fmt_time(value: datetime | None) -> str:
-    """Local time to the second, or ``-``."""
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+def fmt_time(value: datetime | None, *, short: bool = False) -> str:
+    """Local time to the second (``short``: month, day, minutes), or ``-``."""
+    if value is None:
+        return "-"
+    return value.astimezone().strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def fmt_usage(usage: Usage) -> str:
-    return (
-        f"{usage.input_tokens:,} in · {usage.output_tokens:,} out · ${usage.cost_usd:,.4f}"
-    )
+    return f"{usage.input_tokens:,} in · {usage.output_tokens:,} out · ${usage.cost_usd:,.4f}"
 
 
 def fmt_bytes(size: int) -> str:

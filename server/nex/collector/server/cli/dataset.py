@@ -30,6 +30,7 @@ from nex.collector.client import (
     RegexFilter,
     ScoreFilter,
 )
+from rich import box
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.panel import Panel
@@ -48,7 +49,6 @@ from .common import (
     AddrOpt,
     Target,
     TokenOpt,
-    err,
     fail,
     fmt_bytes,
     fmt_time,
@@ -219,9 +219,9 @@ def format_filter(f: Filter) -> str:
         return f"regex:pattern={f.pattern},must_match={str(f.must_match).lower()}"
     if isinstance(f, BooleanFilter):
         return f"boolean:name={f.name},value={str(f.value).lower()}"
+    pairs: list[tuple[str, str | float | None]]
     if isinstance(f, LengthFilter):
-        pairs = [("min_chars", f.min_chars), ("max_chars", f.max_chars)]
-        kind = "length"
+        pairs, kind = [("min_chars", f.min_chars), ("max_chars", f.max_chars)], "length"
     elif isinstance(f, EntropyFilter):
         pairs, kind = [("min", f.min), ("max", f.max)], "entropy"
     else:
@@ -306,28 +306,37 @@ def _bar(count: int, peak: int, width: int) -> str:
     return "█" * full + (BAR_BLOCKS[rest] if rest else "")
 
 
+def _edge_format(lo: float, hi: float, step: float) -> str:
+    """A format for bin edges with just enough decimals to tell them apart."""
+    if max(abs(lo), abs(hi)) >= 1e7 or 0 < step < 1e-6:
+        return "{:.4g}"
+    decimals = max(0, 1 - math.floor(math.log10(step))) if step > 0 else 0
+    return "{:,.%sf}".replace("%s", str(min(decimals, 6)))
+
+
 def histogram(name: str, values: Sequence[float], bins: int = 16, width: int = 40) -> Panel:
-    """A horizontal histogram of ``values`` in unicode bars."""
+    """A horizontal histogram of ``values`` in unicode bars, one bar per bin of
+    equal width between the smallest and the largest value."""
     lo, hi = min(values), max(values)
     bins = 1 if hi == lo else bins
-    step = (hi - lo) / bins or 1.0
+    step = (hi - lo) / bins
     counts = [0] * bins
     for v in values:
-        counts[min(int((v - lo) / step), bins - 1)] += 1
+        counts[min(int((v - lo) / step), bins - 1) if step else 0] += 1
     peak = max(counts)
+    edge = _edge_format(lo, hi, step)
     grid = Table.grid(padding=(0, 1))
     grid.add_column(justify="right", style="dim")
-    grid.add_column(style="cyan", no_wrap=True)
+    grid.add_column(style="dim")
+    grid.add_column(justify="right", style="dim")
+    grid.add_column(style="cyan", no_wrap=True, min_width=width)
     grid.add_column(justify="right")
     for i, count in enumerate(counts):
-        start, end = lo + i * step, (lo + (i + 1) * step if bins > 1 else hi)
-        grid.add_row(f"{start:9.4g} … {end:<9.4g}", _bar(count, peak, width), f"{count:,}")
-    return Panel(
-        grid,
-        title=f"{name}: {len(values):,} values",
-        title_align="left",
-        expand=False,
-    )
+        start, end = lo + i * step, (lo + (i + 1) * step if i < bins - 1 else hi)
+        grid.add_row(
+            edge.format(start), "…", edge.format(end), _bar(count, peak, width), f"{count:,}"
+        )
+    return Panel(grid, title=f"{name}: {len(values):,} values", title_align="left", expand=False)
 
 
 # ----------------------------------------------------------------- rendering
@@ -374,7 +383,8 @@ def drops_table(m: DatasetManifest) -> Table:
     table.add_column("dropped", justify="right")
     table.add_row("", "[dim]runs in the batches[/dim]", f"{c.total:,}")
     for d in c.dropped:
-        table.add_row(str(d.index), escape(d.filter), f"[red]-{d.dropped:,}[/red]")
+        dropped = f"[red]-{d.dropped:,}[/red]" if d.dropped else "[dim]0[/dim]"
+        table.add_row(str(d.index), escape(d.filter), dropped)
     table.add_row("", "[bold]kept[/bold]", f"[bold green]{c.kept:,}[/bold green]")
     return table
 
@@ -404,7 +414,7 @@ def dataset_view(m: DatasetManifest, score: str | None = None, bins: int = 16) -
 
 
 async def wait_with_progress(
-    client: AsyncClient, manifest: DatasetManifest, timeout: float, poll: float = 0.5
+    client: AsyncClient, manifest: DatasetManifest, wait_s: float, poll: float = 0.5
 ) -> DatasetManifest:
     """Polls until the build is READY or FAILED, with a spinner and a bar of the
     runs examined so far (when the server reports them); returns the manifest."""
@@ -420,13 +430,13 @@ async def wait_with_progress(
         console=out,
         transient=True,
     )
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     with progress:
         task = progress.add_task(f"building {manifest.name} {manifest.version}", total=expected)
         while not manifest.status.is_terminal:
             if time.monotonic() > deadline:
                 fail(
-                    f"dataset {manifest.id} is still building after {timeout:g} s",
+                    f"dataset {manifest.id} is still building after {wait_s:g} s",
                     [f"check later with: nex-collector dataset show {manifest.id}"],
                 )
             await asyncio.sleep(poll)
@@ -467,10 +477,13 @@ def verify_view(directory: Path) -> tuple[RenderableType, list[str]]:
 # ----------------------------------------------------------------- commands
 
 
-@app.command("build", help=f"""Build a dataset from the completed runs of one or more batches,
+@app.command(
+    "build",
+    help=f"""Build a dataset from the completed runs of one or more batches,
 wait until it is READY (a spinner and a bar), then show its summary.
 
-{FILTER_HELP}""")
+{FILTER_HELP}""",
+)
 def build(
     name: Annotated[str, typer.Option("--name", help="dataset name")],
     version: Annotated[str, typer.Option("--version", help="dataset version; never rebuilt")],
@@ -513,9 +526,11 @@ def show(
     dataset_id: Annotated[str, typer.Argument(metavar="ID", help="dataset id")],
     score: Annotated[
         str | None,
-        typer.Option(help=f"score to draw as a histogram [default: {PREFERRED_SCORE}, else the "
-                     "first]", show_default=False),
-    ] = None,  # fmt: skip
+        typer.Option(
+            help=f"score to draw as a histogram (default: {PREFERRED_SCORE}, else the first)",
+            show_default=False,
+        ),
+    ] = None,
     bins: Annotated[int, typer.Option(min=1, max=200, help="histogram bars")] = 16,
     addr: AddrOpt = None,
     token: TokenOpt = None,
@@ -544,13 +559,15 @@ def list_(
     async def action(client: AsyncClient) -> list[DatasetManifest]:
         return [d async for d in client.list_datasets(name, page_size=200)]
 
-    table = Table("id", "name", "version", "status", "kept / runs", "created", title="datasets")
+    table = Table(title="datasets", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=12)
+    table.add_column("status", no_wrap=True)
+    table.add_column("kept / runs", justify="right", no_wrap=True)
     for d in run_with_client(target, action):
         kept = f"{d.counts.kept:,} / {d.counts.total:,}" if d.status == DatasetStatus.READY else "-"
-        table.add_row(
-            d.id, escape(d.name), escape(d.version), status_text(d.status), kept,
-            fmt_time(d.create_time),
-        )  # fmt: skip
+        name = Text(d.name) + Text(f"\n{d.version}", style="dim")
+        table.add_row(d.id, name, status_text(d.status), kept)
     out.print(table)
 
 

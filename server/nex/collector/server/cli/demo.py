@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import secrets
 import threading
 import time
@@ -303,7 +304,7 @@ async def _batch(
         f"queued {len(prompts)} runs in one atomic BatchCreateRuns, e.g."
     )
     for v in prompts[:3]:
-        out.print(f"  [dim]{escape(str(v))}[/dim]")
+        out.print(f"  [dim]{escape(json.dumps(v))}[/dim]", soft_wrap=True)
     return batch
 
 
@@ -356,7 +357,7 @@ async def _dataset(client: AsyncClient, story: Story, batch_id: str) -> DatasetM
         )
         return None
     out.print(f"[green]✓[/green] BuildDataset accepted: [bold]{manifest.id}[/bold] (building)")
-    manifest = await wait_with_progress(client, manifest, timeout=300)
+    manifest = await wait_with_progress(client, manifest, wait_s=300)
     out.print(dataset_view(manifest))
     if manifest.status != DatasetStatus.READY:
         story.failed = True
@@ -440,15 +441,17 @@ def demo(
     ] = Provider.MOCK,
     model: Annotated[
         str | None,
-        typer.Option(help="teacher model [default: mock-teacher, gpt-4o-mini or "
-                     "claude-3-5-haiku-latest]", show_default=False),
-    ] = None,  # fmt: skip
+        typer.Option(
+            help="teacher model (default: mock-teacher, gpt-4o-mini or claude-3-5-haiku-latest)",
+            show_default=False,
+        ),
+    ] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, max=5000, help="runs in the batch")] = 24,
     data_dir: Annotated[
         Path | None,
         typer.Option(
             "--data-dir",
-            help="data directory of a self-contained collector [default: DATA_DIR/demo]",
+            help="data directory of a self-contained collector (default: DATA_DIR/demo)",
             show_default=False,
         ),
     ] = None,
@@ -472,4 +475,3 @@ def demo(
     if story.failed:
         raise typer.Exit(1)
     out.print("[bold green]demo complete[/bold green]")
-

@@ -20,11 +20,14 @@ from nex.collector.server.datasets.schema import (
     EXAMPLES,
     INPUTS,
     MESSAGE,
+    SCORE,
     SCORES,
     SOFT_LABEL,
     TARGETS,
     TEACHER,
     TOP_LOGPROB,
+    VARIABLE,
+    list_of,
 )
 from nex.collector.server.domain.scoring import has_logprobs, score_sources
 from nex.collector.server.domain.teacher import CompletedRun
@@ -38,6 +41,10 @@ def _offsets(values: Sequence[int]) -> pa.Array:
     if values and values[-1] > _INT32_MAX:
         raise ValueError("chunk too large for 32-bit list offsets; use smaller chunks")
     return pa.array(values, pa.int32())
+
+
+def _list(offsets: pa.Array, values: pa.Array, mask: pa.Array | None = None) -> pa.Array:
+    return pa.ListArray.from_arrays(offsets, values, type=list_of(values.type), mask=mask)
 
 
 def _mask(present: Sequence[bool]) -> pa.Array | None:
@@ -62,19 +69,19 @@ class LogprobColumns:
 
         # pa.array over the runs' own lists: one C-level pass, no per-token Python work.
         self.tokens = pa.array(
-            [t.tokens if t is not None else None for t in columns], pa.list_(pa.string())
+            [t.tokens if t is not None else None for t in columns], list_of(pa.string())
         )
         self.logprobs = pa.array(
-            [t.logprobs if t is not None else None for t in columns], pa.list_(pa.float64())
+            [t.logprobs if t is not None else None for t in columns], list_of(pa.float64())
         )
         counts = pa.array(
-            [t.top_counts if t is not None else None for t in columns], pa.list_(pa.int32())
+            [t.top_counts if t is not None else None for t in columns], list_of(pa.int32())
         ).flatten()
         alt_tokens = pa.array(
-            [t.top_tokens if t is not None else None for t in columns], pa.list_(pa.string())
+            [t.top_tokens if t is not None else None for t in columns], list_of(pa.string())
         ).flatten()
         alt_logprobs = pa.array(
-            [t.top_logprobs if t is not None else None for t in columns], pa.list_(pa.float64())
+            [t.top_logprobs if t is not None else None for t in columns], list_of(pa.float64())
         ).flatten()
         del columns
 
@@ -84,9 +91,7 @@ class LogprobColumns:
         )
         present_mask = _mask(present)
         top = pa.StructArray.from_arrays([alt_tokens, alt_logprobs], fields=list(TOP_LOGPROB))
-        self.top_logprobs = pa.ListArray.from_arrays(
-            run_offsets, pa.ListArray.from_arrays(alt_offsets, top), mask=present_mask
-        )
+        self.top_logprobs = _list(run_offsets, _list(alt_offsets, top), present_mask)
 
         probs, entropy = _softmax(alt_offsets, counts, alt_logprobs)
         labels = pa.StructArray.from_arrays([alt_tokens, probs], fields=list(SOFT_LABEL))
@@ -105,11 +110,7 @@ class LogprobColumns:
                 y_positions.append(y_positions[-1] + (end - start if soft else 0))
             y_offsets = _offsets(y_positions)
             y_alt_offsets = _offsets(list(accumulate(y_counts, initial=0)))
-        self.y_probs = pa.ListArray.from_arrays(
-            y_offsets,
-            pa.ListArray.from_arrays(y_alt_offsets, labels),
-            mask=_mask(self.has_soft_labels),
-        )
+        self.y_probs = _list(y_offsets, _list(y_alt_offsets, labels), _mask(self.has_soft_labels))
         self.mean_entropy = _mean_by_run(self.tokens, entropy)
 
     def take(self, indices: Sequence[int]) -> dict[str, pa.Array]:
@@ -297,8 +298,11 @@ class ChunkTables:
                 sources.append(source)
             score_ids.extend([run.run_id] * len(run_scores))
             score_rows.append(len(names))
-        y_scores = pa.MapArray.from_arrays(
-            _offsets(score_rows), pa.array(names, pa.string()), pa.array(values, pa.float64())
+        y_scores = _list(
+            _offsets(score_rows),
+            pa.StructArray.from_arrays(
+                [pa.array(names, pa.string()), pa.array(values, pa.float64())], fields=list(SCORE)
+            ),
         )
         targets = pa.Table.from_arrays(
             [
@@ -350,9 +354,10 @@ def _variables(runs: Sequence[CompletedRun]) -> pa.Array:
             keys.append(key)
             values.append(value)
         offsets.append(len(keys))
-    return pa.MapArray.from_arrays(
-        _offsets(offsets), pa.array(keys, pa.string()), pa.array(values, pa.string())
+    pairs = pa.StructArray.from_arrays(
+        [pa.array(keys, pa.string()), pa.array(values, pa.string())], fields=list(VARIABLE)
     )
+    return _list(_offsets(offsets), pairs)
 
 
 def _messages(runs: Sequence[CompletedRun]) -> pa.Array:
@@ -367,4 +372,4 @@ def _messages(runs: Sequence[CompletedRun]) -> pa.Array:
     structs = pa.StructArray.from_arrays(
         [pa.array(roles, pa.string()), pa.array(contents, pa.string())], fields=list(MESSAGE)
     )
-    return pa.ListArray.from_arrays(_offsets(offsets), structs)
+    return _list(_offsets(offsets), structs)

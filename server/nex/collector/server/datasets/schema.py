@@ -6,7 +6,7 @@ example, in the same order; ``scores`` is long ("tidy"): one row per
 (example, score), names in sorted order within an example, so datasets with
 different custom metrics share one schema.
 
-Map keys are written sorted and nothing time- or randomness-dependent goes
+Key/value lists are written sorted by key and nothing time- or randomness-dependent goes
 into the files, so the same runs give byte-identical files.
 """
 
@@ -21,11 +21,14 @@ __all__ = [
     "INPUTS",
     "MESSAGE",
     "SCHEMAS",
+    "SCORE",
     "SCORES",
     "SOFT_LABEL",
     "TARGETS",
     "TEACHER",
     "TOP_LOGPROB",
+    "VARIABLE",
+    "list_of",
 ]
 
 FORMAT_VERSION = 1
@@ -38,6 +41,18 @@ SOFT_LABEL = pa.struct([("token", pa.string()), ("prob", pa.float64())])
 alternatives (they sum to 1)."""
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+VARIABLE = pa.struct([("key", pa.string()), ("value", pa.string())])
+SCORE = pa.struct([("key", pa.string()), ("value", pa.float64())])
+"""Key/value pairs are lists of structs sorted by key rather than Arrow maps:
+Hugging Face datasets cannot load map columns (huggingface/datasets#5612).
+DuckDB turns them into maps with ``map_from_entries``."""
+
+
+def list_of(item: pa.DataType) -> pa.ListType:
+    """A list type whose item field is named "element", as Parquet names it, so
+    that a schema read back from a file equals the one written."""
+    return pa.list_(pa.field("element", item))
 
 
 def _schema(table: str, fields: list[pa.Field], doc: str) -> pa.Schema:
@@ -73,8 +88,8 @@ INPUTS = _schema(
     "inputs",
     [
         _id(),
-        pa.field("variables", pa.map_(pa.string(), pa.string()), nullable=False),
-        pa.field("messages", pa.list_(MESSAGE), nullable=False),
+        pa.field("variables", list_of(VARIABLE), nullable=False),
+        pa.field("messages", list_of(MESSAGE), nullable=False),
     ],
     "The prompt: template variables (keys sorted) and the rendered messages.",
 )
@@ -89,9 +104,9 @@ TEACHER = _schema(
         pa.field("input_tokens", pa.int64(), nullable=False),
         pa.field("output_tokens", pa.int64(), nullable=False),
         pa.field("latency_ms", pa.int64(), nullable=False),
-        pa.field("tokens", pa.list_(pa.string())),
-        pa.field("logprobs", pa.list_(pa.float64())),
-        pa.field("top_logprobs", pa.list_(pa.list_(TOP_LOGPROB))),
+        pa.field("tokens", list_of(pa.string())),
+        pa.field("logprobs", list_of(pa.float64())),
+        pa.field("top_logprobs", list_of(list_of(TOP_LOGPROB))),
     ],
     "The teacher's raw output per token; the token columns are null without logprobs.",
 )
@@ -102,8 +117,8 @@ TARGETS = _schema(
         _id(),
         pa.field("teacher_model", pa.string(), nullable=False),
         pa.field("y_text", pa.string(), nullable=False),
-        pa.field("y_probs", pa.list_(pa.list_(SOFT_LABEL))),
-        pa.field("y_scores", pa.map_(pa.string(), pa.float64()), nullable=False),
+        pa.field("y_probs", list_of(list_of(SOFT_LABEL))),
+        pa.field("y_scores", list_of(SCORE), nullable=False),
         pa.field("has_soft_labels", pa.bool_(), nullable=False),
     ],
     "Training targets: text, soft labels per token (null without), scores.",

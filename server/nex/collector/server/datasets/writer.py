@@ -45,7 +45,7 @@ RESERVED_MANIFEST_KEYS = frozenset({"counts", "files", "filters", "format_versio
 # unique strings and doubles gain nothing and cost time.
 _DICTIONARY_COLUMNS = {
     "examples": ["batch_id", "template_id", "provider", "teacher_model", "finish_reason"],
-    "inputs": ["variables.key_value.key", "messages.list.element.role"],
+    "inputs": ["variables.list.element.key", "messages.list.element.role"],
     "teacher": [
         "provider",
         "model",
@@ -56,7 +56,7 @@ _DICTIONARY_COLUMNS = {
     "targets": [
         "teacher_model",
         "y_probs.list.element.list.element.token",
-        "y_scores.key_value.key",
+        "y_scores.list.element.key",
     ],
     "scores": ["name", "source"],
 }

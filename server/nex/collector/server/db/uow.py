@@ -9,6 +9,7 @@ from nex.collector.server.db.repositories.batches import BatchRepository
 from nex.collector.server.db.repositories.context_refs import ContextRefRepository
 from nex.collector.server.db.repositories.datasets import DatasetRepository
 from nex.collector.server.db.repositories.events import EventRepository
+from nex.collector.server.db.repositories.evidence import EvidenceRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +23,7 @@ class UnitOfWork:
     runs: RunRepository
     events: EventRepository
     datasets: DatasetRepository
+    evidence: EvidenceRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -34,6 +36,7 @@ class UnitOfWork:
         self.runs = RunRepository(self.session)
         self.events = EventRepository(self.session)
         self.datasets = DatasetRepository(self.session)
+        self.evidence = EvidenceRepository(self.session)
         return self
 
     async def __aexit__(

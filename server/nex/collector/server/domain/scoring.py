@@ -9,8 +9,9 @@ Which value wins when names collide (documented in docs/dataset-format.md):
 
 1. Built-in scores (``BUILTIN_SCORES``) are facts derived from the teacher's
    output and the filters are defined on them, so they always win. Their
-   names are reserved: plug-ins cannot register them, and the API should
-   refuse to accept posted scores under them.
+   names are reserved: plug-ins cannot register them, a posted score under
+   one is ignored (even where the built-in is absent, e.g. no perplexity
+   without logprobs), and the API should refuse to accept such scores.
 2. Scores posted by callers (``run.scores``, e.g. from a judge) come next:
    they are explicit, per-run data.
 3. Custom metric plug-ins fill in the remaining names.
@@ -301,7 +302,7 @@ def compute_scores(
     metric plug-ins for names not taken yet (see the module docstring)."""
     merged = builtin_scores(run, entropy=entropy)
     for name, value in run.scores.items():
-        if name not in merged and not math.isnan(value):
+        if name not in _BUILTIN_SET and not math.isnan(value):
             merged[name] = float(value)
     if metrics is not None and len(metrics):
         for name, value in metrics.evaluate(run).items():

@@ -22,6 +22,10 @@ from nex.collector.server.providers.errors import provider_errors
 
 DEFAULT_MAX_CONNECTIONS = 512
 
+# Request adaptations learnt per model from its 400 answers (see `_quirk`).
+NO_LOGPROBS = "no_logprobs"
+MAX_COMPLETION_TOKENS = "max_completion_tokens"
+
 # What `chat.completions.create()` sets: bearer auth from the client's key.
 _REQUEST_OPTIONS: openai.RequestOptions = {
     "headers": {"Content-Type": "application/json"},
@@ -31,7 +35,9 @@ _REQUEST_OPTIONS: openai.RequestOptions = {
 
 class OpenAIProvider:
     """`api_key` / `base_url` default to OPENAI_API_KEY / OPENAI_BASE_URL.
-    Logprobs are always requested; `top_logprobs` alternatives when set."""
+    Logprobs are always requested, `top_logprobs` alternatives when set; a
+    model that refuses `logprobs` or `max_tokens` (o-series, gpt-5) gets one
+    adapted retry, and the adaptation is kept for that model."""
 
     name = "openai"
     supports_logprobs = True
@@ -59,35 +65,52 @@ class OpenAIProvider:
                 http_client=openai.DefaultAioHttpClient(timeout=timeout, limits=limits),
             )
         self._secrets = (api_key, self._client.api_key)
+        self._quirks: dict[str, frozenset[str]] = {}
 
     async def generate(self, request: GenerationRequest) -> Completion:
+        quirks = self._quirks.get(request.model, frozenset())
         with provider_errors(self._secrets):
-            response = await self._client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                content=orjson.dumps(request_body(request)),
-                options=_REQUEST_OPTIONS,
-            )
-            return parse_chat_completion(orjson.loads(response.content))
+            while True:
+                body = request_body(request, quirks)
+                try:
+                    response = await self._client.post(
+                        "/chat/completions",
+                        cast_to=httpx2.Response,
+                        content=orjson.dumps(body),
+                        options=_REQUEST_OPTIONS,
+                    )
+                except openai.BadRequestError as exc:
+                    quirk = _quirk(exc, body)
+                    if quirk is None or quirk in quirks:
+                        raise
+                    quirks = self._quirks[request.model] = quirks | {quirk}
+                    continue
+                return parse_chat_completion(orjson.loads(response.content))
 
     async def aclose(self) -> None:
         await self._client.close()
 
 
-def request_body(request: GenerationRequest) -> dict[str, Any]:
-    """The chat-completions JSON body: logprobs always, the rest only when set."""
+def request_body(
+    request: GenerationRequest, quirks: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The chat-completions JSON body: logprobs (unless the model refused them),
+    the other params only when set."""
     params = request.params
     body: dict[str, Any] = {
         "model": request.model,
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        "logprobs": True,
     }
+    if NO_LOGPROBS not in quirks:
+        body["logprobs"] = True
     if params.top_logprobs:
         body["top_logprobs"] = params.top_logprobs
     if params.temperature is not None:
         body["temperature"] = params.temperature
     if params.max_tokens is not None:
-        body["max_tokens"] = params.max_tokens
+        body[MAX_COMPLETION_TOKENS if MAX_COMPLETION_TOKENS in quirks else "max_tokens"] = (
+            params.max_tokens
+        )
     if params.top_p is not None:
         body["top_p"] = params.top_p
     if params.seed is not None:
@@ -95,6 +118,20 @@ def request_body(request: GenerationRequest) -> dict[str, Any]:
     if params.stop:
         body["stop"] = list(params.stop)
     return body
+
+
+def _quirk(exc: openai.BadRequestError, body: dict[str, Any]) -> str | None:
+    """What to change when a model refuses a request we can adapt: reasoning
+    models reject `logprobs` (dropped only when no `top_logprobs` were asked
+    for; tokens are then None) and want `max_completion_tokens`."""
+    param = exc.param or ""
+    text = exc.message.lower()
+    if "max_tokens" in body and "max_completion_tokens" in text:
+        return MAX_COMPLETION_TOKENS
+    refused = param == "logprobs" or ("logprobs" in text and "support" in text)
+    if refused and body.get("logprobs") and "top_logprobs" not in body:
+        return NO_LOGPROBS
+    return None
 
 
 def parse_chat_completion(body: Any) -> Completion:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,11 +59,13 @@ class RunExecutor:
         *,
         policy: RetryPolicy,
         lease: timedelta,
+        on_batches_touched: Callable[[Iterable[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._uow = uow
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
+        self._on_batches_touched = on_batches_touched
         self._batches: dict[str, Batch] = {}
         self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(self._claim_many)
         self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(self._finish_many)
@@ -152,6 +154,13 @@ class RunExecutor:
                 ]
             )
             await tx.commit()
+        if self._on_batches_touched is not None:
+            linked = {o.batch_id for o in outcomes if (b := self._batches.get(o.batch_id)) and b.link_evidence}
+            if linked:
+                try:
+                    await self._on_batches_touched(sorted(linked))
+                except Exception:  # noqa: BLE001 - the results are stored; the link can wait
+                    log.exception("could not link finished batches %s", sorted(linked))
         return [o.run_id in live for o in outcomes]
 
     async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:

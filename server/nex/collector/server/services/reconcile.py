@@ -11,7 +11,8 @@ from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.teacher import RunStatus
-from nex.collector.server.queue import BUILD_DATASET, EXECUTE_RUN, JobQueue
+from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, JobQueue
+from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.common import now
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class Reconciler:
         self,
         uow: UnitOfWorkFactory,
         queue: JobQueue,
+        evidence: Evidence,
         *,
         max_attempts: int,
         queued_grace: timedelta = timedelta(seconds=5),
@@ -29,6 +31,7 @@ class Reconciler:
     ) -> None:
         self._uow = uow
         self._queue = queue
+        self._evidence = evidence
         self._max_attempts = max_attempts
         self._grace = queued_grace
         self._limit = limit
@@ -42,6 +45,8 @@ class Reconciler:
         enqueued = await self._queue.enqueue(EXECUTE_RUN, stale) if stale else 0
         if builds:
             await self._queue.release(BUILD_DATASET, builds)
+        if links := await self._evidence.due():
+            await self._queue.enqueue(DELIVER_EVIDENCE, links)
         if requeued or enqueued:
             log.info(
                 "reconciler: %d runs requeued after a lost worker, %d jobs re-enqueued",

@@ -11,7 +11,7 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 from nex.collector.server.bootstrap import Container
-from nex.collector.server.queue import BUILD_DATASET, EXECUTE_RUN
+from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ def job_functions(container: Container) -> list[Any]:
     async def build_dataset(ctx: dict[str, Any], dataset_id: str) -> str:
         return await container.datasets.run_build(dataset_id)
 
+    async def deliver_evidence(ctx: dict[str, Any], link_id: str) -> str:
+        return await container.evidence.deliver(link_id)
+
     return [
         func(
             execute_run,
@@ -33,6 +36,7 @@ def job_functions(container: Container) -> list[Any]:
             keep_result=0,
         ),
         func(build_dataset, name=BUILD_DATASET, timeout=6 * 3600, keep_result=0),
+        func(deliver_evidence, name=DELIVER_EVIDENCE, timeout=s.nex_timeout_s * 2 + 30, keep_result=0),
     ]
 
 

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+
+from nex.collector.server.api import convert
+from nex.collector.server.services.evidence import Evidence, NewEvidenceLink
+from nex.collector.v1 import evidence_service_pb2 as pb
+from nex.collector.v1 import evidence_service_pb2_grpc as pb_grpc
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class EvidenceServicer(pb_grpc.EvidenceServiceServicer):
+    def __init__(self, evidence: Evidence) -> None:
+        self._evidence = evidence
+
+    async def CreateEvidenceLink(
+        self, request: pb.CreateEvidenceLinkRequest, context: Context
+    ) -> pb.CreateEvidenceLinkResponse:
+        link = await self._evidence.create(
+            NewEvidenceLink(
+                context_ref_id=request.context_ref_id,
+                dataset_id=request.dataset_id,
+                run_id=request.run_id,
+                kind=request.kind,
+                note=request.note,
+                request_id=request.request_id,
+            )
+        )
+        return pb.CreateEvidenceLinkResponse(evidence_link=convert.evidence_link(link))
+
+    async def GetEvidenceLink(self, request: pb.GetEvidenceLinkRequest, context: Context) -> pb.GetEvidenceLinkResponse:
+        return pb.GetEvidenceLinkResponse(evidence_link=convert.evidence_link(await self._evidence.get(request.id)))
+
+    async def ListEvidenceLinks(
+        self, request: pb.ListEvidenceLinksRequest, context: Context
+    ) -> pb.ListEvidenceLinksResponse:
+        items, token = await self._evidence.list(
+            context_ref_id=request.context_ref_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListEvidenceLinksResponse(
+            evidence_links=[convert.evidence_link(x) for x in items], next_page_token=token
+        )

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from nex.collector.server.db.repositories.base import Repository
+from nex.collector.server.db.tables import evidence_links
+from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
+from nex.collector.server.domain.pagination import PageRequest
+
+
+def _entity(row: Mapping[str, Any]) -> EvidenceLink:
+    return EvidenceLink(
+        id=row["id"],
+        context_ref_id=row["context_ref_id"],
+        dataset_id=row["dataset_id"],
+        run_id=row["run_id"],
+        kind=row["kind"],
+        note=row["note"],
+        status=EvidenceStatus(row["status"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        create_time=row["create_time"],
+        post_time=row["post_time"],
+    )
+
+
+class EvidenceRepository(Repository):
+    table = evidence_links
+
+    async def get(self, id_: str, *, for_update: bool = False) -> EvidenceLink | None:
+        stmt = select(evidence_links).where(evidence_links.c.id == id_)
+        if for_update:
+            stmt = stmt.with_for_update(skip_locked=True)
+        row = await self._one(stmt)
+        return _entity(row) if row else None
+
+    async def get_by_request_id(self, request_id: str) -> EvidenceLink | None:
+        row = await self._one(select(evidence_links).where(evidence_links.c.request_id == request_id))
+        return _entity(row) if row else None
+
+    async def insert(self, link: EvidenceLink, request_id: str) -> bool:
+        stmt = (
+            insert(evidence_links)
+            .values(
+                id=link.id,
+                context_ref_id=link.context_ref_id,
+                dataset_id=link.dataset_id,
+                run_id=link.run_id,
+                kind=link.kind,
+                note=link.note,
+                status=link.status.value,
+                request_id=request_id or None,
+                create_time=link.create_time,
+                next_attempt_time=link.create_time,
+            )
+            .on_conflict_do_nothing(index_elements=[evidence_links.c.request_id])
+            .returning(evidence_links.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def list(self, page: PageRequest, *, context_ref_id: str = "") -> tuple[Sequence[EvidenceLink], str | None]:
+        stmt = select(evidence_links)
+        if context_ref_id:
+            stmt = stmt.where(evidence_links.c.context_ref_id == context_ref_id)
+        rows, next_key = await self._page(stmt, page, evidence_links.c.id)
+        return [_entity(r) for r in rows], next_key
+
+    async def mark_posted(self, id_: str, now: datetime) -> None:
+        await self.session.execute(
+            update(evidence_links)
+            .where(evidence_links.c.id == id_)
+            .values(status=EvidenceStatus.POSTED.value, post_time=now,
+                    attempts=evidence_links.c.attempts + 1, last_error=None, next_attempt_time=None)
+        )
+
+    async def mark_failed(self, id_: str, error: str, next_attempt: datetime) -> None:
+        await self.session.execute(
+            update(evidence_links)
+            .where(evidence_links.c.id == id_)
+            .values(attempts=evidence_links.c.attempts + 1, last_error=error[:1000], next_attempt_time=next_attempt)
+        )
+
+    async def due(self, now: datetime, limit: int = 1000) -> list[str]:
+        stmt = (
+            select(evidence_links.c.id)
+            .where(evidence_links.c.status == EvidenceStatus.PENDING.value, evidence_links.c.next_attempt_time <= now)
+            .order_by(evidence_links.c.next_attempt_time)
+            .limit(limit)
+        )
+        return [r[0] for r in await self.session.execute(stmt)]

@@ -1,0 +1,1 @@
+"""Clients of the systems the collector works with (NEX)."""

@@ -1,0 +1,183 @@
+"""Use cases of EvidenceService, and the outbox that delivers links to NEX: a link
+is stored PENDING at once and a worker posts it until NEX accepts it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.domain.datasets import Dataset
+from nex.collector.server.domain.errors import FailedPrecondition, Unavailable, Violations
+from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus, retry_delay
+from nex.collector.server.domain.pagination import PageRequest, encode_token
+from nex.collector.server.domain.validation import check_request_id
+from nex.collector.server.ids import new_id
+from nex.collector.server.integrations.nex import NexClient, NexRejected
+from nex.collector.server.queue import DELIVER_EVIDENCE, JobQueue
+from nex.collector.server.services.common import check_id, now, page_request, require
+
+log = logging.getLogger(__name__)
+
+MAX_KIND = 64
+MAX_NOTE = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvidenceLink:
+    context_ref_id: str
+    dataset_id: str = ""
+    run_id: str = ""
+    kind: str = ""
+    note: str = ""
+    request_id: str = ""
+
+
+class Evidence:
+    def __init__(self, uow: UnitOfWorkFactory, queue: JobQueue, nex: NexClient | None) -> None:
+        self._uow = uow
+        self._queue = queue
+        self._nex = nex
+
+    @property
+    def enabled(self) -> bool:
+        return self._nex is not None
+
+    def _require_integrated(self) -> NexClient:
+        if self._nex is None:
+            raise FailedPrecondition(
+                "evidence links need integrated mode: set MODE_INTEGRATION=integrated and NEX_BASE_URL",
+                reason="INTEGRATION_DISABLED",
+            )
+        return self._nex
+
+    async def create(self, cmd: NewEvidenceLink) -> EvidenceLink:
+        self._require_integrated()
+        v = Violations()
+        check_id(v, "context_ref_id", cmd.context_ref_id)
+        if bool(cmd.dataset_id) == bool(cmd.run_id):
+            v.add("target", "set exactly one of dataset_id and run_id")
+        if len(cmd.kind) > MAX_KIND:
+            v.add("kind", f"must be at most {MAX_KIND} characters")
+        if len(cmd.note) > MAX_NOTE:
+            v.add("note", f"must be at most {MAX_NOTE} characters")
+        check_request_id(v, "request_id", cmd.request_id)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            if cmd.request_id and (found := await tx.evidence.get_by_request_id(cmd.request_id)):
+                return found
+            require(await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id)
+            if cmd.dataset_id:
+                require(await tx.datasets.get(cmd.dataset_id), "dataset", cmd.dataset_id)
+            else:
+                require(await tx.runs.status_of(cmd.run_id), "run", cmd.run_id)
+            link = EvidenceLink(
+                id=new_id("evl"),
+                context_ref_id=cmd.context_ref_id,
+                dataset_id=cmd.dataset_id or None,
+                run_id=cmd.run_id or None,
+                kind=cmd.kind or "evidence",
+                note=cmd.note,
+                status=EvidenceStatus.PENDING,
+                attempts=0,
+                last_error=None,
+                create_time=now(),
+            )
+            if not await tx.evidence.insert(link, cmd.request_id):
+                await tx.rollback()
+                return require(await tx.evidence.get_by_request_id(cmd.request_id), "evidence_link", cmd.request_id)
+            await tx.commit()
+        await self._queue.try_enqueue(DELIVER_EVIDENCE, [link.id])
+        return link
+
+    async def get(self, id_: str) -> EvidenceLink:
+        self._require_integrated()
+        v = Violations()
+        check_id(v, "id", id_)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            return require(await tx.evidence.get(id_), "evidence_link", id_)
+
+    async def list(self, *, context_ref_id: str, page_size: int, page_token: str) -> tuple[Sequence[EvidenceLink], str]:
+        self._require_integrated()
+        v = Violations()
+        key = f"evidence|{context_ref_id}"
+        page = page_request(v, page_size, page_token, key)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            items, last = await tx.evidence.list(page, context_ref_id=context_ref_id)
+        return items, encode_token(last, key) if last else ""
+
+    # -- automatic links -------------------------------------------------------------
+
+    async def link_dataset(self, dataset: Dataset) -> None:
+        """A dataset built with link_evidence is linked once it is READY."""
+        if self.enabled and dataset.link_evidence and dataset.context_ref_id:
+            await self.create(
+                NewEvidenceLink(
+                    dataset.context_ref_id, dataset_id=dataset.id, kind="distillation_dataset",
+                    note=f"dataset {dataset.name} {dataset.version}", request_id=f"auto:{dataset.id}",
+                )
+            )
+
+    async def link_finished_batches(self, batch_ids: Iterable[str]) -> None:
+        """A batch created with link_evidence is linked (through its last run, the
+        evidence that the collection finished) once none of its runs is active."""
+        if not self.enabled:
+            return
+        for batch_id in batch_ids:
+            async with self._uow() as tx:
+                batch = await tx.batches.get(batch_id)
+                if batch is None or not batch.link_evidence or not batch.context_ref_id:
+                    continue
+                if await tx.runs.active_count(batch_id):
+                    continue
+                runs, _ = await tx.runs.list(PageRequest(1, None), batch_id=batch_id, status=None, full=False)
+            if runs:
+                await self.create(
+                    NewEvidenceLink(
+                        batch.context_ref_id, run_id=runs[0].id, kind="teacher_batch",
+                        note=f"batch {batch.name} ({batch.id}) finished", request_id=f"auto:{batch_id}",
+                    )
+                )
+
+    # -- the outbox --------------------------------------------------------------
+
+    async def deliver(self, link_id: str) -> str:
+        """One delivery attempt; the row lock keeps two workers from posting at once."""
+        nex = self._require_integrated()
+        async with self._uow() as tx:
+            link = await tx.evidence.get(link_id, for_update=True)
+            if link is None or link.status is EvidenceStatus.POSTED:
+                return "skipped"
+            ref = require(await tx.context_refs.get(link.context_ref_id), "context_ref", link.context_ref_id)
+            uri = ""
+            if link.dataset_id and (dataset := await tx.datasets.get(link.dataset_id)):
+                uri = dataset.uri
+            payload = {
+                "collector_link_id": link.id,
+                "nex_context_id": ref.nex_context_id,
+                "nex_context_version": ref.nex_context_version,
+                "kind": link.kind,
+                "note": link.note,
+                "dataset_id": link.dataset_id,
+                "run_id": link.run_id,
+                "uri": uri,
+            }
+            try:
+                await nex.post_evidence(payload)
+            except (Unavailable, NexRejected) as exc:
+                await tx.evidence.mark_failed(link_id, str(exc), now() + retry_delay(link.attempts + 1))
+                await tx.commit()
+                log.info("evidence link %s not delivered yet: %s", link_id, exc)
+                return f"retry later: {exc}"
+            await tx.evidence.mark_posted(link_id, now())
+            await tx.commit()
+            return "posted"
+
+    async def due(self) -> list[str]:
+        if not self.enabled:
+            return []
+        async with self._uow() as tx:
+            return await tx.evidence.due(now())
