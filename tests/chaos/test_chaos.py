@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from nex.collector.client import BatchStatus, Client, GenerationParams, RunStatus, TeacherBatch, connect
+from nex.collector.client import (
+    BatchStatus,
+    Client,
+    GenerationParams,
+    TeacherBatch,
+    connect,
+)
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
@@ -30,11 +36,17 @@ def redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
+def own_backing(backing: Backing) -> Iterator[Backing]:
+    with backing.isolated() as own:
+        yield own
+
+
+@pytest.fixture
 def chaos_env(
-    backing: Backing, fresh_teacher_api: FakeTeacherAPI, redis: RedisProcess, tmp_path: Path
+    own_backing: Backing, fresh_teacher_api: FakeTeacherAPI, redis: RedisProcess, tmp_path: Path
 ) -> dict[str, str]:
     env = {
-        "DATABASE_URL": backing.database_url,
+        "DATABASE_URL": own_backing.database_url,
         "REDIS_URL": redis.url,
         "DATA_DIR": str(tmp_path / "data"),
         "RUN_LEASE_S": str(LEASE_S),
@@ -48,10 +60,12 @@ def chaos_env(
 
 
 @pytest.fixture
-def server_only(chaos_env: dict[str, str], backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
+def server_only(
+    chaos_env: dict[str, str], own_backing: Backing, tmp_path: Path
+) -> Iterator[RunningCollector]:
     """A collector that serves gRPC but runs no worker: workers are processes."""
     overrides = {k: v for k, v in chaos_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
-    settings = collector_settings(backing, tmp_path / "data", **overrides)
+    settings = collector_settings(own_backing, tmp_path / "data", **overrides)
     with running_collector(settings, work=False) as running:
         yield running
 
@@ -65,7 +79,11 @@ def chaos_client(server_only: RunningCollector) -> Iterator[Client]:
 def _batch(client: Client, n: int) -> tuple[TeacherBatch, list[str]]:
     template = client.create_template(unique("chaos"), user_template="Say {{ x }}", variables=["x"])
     batch = client.create_batch(
-        unique("chaos"), template.id, "openai", "gpt-4o-mini", params=GenerationParams(top_logprobs=2, max_tokens=8)
+        unique("chaos"),
+        template.id,
+        "openai",
+        "gpt-4o-mini",
+        params=GenerationParams(top_logprobs=2, max_tokens=8),
     )
     runs = client.create_runs(batch.id, [{"x": f"item {i}"} for i in range(n)])
     return batch, [r.id for r in runs]
@@ -90,17 +108,22 @@ def _assert_nothing_resent(api: FakeTeacherAPI, seconds: float = LEASE_S + 1.5) 
 
 
 def test_worker_killed_mid_run_loses_nothing(
-    chaos_client: Client, chaos_env: dict[str, str], fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
+    chaos_client: Client,
+    chaos_env: dict[str, str],
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
 ) -> None:
     fresh_teacher_api.latency_s = 0.4
     batch, run_ids = _batch(chaos_client, 60)
     first = WorkerProcess(chaos_env, tmp_path / "worker1.log").start()
     try:
         deadline = time.monotonic() + 60
-        while chaos_client.get_batch(batch.id).counts.completed < 5:
+        while True:  # kill it mid-run: some runs done, some in the teacher's hands
+            counts = chaos_client.get_batch(batch.id).counts
+            if counts.completed >= 5 and counts.running > 0:
+                break
             assert time.monotonic() < deadline, (tmp_path / "worker1.log").read_text()[-3000:]
-            time.sleep(0.1)
-        assert chaos_client.get_batch(batch.id).counts.running > 0  # killed mid-run
+            time.sleep(0.05)
         first.kill9()
     finally:
         first.stop()
@@ -117,8 +140,11 @@ def test_worker_killed_mid_run_loses_nothing(
 
 
 def test_redis_restarted_empty_loses_nothing(
-    chaos_client: Client, chaos_env: dict[str, str], fresh_teacher_api: FakeTeacherAPI,
-    redis: RedisProcess, tmp_path: Path,
+    chaos_client: Client,
+    chaos_env: dict[str, str],
+    fresh_teacher_api: FakeTeacherAPI,
+    redis: RedisProcess,
+    tmp_path: Path,
 ) -> None:
     fresh_teacher_api.latency_s = 0.2
     worker = WorkerProcess(chaos_env, tmp_path / "worker.log").start()
@@ -133,7 +159,11 @@ def test_redis_restarted_empty_loses_nothing(
         redis.start()  # same port, nothing in it: every queued job is gone
         done = _wait_done(chaos_client, batch.id)
         assert (done.counts.completed, done.counts.total) == (80, 80)
-        ok_per_prompt = Counter(x.request["messages"][0]["content"] for x in fresh_teacher_api.exchanges if x.status == 200)
+        ok_per_prompt = Counter(
+            x.request["messages"][0]["content"]
+            for x in fresh_teacher_api.exchanges
+            if x.status == 200
+        )
         assert max(ok_per_prompt.values()) == 1  # no completed run was sent again
         _assert_nothing_resent(fresh_teacher_api)
     finally:
@@ -141,7 +171,10 @@ def test_redis_restarted_empty_loses_nothing(
 
 
 def test_teacher_failing_a_fifth_of_calls(
-    chaos_client: Client, chaos_env: dict[str, str], fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
+    chaos_client: Client,
+    chaos_env: dict[str, str],
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
 ) -> None:
     fresh_teacher_api.failure_rate = 0.2
     worker = WorkerProcess({**chaos_env, "WORKER_MAX_JOBS": "64"}, tmp_path / "worker.log").start()
@@ -151,7 +184,11 @@ def test_teacher_failing_a_fifth_of_calls(
         assert (done.counts.completed, done.counts.total) == (100, 100)
         failures = sum(1 for x in fresh_teacher_api.exchanges if x.status >= 500)
         assert failures > 5
-        ok_per_prompt = Counter(x.request["messages"][0]["content"] for x in fresh_teacher_api.exchanges if x.status == 200)
+        ok_per_prompt = Counter(
+            x.request["messages"][0]["content"]
+            for x in fresh_teacher_api.exchanges
+            if x.status == 200
+        )
         assert sorted(ok_per_prompt.values()) == [1] * 100
         retried = [r for r in run_ids if chaos_client.get_run(r).attempt > 1]
         assert len(retried) > 0

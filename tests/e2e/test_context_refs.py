@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from nex.collector.client import Client, InvalidArgumentError, NotFoundError
@@ -12,7 +14,11 @@ def test_create_get_and_dedup(client: Client) -> None:
     nex_id = unique("ctx")
     ref = client.create_context_ref(nex_id, "7", labels={"team": "search"})
     assert ref.id.startswith("ctx_")
-    assert (ref.nex_context_id, ref.nex_context_version, ref.labels) == (nex_id, "7", {"team": "search"})
+    assert (ref.nex_context_id, ref.nex_context_version, ref.labels) == (
+        nex_id,
+        "7",
+        {"team": "search"},
+    )
     assert ref.create_time is not None
 
     assert client.get_context_ref(ref.id) == ref
@@ -41,15 +47,27 @@ def test_list_follows_pages_in_order(client: Client) -> None:
     [
         ({"nex_context_id": "", "nex_context_version": "1"}, "nex_context_id"),
         ({"nex_context_id": "x", "nex_context_version": ""}, "nex_context_version"),
-        ({"nex_context_id": "x", "nex_context_version": "1", "labels": {"Bad Key": "v"}}, "labels['Bad Key']"),
         (
-            {"nex_context_id": "x", "nex_context_version": "1", "labels": {f"k{i}": "v" for i in range(65)}},
+            {"nex_context_id": "x", "nex_context_version": "1", "labels": {"Bad Key": "v"}},
+            "labels['Bad Key']",
+        ),
+        (
+            {
+                "nex_context_id": "x",
+                "nex_context_version": "1",
+                "labels": {f"k{i}": "v" for i in range(65)},
+            },
             "labels",
         ),
-        ({"nex_context_id": "x", "nex_context_version": "1", "labels": {"k": "v" * 300}}, "labels['k']"),
+        (
+            {"nex_context_id": "x", "nex_context_version": "1", "labels": {"k": "v" * 300}},
+            "labels['k']",
+        ),
     ],
 )
-def test_bad_input_names_the_field_and_writes_nothing(client: Client, kwargs: dict, field: str) -> None:
+def test_bad_input_names_the_field_and_writes_nothing(
+    client: Client, kwargs: dict[str, Any], field: str
+) -> None:
     before = len(list(client.list_context_refs(nex_context_id="x")))
     with pytest.raises(InvalidArgumentError) as caught:
         client.create_context_ref(**kwargs)
@@ -72,9 +90,10 @@ def test_bad_page_token_and_negative_page_size(client: Client) -> None:
 
 
 def test_page_token_is_bound_to_its_filter(client: Client, collector: object) -> None:
+    import grpc
+
     from nex.collector.v1 import context_ref_service_pb2 as pb
     from nex.collector.v1 import context_ref_service_pb2_grpc as pb_grpc
-    import grpc
 
     nex_id = unique("bound")
     for v in range(3):
@@ -82,7 +101,9 @@ def test_page_token_is_bound_to_its_filter(client: Client, collector: object) ->
     with grpc.insecure_channel(collector.address) as channel:  # type: ignore[attr-defined]
         stub = pb_grpc.ContextRefServiceStub(channel)
         md = (("authorization", f"Bearer {collector.token}"),)  # type: ignore[attr-defined]
-        page = stub.ListContextRefs(pb.ListContextRefsRequest(nex_context_id=nex_id, page_size=2), metadata=md)
+        page = stub.ListContextRefs(
+            pb.ListContextRefsRequest(nex_context_id=nex_id, page_size=2), metadata=md
+        )
         assert page.next_page_token
         for token, other in ((page.next_page_token, "other"), ("garbage!", nex_id)):
             with pytest.raises(grpc.RpcError) as caught:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +20,7 @@ from nex.collector.client import (
     DatasetManifest,
     DatasetStatus,
     EntropyFilter,
+    Filter,
     GenerationParams,
     InvalidArgumentError,
     LengthFilter,
@@ -32,14 +34,28 @@ from nex.collector.client import (
 from nex.collector.server.datasets.verify import verify_dataset
 from tests.conftest import unique
 
-FILES = ["examples.parquet", "inputs.parquet", "teacher.parquet", "targets.parquet", "scores.parquet"]
+FILES = [
+    "examples.parquet",
+    "inputs.parquet",
+    "teacher.parquet",
+    "targets.parquet",
+    "scores.parquet",
+]
 
 
-def _collect(client: Client, provider: str = "mock", n: int = 16) -> tuple[TeacherBatch, list[TeacherRun]]:
-    template = client.create_template(unique("ds"), user_template="Write about {{ topic }}.", variables=["topic"])
+def _collect(
+    client: Client, provider: str = "mock", n: int = 16
+) -> tuple[TeacherBatch, list[TeacherRun]]:
+    template = client.create_template(
+        unique("ds"), user_template="Write about {{ topic }}.", variables=["topic"]
+    )
     model = {"mock": "mock-1", "anthropic": "claude-3-5-haiku-latest"}[provider]
     batch = client.create_batch(
-        unique("ds"), template.id, provider, model, params=GenerationParams(top_logprobs=4, max_tokens=30)
+        unique("ds"),
+        template.id,
+        provider,
+        model,
+        params=GenerationParams(top_logprobs=4, max_tokens=30),
     )
     created = client.create_runs(batch.id, [{"topic": f"subject number {i}"} for i in range(n)])
     for _ in client.watch_batch(batch.id):
@@ -58,13 +74,17 @@ def _folder(manifest: DatasetManifest) -> Path:
     return Path(urlparse(manifest.uri).path)
 
 
-def _build(client: Client, batch_ids: list[str], filters: list = [], **kw: object) -> DatasetManifest:  # noqa: B006
+def _build(
+    client: Client, batch_ids: list[str], filters: Sequence[Filter] = (), **kw: object
+) -> DatasetManifest:
     started = client.build_dataset(unique("set"), "v1", batch_ids, filters=filters, **kw)  # type: ignore[arg-type]
     assert started.status == DatasetStatus.BUILDING
     return client.wait_dataset(started.id, timeout=60)
 
 
-def test_build_writes_verifiable_parquet(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
+def test_build_writes_verifiable_parquet(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
     batch, runs = collected
     ready = _build(client, [batch.id])
     assert ready.status == DatasetStatus.READY
@@ -73,7 +93,9 @@ def test_build_writes_verifiable_parquet(client: Client, collected: tuple[Teache
     assert sorted(f.name for f in ready.files) == sorted(FILES)
     assert verify_dataset(folder) == []
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert {f["name"]: f["sha256"] for f in manifest["files"]} == {f.name: f.sha256 for f in ready.files}
+    assert {f["name"]: f["sha256"] for f in manifest["files"]} == {
+        f.name: f.sha256 for f in ready.files
+    }
     assert manifest["id"] == ready.id and manifest["batch_ids"] == [batch.id]
 
     targets = pq.read_table(folder / "targets.parquet")
@@ -93,21 +115,31 @@ def test_build_writes_verifiable_parquet(client: Client, collected: tuple[Teache
             JOIN '{folder}/targets.parquet' g USING (example_id)"""
     ).fetchone()
     assert joined == (len(runs),)
-    names = {r[0] for r in con.execute(f"SELECT DISTINCT name FROM '{folder}/scores.parquet'").fetchall()}
+    names = {
+        r[0] for r in con.execute(f"SELECT DISTINCT name FROM '{folder}/scores.parquet'").fetchall()
+    }
     assert {"length_chars", "mean_logprob", "mean_entropy", "perplexity"} <= names
 
 
-def test_each_filter_drops_what_it_should(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
+def test_each_filter_drops_what_it_should(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
     batch, runs = collected
     lengths = sorted(len(r.output_text) for r in runs)
     cut = lengths[len(lengths) // 2]
     word = runs[0].output_text.split()[0]
     client.set_run_scores(runs[0].id, {"judge": 0.9})
     client.set_run_scores(runs[1].id, {"judge": 0.2})
-    cases = [
+    cases: list[tuple[Filter, int]] = [
         (LengthFilter(min_chars=cut), sum(len(r.output_text) >= cut for r in runs)),
-        (RegexFilter(pattern=re.escape(word), must_match=True), sum(word in r.output_text for r in runs)),
-        (RegexFilter(pattern=re.escape(word), must_match=False), sum(word not in r.output_text for r in runs)),
+        (
+            RegexFilter(pattern=re.escape(word), must_match=True),
+            sum(word in r.output_text for r in runs),
+        ),
+        (
+            RegexFilter(pattern=re.escape(word), must_match=False),
+            sum(word not in r.output_text for r in runs),
+        ),
         (BooleanFilter(name="has_logprobs", value=True), len(runs)),
         (BooleanFilter(name="has_logprobs", value=False), 0),
         (ScoreFilter(name="judge", min=0.5), 1),
@@ -120,22 +152,35 @@ def test_each_filter_drops_what_it_should(client: Client, collected: tuple[Teach
         assert pq.read_table(_folder(ready) / "examples.parquet").num_rows == expected
 
 
-def test_empty_result_is_a_ready_dataset(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
+def test_empty_result_is_a_ready_dataset(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
     batch, runs = collected
     ready = _build(client, [batch.id], [LengthFilter(max_chars=0), RegexFilter(pattern="x")])
-    assert (ready.counts.kept, ready.counts.dropped[0].dropped, ready.counts.dropped[1].dropped) == (0, len(runs), 0)
+    assert (
+        ready.counts.kept,
+        ready.counts.dropped[0].dropped,
+        ready.counts.dropped[1].dropped,
+    ) == (0, len(runs), 0)
     assert {f.rows for f in ready.files} == {0}
     assert verify_dataset(_folder(ready)) == []
 
 
-def test_rebuilding_gives_byte_identical_files(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
+def test_rebuilding_gives_byte_identical_files(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
     batch, _ = collected
-    filters = [LengthFilter(min_chars=1), RegexFilter(pattern="(a+)+$", must_match=False)]
+    filters: list[Filter] = [
+        LengthFilter(min_chars=1),
+        RegexFilter(pattern="(a+)+$", must_match=False),
+    ]
     one, two = _build(client, [batch.id], filters), _build(client, [batch.id], filters)
     assert {f.name: f.sha256 for f in one.files} == {f.name: f.sha256 for f in two.files}
 
 
-def test_a_version_never_changes(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
+def test_a_version_never_changes(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
     batch, _ = collected
     name = unique("fixed")
     first = client.wait_dataset(client.build_dataset(name, "1.0", [batch.id]).id)
@@ -145,20 +190,33 @@ def test_a_version_never_changes(client: Client, collected: tuple[TeacherBatch, 
     assert [d.version for d in client.list_datasets(name)] == ["1.0"]
 
 
-def test_bad_build_requests(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
-    batch, _ = collected
+def test_bad_build_requests(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
+    _batch, _ = collected
     with pytest.raises(InvalidArgumentError) as caught:
         client.build_dataset(
-            "../escape", "", [], filters=[RegexFilter(pattern="(a)\\1"), LengthFilter(min_chars=10, max_chars=2)]
+            "../escape",
+            "",
+            [],
+            filters=[RegexFilter(pattern="(a)\\1"), LengthFilter(min_chars=10, max_chars=2)],
         )
     fields = {v.field for v in caught.value.field_violations}
-    assert {"name", "version", "batch_ids", "filters[0].regex.pattern", "filters[1].length.min_chars"} <= fields, fields
+    assert {
+        "name",
+        "version",
+        "batch_ids",
+        "filters[0].regex.pattern",
+        "filters[1].length.min_chars",
+    } <= fields, fields
     with pytest.raises(NotFoundError):
         client.build_dataset(unique("x"), "v1", ["bat_missing"])
     assert list(client.list_datasets("../escape")) == []
 
 
-def test_request_id_returns_the_first_build(client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]) -> None:
+def test_request_id_returns_the_first_build(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
     batch, _ = collected
     request_id = unique("req")
     first = client.build_dataset(unique("idem"), "v1", [batch.id], request_id=request_id)
@@ -167,7 +225,7 @@ def test_request_id_returns_the_first_build(client: Client, collected: tuple[Tea
 
 
 def test_anthropic_runs_give_a_dataset_without_soft_labels(client: Client) -> None:
-    batch, runs = _collect(client, "anthropic", n=4)
+    batch, _runs = _collect(client, "anthropic", n=4)
     ready = _build(client, [batch.id], [EntropyFilter(max=100.0)])
     assert ready.counts.kept == 0  # no logprobs, so no entropy: dropped, not zero
     plain = _build(client, [batch.id])

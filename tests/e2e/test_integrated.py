@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,24 @@ def nex() -> Iterator[FakeNex]:
 
 @pytest.fixture(scope="module")
 def integrated(
-    backing: Backing, nex: FakeNex, teacher_api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
+    backing: Backing,
+    nex: FakeNex,
+    teacher_api: FakeTeacherAPI,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Client]:
+    with (
+        backing.isolated() as own,
+        _integrated_collector(own, nex, teacher_api, tmp_path_factory) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def _integrated_collector(
+    backing: Backing,
+    nex: FakeNex,
+    teacher_api: FakeTeacherAPI,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Client]:
     settings = collector_settings(
         backing,
@@ -51,7 +69,10 @@ def integrated(
         NEX_TIMEOUT_S=1.0,
         **teacher_settings(teacher_api),
     )
-    with running_collector(settings) as running, connect(running.address, token=running.token) as client:
+    with (
+        running_collector(settings) as running,
+        connect(running.address, token=running.token) as client,
+    ):
         yield client
 
 
@@ -80,40 +101,57 @@ def test_context_refs_are_checked_against_nex(integrated: Client, nex: FakeNex) 
     nex.down = True
     with pytest.raises(UnavailableError):
         integrated.create_context_ref(cid, "5")
-    assert [r.nex_context_version for r in integrated.list_context_refs(nex_context_id=cid)] == ["3"]
+    assert [r.nex_context_version for r in integrated.list_context_refs(nex_context_id=cid)] == [
+        "3"
+    ]
 
 
 def _dataset(client: Client, nex: FakeNex, *, link: bool = False) -> tuple[str, str]:
     cid = unique("ctx")
     nex.contexts.add((cid, "1"))
     ref = client.create_context_ref(cid, "1")
-    template = client.create_template(unique("t"), user_template="Tell me about {{ x }}", variables=["x"])
-    batch = client.create_batch(unique("b"), template.id, "mock", "mock-1", params=GenerationParams(top_logprobs=2))
+    template = client.create_template(
+        unique("t"), user_template="Tell me about {{ x }}", variables=["x"]
+    )
+    batch = client.create_batch(
+        unique("b"), template.id, "mock", "mock-1", params=GenerationParams(top_logprobs=2)
+    )
     client.create_runs(batch.id, [{"x": str(i)} for i in range(3)])
     for _ in client.watch_batch(batch.id):
         pass
-    ds = client.build_dataset(unique("ds"), "v1", [batch.id], context_ref_id=ref.id, link_evidence=link)
+    ds = client.build_dataset(
+        unique("ds"), "v1", [batch.id], context_ref_id=ref.id, link_evidence=link
+    )
     assert client.wait_dataset(ds.id).status == DatasetStatus.READY
     return ref.id, ds.id
 
 
 def test_evidence_is_delivered(integrated: Client, nex: FakeNex) -> None:
     ref_id, dataset_id = _dataset(integrated, nex)
-    link = integrated.create_evidence_link(ref_id, dataset_id=dataset_id, kind="supports", note="distilled")
+    link = integrated.create_evidence_link(
+        ref_id, dataset_id=dataset_id, kind="supports", note="distilled"
+    )
     assert link.status == EvidenceStatus.PENDING
     posted = _wait_posted(integrated, link.id)
     assert posted.attempts == 1 and posted.post_time is not None
     body = nex.evidence[link.id]
     ref = integrated.get_context_ref(ref_id)
     assert (body["nex_context_id"], body["nex_context_version"]) == (ref.nex_context_id, "1")
-    assert body["dataset_id"] == dataset_id and body["kind"] == "supports" and body["uri"].startswith("file://")
+    assert (
+        body["dataset_id"] == dataset_id
+        and body["kind"] == "supports"
+        and body["uri"].startswith("file://")
+    )
     assert [x.id for x in integrated.list_evidence_links(ref_id)] == [link.id]
 
 
 def test_nex_down_delays_delivery_but_loses_nothing(integrated: Client, nex: FakeNex) -> None:
     ref_id, dataset_id = _dataset(integrated, nex)
     nex.down = True
-    links = [integrated.create_evidence_link(ref_id, dataset_id=dataset_id, note=str(i)) for i in range(5)]
+    links = [
+        integrated.create_evidence_link(ref_id, dataset_id=dataset_id, note=str(i))
+        for i in range(5)
+    ]
     time.sleep(2.5)
     pending = [integrated.get_evidence_link(x.id) for x in links]
     assert all(x.status == EvidenceStatus.PENDING for x in pending)
@@ -142,7 +180,9 @@ def test_bad_evidence_requests(integrated: Client, nex: FakeNex) -> None:
         integrated.create_evidence_link("", dataset_id="ds_x")
 
 
-def test_standalone_never_calls_nex(client: Client, collector: RunningCollector, nex: FakeNex) -> None:
+def test_standalone_never_calls_nex(
+    client: Client, collector: RunningCollector, nex: FakeNex
+) -> None:
     before = nex.requests
     ref = client.create_context_ref(unique("standalone"), "1")  # not checked: NEX may not know it
     with pytest.raises(FailedPreconditionError) as caught:

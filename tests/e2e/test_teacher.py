@@ -36,10 +36,17 @@ def template(client: Client) -> PromptTemplate:
     )
 
 
-def _batch(client: Client, template: PromptTemplate, provider: str = "mock", **params: object) -> TeacherBatch:
-    model = {"mock": "mock-1", "openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}[provider]
+def _batch(
+    client: Client, template: PromptTemplate, provider: str = "mock", **params: object
+) -> TeacherBatch:
+    model = {"mock": "mock-1", "openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}[
+        provider
+    ]
     return client.create_batch(
-        unique("batch"), template.id, provider, model,
+        unique("batch"),
+        template.id,
+        provider,
+        model,
         params=GenerationParams(**{"top_logprobs": 3, "max_tokens": 24, **params}),  # type: ignore[arg-type]
     )
 
@@ -133,16 +140,25 @@ def test_retries_honour_retry_after(
     events = list(client.watch_run(run.id))
     assert time.monotonic() - started >= 2.0  # two Retry-After: 1 waits
     assert [(e.status, e.attempt) for e in events] == [
-        (RunStatus.QUEUED, 0), (RunStatus.RUNNING, 1), (RunStatus.RUNNING, 2),
-        (RunStatus.RUNNING, 3), (RunStatus.COMPLETED, 3),
+        (RunStatus.QUEUED, 0),
+        (RunStatus.RUNNING, 1),
+        (RunStatus.RUNNING, 2),
+        (RunStatus.RUNNING, 3),
+        (RunStatus.COMPLETED, 3),
     ]
     assert client.get_run(run.id).attempt == 3
 
 
-@pytest.mark.parametrize(("status", "code"), [(400, "PROVIDER_BAD_REQUEST"), (401, "PROVIDER_AUTH")])
+@pytest.mark.parametrize(
+    ("status", "code"), [(400, "PROVIDER_BAD_REQUEST"), (401, "PROVIDER_AUTH")]
+)
 def test_non_retryable_errors_fail_at_once_without_leaking_the_key(
-    client: Client, template: PromptTemplate, fresh_teacher_api: FakeTeacherAPI,
-    collector: RunningCollector, status: int, code: str,
+    client: Client,
+    template: PromptTemplate,
+    fresh_teacher_api: FakeTeacherAPI,
+    collector: RunningCollector,
+    status: int,
+    code: str,
 ) -> None:
     fresh_teacher_api.fail_next(status)
     batch = _batch(client, template, "openai")
@@ -153,7 +169,9 @@ def test_non_retryable_errors_fail_at_once_without_leaking_the_key(
     failed = client.get_run(run.id)
     assert failed.attempt == 1 and failed.error is not None and failed.error.code == code
     assert fresh_teacher_api.total_requests == 1
-    rows = fetch_all(collector, "SELECT row_to_json(r)::text AS j FROM runs r WHERE batch_id = $1", batch.id)
+    rows = fetch_all(
+        collector, "SELECT row_to_json(r)::text AS j FROM runs r WHERE batch_id = $1", batch.id
+    )
     assert rows and all(TEACHER_KEY not in row["j"] for row in rows)
     assert TEACHER_KEY not in failed.error.message
 
@@ -170,17 +188,24 @@ def test_request_ids_make_run_creation_idempotent(client: Client, template: Prom
     batch = _batch(client, template)
     first = client.create_run(batch.id, _vars(0), request_id=unique("r"))
     assert client.create_run(batch.id, _vars(0), request_id=first.request_id or "").id == first.id
-    again = client.create_runs(batch.id, [RunInput(_vars(0), first.request_id), RunInput(_vars(1), unique("r"))])
+    again = client.create_runs(
+        batch.id, [RunInput(_vars(0), first.request_id), RunInput(_vars(1), unique("r"))]
+    )
     assert again[0].id == first.id and again[1].id != first.id
     assert client.get_batch(batch.id).counts.total == 2
     request_id = unique("b")
     b1 = client.create_batch(unique("n"), template.id, "mock", "mock-1", request_id=request_id)
-    assert client.create_batch(unique("n"), template.id, "mock", "mock-1", request_id=request_id).id == b1.id
+    assert (
+        client.create_batch(unique("n"), template.id, "mock", "mock-1", request_id=request_id).id
+        == b1.id
+    )
 
 
 def test_bad_batch_requests(client: Client, template: PromptTemplate) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        client.create_batch("", template.id, "gemini", "", params=GenerationParams(temperature=5, top_logprobs=50))
+        client.create_batch(
+            "", template.id, "gemini", "", params=GenerationParams(temperature=5, top_logprobs=50)
+        )
     fields = {v.field for v in caught.value.field_violations}
     assert {"name", "provider", "model", "params.temperature", "params.top_logprobs"} <= fields
     with pytest.raises(NotFoundError):
@@ -220,11 +245,15 @@ def test_watch_resumes_from_any_revision(client: Client, template: PromptTemplat
         assert rest == everything[cut + 1 :]
     run_id = everything[0].run_id
     assert [e.status for e in client.watch_run(run_id)] == [
-        RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED
+        RunStatus.QUEUED,
+        RunStatus.RUNNING,
+        RunStatus.COMPLETED,
     ]
 
 
-def test_follow_keeps_a_batch_watch_open_for_new_runs(client: Client, template: PromptTemplate) -> None:
+def test_follow_keeps_a_batch_watch_open_for_new_runs(
+    client: Client, template: PromptTemplate
+) -> None:
     batch = _batch(client, template)
     seen = []
     stream = client.watch_batch(batch.id, follow=True)
@@ -242,6 +271,9 @@ def test_scores_attach_to_completed_runs(client: Client, template: PromptTemplat
     _wait(client, batch.id)
     scored = client.set_run_scores(run.id, {"judge": 0.75})
     assert scored.scores == {"judge": 0.75}
-    assert client.set_run_scores(run.id, {"judge": 0.5, "style": 1.0}).scores == {"judge": 0.5, "style": 1.0}
+    assert client.set_run_scores(run.id, {"judge": 0.5, "style": 1.0}).scores == {
+        "judge": 0.5,
+        "style": 1.0,
+    }
     with pytest.raises(InvalidArgumentError):
         client.set_run_scores(run.id, {"judge": float("nan")})

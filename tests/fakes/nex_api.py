@@ -30,8 +30,10 @@ class FakeNex:
 
     async def _context(self, request: web.Request) -> web.Response:
         key = (request.match_info["cid"], request.match_info["version"])
-        return web.json_response({"id": key[0], "version": key[1]}) if key in self.contexts else web.json_response(
-            {"error": "not found"}, status=404
+        return (
+            web.json_response({"id": key[0], "version": key[1]})
+            if key in self.contexts
+            else web.json_response({"error": "not found"}, status=404)
         )
 
     async def _post_evidence(self, request: web.Request) -> web.Response:

@@ -355,12 +355,19 @@ class FakeTeacherAPI:
         """Serves from a background thread with its own event loop (for
         benchmarks and synchronous code); stop it with `stop_thread()`."""
         started = threading.Event()
+        failed: list[BaseException] = []
         loop = asyncio.new_event_loop()
 
         def serve() -> None:
             asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            started.set()
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # e.g. the port is taken: re-raised by the caller
+                failed.append(exc)
+                loop.close()
+                return
+            finally:
+                started.set()
             loop.run_forever()
             loop.run_until_complete(self.stop())
             loop.close()
@@ -368,7 +375,11 @@ class FakeTeacherAPI:
         self._loop = loop
         self._thread = threading.Thread(target=serve, name="fake-teacher-api", daemon=True)
         self._thread.start()
-        started.wait(10)
+        if not started.wait(30):
+            raise TimeoutError("the fake teacher API did not start")
+        if failed:
+            self._thread, self._loop = None, None
+            raise failed[0]
         return self
 
     def stop_thread(self) -> None:

@@ -24,7 +24,9 @@ def test_migrations_match_the_tables_and_rerun_safely(backing: Backing) -> None:
         engine = create_async_engine(backing.database_url)
         try:
             await upgrade_to_head(engine)
-            await asyncio.gather(upgrade_to_head(engine), upgrade_to_head(engine))  # concurrent: a no-op
+            await asyncio.gather(
+                upgrade_to_head(engine), upgrade_to_head(engine)
+            )  # concurrent: a no-op
             async with engine.connect() as connection:
                 return await connection.run_sync(_diff)
         finally:

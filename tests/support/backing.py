@@ -1,26 +1,41 @@
 """The real PostgreSQL and Redis the tests run against: the servers named by
-DATABASE_URL / REDIS_URL when set, else embedded ones in a temporary folder."""
+DATABASE_URL / REDIS_URL when set, else embedded ones in a temporary folder.
+Each collector a test starts gets a database and a Redis database of its own,
+so collectors with different settings never take each other's jobs."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import redis
 
 from nex.collector.server.embedded import start_embedded
+
+_REDIS_DBS = itertools.count(1)
 
 
 @dataclass(frozen=True)
 class Backing:
-    database_url: str  # postgresql+asyncpg://…, a database of this test session's own
-    redis_url: str
+    database_url: str  # postgresql+asyncpg://…, a database of its own
+    redis_url: str  # a Redis database of its own, flushed when made
     embedded: bool
+    _server_url: str = field(repr=False, default="")
+    _redis_server_url: str = field(repr=False, default="")
+
+    @contextmanager
+    def isolated(self) -> Iterator[Backing]:
+        """Another fresh database and Redis database on the same servers."""
+        with _fresh(self._server_url, self._redis_server_url, self.embedded) as other:
+            yield other
 
 
 def _plain(url: str) -> str:
@@ -28,31 +43,47 @@ def _plain(url: str) -> str:
 
 
 def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def _with_redis_db(url: str, db: int) -> str:
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
+    if parts.scheme == "unix":  # unix:///path/redis.socket?db=N (urlunsplit drops the //)
+        query = dict(parse_qsl(parts.query))
+        query["db"] = str(db)
+        return f"unix://{parts.path}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-async def _create_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(_plain(admin_url))
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(_plain(url))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(_plain(admin_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(sql)
     finally:
         await conn.close()
 
 
 @contextmanager
-def backing_services(tmp: Path) -> Iterator[Backing]:
-    """A fresh database on the chosen PostgreSQL, and a Redis database to flush."""
-    import asyncio
+def _fresh(database_server: str, redis_server: str, embedded: bool) -> Iterator[Backing]:
+    name = f"nexc_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(database_server, f'CREATE DATABASE "{name}"'))
+    redis_url = _with_redis_db(redis_server, 8 + next(_REDIS_DBS) % 8)
+    redis.Redis.from_url(redis_url).flushdb()
+    try:
+        yield Backing(
+            _with_database(database_server, name),
+            redis_url,
+            embedded,
+            database_server,
+            redis_server,
+        )
+    finally:
+        asyncio.run(_admin(database_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
+
+@contextmanager
+def backing_services(tmp: Path) -> Iterator[Backing]:
+    """The servers from DATABASE_URL / REDIS_URL, or embedded ones in `tmp`."""
     database_url = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
     embedded = None
@@ -60,11 +91,9 @@ def backing_services(tmp: Path) -> Iterator[Backing]:
         embedded = start_embedded(tmp / "embedded")
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
-    name = f"nexc_test_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_create_database(database_url, name))
     try:
-        yield Backing(_with_database(database_url, name), redis_url, embedded is not None)
+        with _fresh(database_url, redis_url, embedded is not None) as backing:
+            yield backing
     finally:
-        asyncio.run(_drop_database(database_url, name))
         if embedded is not None:
             embedded.stop()

@@ -20,4 +20,7 @@ async def _fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
 
 
 def fetch_all(collector: RunningCollector, query: str, *args: Any) -> list[dict[str, Any]]:
-    return collector.call(_fetch(plain_dsn(collector.container.database_url), query, *args))
+    rows: list[dict[str, Any]] = collector.call(
+        _fetch(plain_dsn(collector.container.database_url), query, *args)
+    )
+    return rows

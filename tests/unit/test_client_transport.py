@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc import aio
+
 from nex.collector.client import (
     AsyncClient,
     DatasetBuildError,
@@ -405,8 +406,9 @@ def test_sync_client_from_plain_code() -> None:
 
 
 async def test_progress_display(fake_server: tuple[FakeTeacher, int]) -> None:
-    from nex.collector.client.progress import watch_batch_progress
     from rich.console import Console
+
+    from nex.collector.client.progress import watch_batch_progress
 
     fake, port = fake_server
     fake.fail_after = [4]  # the display survives a reconnect too

@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc import aio
+
 from nex.collector.v1 import (
     context_ref_service_pb2,
     context_ref_service_pb2_grpc,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
+
 from nex.collector.v1 import (
     common_pb2,
     context_ref_pb2,

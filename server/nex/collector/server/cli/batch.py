@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import Annotated, BinaryIO, NoReturn
 
 import typer
+from rich import box
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
 from nex.collector.client import (
     AsyncClient,
     GenerationParams,
@@ -39,12 +46,6 @@ from nex.collector.client import (
     TeacherRun,
 )
 from nex.collector.client.progress import watch_batch_progress
-from rich import box
-from rich.console import Group, RenderableType
-from rich.markup import escape
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
 from .common import (
     ID_WIDTH,
@@ -72,6 +73,7 @@ __all__ = [
     "run_app",
     "run_panel",
     "template_app",
+    "watch_progress",
 ]
 
 REQUEST_ID_KEY = "_request_id"
@@ -240,9 +242,11 @@ def _chunks(lines: Sequence[InputLine], size: int) -> Iterator[Sequence[InputLin
 async def send_runs(
     client: AsyncClient, batch_id: str, lines: Sequence[InputLine], chunk: int
 ) -> int:
-    """BatchCreateRuns in chunks of ``chunk`` (each atomic); returns the runs
-    sent. A rejected chunk exits 1 naming its bad lines; earlier chunks stay."""
+    """BatchCreateRuns in chunks of ``chunk`` (each atomic); returns how many
+    runs are new in the batch (resent lines return the runs they created
+    before). A rejected chunk exits 1 naming its bad lines; earlier chunks stay."""
     keys = dict(zip((i.line for i in lines), derived_request_ids(batch_id, lines), strict=True))
+    before = (await client.get_batch(batch_id)).counts.total
     sent = 0
     with out.status(f"queueing {len(lines):,} runs…") as status:
         for part in _chunks(lines, chunk):
@@ -254,8 +258,10 @@ async def send_runs(
                 _report_rejected_chunk(exc, batch_id, part, sent)
             sent += len(part)
             status.update(f"queued {sent:,} / {len(lines):,} runs…")
-    out.print(f"[green]✓[/green] queued {sent:,} runs in batch [bold]{batch_id}[/bold]")
-    return sent
+    new = (await client.get_batch(batch_id)).counts.total - before
+    again = f" ({sent - new:,} were there already)" if new < sent else ""
+    out.print(f"[green]✓[/green] queued {new:,} runs in batch [bold]{batch_id}[/bold]{again}")
+    return new
 
 
 def _report_rejected_chunk(
@@ -360,6 +366,18 @@ def runs_table(runs: Sequence[TeacherRun], title: str) -> Table:
     return table
 
 
+async def watch_progress(
+    client: AsyncClient, batch_id: str, *, follow: bool = False, refresh: float = 1.0
+) -> TeacherBatch:
+    """The live progress display until the batch watch ends; returns the batch."""
+    batch = await watch_batch_progress(
+        client, batch_id, out, follow=follow, refresh_interval=refresh
+    )
+    if not out.is_terminal:
+        out.line()  # the last frame of a non-terminal Live ends without a newline
+    return batch
+
+
 async def _first_runs(
     client: AsyncClient, batch_id: str, limit: int, status: RunStatus | None = None
 ) -> list[TeacherRun]:
@@ -455,7 +473,7 @@ def template_create(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Create a prompt template (the next version of NAME) and print its id.
+    """Create a prompt template (the next version of NAME); prints its id.
 
     Every placeholder must be declared with --var, e.g.
     --user 'Explain {{ topic }} in a {{ style }} way' --var topic --var style.
@@ -543,7 +561,7 @@ def batch_create(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Create a batch and queue one run per line of a JSONL file of variables.
+    """Create a batch with one run per line of a JSONL file, then watch it.
 
     Each line is a JSON object whose keys are the template's variables; strings
     are sent as they are, other values JSON-encoded. An optional top-level
@@ -604,8 +622,10 @@ def batch_add(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Queue more runs in an existing batch from a JSONL file (same format as
-    `batch create`). Lines already queued in this batch are not repeated."""
+    """Queue more runs in a batch from a JSONL file; resent lines are not repeated.
+
+    Same format as `batch create`; a line queued before in this batch (same
+    variables, or same _request_id) returns its first run instead of a new one."""
     target = resolve_target(addr, token)
     lines = load_inputs(inputs)
 
@@ -630,13 +650,15 @@ def batch_watch(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Follow a batch live: a progress bar, runs per status, runs/s, tokens and
-    cost; then a summary. Ends when no run is queued or running (unless --follow).
-    Survives collector restarts: the watch resumes where it stopped."""
+    """Follow a batch live with a progress bar, then show a summary.
+
+    The display shows runs per status, runs/s, tokens and cost. It ends when
+    no run is queued or running (unless --follow) and survives collector
+    restarts: the watch resumes where it stopped."""
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> None:
-        batch = await watch_batch_progress(client, batch_id, out, follow=follow)
+        batch = await watch_progress(client, batch_id, follow=follow)
         await show_batch_result(client, batch)
 
     run_with_client(target, action)
@@ -701,8 +723,9 @@ def batch_cancel(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a batch: queued runs are cancelled, running ones end cancelled when
-    they return, and no further teacher call is made."""
+    """Cancel a batch: no further teacher call is made.
+
+    Queued runs are cancelled; running ones end cancelled when they return."""
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> TeacherBatch:
@@ -722,8 +745,10 @@ def run_show(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Show a run: prompt, output, finish reason, usage, scores, and its first
-    tokens with their logprobs and top alternatives."""
+    """Show a run: prompt, output, usage, scores, first tokens with logprobs.
+
+    Also the finish reason, latency, attempt, error, and per token its
+    logprob, probability and top alternatives."""
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> TeacherRun:
@@ -738,7 +763,7 @@ def run_show(
 async def _finish(client: AsyncClient, batch_id: str, watch: bool) -> None:
     if watch:
         try:
-            batch = await watch_batch_progress(client, batch_id, out)
+            batch = await watch_progress(client, batch_id)
         except asyncio.CancelledError:  # Ctrl-C
             err.print(
                 f"[dim]stopped watching; the batch keeps running. Resume with: "

@@ -13,6 +13,10 @@ from datetime import datetime
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
 from nex.collector.client import (
     AsyncClient,
     BatchStatus,
@@ -24,20 +28,29 @@ from nex.collector.client import (
     Usage,
 )
 from nex.collector.server.config import ConfigError, Settings, load_settings
-from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 
 __all__ = [
+    "ID_WIDTH",
     "AddrOpt",
     "Target",
     "TokenOpt",
     "err",
     "fail",
+    "first_token",
+    "fmt_bytes",
+    "fmt_time",
+    "fmt_usage",
+    "headline",
+    "load_client_settings",
+    "open_client",
     "out",
+    "print_collector_error",
     "resolve_target",
+    "run_style",
     "run_with_client",
+    "shorten",
     "show_errors",
+    "status_text",
 ]
 
 T = TypeVar("T")
@@ -45,9 +58,9 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
 """How long a command waits for the collector to answer before giving up."""
 CALL_TIMEOUT_S = 120.0
-ID_WIDTH = 30
-"""Columns of a server id (``bat_`` + 26): id columns never shrink below it."""
 """The deadline of each unary call once connected."""
+ID_WIDTH = 30
+"""Characters of a server id (``bat_`` + 26)."""
 
 out = Console(highlight=False)
 """Human output (stdout)."""

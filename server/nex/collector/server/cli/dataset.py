@@ -19,17 +19,6 @@ from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
 
 import typer
-from nex.collector.client import (
-    AsyncClient,
-    BooleanFilter,
-    DatasetManifest,
-    DatasetStatus,
-    EntropyFilter,
-    Filter,
-    LengthFilter,
-    RegexFilter,
-    ScoreFilter,
-)
 from rich import box
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -44,6 +33,18 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from nex.collector.client import (
+    AsyncClient,
+    BooleanFilter,
+    DatasetManifest,
+    DatasetStatus,
+    EntropyFilter,
+    Filter,
+    LengthFilter,
+    RegexFilter,
+    ScoreFilter,
+)
 
 from .common import (
     AddrOpt,
@@ -60,6 +61,7 @@ from .common import (
 
 __all__ = [
     "FILTER_HELP",
+    "FilterSyntaxError",
     "app",
     "dataset_view",
     "format_filter",
@@ -76,16 +78,17 @@ app = typer.Typer(
     help="Distilled datasets: build from batches, show, list, verify.", no_args_is_help=True
 )
 
-FILTER_HELP = """A filter is KIND:key=value,key=value (repeat --filter; a run is kept
-when every filter keeps it):
-length:min_chars=10,max_chars=2000 (output characters; min/max also work) ·
-regex:pattern=^Answer,must_match=true (RE2; must_match=false keeps non-matches;
-the pattern may contain commas) · entropy:min=0.1,max=2.5 (mean token entropy,
-nats) · boolean:name=finish_reason_stop,value=true (also finish_reason_length,
-has_logprobs, has_output; value defaults to true) ·
-score:name=mean_logprob,min=-1.5,max=0 (any score: length_chars, length_tokens,
-mean_logprob, perplexity, mean_entropy, posted or plug-in scores).
-Shorthands: regex:^Answer, boolean:finish_reason_stop, score:perplexity,max=20."""
+FILTER_HELP = """Filters: --filter KIND:key=value,… (repeat; a run is kept when all filters keep it)
+
+  length:min_chars=10,max_chars=2000          output characters (min=, max= work too)
+  regex:pattern=^Answer,must_match=true       RE2 search; must_match=false keeps non-matches
+  entropy:min=0.1,max=2.5                     mean token entropy in nats
+  boolean:name=finish_reason_stop,value=true  or finish_reason_length, has_logprobs, has_output
+  score:name=mean_logprob,min=-1.5,max=0      any score: length_chars, length_tokens, perplexity,
+                                              mean_logprob, mean_entropy, posted, plug-in
+
+Shorthands: regex:^Answer · boolean:finish_reason_stop (value=true) · score:perplexity,max=20.
+A regex pattern may contain commas and '=': only ',must_match=' starts a new key."""
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 PREFERRED_SCORE = "mean_logprob"
@@ -376,8 +379,12 @@ def files_table(m: DatasetManifest) -> Table:
 
 def drops_table(m: DatasetManifest) -> Table:
     c = m.counts
-    table = Table(title="filters: runs dropped (by the first filter that drops them)")
-    table.title_justify = "left"
+    table = Table(
+        title="runs dropped per filter",
+        caption="a run counts against the first filter that drops it",
+        title_justify="left",
+        caption_justify="left",
+    )
     table.add_column("#", justify="right")
     table.add_column("filter")
     table.add_column("dropped", justify="right")
@@ -479,8 +486,11 @@ def verify_view(directory: Path) -> tuple[RenderableType, list[str]]:
 
 @app.command(
     "build",
-    help=f"""Build a dataset from the completed runs of one or more batches,
-wait until it is READY (a spinner and a bar), then show its summary.
+    help=f"""Build a dataset from batches, wait for READY, show its summary.
+
+The completed runs of every --batch are scored and filtered by the worker;
+the command waits with a spinner and a bar (unless --no-wait), then shows
+the same summary as `dataset show`.
 
 {FILTER_HELP}""",
 )
@@ -535,10 +545,12 @@ def show(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Show a dataset: status, uri, rows per file, runs kept and dropped per
-    filter, score quantiles (p0 p25 p50 p75 p100) and a histogram of one score.
-    Quantiles and histogram read scores.parquet, so they need the dataset's
-    folder on this machine."""
+    """Show a dataset: summary, drops per filter, score quantiles, a histogram.
+
+    The summary holds status, uri and rows per file; then the runs kept and
+    dropped per filter, the p0 p25 p50 p75 p100 of every score, and a
+    histogram of one score. Quantiles and histogram read scores.parquet, so
+    they need the dataset's folder on this machine."""
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> DatasetManifest:
@@ -566,8 +578,8 @@ def list_(
     table.add_column("kept / runs", justify="right", no_wrap=True)
     for d in run_with_client(target, action):
         kept = f"{d.counts.kept:,} / {d.counts.total:,}" if d.status == DatasetStatus.READY else "-"
-        name = Text(d.name) + Text(f"\n{d.version}", style="dim")
-        table.add_row(d.id, name, status_text(d.status), kept)
+        label = Text(d.name) + Text(f"\n{d.version}", style="dim")
+        table.add_row(d.id, label, status_text(d.status), kept)
     out.print(table)
 
 
@@ -605,8 +617,10 @@ def verify(
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Recompute every file's sha256, size, row count and schema and compare them
-    with manifest.json. Exit code 1 on any mismatch. A PATH needs no server."""
+    """Check a dataset's files against its manifest.json (exit 1 on a mismatch).
+
+    Recomputes every file's sha256, size, row count and schema. A PATH (the
+    folder or its manifest.json) needs no server."""
     directory = _dataset_dir(ref, addr, token)
     table, problems = verify_view(directory)
     out.print(table)

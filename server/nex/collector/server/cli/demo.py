@@ -22,6 +22,10 @@ from typing import Annotated, Any
 
 import grpc
 import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
 from nex.collector.client import (
     AsyncClient,
     BooleanFilter,
@@ -38,13 +42,9 @@ from nex.collector.client import (
     TeacherBatch,
     UnimplementedError,
 )
-from nex.collector.client.progress import watch_batch_progress
 from nex.collector.server.config import Settings, load_settings
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
-from .batch import DEFAULT_MOCK_MODEL, batch_summary, run_panel
+from .batch import DEFAULT_MOCK_MODEL, batch_summary, run_panel, watch_progress
 from .common import (
     AddrOpt,
     Target,
@@ -313,7 +313,7 @@ async def _watch(client: AsyncClient, story: Story, batch_id: str) -> TeacherBat
         "Watching the runs",
         "A resumable WatchRuns stream feeds the bar; usage and cost come from GetBatch.",
     )
-    batch = await watch_batch_progress(client, batch_id, out, refresh_interval=0.5)
+    batch = await watch_progress(client, batch_id, refresh=0.5)
     out.print(batch_summary(batch))
     story.note(
         "batch",
@@ -456,15 +456,16 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Run a whole collection → dataset story, narrated: a context ref, a template,
-    a batch of varied prompts on the (offline, deterministic) mock teacher, live
-    progress, outputs with logprobs, a filtered dataset, its summary and
-    histogram, and verified checksums.
+    """Run a whole collection → dataset story, narrated, offline on the mock teacher.
+
+    The steps: a context ref, a template, a batch of varied prompts on the
+    (offline, deterministic) mock teacher, live progress, outputs with
+    logprobs, a filtered dataset, its summary and histogram, verified
+    checksums, and where the Parquet files are.
 
     Uses the collector at --addr when one answers there; otherwise starts a
     self-contained one in this process (embedded PostgreSQL + Redis in
-    DATA_DIR/demo unless DATABASE_URL / REDIS_URL are set) and stops it at the end.
-    """
+    DATA_DIR/demo unless DATABASE_URL / REDIS_URL are set) and stops it at the end."""
     story = Story(provider, model or DEFAULT_MODELS[provider], runs)
     with collector_for_demo(resolve_target(addr, token), data_dir) as target:
         try:

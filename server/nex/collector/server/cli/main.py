@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+
 from nex.collector.server import logs
 from nex.collector.server.cli import batch as batch_cli
 from nex.collector.server.cli import dataset as dataset_cli
 from nex.collector.server.cli.demo import demo
 from nex.collector.server.config import ConfigError, Settings, load_settings
-from rich.console import Console
 
 app = typer.Typer(
     name="nex-collector",

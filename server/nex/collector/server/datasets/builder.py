@@ -1,13 +1,14 @@
 """Builds a dataset from a stream of completed runs: score, filter, write.
 
 Memory stays flat whatever the dataset's size: the builder holds the chunk
-being processed, the chunk being fetched, and at most one row group of
-Arrow data per file (``row_group_size`` examples, fewer when their estimated
-size reaches ``max_row_group_bytes``).
+being fetched, the chunk being processed, the row group being filled and the
+row group being written (``row_group_size`` examples each, fewer when their
+estimated size reaches ``max_row_group_bytes``).
 
-The CPU work runs on one worker thread, chunk after chunk in order, so the
-event loop stays responsive and fetching the next chunk (in the loop) overlaps
-processing the current one (Parquet encoding and compression release the GIL).
+Three threads share the work, each in order: the event loop fetches chunk
+n + 1 while a worker thread scores, filters and converts chunk n to Arrow,
+while the writer thread encodes, compresses and hashes the previous row group
+(which releases the GIL). The event loop stays responsive throughout.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from nex.collector.server.datasets.columns import ChunkTables, LogprobColumns, estimated_bytes
 from nex.collector.server.datasets.schema import SCHEMAS
 from nex.collector.server.datasets.writer import (
@@ -196,8 +198,9 @@ async def build_dataset(
     build = _Build(chain, metrics, writer, row_group_size, max_row_group_bytes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-build")
     pending: Future[None] | None = None
+    iterator = aiter(chunks)
     try:
-        async for chunk in chunks:
+        async for chunk in iterator:
             if pending is not None:
                 await asyncio.wrap_future(pending)
                 await _report(progress, build)
@@ -214,6 +217,10 @@ async def build_dataset(
             with contextlib.suppress(BaseException):
                 pending.exception()  # retrieved: no "never retrieved" warning
         writer.abort()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:  # release the caller's cursor now, not at garbage collection
+            with contextlib.suppress(Exception):
+                await aclose()
         raise
     finally:
         executor.shutdown(wait=False)

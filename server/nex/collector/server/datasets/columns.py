@@ -1,11 +1,11 @@
 """A chunk of runs as Arrow columns, built column-wise for speed.
 
-Per-token data never becomes per-token Python objects: the runs' columnar
-TokenLogprobs lists are concatenated with ``list.extend`` (C speed) into flat
-Arrow arrays, and the nested columns are assembled from offsets. The soft
-labels and position entropies are computed on those arrays with Arrow
-kernels using the same formulas, in the same order, as the pure
-``domain.scoring`` / ``domain.targets`` functions.
+Per-token data never becomes per-token Python objects: ``pa.array`` converts
+each run's columnar TokenLogprobs lists in one C-level pass, and the nested
+columns are assembled from offsets. Soft labels and position entropies are
+computed on those arrays with Arrow kernels, with the same formulas in the
+same order as the pure ``domain.scoring`` / ``domain.targets`` functions (the
+tests hold them to agree within 1e-12).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from itertools import accumulate
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from nex.collector.server.datasets.schema import (
     EXAMPLES,
     INPUTS,
@@ -25,7 +26,6 @@ from nex.collector.server.datasets.schema import (
     SOFT_LABEL,
     TARGETS,
     TEACHER,
-    TOP_LOGPROB,
     VARIABLE,
     list_of,
 )
@@ -57,9 +57,10 @@ def _mask(present: Sequence[bool]) -> pa.Array | None:
 class LogprobColumns:
     """The per-token columns of a chunk of runs, plus each run's mean entropy.
 
-    ``tokens``, ``logprobs``, ``top_logprobs`` (teacher table) and ``y_probs``
-    (targets table) have one entry per run; the token columns are null for
-    runs without logprobs, ``y_probs`` for runs without top alternatives.
+    ``tokens``, ``logprobs``, ``top_counts``, ``top_tokens``, ``top_logprobs``
+    (teacher table) and ``y_probs`` (targets table) have one entry per run; the
+    teacher columns are null for runs without logprobs, ``y_probs`` for runs
+    without top alternatives.
     """
 
     def __init__(self, runs: Sequence[CompletedRun]) -> None:
@@ -74,24 +75,25 @@ class LogprobColumns:
         self.logprobs = pa.array(
             [t.logprobs if t is not None else None for t in columns], list_of(pa.float64())
         )
-        counts = pa.array(
+        self.top_counts = pa.array(
             [t.top_counts if t is not None else None for t in columns], list_of(pa.int32())
-        ).flatten()
-        alt_tokens = pa.array(
+        )
+        self.top_tokens = pa.array(
             [t.top_tokens if t is not None else None for t in columns], list_of(pa.string())
-        ).flatten()
-        alt_logprobs = pa.array(
+        )
+        self.top_logprobs = pa.array(
             [t.top_logprobs if t is not None else None for t in columns], list_of(pa.float64())
-        ).flatten()
+        )
         del columns
 
+        # Flat per-position / per-alternative views (fresh arrays: no slicing offsets).
+        counts = self.top_counts.values
+        alt_tokens = self.top_tokens.values
+        alt_logprobs = self.top_logprobs.values
         run_offsets = self.tokens.offsets
         alt_offsets = pa.concat_arrays(
             [pa.array([0], pa.int32()), pc.cumulative_sum_checked(counts)]
         )
-        present_mask = _mask(present)
-        top = pa.StructArray.from_arrays([alt_tokens, alt_logprobs], fields=list(TOP_LOGPROB))
-        self.top_logprobs = _list(run_offsets, _list(alt_offsets, top), present_mask)
 
         probs, entropy = _softmax(alt_offsets, counts, alt_logprobs)
         labels = pa.StructArray.from_arrays([alt_tokens, probs], fields=list(SOFT_LABEL))
@@ -114,10 +116,12 @@ class LogprobColumns:
         self.mean_entropy = _mean_by_run(self.tokens, entropy)
 
     def take(self, indices: Sequence[int]) -> dict[str, pa.Array]:
-        """The four nested columns for the runs at `indices` (in that order)."""
+        """The per-token columns for the runs at `indices` (in that order)."""
         columns = {
             "tokens": self.tokens,
             "logprobs": self.logprobs,
+            "top_counts": self.top_counts,
+            "top_tokens": self.top_tokens,
             "top_logprobs": self.top_logprobs,
             "y_probs": self.y_probs,
         }
@@ -229,8 +233,11 @@ def estimated_bytes(run: CompletedRun) -> int:
     """A rough, data-only estimate of a run's in-memory size across the five
     tables; bounds a row group's memory. Deterministic: it decides row-group
     boundaries, which must not depend on anything but the runs."""
-    size = 256 + 2 * len(run.output_text) + sum(len(m.content) + 16 for m in run.messages)
-    size += sum(len(k) + len(v) + 16 for k, v in run.variables.items())
+    size = 256 + 2 * len(run.output_text) + 32 * (len(run.messages) + len(run.variables))
+    for message in run.messages:
+        size += len(message.content)
+    for key, value in run.variables.items():
+        size += len(key) + len(value)
     if run.tokens is not None:
         size += 24 * len(run.tokens.tokens) + 48 * len(run.tokens.top_tokens)
     return size
@@ -281,6 +288,8 @@ class ChunkTables:
                 pa.array([r.latency_ms for r in sel], pa.int64()),
                 nested["tokens"],
                 nested["logprobs"],
+                nested["top_counts"],
+                nested["top_tokens"],
                 nested["top_logprobs"],
             ],
             schema=TEACHER,

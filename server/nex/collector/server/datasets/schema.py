@@ -1,6 +1,9 @@
 """The five Parquet tables of a dataset (see docs/dataset-format.md).
 
 Every table starts with ``example_id`` (the run id), on which they join.
+``teacher`` keeps the raw logprobs in the collector's columnar layout (flat
+alternatives plus a count per position: cheap to write, lossless);
+``targets`` holds the training view, nested per position.
 ``examples``, ``inputs``, ``teacher`` and ``targets`` hold one row per
 example, in the same order; ``scores`` is long ("tidy"): one row per
 (example, score), names in sorted order within an example, so datasets with
@@ -26,15 +29,11 @@ __all__ = [
     "SOFT_LABEL",
     "TARGETS",
     "TEACHER",
-    "TOP_LOGPROB",
     "VARIABLE",
     "list_of",
 ]
 
 FORMAT_VERSION = 1
-
-TOP_LOGPROB = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
-"""One top alternative as the teacher gave it."""
 
 SOFT_LABEL = pa.struct([("token", pa.string()), ("prob", pa.float64())])
 """One top alternative with its probability renormalised over the position's
@@ -106,9 +105,12 @@ TEACHER = _schema(
         pa.field("latency_ms", pa.int64(), nullable=False),
         pa.field("tokens", list_of(pa.string())),
         pa.field("logprobs", list_of(pa.float64())),
-        pa.field("top_logprobs", list_of(list_of(TOP_LOGPROB))),
+        pa.field("top_counts", list_of(pa.int32())),
+        pa.field("top_tokens", list_of(pa.string())),
+        pa.field("top_logprobs", list_of(pa.float64())),
     ],
-    "The teacher's raw output per token; the token columns are null without logprobs.",
+    "The teacher's raw per-token logprobs, columnar: position i's alternatives are the "
+    "next top_counts[i] entries of top_tokens / top_logprobs. Null without logprobs.",
 )
 
 TARGETS = _schema(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
 from nex.collector.server.datasets.schema import FILE_NAMES, SCHEMAS
 from nex.collector.server.datasets.writer import MANIFEST_NAME, sha256_file
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
 
 __all__ = [
@@ -51,7 +53,7 @@ _DICTIONARY_COLUMNS = {
         "model",
         "finish_reason",
         "tokens.list.element",
-        "top_logprobs.list.element.list.element.token",
+        "top_tokens.list.element",
     ],
     "targets": [
         "teacher_model",
@@ -156,12 +158,77 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"manifest value of type {type(value).__name__} is not JSON: {value!r}")
 
 
+class _HashingSink(io.RawIOBase):
+    """An append-only file that hashes what goes through it, so checksums cost
+    no second pass over the files (and are computed in the writer thread)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._file = path.open("xb", buffering=0)
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)  # releases the GIL for large buffers
+        written = 0
+        while written < len(view):
+            written += self._file.write(view[written:]) or 0
+        self.size += written
+        return written
+
+    def close(self) -> None:
+        if not self._file.closed:
+            os.fsync(self._file.fileno())
+            self._file.close()
+        super().close()
+
+
+class _TableFile:
+    """One Parquet file of the dataset being written."""
+
+    def __init__(self, directory: Path, table: str) -> None:
+        self.name = FILE_NAMES[table]
+        self.rows = 0
+        self.sink = _HashingSink(directory / self.name)
+        try:
+            self.writer = pq.ParquetWriter(
+                self.sink,
+                SCHEMAS[table],
+                compression="zstd",
+                use_dictionary=_DICTIONARY_COLUMNS[table],
+                write_statistics=_STATISTICS_COLUMNS[table],
+                store_schema=True,
+            )
+        except BaseException:
+            self.sink.close()
+            raise
+
+    def write(self, table: pa.Table) -> None:
+        # Contiguous rows: the bytes written must not depend on how rows were chunked.
+        table = table.combine_chunks()
+        if table.num_rows:
+            self.writer.write_table(table, row_group_size=table.num_rows)
+            self.rows += table.num_rows
+
+    def close(self) -> DatasetFileInfo:
+        try:
+            self.writer.close()
+        finally:
+            self.sink.close()  # fsyncs
+        return DatasetFileInfo(self.name, self.sink.digest.hexdigest(), self.rows, self.sink.size)
+
+
 class DatasetWriter:
     """The five Parquet writers of one build, in a staging folder.
 
     Each ``write_row_group`` call writes exactly one row group per file.
-    ``commit`` closes, checksums and fsyncs the files, writes manifest.json
-    and renames the folder to its final name; ``abort`` removes it.
+    ``commit`` closes and fsyncs the files, writes manifest.json (with each
+    file's sha256, computed while writing) and renames the folder to its final
+    name; ``abort`` removes it.
     """
 
     def __init__(self, final_dir: Path) -> None:
@@ -171,22 +238,14 @@ class DatasetWriter:
         self.final_dir = final_dir
         self.staging_dir = staging_dir_for(final_dir)
         self.staging_dir.mkdir()
-        self._rows = dict.fromkeys(SCHEMAS, 0)
-        self._writers: dict[str, pq.ParquetWriter] = {}
-        # Encoding and compression release the GIL: one background thread writes
-        # row group n while the caller prepares row group n + 1.
+        self._files: dict[str, _TableFile] = {}
+        # Encoding, compression and hashing release the GIL: one background thread
+        # writes row group n while the caller prepares row group n + 1.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self._pending: Future[None] | None = None
         try:
-            for table, schema in SCHEMAS.items():
-                self._writers[table] = pq.ParquetWriter(
-                    self.staging_dir / FILE_NAMES[table],
-                    schema,
-                    compression="zstd",
-                    use_dictionary=_DICTIONARY_COLUMNS[table],
-                    write_statistics=_STATISTICS_COLUMNS[table],
-                    store_schema=True,
-                )
+            for table in SCHEMAS:
+                self._files[table] = _TableFile(self.staging_dir, table)
         except BaseException:
             self.abort()
             raise
@@ -199,12 +258,8 @@ class DatasetWriter:
         self._pending = self._executor.submit(self._write, dict(tables))
 
     def _write(self, tables: Mapping[str, pa.Table]) -> None:
-        for name, writer in self._writers.items():
-            # Contiguous rows: the bytes written must not depend on how rows were chunked.
-            table = tables[name].combine_chunks()
-            if table.num_rows:
-                writer.write_table(table, row_group_size=table.num_rows)
-                self._rows[name] += table.num_rows
+        for table, file in self._files.items():
+            file.write(tables[table])
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -222,19 +277,11 @@ class DatasetWriter:
     ) -> BuildResult:
         self._wait()
         self._executor.shutdown()
-        self._close_writers()
-        files = []
-        for table in SCHEMAS:
-            path = self.staging_dir / FILE_NAMES[table]
-            _fsync_path(path)
-            files.append(
-                DatasetFileInfo(
-                    name=FILE_NAMES[table],
-                    sha256=sha256_file(path),
-                    rows=self._rows[table],
-                    bytes=path.stat().st_size,
-                )
-            )
+        files = self._close_files()
+        for info in files:
+            size = (self.staging_dir / info.name).stat().st_size
+            if size != info.bytes:  # pragma: no cover - would be a bug in the sink
+                raise OSError(f"{info.name}: wrote {info.bytes} bytes but the file has {size}")
         uri = self.final_dir.resolve().as_uri()
         manifest: dict[str, Any] = dict(manifest_extra)
         manifest.update(
@@ -275,16 +322,18 @@ class DatasetWriter:
         with contextlib.suppress(BaseException):
             self._wait()
         with contextlib.suppress(Exception):
-            self._close_writers()
+            self._close_files()
         shutil.rmtree(self.staging_dir, ignore_errors=True)
 
-    def _close_writers(self) -> None:
-        writers, self._writers = self._writers, {}
+    def _close_files(self) -> list[DatasetFileInfo]:
+        files, self._files = self._files, {}
+        infos = []
         errors = []
-        for writer in writers.values():
+        for file in files.values():
             try:
-                writer.close()
+                infos.append(file.close())
             except Exception as exc:  # close them all, then report
                 errors.append(exc)
         if errors:
             raise errors[0]
+        return infos

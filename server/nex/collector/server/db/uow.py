@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from nex.collector.server.db.repositories.batches import BatchRepository
 from nex.collector.server.db.repositories.context_refs import ContextRefRepository
 from nex.collector.server.db.repositories.datasets import DatasetRepository
@@ -12,7 +14,6 @@ from nex.collector.server.db.repositories.events import EventRepository
 from nex.collector.server.db.repositories.evidence import EvidenceRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 class UnitOfWork:

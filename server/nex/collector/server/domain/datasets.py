@@ -66,4 +66,6 @@ def check_path_component(v: Violations, field_name: str, value: str) -> None:
     if not value:
         v.add(field_name, "is required")
     elif not _PATH_SAFE.match(value) or value in (".", ".."):
-        v.add(field_name, "use 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+        v.add(
+            field_name, "use 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias
 
 import re2
+
 from nex.collector.server.domain.errors import FieldViolation, InvalidArgument
 from nex.collector.server.domain.scoring import BOOLEAN_PROPERTIES
 from nex.collector.server.domain.teacher import CompletedRun
@@ -33,6 +34,7 @@ __all__ = [
     "RegexFilter",
     "ScoreFilter",
     "Verdict",
+    "compile_pattern",
     "describe",
     "filter_from_dict",
     "filter_to_dict",

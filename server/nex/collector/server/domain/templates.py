@@ -11,6 +11,7 @@ from datetime import datetime
 import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from nex.collector.server.domain.errors import FieldViolation, InvalidArgument, Violations
 from nex.collector.server.domain.teacher import ChatMessage
 

@@ -31,24 +31,32 @@ class NexClient:
 
     async def context_exists(self, nex_context_id: str, nex_context_version: str) -> bool:
         """True on 200, False on 404; anything else (or no answer) is Unavailable."""
-        path = f"/v1/contexts/{quote(nex_context_id, safe='')}/versions/{quote(nex_context_version, safe='')}"
+        context, version = quote(nex_context_id, safe=""), quote(nex_context_version, safe="")
+        path = f"/v1/contexts/{context}/versions/{version}"
         try:
             response = await self._http.get(path)
         except httpx.HTTPError as exc:
-            raise Unavailable(f"NEX did not answer: {type(exc).__name__}", reason="NEX_UNAVAILABLE") from None
+            raise Unavailable(
+                f"NEX did not answer: {type(exc).__name__}", reason="NEX_UNAVAILABLE"
+            ) from None
         if response.status_code == 200:
             return True
         if response.status_code == 404:
             return False
-        raise Unavailable(f"NEX answered {response.status_code}", reason="NEX_UNAVAILABLE",
-                          metadata={"status": str(response.status_code)})
+        raise Unavailable(
+            f"NEX answered {response.status_code}",
+            reason="NEX_UNAVAILABLE",
+            metadata={"status": str(response.status_code)},
+        )
 
     async def post_evidence(self, payload: Mapping[str, Any]) -> None:
         """Delivers one evidence link; raises Unavailable (retry soon) or NexRejected."""
         try:
             response = await self._http.post("/v1/evidence", json=dict(payload))
         except httpx.HTTPError as exc:
-            raise Unavailable(f"NEX did not answer: {type(exc).__name__}", reason="NEX_UNAVAILABLE") from None
+            raise Unavailable(
+                f"NEX did not answer: {type(exc).__name__}", reason="NEX_UNAVAILABLE"
+            ) from None
         if response.is_success:
             return
         if response.status_code >= 500 or response.status_code == 429:

@@ -14,6 +14,7 @@ import anthropic
 import httpx2
 import orjson
 from anthropic.types import MessageParam
+
 from nex.collector.server.providers.base import Completion, GenerationRequest
 from nex.collector.server.providers.errors import provider_errors
 

@@ -17,6 +17,7 @@ from typing import Any
 import anthropic
 import httpx2
 import openai
+
 from nex.collector.server.providers.base import ProviderError
 
 RATE_LIMITED = "PROVIDER_RATE_LIMITED"

@@ -7,9 +7,10 @@ import asyncio
 import hashlib
 import math
 import random
-from dataclasses import astuple
+from dataclasses import astuple, replace
 
 import orjson
+
 from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.providers.base import Completion, GenerationRequest
 
@@ -47,11 +48,10 @@ class MockProvider:
 def mock_completion(request: GenerationRequest) -> Completion:
     """The deterministic answer to `request`."""
     params = request.params
-    seed = hashlib.sha256(
-        orjson.dumps(
-            [request.model, [(m.role, m.content) for m in request.messages], astuple(params)]
-        )
-    ).digest()
+    # top_logprobs stays out of the seed: asking for alternatives does not change the text.
+    sampling = astuple(replace(params, top_logprobs=None))
+    messages = [(m.role, m.content) for m in request.messages]
+    seed = hashlib.sha256(orjson.dumps([request.model, messages, sampling])).digest()
     rng = random.Random(seed)
     top_k = DEFAULT_TOP_LOGPROBS if params.top_logprobs is None else params.top_logprobs
     top_k = max(0, min(top_k, MAX_TOP_LOGPROBS))
@@ -62,7 +62,8 @@ def mock_completion(request: GenerationRequest) -> Completion:
     text = ""
     finish = "length" if limit < natural else "stop"
     for i in range(limit):
-        # The same draws whatever top_k is, so top_k changes only the alternatives.
+        # The same draws whatever top_k is: it only trims the alternatives (and with
+        # fewer than 2 the chosen token is always the likeliest, so it is among them).
         words = rng.sample(VOCAB, MAX_TOP_LOGPROBS)
         mass = 0.6 + 0.39 * rng.random()  # the alternatives' probabilities sum to this, < 1
         weights = sorted((rng.random() + 0.05 for _ in words), reverse=True)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx2
 import openai
 import orjson
+
 from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.providers.base import Completion, GenerationRequest
 from nex.collector.server.providers.errors import provider_errors

@@ -94,5 +94,5 @@ class ContextRefs:
         page = page_request(v, page_size, page_token, f"context_refs|{nex_context_id}")
         v.raise_if_any()
         async with self._uow() as tx:
-            items, last = await tx.context_refs.list(page, nex_context_id=nex_context_id)
+            items, last = await tx.context_refs.page(page, nex_context_id=nex_context_id)
         return items, encode_token(last, f"context_refs|{nex_context_id}") if last else ""

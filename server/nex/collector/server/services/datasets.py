@@ -103,7 +103,9 @@ class Datasets:
             for batch_id in cmd.batch_ids:
                 require(await tx.batches.get(batch_id), "batch", batch_id)
             if cmd.context_ref_id:
-                require(await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id)
+                require(
+                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                )
             dataset = Dataset(
                 id=new_id("ds"),
                 name=cmd.name,
@@ -136,13 +138,15 @@ class Datasets:
         async with self._uow() as tx:
             return require(await tx.datasets.get(id_), "dataset", id_)
 
-    async def list(self, *, name: str, page_size: int, page_token: str) -> tuple[Sequence[Dataset], str]:
+    async def list(
+        self, *, name: str, page_size: int, page_token: str
+    ) -> tuple[Sequence[Dataset], str]:
         v = Violations()
         key = f"datasets|{name}"
         page = page_request(v, page_size, page_token, key)
         v.raise_if_any()
         async with self._uow() as tx:
-            items, last = await tx.datasets.list(page, name=name)
+            items, last = await tx.datasets.page(page, name=name)
         return items, encode_token(last, key) if last else ""
 
     # -- the worker's job ----------------------------------------------------------
@@ -157,6 +161,7 @@ class Datasets:
             dataset = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
             sources = await tx.datasets.sources(dataset.batch_ids)
         final_dir = self.folder(dataset.name, dataset.version)
+        files: Sequence[DatasetFile]
         try:
             result = await self._write(dataset, sources, final_dir)
         except asyncio.CancelledError:
@@ -165,26 +170,35 @@ class Datasets:
         except DatasetExistsError:
             adopted = self._adopt(dataset, final_dir)
             if adopted is None:
-                return await self._fail(dataset, "DATASET_FOLDER_EXISTS",
-                                        f"{final_dir} exists and belongs to another build")
+                return await self._fail(
+                    dataset,
+                    "DATASET_FOLDER_EXISTS",
+                    f"{final_dir} exists and belongs to another build",
+                )
             files, counts = adopted
-        except Exception as exc:  # noqa: BLE001 - the reason goes to the manifest
+        except Exception as exc:
             log.exception("dataset %s failed", dataset_id)
             return await self._fail(dataset, "BUILD_FAILED", f"{type(exc).__name__}: {exc}")
         else:
             files = [DatasetFile(f.name, f.sha256, f.rows, f.bytes) for f in result.files]
             counts = DatasetCounts(
-                result.total, result.kept, tuple(FilterDrop(d.index, d.filter, d.dropped) for d in result.dropped)
+                result.total,
+                result.kept,
+                tuple(FilterDrop(d.index, d.filter, d.dropped) for d in result.dropped),
             )
         async with self._uow() as tx:
-            await tx.datasets.finish(dataset_id, status=DatasetStatus.READY, now=now(), files=files, counts=counts)
+            await tx.datasets.finish(
+                dataset_id, status=DatasetStatus.READY, now=now(), files=files, counts=counts
+            )
             await tx.commit()
             ready = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
         if self._on_ready is not None:
             await self._on_ready(ready)
         return f"ready: {counts.kept} of {counts.total} runs kept"
 
-    async def _write(self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Path) -> Any:
+    async def _write(
+        self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Path
+    ) -> Any:
         last_renewal = time.monotonic()
 
         async def progress(total: int, kept: int) -> None:
@@ -214,7 +228,9 @@ class Datasets:
                 progress=progress,
             )
 
-    def _adopt(self, dataset: Dataset, final_dir: Path) -> tuple[list[DatasetFile], DatasetCounts] | None:
+    def _adopt(
+        self, dataset: Dataset, final_dir: Path
+    ) -> tuple[Sequence[DatasetFile], DatasetCounts] | None:
         """A previous attempt renamed the folder into place and died before
         recording it: take its manifest when it is this dataset's."""
         try:
@@ -226,12 +242,18 @@ class Datasets:
         c = manifest["counts"]
         return (
             [DatasetFile(f["name"], f["sha256"], f["rows"], f["bytes"]) for f in manifest["files"]],
-            DatasetCounts(c["total"], c["kept"], tuple(FilterDrop(d["index"], d["filter"], d["dropped"]) for d in c["dropped"])),
+            DatasetCounts(
+                c["total"],
+                c["kept"],
+                tuple(FilterDrop(d["index"], d["filter"], d["dropped"]) for d in c["dropped"]),
+            ),
         )
 
     async def _fail(self, dataset: Dataset, code: str, message: str) -> str:
         async with self._uow() as tx:
-            await tx.datasets.finish(dataset.id, status=DatasetStatus.FAILED, now=now(), error=RunError(code, message))
+            await tx.datasets.finish(
+                dataset.id, status=DatasetStatus.FAILED, now=now(), error=RunError(code, message)
+            )
             await tx.commit()
         return f"failed: {code}"
 

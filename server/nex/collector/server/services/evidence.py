@@ -47,7 +47,8 @@ class Evidence:
     def _require_integrated(self) -> NexClient:
         if self._nex is None:
             raise FailedPrecondition(
-                "evidence links need integrated mode: set MODE_INTEGRATION=integrated and NEX_BASE_URL",
+                "evidence links need integrated mode: "
+                "set MODE_INTEGRATION=integrated and NEX_BASE_URL",
                 reason="INTEGRATION_DISABLED",
             )
         return self._nex
@@ -67,7 +68,9 @@ class Evidence:
         async with self._uow() as tx:
             if cmd.request_id and (found := await tx.evidence.get_by_request_id(cmd.request_id)):
                 return found
-            require(await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id)
+            require(
+                await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+            )
             if cmd.dataset_id:
                 require(await tx.datasets.get(cmd.dataset_id), "dataset", cmd.dataset_id)
             else:
@@ -86,7 +89,11 @@ class Evidence:
             )
             if not await tx.evidence.insert(link, cmd.request_id):
                 await tx.rollback()
-                return require(await tx.evidence.get_by_request_id(cmd.request_id), "evidence_link", cmd.request_id)
+                return require(
+                    await tx.evidence.get_by_request_id(cmd.request_id),
+                    "evidence_link",
+                    cmd.request_id,
+                )
             await tx.commit()
         await self._queue.try_enqueue(DELIVER_EVIDENCE, [link.id])
         return link
@@ -99,14 +106,16 @@ class Evidence:
         async with self._uow() as tx:
             return require(await tx.evidence.get(id_), "evidence_link", id_)
 
-    async def list(self, *, context_ref_id: str, page_size: int, page_token: str) -> tuple[Sequence[EvidenceLink], str]:
+    async def list(
+        self, *, context_ref_id: str, page_size: int, page_token: str
+    ) -> tuple[Sequence[EvidenceLink], str]:
         self._require_integrated()
         v = Violations()
         key = f"evidence|{context_ref_id}"
         page = page_request(v, page_size, page_token, key)
         v.raise_if_any()
         async with self._uow() as tx:
-            items, last = await tx.evidence.list(page, context_ref_id=context_ref_id)
+            items, last = await tx.evidence.page(page, context_ref_id=context_ref_id)
         return items, encode_token(last, key) if last else ""
 
     # -- automatic links -------------------------------------------------------------
@@ -116,8 +125,11 @@ class Evidence:
         if self.enabled and dataset.link_evidence and dataset.context_ref_id:
             await self.create(
                 NewEvidenceLink(
-                    dataset.context_ref_id, dataset_id=dataset.id, kind="distillation_dataset",
-                    note=f"dataset {dataset.name} {dataset.version}", request_id=f"auto:{dataset.id}",
+                    dataset.context_ref_id,
+                    dataset_id=dataset.id,
+                    kind="distillation_dataset",
+                    note=f"dataset {dataset.name} {dataset.version}",
+                    request_id=f"auto:{dataset.id}",
                 )
             )
 
@@ -133,12 +145,17 @@ class Evidence:
                     continue
                 if await tx.runs.active_count(batch_id):
                     continue
-                runs, _ = await tx.runs.list(PageRequest(1, None), batch_id=batch_id, status=None, full=False)
+                runs, _ = await tx.runs.page(
+                    PageRequest(1, None), batch_id=batch_id, status=None, full=False
+                )
             if runs:
                 await self.create(
                     NewEvidenceLink(
-                        batch.context_ref_id, run_id=runs[0].id, kind="teacher_batch",
-                        note=f"batch {batch.name} ({batch.id}) finished", request_id=f"auto:{batch_id}",
+                        batch.context_ref_id,
+                        run_id=runs[0].id,
+                        kind="teacher_batch",
+                        note=f"batch {batch.name} ({batch.id}) finished",
+                        request_id=f"auto:{batch_id}",
                     )
                 )
 
@@ -151,7 +168,9 @@ class Evidence:
             link = await tx.evidence.get(link_id, for_update=True)
             if link is None or link.status is EvidenceStatus.POSTED:
                 return "skipped"
-            ref = require(await tx.context_refs.get(link.context_ref_id), "context_ref", link.context_ref_id)
+            ref = require(
+                await tx.context_refs.get(link.context_ref_id), "context_ref", link.context_ref_id
+            )
             uri = ""
             if link.dataset_id and (dataset := await tx.datasets.get(link.dataset_id)):
                 uri = dataset.uri
@@ -168,7 +187,9 @@ class Evidence:
             try:
                 await nex.post_evidence(payload)
             except (Unavailable, NexRejected) as exc:
-                await tx.evidence.mark_failed(link_id, str(exc), now() + retry_delay(link.attempts + 1))
+                await tx.evidence.mark_failed(
+                    link_id, str(exc), now() + retry_delay(link.attempts + 1)
+                )
                 await tx.commit()
                 log.info("evidence link %s not delivered yet: %s", link_id, exc)
                 return f"retry later: {exc}"
@@ -176,7 +197,7 @@ class Evidence:
             await tx.commit()
             return "posted"
 
-    async def due(self) -> list[str]:
+    async def due(self) -> Sequence[str]:
         if not self.enabled:
             return []
         async with self._uow() as tx:

@@ -155,11 +155,15 @@ class RunExecutor:
             )
             await tx.commit()
         if self._on_batches_touched is not None:
-            linked = {o.batch_id for o in outcomes if (b := self._batches.get(o.batch_id)) and b.link_evidence}
+            linked = {
+                o.batch_id
+                for o in outcomes
+                if (b := self._batches.get(o.batch_id)) and b.link_evidence
+            }
             if linked:
                 try:
                     await self._on_batches_touched(sorted(linked))
-                except Exception:  # noqa: BLE001 - the results are stored; the link can wait
+                except Exception:
                     log.exception("could not link finished batches %s", sorted(linked))
         return [o.run_id in live for o in outcomes]
 

@@ -12,8 +12,8 @@ from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, JobQueue
-from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.common import now
+from nex.collector.server.services.evidence import Evidence
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,10 @@ class Reconciler:
         async with self._uow() as tx:
             stale = await tx.runs.stale_queued(now() - self._grace, self._limit)
             builds = await tx.datasets.stale_builds(now(), self._grace)
-        enqueued = await self._queue.enqueue(EXECUTE_RUN, stale) if stale else 0
+        # A queued run whose job a dead worker had started but not yet claimed has
+        # an orphaned in-progress marker: releasing frees it (claims are guarded,
+        # so a job started twice still runs the teacher once).
+        enqueued = await self._queue.release(EXECUTE_RUN, stale) if stale else 0
         if builds:
             await self._queue.release(BUILD_DATASET, builds)
         if links := await self._evidence.due():

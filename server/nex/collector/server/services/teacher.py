@@ -117,7 +117,7 @@ class Teacher:
         page = page_request(v, page_size, page_token, "batches")
         v.raise_if_any()
         async with self._uow() as tx:
-            items, last = await tx.batches.list(page)
+            items, last = await tx.batches.page(page)
             views = await tx.batches.views(items)
         return views, encode_token(last, "batches") if last else ""
 
@@ -247,7 +247,7 @@ class Teacher:
         v.raise_if_any()
         async with self._uow() as tx:
             require(await tx.batches.get(batch_id), "batch", batch_id)
-            items, last = await tx.runs.list(page, batch_id=batch_id, status=status, full=full)
+            items, last = await tx.runs.page(page, batch_id=batch_id, status=status, full=full)
         return items, encode_token(last, key) if last else ""
 
     async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> Run:

@@ -83,5 +83,5 @@ class Templates:
         page = page_request(v, page_size, page_token, f"templates|{name}")
         v.raise_if_any()
         async with self._uow() as tx:
-            items, last = await tx.templates.list(page, name=name)
+            items, last = await tx.templates.page(page, name=name)
         return items, encode_token(last, f"templates|{name}") if last else ""

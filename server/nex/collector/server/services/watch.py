@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunEvent
@@ -53,7 +54,7 @@ class EventHub:
             try:
                 lost = asyncio.Event()
                 self._conn = await asyncpg.connect(self._dsn)
-                self._conn.add_termination_listener(lambda _conn: lost.set())
+                self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
                 self._wake_all()  # anything missed while disconnected
                 await lost.wait()

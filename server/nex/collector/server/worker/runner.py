@@ -10,8 +10,10 @@ from typing import Any
 
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
+
 from nex.collector.server.bootstrap import Container
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN
+from nex.collector.server.worker.arq_worker import BatchStartWorker
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ def job_functions(container: Container) -> list[Any]:
             keep_result=0,
         ),
         func(build_dataset, name=BUILD_DATASET, timeout=6 * 3600, keep_result=0),
-        func(deliver_evidence, name=DELIVER_EVIDENCE, timeout=s.nex_timeout_s * 2 + 30, keep_result=0),
+        func(
+            deliver_evidence, name=DELIVER_EVIDENCE, timeout=s.nex_timeout_s * 2 + 30, keep_result=0
+        ),
     ]
 
 
@@ -59,7 +63,7 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 worker = await _new_worker(container)
-            except Exception as exc:  # noqa: BLE001 - Redis not reachable yet
+            except Exception as exc:
                 log.warning("worker cannot reach Redis (%s); retrying", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
@@ -90,12 +94,12 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
 async def _new_worker(container: Container) -> Worker:
     s = container.settings
     pool = await create_pool(RedisSettings.from_dsn(container.redis_url), retry=0)
-    return Worker(
+    return BatchStartWorker(
         functions=job_functions(container),
         redis_pool=pool,
         max_jobs=s.worker_max_jobs,
-        poll_delay=0.05,
-        queue_read_limit=s.worker_max_jobs,
+        poll_delay=0.02,
+        queue_read_limit=s.worker_max_jobs * 4,
         keep_result=0,
         max_tries=20,
         handle_signals=False,

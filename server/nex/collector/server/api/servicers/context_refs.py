@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from grpc import aio
 from nex.collector.server.api import convert
+from nex.collector.server.api.types import Context
 from nex.collector.server.services.context_refs import ContextRefs, NewContextRef
 from nex.collector.v1 import context_ref_service_pb2 as pb
 from nex.collector.v1 import context_ref_service_pb2_grpc as pb_grpc
@@ -12,7 +12,7 @@ class ContextRefServicer(pb_grpc.ContextRefServiceServicer):
         self._refs = context_refs
 
     async def CreateContextRef(
-        self, request: pb.CreateContextRefRequest, context: aio.ServicerContext
+        self, request: pb.CreateContextRefRequest, context: Context
     ) -> pb.CreateContextRefResponse:
         ref = await self._refs.create(
             NewContextRef(
@@ -25,14 +25,14 @@ class ContextRefServicer(pb_grpc.ContextRefServiceServicer):
         return pb.CreateContextRefResponse(context_ref=convert.context_ref(ref))
 
     async def GetContextRef(
-        self, request: pb.GetContextRefRequest, context: aio.ServicerContext
+        self, request: pb.GetContextRefRequest, context: Context
     ) -> pb.GetContextRefResponse:
         return pb.GetContextRefResponse(
             context_ref=convert.context_ref(await self._refs.get(request.id))
         )
 
     async def ListContextRefs(
-        self, request: pb.ListContextRefsRequest, context: aio.ServicerContext
+        self, request: pb.ListContextRefsRequest, context: Context
     ) -> pb.ListContextRefsResponse:
         items, token = await self._refs.list(
             nex_context_id=request.nex_context_id,

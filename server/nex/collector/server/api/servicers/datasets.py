@@ -1,24 +1,21 @@
 from __future__ import annotations
 
-from typing import Any
-
-from grpc import aio
-
 from nex.collector.server.api import convert
+from nex.collector.server.api.types import Context
 from nex.collector.server.domain.errors import InvalidArgument, Violations
 from nex.collector.server.domain.filters import Filter
 from nex.collector.server.services.datasets import Datasets, NewDataset
 from nex.collector.v1 import dataset_service_pb2 as pb
 from nex.collector.v1 import dataset_service_pb2_grpc as pb_grpc
 
-Context = aio.ServicerContext[Any, Any]
-
 
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
     def __init__(self, datasets: Datasets) -> None:
         self._datasets = datasets
 
-    async def BuildDataset(self, request: pb.BuildDatasetRequest, context: Context) -> pb.BuildDatasetResponse:
+    async def BuildDataset(
+        self, request: pb.BuildDatasetRequest, context: Context
+    ) -> pb.BuildDatasetResponse:
         v = Violations()
         filters: list[Filter] = []
         for i, f in enumerate(request.filters):
@@ -40,11 +37,17 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         )
         return pb.BuildDatasetResponse(dataset=convert.dataset(dataset))
 
-    async def GetDataset(self, request: pb.GetDatasetRequest, context: Context) -> pb.GetDatasetResponse:
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: Context
+    ) -> pb.GetDatasetResponse:
         return pb.GetDatasetResponse(dataset=convert.dataset(await self._datasets.get(request.id)))
 
-    async def ListDatasets(self, request: pb.ListDatasetsRequest, context: Context) -> pb.ListDatasetsResponse:
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: Context
+    ) -> pb.ListDatasetsResponse:
         items, token = await self._datasets.list(
             name=request.name, page_size=request.page_size, page_token=request.page_token
         )
-        return pb.ListDatasetsResponse(datasets=[convert.dataset(d) for d in items], next_page_token=token)
+        return pb.ListDatasetsResponse(
+            datasets=[convert.dataset(d) for d in items], next_page_token=token
+        )

@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
-
-from grpc import aio
-
 from nex.collector.server.api import convert
+from nex.collector.server.api.types import Context
 from nex.collector.server.services.evidence import Evidence, NewEvidenceLink
 from nex.collector.v1 import evidence_service_pb2 as pb
 from nex.collector.v1 import evidence_service_pb2_grpc as pb_grpc
-
-Context = aio.ServicerContext[Any, Any]
 
 
 class EvidenceServicer(pb_grpc.EvidenceServiceServicer):
@@ -31,14 +26,20 @@ class EvidenceServicer(pb_grpc.EvidenceServiceServicer):
         )
         return pb.CreateEvidenceLinkResponse(evidence_link=convert.evidence_link(link))
 
-    async def GetEvidenceLink(self, request: pb.GetEvidenceLinkRequest, context: Context) -> pb.GetEvidenceLinkResponse:
-        return pb.GetEvidenceLinkResponse(evidence_link=convert.evidence_link(await self._evidence.get(request.id)))
+    async def GetEvidenceLink(
+        self, request: pb.GetEvidenceLinkRequest, context: Context
+    ) -> pb.GetEvidenceLinkResponse:
+        return pb.GetEvidenceLinkResponse(
+            evidence_link=convert.evidence_link(await self._evidence.get(request.id))
+        )
 
     async def ListEvidenceLinks(
         self, request: pb.ListEvidenceLinksRequest, context: Context
     ) -> pb.ListEvidenceLinksResponse:
         items, token = await self._evidence.list(
-            context_ref_id=request.context_ref_id, page_size=request.page_size, page_token=request.page_token
+            context_ref_id=request.context_ref_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
         return pb.ListEvidenceLinksResponse(
             evidence_links=[convert.evidence_link(x) for x in items], next_page_token=token

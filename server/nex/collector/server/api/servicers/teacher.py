@@ -3,8 +3,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import aio
+
 from nex.collector.server.api import convert
+from nex.collector.server.api.types import Context
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.services.teacher import NewBatch, NewRun, Teacher
 from nex.collector.server.services.watch import Heartbeat, RunWatcher
@@ -27,7 +28,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         self._watcher = watcher
 
     async def CreateBatch(
-        self, request: pb.CreateBatchRequest, context: aio.ServicerContext
+        self, request: pb.CreateBatchRequest, context: Context
     ) -> pb.CreateBatchResponse:
         view = await self._teacher.create_batch(
             NewBatch(
@@ -44,13 +45,11 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         )
         return pb.CreateBatchResponse(batch=convert.batch(view))
 
-    async def GetBatch(
-        self, request: pb.GetBatchRequest, context: aio.ServicerContext
-    ) -> pb.GetBatchResponse:
+    async def GetBatch(self, request: pb.GetBatchRequest, context: Context) -> pb.GetBatchResponse:
         return pb.GetBatchResponse(batch=convert.batch(await self._teacher.get_batch(request.id)))
 
     async def ListBatches(
-        self, request: pb.ListBatchesRequest, context: aio.ServicerContext
+        self, request: pb.ListBatchesRequest, context: Context
     ) -> pb.ListBatchesResponse:
         views, token = await self._teacher.list_batches(
             page_size=request.page_size, page_token=request.page_token
@@ -60,14 +59,14 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         )
 
     async def CancelBatch(
-        self, request: pb.CancelBatchRequest, context: aio.ServicerContext
+        self, request: pb.CancelBatchRequest, context: Context
     ) -> pb.CancelBatchResponse:
         return pb.CancelBatchResponse(
             batch=convert.batch(await self._teacher.cancel_batch(request.id))
         )
 
     async def CreateRun(
-        self, request: pb.CreateRunRequest, context: aio.ServicerContext
+        self, request: pb.CreateRunRequest, context: Context
     ) -> pb.CreateRunResponse:
         runs = await self._teacher.create_runs(
             request.batch_id, [NewRun(dict(request.variables), request.request_id)], single=True
@@ -75,22 +74,18 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         return pb.CreateRunResponse(run=convert.run(runs[0]))
 
     async def BatchCreateRuns(
-        self, request: pb.BatchCreateRunsRequest, context: aio.ServicerContext
+        self, request: pb.BatchCreateRunsRequest, context: Context
     ) -> pb.BatchCreateRunsResponse:
         runs = await self._teacher.create_runs(
             request.batch_id, [NewRun(dict(r.variables), r.request_id) for r in request.runs]
         )
         return pb.BatchCreateRunsResponse(runs=[convert.run(r) for r in runs])
 
-    async def GetRun(
-        self, request: pb.GetRunRequest, context: aio.ServicerContext
-    ) -> pb.GetRunResponse:
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run = await self._teacher.get_run(request.id, full=_full(request.view, True))
         return pb.GetRunResponse(run=convert.run(run))
 
-    async def ListRuns(
-        self, request: pb.ListRunsRequest, context: aio.ServicerContext
-    ) -> pb.ListRunsResponse:
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         runs, token = await self._teacher.list_runs(
             batch_id=request.batch_id,
             status=convert.run_status_from_pb(request.status),
@@ -101,7 +96,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         return pb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=token)
 
     async def WatchRuns(
-        self, request: pb.WatchRunsRequest, context: aio.ServicerContext
+        self, request: pb.WatchRunsRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunsResponse]:
         async for item in self._watcher.watch(
             batch_id=request.batch_id,
@@ -117,7 +112,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                 yield pb.WatchRunsResponse(event=convert.run_event(item))
 
     async def SetRunScores(
-        self, request: pb.SetRunScoresRequest, context: aio.ServicerContext
+        self, request: pb.SetRunScoresRequest, context: Context
     ) -> pb.SetRunScoresResponse:
         run = await self._teacher.set_run_scores(request.run_id, dict(request.scores))
         return pb.SetRunScoresResponse(run=convert.run(run))

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from grpc import aio
 from nex.collector.server.api import convert
+from nex.collector.server.api.types import Context
 from nex.collector.server.services.templates import NewTemplate, Templates
 from nex.collector.v1 import template_service_pb2 as pb
 from nex.collector.v1 import template_service_pb2_grpc as pb_grpc
@@ -12,7 +12,7 @@ class TemplateServicer(pb_grpc.TemplateServiceServicer):
         self._templates = templates
 
     async def CreateTemplate(
-        self, request: pb.CreateTemplateRequest, context: aio.ServicerContext
+        self, request: pb.CreateTemplateRequest, context: Context
     ) -> pb.CreateTemplateResponse:
         created = await self._templates.create(
             NewTemplate(
@@ -27,14 +27,14 @@ class TemplateServicer(pb_grpc.TemplateServiceServicer):
         return pb.CreateTemplateResponse(template=convert.template(created))
 
     async def GetTemplate(
-        self, request: pb.GetTemplateRequest, context: aio.ServicerContext
+        self, request: pb.GetTemplateRequest, context: Context
     ) -> pb.GetTemplateResponse:
         return pb.GetTemplateResponse(
             template=convert.template(await self._templates.get(request.id))
         )
 
     async def ListTemplates(
-        self, request: pb.ListTemplatesRequest, context: aio.ServicerContext
+        self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
         items, token = await self._templates.list(
             name=request.name, page_size=request.page_size, page_token=request.page_token

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from nex.collector.server.domain.pagination import PageRequest
 from sqlalchemy import ColumnElement, Select, Table
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from nex.collector.server.domain.pagination import PageRequest
 
 
 class Repository:

@@ -5,13 +5,14 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, runs
 from nex.collector.server.domain.batches import Batch, BatchView, RunCounts, Usage
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import GenerationParams
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
 
 
 def params_to_json(p: GenerationParams) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def params_from_json(data: Mapping[str, Any]) -> GenerationParams:
     )
 
 
-def _entity(row: Mapping[str, Any]) -> Batch:
+def _entity(row: Mapping[Any, Any]) -> Batch:
     return Batch(
         id=row["id"],
         name=row["name"],
@@ -133,6 +134,6 @@ class BatchRepository(Repository):
             )
         return result
 
-    async def list(self, page: PageRequest) -> tuple[Sequence[Batch], str | None]:
+    async def page(self, page: PageRequest) -> tuple[Sequence[Batch], str | None]:
         rows, next_key = await self._page(select(batches), page, batches.c.id)
         return [_entity(r) for r in rows], next_key

@@ -3,15 +3,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import context_refs
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.pagination import PageRequest
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 
 
-def _entity(row: Mapping[str, Any]) -> ContextRef:
+def _entity(row: Mapping[Any, Any]) -> ContextRef:
     return ContextRef(
         id=row["id"],
         nex_context_id=row["nex_context_id"],
@@ -66,7 +67,7 @@ class ContextRefRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def list(
+    async def page(
         self, page: PageRequest, *, nex_context_id: str = ""
     ) -> tuple[Sequence[ContextRef], str | None]:
         stmt = select(context_refs)

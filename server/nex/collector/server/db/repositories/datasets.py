@@ -23,7 +23,7 @@ from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import CompletedRun, RunStatus
 
 
-def _entity(row: Mapping[str, Any]) -> Dataset:
+def _entity(row: Mapping[Any, Any]) -> Dataset:
     counts = row["counts"] or {}
     return Dataset(
         id=row["id"],
@@ -40,7 +40,9 @@ def _entity(row: Mapping[str, Any]) -> Dataset:
             kept=counts.get("kept", 0),
             dropped=tuple(FilterDrop(**d) for d in counts.get("dropped", [])),
         ),
-        error=RunError(row["error_code"], row["error_message"] or "") if row["error_code"] else None,
+        error=RunError(row["error_code"], row["error_message"] or "")
+        if row["error_code"]
+        else None,
         context_ref_id=row["context_ref_id"],
         link_evidence=row["link_evidence"],
         ready_time=row["ready_time"],
@@ -54,7 +56,9 @@ class DatasetRepository(Repository):
         row = await self._one(select(datasets).where(datasets.c.id == id_))
         return _entity(row) if row else None
 
-    async def find(self, *, request_id: str = "", name: str = "", version: str = "") -> Dataset | None:
+    async def find(
+        self, *, request_id: str = "", name: str = "", version: str = ""
+    ) -> Dataset | None:
         if request_id:
             row = await self._one(select(datasets).where(datasets.c.request_id == request_id))
             if row:
@@ -88,7 +92,9 @@ class DatasetRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def list(self, page: PageRequest, *, name: str = "") -> tuple[Sequence[Dataset], str | None]:
+    async def page(
+        self, page: PageRequest, *, name: str = ""
+    ) -> tuple[Sequence[Dataset], str | None]:
         stmt = select(datasets)
         if name:
             stmt = stmt.where(datasets.c.name == name)
@@ -115,20 +121,29 @@ class DatasetRepository(Repository):
         )
 
     async def finish(
-        self, id_: str, *, status: DatasetStatus, now: datetime, files: Sequence[DatasetFile] = (),
-        counts: DatasetCounts | None = None, error: RunError | None = None,
+        self,
+        id_: str,
+        *,
+        status: DatasetStatus,
+        now: datetime,
+        files: Sequence[DatasetFile] = (),
+        counts: DatasetCounts | None = None,
+        error: RunError | None = None,
     ) -> None:
         values: dict[str, Any] = {"status": status.value, "lease_expires": None}
         if status is DatasetStatus.READY:
             values["ready_time"] = now
             values["files"] = [
-                {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes} for f in files
+                {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes}
+                for f in files
             ]
             c = counts or DatasetCounts()
             values["counts"] = {
                 "total": c.total,
                 "kept": c.kept,
-                "dropped": [{"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in c.dropped],
+                "dropped": [
+                    {"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in c.dropped
+                ],
             }
         if error is not None:
             values["error_code"], values["error_message"] = error.code, error.message
@@ -153,31 +168,55 @@ class DatasetRepository(Repository):
         """Per batch: its template (id, version) and teacher (provider, model, params)."""
         stmt = (
             select(
-                batches.c.id, batches.c.provider, batches.c.model, batches.c.params,
-                batches.c.template_id, templates.c.version, templates.c.name,
+                batches.c.id,
+                batches.c.provider,
+                batches.c.model,
+                batches.c.params,
+                batches.c.template_id,
+                templates.c.version,
+                templates.c.name,
             )
             .join(templates, templates.c.id == batches.c.template_id)
             .where(batches.c.id.in_(list(batch_ids)))
         )
         return {
             r["id"]: {
-                "provider": r["provider"], "model": r["model"], "params": r["params"],
-                "template_id": r["template_id"], "template_name": r["name"], "template_version": r["version"],
+                "provider": r["provider"],
+                "model": r["model"],
+                "params": r["params"],
+                "template_id": r["template_id"],
+                "template_name": r["name"],
+                "template_version": r["version"],
             }
             for r in (await self.session.execute(stmt)).mappings()
         }
 
     async def completed_runs(
-        self, batch_ids: Sequence[str], sources: Mapping[str, Mapping[str, Any]], *, chunk: int = 1000
+        self,
+        batch_ids: Sequence[str],
+        sources: Mapping[str, Mapping[str, Any]],
+        *,
+        chunk: int = 1000,
     ) -> AsyncIterator[list[CompletedRun]]:
         """The completed runs of the batches in id order, streamed through a
         server-side cursor `chunk` rows at a time (memory stays flat)."""
         stmt = (
             select(
-                runs.c.id, runs.c.batch_id, runs.c.variables, runs.c.messages, runs.c.output_text,
-                runs.c.finish_reason, runs.c.token_texts, runs.c.token_logprobs, runs.c.top_counts,
-                runs.c.top_tokens, runs.c.top_logprobs, runs.c.input_tokens, runs.c.output_tokens,
-                runs.c.latency_ms, runs.c.scores,
+                runs.c.id,
+                runs.c.batch_id,
+                runs.c.variables,
+                runs.c.messages,
+                runs.c.output_text,
+                runs.c.finish_reason,
+                runs.c.token_texts,
+                runs.c.token_logprobs,
+                runs.c.top_counts,
+                runs.c.top_tokens,
+                runs.c.top_logprobs,
+                runs.c.input_tokens,
+                runs.c.output_tokens,
+                runs.c.latency_ms,
+                runs.c.scores,
             )
             .where(runs.c.batch_id.in_(list(batch_ids)), runs.c.status == RunStatus.COMPLETED.value)
             .order_by(runs.c.id)

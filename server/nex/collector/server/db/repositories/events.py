@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from nex.collector.server.db.tables import run_events
 from nex.collector.server.domain.batches import RunError, RunEvent
 from nex.collector.server.domain.teacher import RunStatus
-from sqlalchemy import func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 # Taken (transaction-scoped) right before events are inserted and held until commit,
 # so revisions become visible in increasing order: a reader that saw revision N

@@ -13,7 +13,7 @@ from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
 from nex.collector.server.domain.pagination import PageRequest
 
 
-def _entity(row: Mapping[str, Any]) -> EvidenceLink:
+def _entity(row: Mapping[Any, Any]) -> EvidenceLink:
     return EvidenceLink(
         id=row["id"],
         context_ref_id=row["context_ref_id"],
@@ -40,7 +40,9 @@ class EvidenceRepository(Repository):
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> EvidenceLink | None:
-        row = await self._one(select(evidence_links).where(evidence_links.c.request_id == request_id))
+        row = await self._one(
+            select(evidence_links).where(evidence_links.c.request_id == request_id)
+        )
         return _entity(row) if row else None
 
     async def insert(self, link: EvidenceLink, request_id: str) -> bool:
@@ -63,7 +65,9 @@ class EvidenceRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def list(self, page: PageRequest, *, context_ref_id: str = "") -> tuple[Sequence[EvidenceLink], str | None]:
+    async def page(
+        self, page: PageRequest, *, context_ref_id: str = ""
+    ) -> tuple[Sequence[EvidenceLink], str | None]:
         stmt = select(evidence_links)
         if context_ref_id:
             stmt = stmt.where(evidence_links.c.context_ref_id == context_ref_id)
@@ -74,21 +78,33 @@ class EvidenceRepository(Repository):
         await self.session.execute(
             update(evidence_links)
             .where(evidence_links.c.id == id_)
-            .values(status=EvidenceStatus.POSTED.value, post_time=now,
-                    attempts=evidence_links.c.attempts + 1, last_error=None, next_attempt_time=None)
+            .values(
+                status=EvidenceStatus.POSTED.value,
+                post_time=now,
+                attempts=evidence_links.c.attempts + 1,
+                last_error=None,
+                next_attempt_time=None,
+            )
         )
 
     async def mark_failed(self, id_: str, error: str, next_attempt: datetime) -> None:
         await self.session.execute(
             update(evidence_links)
             .where(evidence_links.c.id == id_)
-            .values(attempts=evidence_links.c.attempts + 1, last_error=error[:1000], next_attempt_time=next_attempt)
+            .values(
+                attempts=evidence_links.c.attempts + 1,
+                last_error=error[:1000],
+                next_attempt_time=next_attempt,
+            )
         )
 
     async def due(self, now: datetime, limit: int = 1000) -> list[str]:
         stmt = (
             select(evidence_links.c.id)
-            .where(evidence_links.c.status == EvidenceStatus.PENDING.value, evidence_links.c.next_attempt_time <= now)
+            .where(
+                evidence_links.c.status == EvidenceStatus.PENDING.value,
+                evidence_links.c.next_attempt_time <= now,
+            )
             .order_by(evidence_links.c.next_attempt_time)
             .limit(limit)
         )

@@ -4,13 +4,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import runs
 from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
-from sqlalchemy import ColumnElement, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
@@ -24,7 +25,7 @@ def messages_from_json(data: Sequence[Mapping[str, str]]) -> list[ChatMessage]:
     return [ChatMessage(m["role"], m["content"]) for m in data]
 
 
-def tokens_from_row(row: Mapping[str, Any]) -> TokenLogprobs | None:
+def tokens_from_row(row: Mapping[Any, Any]) -> TokenLogprobs | None:
     if row.get("token_texts") is None:
         return None
     return TokenLogprobs(
@@ -48,7 +49,7 @@ def tokens_to_row(tokens: TokenLogprobs | None) -> dict[str, Any]:
     }
 
 
-def run_from_row(row: Mapping[str, Any]) -> Run:
+def run_from_row(row: Mapping[Any, Any]) -> Run:
     return Run(
         id=row["id"],
         batch_id=row["batch_id"],
@@ -118,7 +119,7 @@ class RunRepository(Repository):
         )
         return {row[0] for row in await self.session.execute(stmt)}
 
-    async def list(
+    async def page(
         self, page: PageRequest, *, batch_id: str, status: RunStatus | None, full: bool
     ) -> tuple[Sequence[Run], str | None]:
         stmt = self._select(full).where(runs.c.batch_id == batch_id)
@@ -153,7 +154,7 @@ class RunRepository(Repository):
 
     async def claim(
         self, ids: Sequence[str], lease: timedelta, now: datetime
-    ) -> list[Mapping[str, Any]]:
+    ) -> list[Mapping[Any, Any]]:
         """Queued -> running for the given runs (attempt + 1, a lease); rows of
         runs that are not queued (done, cancelled, taken) are simply absent."""
         stmt = (
@@ -241,7 +242,7 @@ class RunRepository(Repository):
 
     # -- the reconciler ----------------------------------------------------------
 
-    async def expired_leases(self, now: datetime, limit: int) -> list[Mapping[str, Any]]:
+    async def expired_leases(self, now: datetime, limit: int) -> list[Mapping[Any, Any]]:
         stmt = (
             select(runs.c.id, runs.c.batch_id, runs.c.attempt)
             .where(runs.c.status == RunStatus.RUNNING.value, runs.c.lease_expires < now)

@@ -3,15 +3,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import templates
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.templates import PromptTemplate
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert
 
 
-def _entity(row: Mapping[str, Any]) -> PromptTemplate:
+def _entity(row: Mapping[Any, Any]) -> PromptTemplate:
     return PromptTemplate(
         id=row["id"],
         name=row["name"],
@@ -69,7 +70,7 @@ class TemplateRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def list(
+    async def page(
         self, page: PageRequest, *, name: str = ""
     ) -> tuple[Sequence[PromptTemplate], str | None]:
         stmt = select(templates)

@@ -1,0 +1,320 @@
+"""The person-at-a-terminal commands (template, batch, run, dataset, demo)
+through typer's CliRunner against the real collector, plus their pure parts
+(the JSONL reader, the filter mini-syntax, quantiles, the histogram)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner, Result
+
+from nex.collector.client import (
+    BooleanFilter,
+    Client,
+    CollectorError,
+    EntropyFilter,
+    FieldViolation,
+    GenerationParams,
+    InvalidArgumentError,
+    LengthFilter,
+    RegexFilter,
+    ScoreFilter,
+    UnimplementedError,
+)
+from nex.collector.server.cli.batch import InputLine, read_inputs, violations_by_line
+from nex.collector.server.cli.dataset import (
+    FilterSyntaxError,
+    format_filter,
+    histogram,
+    parse_filter,
+    quantiles,
+)
+from nex.collector.server.cli.main import app
+from tests.conftest import unique
+from tests.support.collector import RunningCollector
+
+# ------------------------------------------------------------------ helpers
+
+
+def invoke(collector: RunningCollector | None, *args: str) -> Result:
+    """Runs ``nex-collector ARGS`` in a worker thread (the commands call
+    asyncio.run, which must not touch the test's event loop)."""
+    conn = ["--addr", collector.address, "--token", collector.token] if collector else []
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(CliRunner().invoke, app, [*args, *conn]).result(timeout=60)
+
+
+def no_traceback(result: Result) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def template_id(collector: RunningCollector) -> str:
+    result = invoke(
+        collector,
+        "template", "create", "--name", unique("cli"),
+        "--user", "Explain {{ topic }} in a {{ style }} way", "--var", "topic", "--var", "style",
+    )  # fmt: skip
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    match = re.search(r"(tpl_\w+)", result.output)
+    assert match and "v1" in result.output
+    return match.group(1)
+
+
+def _jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _batch_count(client: Client) -> int:
+    return sum(1 for _ in client.list_batches())
+
+
+# ------------------------------------------------------------- pure pieces
+
+
+def test_read_inputs_numbers_lines_and_encodes_values() -> None:
+    text = (
+        '{"topic": "tides", "style": "short", "_request_id": "q-1"}\n'
+        "\n"
+        '{"topic": "x", "n": 3, "tags": ["a"], "ok": true}\n'
+    )
+    lines, problems = read_inputs(io.BytesIO(text.encode()))
+    assert problems == []
+    assert lines == [
+        InputLine(1, {"topic": "tides", "style": "short"}, "q-1"),
+        InputLine(3, {"topic": "x", "n": "3", "tags": '["a"]', "ok": "true"}, None),
+    ]
+
+
+def test_read_inputs_reports_every_bad_line() -> None:
+    text = (
+        '{"a": "1"}\n{"a": \n[1]\n{"a": "2", "_request_id": 7}\n'
+        '{"_request_id": "r"}\n{"_request_id": "r"}\n'
+    )
+    _, problems = read_inputs(io.BytesIO(text.encode()))
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 6"]
+    assert "repeats line 5" in problems[-1]
+
+
+def test_field_violations_map_back_to_file_lines() -> None:
+    chunk = [InputLine(10, {}), InputLine(12, {}), InputLine(15, {})]
+    exc = InvalidArgumentError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid request",
+        field_violations=[
+            FieldViolation("runs[2].variables", "missing variables style"),
+            FieldViolation("batch_id", "required"),
+        ],
+    )
+    assert violations_by_line(exc, chunk) == [
+        "line 15 (variables): missing variables style",
+        "batch_id: required",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("length:min_chars=10,max_chars=2000", LengthFilter(10, 2000)),
+        ("length:min=5", LengthFilter(min_chars=5)),
+        ("regex:pattern=^Answer,must_match=true", RegexFilter("^Answer", True)),
+        ("regex:pattern=a{1,3}|b,must_match=false", RegexFilter("a{1,3}|b", False)),
+        ("regex:x=y", RegexFilter("x=y")),
+        ("entropy:max=2.5", EntropyFilter(max=2.5)),
+        ("boolean:name=finish_reason_stop,value=true", BooleanFilter("finish_reason_stop", True)),
+        ("boolean:has_logprobs,value=no", BooleanFilter("has_logprobs", False)),
+        ("score:name=mean_logprob,min=-1.5", ScoreFilter("mean_logprob", min=-1.5)),
+        ("SCORE:perplexity,max=20", ScoreFilter("perplexity", max=20.0)),
+    ],
+)
+def test_filter_mini_syntax(spec: str, expected: object) -> None:
+    parsed = parse_filter(spec)
+    assert parsed == expected
+    assert parse_filter(format_filter(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("size:max=3", "unknown filter kind"),
+        ("length", "give its settings"),
+        ("length:min_chars=ten", "integer"),
+        ("length:foo=1", "cannot read"),
+        ("entropy:min=1,min=2", "twice"),
+        ("entropy:min=3,max=1", "above the maximum"),
+        ("score:min=1", "name is required"),
+        ("score:mean_logprob", "min and/or a max"),
+        ("boolean:name=x,value=maybe", "true or false"),
+    ],
+)
+def test_bad_filters_say_why(spec: str, words: str) -> None:
+    with pytest.raises(FilterSyntaxError, match=words):
+        parse_filter(spec)
+
+
+def test_quantiles_and_histogram() -> None:
+    assert quantiles([4.0, 1.0, 3.0, 2.0, 5.0]) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert quantiles([0.0, 10.0]) == [0.0, 2.5, 5.0, 7.5, 10.0]
+    console = Console(width=100, record=True)
+    console.print(histogram("s", [0.0, 0.1, 0.1, 1.0], bins=4, width=8))
+    text = console.export_text()
+    assert "s: 4 values" in text and "████████ 3" in text  # the fullest bar is full width
+    console.print(histogram("same", [2.0, 2.0], bins=10))  # one value: one bar, no crash
+    assert "2" in console.export_text()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_batch_create_watch_and_show(
+    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+) -> None:
+    rows: list[object] = [{"topic": f"topic {i}", "style": "plain"} for i in range(6)]
+    rows.append({"topic": "numbers", "style": 3, "_request_id": unique("cli-rid")})
+    inputs = _jsonl(tmp_path / "vars.jsonl", rows)
+    name = unique("cli-batch")
+    result = invoke(
+        collector,
+        "batch", "create", "--template", template_id, "--inputs", str(inputs),
+        "--provider", "mock", "--name", name, "--top-logprobs", "3", "--chunk", "3",
+    )  # fmt: skip
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    batch_id = re.search(r"(bat_\w+)", result.output).group(1)  # type: ignore[union-attr]
+    assert "queued 7 runs" in result.output
+    batch = client.get_batch(batch_id)
+    assert (batch.name, batch.counts.total, batch.counts.completed) == (name, 7, 7)
+    assert batch.params == GenerationParams(top_logprobs=3)
+    assert "completed 7" in result.output  # the summary after the watch
+
+    shown = invoke(collector, "batch", "show", batch_id, "--runs", "2")
+    assert shown.exit_code == 0, shown.output
+    assert "completed 7" in shown.output and "total 7" in shown.output
+    run_id = re.search(r"(run_\w+)", shown.output).group(1)  # type: ignore[union-attr]
+
+    run = invoke(collector, "run", "show", run_id, "--tokens", "3")
+    assert run.exit_code == 0, run.output
+    assert "first 3 of" in run.output and "logprob" in run.output
+
+    # Sending the same file again to the same batch creates nothing new.
+    again = invoke(collector, "batch", "add", batch_id, "--inputs", str(inputs), "--no-watch")
+    assert again.exit_code == 0, again.output
+    assert "queued 0 runs" in again.output and client.get_batch(batch_id).counts.total == 7
+
+
+def test_a_bad_line_is_named_and_nothing_is_created(
+    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+) -> None:
+    before = _batch_count(client)
+    broken = _jsonl(
+        tmp_path / "broken.jsonl",
+        [{"topic": "a", "style": "b"}, '{"topic": "c", "style": ', {"topic": "d", "style": "e"}],
+    )
+    result = invoke(
+        collector, "batch", "create", "--template", template_id, "--inputs", str(broken)
+    )
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert "error:" in result.output and "line 2: not valid JSON" in result.output
+
+    missing = _jsonl(tmp_path / "missing.jsonl", [{"topic": "a", "style": "b"}, {"topic": "c"}])
+    result = invoke(
+        collector, "batch", "create", "--template", template_id, "--inputs", str(missing)
+    )
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert "line 2: missing variables style" in result.output
+    assert _batch_count(client) == before
+
+
+def test_client_errors_are_one_line_without_traceback(collector: RunningCollector) -> None:
+    result = invoke(collector, "batch", "show", "bat_doesnotexist")
+    no_traceback(result)
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "not found" in result.output
+
+    result = invoke(None, "batch", "list", "--addr", collector.address, "--token", "wrong")
+    no_traceback(result)
+    assert result.exit_code == 1 and "--token" in result.output
+
+    result = invoke(collector, "dataset", "build", "--name", "x", "--version", "1",
+                    "--batch", "bat_x", "--filter", "size:max=3")  # fmt: skip
+    assert result.exit_code == 2 and "unknown filter kind" in result.output
+
+
+def _datasets_offered(client: Client) -> bool:
+    try:
+        client.build_dataset(unique("probe"), "v1", [])
+    except UnimplementedError:
+        return False
+    except CollectorError:
+        return True
+    return True
+
+
+def test_dataset_build_show_and_verify(
+    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+) -> None:
+    if not _datasets_offered(client):
+        pytest.skip("this collector answers UNIMPLEMENTED for BuildDataset")
+    batch = client.create_batch(
+        unique("cli-ds"), template_id, "mock", "m", params=GenerationParams(top_logprobs=3)
+    )
+    client.create_runs(batch.id, [{"topic": f"t{i}", "style": "s"} for i in range(8)])
+    for _ in client.watch_batch(batch.id):
+        pass
+    built = invoke(
+        collector,
+        "dataset", "build", "--name", unique("cli-ds"), "--version", "v1", "--batch", batch.id,
+        "--filter", "length:min_chars=1", "--filter", "boolean:finish_reason_stop",
+    )  # fmt: skip
+    no_traceback(built)
+    assert built.exit_code == 0, built.output
+    dataset_id = re.search(r"(ds_\w+)", built.output).group(1)  # type: ignore[union-attr]
+    for words in ("ready", "score quantiles", "p50", "mean_logprob", "runs dropped per filter"):
+        assert words in built.output
+
+    shown = invoke(collector, "dataset", "show", dataset_id, "--score", "length_chars")
+    assert shown.exit_code == 0, shown.output
+    assert "length_chars: 8 values" in shown.output or "length_chars:" in shown.output
+
+    verified = invoke(collector, "dataset", "verify", dataset_id)
+    assert verified.exit_code == 0, verified.output
+    assert "every file matches manifest.json" in verified.output
+
+    folder = Path(client.get_dataset(dataset_id).uri.removeprefix("file://"))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for item in folder.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    with (copy / "targets.parquet").open("ab") as out:
+        out.write(b"tampered")
+    broken = invoke(None, "dataset", "verify", str(copy))
+    no_traceback(broken)
+    assert broken.exit_code == 1 and "targets.parquet" in broken.output
+
+
+def test_demo_runs_against_a_running_collector(collector: RunningCollector, client: Client) -> None:
+    datasets = _datasets_offered(client)
+    result = invoke(collector, "demo", "--runs", "8")
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert f"Using the collector at {collector.address}" in result.output
+    assert "8/8 completed" in result.output
+    assert "top alternatives" in result.output  # outputs shown with their logprobs
+    if datasets:
+        assert "every file matches manifest.json" in result.output
+        assert "duckdb -c" in result.output
+    else:
+        assert "does not offer DatasetService" in result.output
+    assert "demo complete" in result.output
