@@ -24,6 +24,7 @@ from nex.collector.server.services.common import check_id, require
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
+_COALESCE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +139,7 @@ class RunWatcher:
                     await asyncio.wait_for(wakeup.wait(), self._heartbeat)
                 except TimeoutError:
                     yield Heartbeat()
+                else:
+                    # Let a burst of commits land, so a busy batch costs one read
+                    # per interval rather than one per transaction.
+                    await asyncio.sleep(_COALESCE_S)

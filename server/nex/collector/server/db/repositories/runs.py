@@ -98,26 +98,27 @@ class RunRepository(Repository):
         concurrent call took is skipped)."""
         if not items:
             return set()
+        # One cached statement, executed as "insertmanyvalues" batches: a
+        # multi-row VALUES literal would be compiled anew for every call.
         stmt = (
             insert(runs)
-            .values(
-                [
-                    {
-                        "id": r.id,
-                        "batch_id": r.batch_id,
-                        "status": RunStatus.QUEUED.value,
-                        "variables": r.variables,
-                        "messages": messages_to_json(r.messages),
-                        "request_id": r.request_id or None,
-                        "create_time": r.create_time,
-                    }
-                    for r in items
-                ]
-            )
             .on_conflict_do_nothing(index_elements=[runs.c.request_id])
             .returning(runs.c.id)
         )
-        return {row[0] for row in await self.session.execute(stmt)}
+        rows = [
+            {
+                "id": r.id,
+                "batch_id": r.batch_id,
+                "status": RunStatus.QUEUED.value,
+                "variables": r.variables,
+                "messages": messages_to_json(r.messages),
+                "request_id": r.request_id or None,
+                "create_time": r.create_time,
+            }
+            for r in items
+        ]
+        result = await self.session.execute(stmt, rows)
+        return {row[0] for row in result}
 
     async def page(
         self, page: PageRequest, *, batch_id: str, status: RunStatus | None, full: bool

@@ -1,0 +1,429 @@
+"""Dataset build throughput and memory: N synthetic completed runs (64 tokens,
+top-5 logprobs each) loaded straight into PostgreSQL, then built into a dataset
+by the real server and worker (BuildDataset through the shipped client, timed
+from the call to READY). In the same run, per size, the baseline: one asyncpg
+server-side cursor over the same rows written to one Parquet file with pyarrow
+(zstd), nothing else. The build also scores, filters and writes five files.
+
+    python bench/dataset.py [--sizes 50000,200000] [--tokens 64] [--top 5]
+
+Targets: build >= 0.7x the baseline's rows/s, and a worker peak RSS that does
+not grow with N (within 15% from the smallest size to the largest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._support import backing, free_port, peak_rss_mb, process, wait_port  # noqa: E402
+
+TEMPLATE_ID = "tpl_bench"
+USER = "Write a short paragraph about {{ topic }}."
+RATIO_TARGET = 0.7
+FLAT_RSS = 0.15  # peak RSS growth from the smallest to the largest size that counts as flat
+LOAD_CHUNK = 5_000
+CURSOR_CHUNK = 1_000
+
+# The columns the build reads (DatasetRepository.completed_runs), in its order.
+COLUMNS = (
+    "id",
+    "batch_id",
+    "variables",
+    "messages",
+    "output_text",
+    "finish_reason",
+    "token_texts",
+    "token_logprobs",
+    "top_counts",
+    "top_tokens",
+    "top_logprobs",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "scores",
+)
+QUERY = (
+    f"SELECT {', '.join(COLUMNS)} FROM runs"
+    " WHERE batch_id = $1 AND status = 'completed' ORDER BY id"
+)
+LOADED = (
+    "id",
+    "batch_id",
+    "status",
+    "variables",
+    "messages",
+    "output_text",
+    "finish_reason",
+    "has_logprobs",
+    *COLUMNS[6:11],
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "scores",
+)
+
+
+def _plain(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+# -- synthetic runs -------------------------------------------------------------------
+
+
+_TEXT_OID, _INT4_OID, _FLOAT8_OID = 25, 23, 701
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+
+
+def _field(value: bytes) -> bytes:
+    return struct.pack("!i", len(value)) + value
+
+
+def _text_elements(values: Sequence[str]) -> bytes:
+    return b"".join(_field(v.encode()) for v in values)
+
+
+def _float8_elements(values: Sequence[float]) -> bytes:
+    return b"".join(struct.pack("!id", 8, v) for v in values)
+
+
+def _array(oid: int, count: int, elements: bytes) -> bytes:
+    """A one-dimensional array in PostgreSQL's binary format, as a COPY field."""
+    return _field(struct.pack("!iiiii", 1, 0, oid, count, 1) + elements)
+
+
+class Synth:
+    """Deterministic pseudo-random runs as tuples of PostgreSQL's binary COPY
+    format, cheap to generate: each run is a random sequence of blocks of 8
+    positions drawn from a pool (a position being a chosen token and its top
+    alternatives with decreasing logprobs), each block encoded once."""
+
+    BLOCK = 8
+
+    def __init__(self, seed: int, tokens: int, top: int, blocks: int = 16_384) -> None:
+        if tokens % self.BLOCK:
+            raise ValueError(f"--tokens must be a multiple of {self.BLOCK}")
+        self.rng = random.Random(seed)
+        self.tokens = tokens
+        self.top = top
+        self.top_counts = _array(_INT4_OID, tokens, struct.pack("!ii", 4, top) * tokens)
+        syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"]
+        vocab = sorted(
+            {
+                " " + "".join(self.rng.choices(syllables, k=self.rng.randint(1, 3)))
+                for _ in range(12_000)
+            }
+        )
+        # Per block, the encoded array elements of token texts, token logprobs,
+        # top tokens and top logprobs; and the block's output text.
+        self.blocks: list[tuple[bytes, bytes, bytes, bytes, str]] = []
+        for _ in range(blocks):
+            texts: list[str] = []
+            logprobs: list[float] = []
+            top_tokens: list[str] = []
+            top_logprobs: list[float] = []
+            for _ in range(self.BLOCK):
+                alternatives = self.rng.sample(vocab, top)
+                alt_logprobs = [-self.rng.expovariate(4.0)]
+                for _ in range(top - 1):
+                    alt_logprobs.append(alt_logprobs[-1] - self.rng.expovariate(0.7))
+                texts.append(alternatives[0])
+                logprobs.append(alt_logprobs[0])
+                top_tokens.extend(alternatives)
+                top_logprobs.extend(alt_logprobs)
+            self.blocks.append(
+                (
+                    _text_elements(texts),
+                    _float8_elements(logprobs),
+                    _text_elements(top_tokens),
+                    _float8_elements(top_logprobs),
+                    "".join(texts),
+                )
+            )
+
+    def row(self, run_id: str, batch_id: str, i: int) -> bytes:
+        """One tuple of binary COPY, columns as in LOADED."""
+        picked = self.rng.choices(self.blocks, k=self.tokens // self.BLOCK)
+        alternatives = self.tokens * self.top
+        topic = f"subject {i}"
+        variables = json.dumps({"topic": topic})
+        messages = json.dumps([{"role": "user", "content": USER.replace("{{ topic }}", topic)}])
+        return b"".join(
+            (
+                struct.pack("!h", len(LOADED)),
+                _field(run_id.encode()),
+                _field(batch_id.encode()),
+                _field(b"completed"),
+                _field(b"\x01" + variables.encode()),  # jsonb: a version byte, then text
+                _field(b"\x01" + messages.encode()),
+                _field("".join(b[4] for b in picked).encode()),
+                _field(b"stop"),
+                _field(b"\x01"),
+                _array(_TEXT_OID, self.tokens, b"".join(b[0] for b in picked)),
+                _array(_FLOAT8_OID, self.tokens, b"".join(b[1] for b in picked)),
+                self.top_counts,
+                _array(_TEXT_OID, alternatives, b"".join(b[2] for b in picked)),
+                _array(_FLOAT8_OID, alternatives, b"".join(b[3] for b in picked)),
+                _field(struct.pack("!q", 20 + i % 17)),
+                _field(struct.pack("!q", self.tokens)),
+                _field(struct.pack("!d", 0.0001)),
+                _field(struct.pack("!q", 300 + i % 700)),
+                _field(b"\x01{}"),
+            )
+        )
+
+
+async def load(database_url: str, batch_id: str, n: int, synth: Synth) -> float:
+    """Replaces the runs with n completed runs of a new batch; seconds taken.
+
+    Binary COPY of tuples encoded here from pre-encoded blocks (asyncpg's own
+    encoding of these arrays, copy_records_to_table, costs ~1 ms of Python per
+    run), with FREEZE after a TRUNCATE in the same transaction: the rows are
+    written frozen and all-visible, so no reader pays for hint bits."""
+    import asyncpg
+
+    async def data() -> AsyncIterator[bytes]:
+        yield _COPY_HEADER
+        for start in range(0, n, LOAD_CHUNK):
+            yield b"".join(
+                synth.row(f"run_{batch_id}_{i:09d}", batch_id, i)
+                for i in range(start, min(n, start + LOAD_CHUNK))
+            )
+        yield _COPY_TRAILER
+
+    started = time.perf_counter()
+    conn = await asyncpg.connect(_plain(database_url))
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO templates (id, name, version, system_template, user_template,"
+                " variables) VALUES ($1, 'bench', 1, '', $2, ARRAY['topic'])"
+                " ON CONFLICT DO NOTHING",
+                TEMPLATE_ID,
+                USER,
+            )
+            await conn.execute(
+                "INSERT INTO batches (id, name, template_id, provider, model, params, labels)"
+                " VALUES ($1, $1, $2, 'openai', 'gpt-4o-mini', $3::jsonb, '{}'::jsonb)",
+                batch_id,
+                TEMPLATE_ID,
+                json.dumps({"max_tokens": synth.tokens, "top_logprobs": synth.top}),
+            )
+            await conn.execute("TRUNCATE runs CASCADE")
+            await conn.execute(
+                "ALTER TABLE runs SET (autovacuum_enabled = false,"
+                " toast.autovacuum_enabled = false)"
+            )
+            await conn.copy_to_table(
+                "runs", source=data(), columns=LOADED, format="binary", freeze=True
+            )
+        # Statistics for the planner; the per-token arrays would take ANALYZE seconds.
+        # No autovacuum or autoanalyze in this throwaway database may start
+        # mid-measurement (both would rescan the arrays).
+        await conn.execute("ANALYZE runs (id, batch_id, status)")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+# -- the baseline ---------------------------------------------------------------------
+
+
+async def baseline(database_url: str, batch_id: str, out: Path) -> tuple[int, float, float]:
+    """One cursor, one Parquet file: (rows, seconds, peak RSS in MiB). Run it in
+    a process of its own (see `run_baseline`) for a peak RSS of its own."""
+    import asyncpg
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    strings = pa.list_(pa.string())
+    doubles = pa.list_(pa.float64())
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("batch_id", pa.string()),
+            ("variables", pa.string()),
+            ("messages", pa.string()),
+            ("output_text", pa.string()),
+            ("finish_reason", pa.string()),
+            ("token_texts", strings),
+            ("token_logprobs", doubles),
+            ("top_counts", pa.list_(pa.int32())),
+            ("top_tokens", strings),
+            ("top_logprobs", doubles),
+            ("input_tokens", pa.int64()),
+            ("output_tokens", pa.int64()),
+            ("latency_ms", pa.int64()),
+            ("scores", pa.string()),
+        ]
+    )
+    conn = await asyncpg.connect(_plain(database_url))
+    rows = 0
+    started = time.perf_counter()
+    try:
+        with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+            async with conn.transaction():
+                chunk: list[Any] = []
+                async for record in conn.cursor(QUERY, batch_id, prefetch=CURSOR_CHUNK):
+                    chunk.append(record)
+                    if len(chunk) == CURSOR_CHUNK:
+                        writer.write_table(_table(chunk, schema))
+                        rows += len(chunk)
+                        chunk = []
+                if chunk:
+                    writer.write_table(_table(chunk, schema))
+                    rows += len(chunk)
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return rows, elapsed, peak_rss_mb(os.getpid())
+
+
+def run_baseline(database_url: str, batch_id: str, out: Path) -> tuple[int, float, float]:
+    return asyncio.run(baseline(database_url, batch_id, out))
+
+
+def _table(records: Sequence[Any], schema: Any) -> Any:
+    import pyarrow as pa
+
+    columns = list(zip(*records, strict=True))
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+    )
+
+
+# -- the real thing -------------------------------------------------------------------
+
+
+async def build(address: str, batch_id: str, version: str) -> tuple[int, float]:
+    """BuildDataset through the shipped client, timed from the call to READY."""
+    from nex.collector.client import AsyncClient, LengthFilter
+
+    async with AsyncClient.connect(address, token="bench") as client:
+        started = time.perf_counter()
+        manifest = await client.build_dataset(
+            "bench", version, [batch_id], filters=[LengthFilter(min_chars=1)]
+        )
+        ready = await client.wait_dataset(manifest.id, timeout=3600, poll_interval=0.1)
+        elapsed = time.perf_counter() - started
+    return ready.counts.total, elapsed
+
+
+@dataclass(frozen=True)
+class Figures:
+    size: int
+    load_s: float
+    baseline_rps: float
+    baseline_rss_mb: float
+    build_rps: float
+    build_rss_mb: float
+    idle_rss_mb: float
+
+    @property
+    def ratio(self) -> float:
+        return self.build_rps / self.baseline_rps
+
+
+@contextlib.contextmanager
+def collector(env: dict[str, str], logs: Path) -> Iterator[list[str]]:
+    """The real server (migrated); yields the command line that starts a worker."""
+    cli = [sys.executable, "-m", "nex.collector.server.cli"]
+    with process([*cli, "serve", "--migrate"], env, logs / "server.log"):
+        wait_port(int(env["NEX_COLLECTOR_ADDR"].rsplit(":", 1)[1]))
+        yield [*cli, "worker"]
+
+
+def measure(
+    size: int, index: int, synth: Synth, database_url: str, env: dict[str, str], worker: list[str]
+) -> Figures:
+    batch_id = f"bat_bench{index}"
+    load_s = asyncio.run(load(database_url, batch_id, size, synth))
+    tmp = Path(env["DATA_DIR"])
+    out = tmp / f"baseline-{size}.parquet"
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        rows, base_s, base_rss = pool.submit(run_baseline, database_url, batch_id, out).result()
+    out.unlink()
+    assert rows == size, (rows, size)
+    with process(worker, env, tmp.parent / f"worker-{size}.log") as proc:
+        time.sleep(2.0)  # started and idle
+        idle = peak_rss_mb(proc.pid)
+        total, build_s = asyncio.run(build(env["NEX_COLLECTOR_ADDR"], batch_id, f"n{size}"))
+        peak = peak_rss_mb(proc.pid)
+    assert total == size, (total, size)
+    shutil.rmtree(tmp / "bench" / f"n{size}", ignore_errors=True)
+    return Figures(size, load_s, size / base_s, base_rss, size / build_s, peak, idle)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="200000", help="comma-separated numbers of runs")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per run")
+    parser.add_argument("--top", type=int, default=5, help="top alternatives per token")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    synth = Synth(args.seed, args.tokens, args.top)
+    results = []
+    with (
+        tempfile.TemporaryDirectory(prefix="nexc-bench-dataset-") as tmp,
+        backing() as (database_url, redis_url),
+    ):
+        port = free_port()
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "DATA_DIR": str(Path(tmp) / "data"),
+            "NEX_COLLECTOR_ADDR": f"127.0.0.1:{port}",
+            "NEX_COLLECTOR_TOKENS": "bench",
+            "LOG_LEVEL": "WARNING",
+        }
+        Path(env["DATA_DIR"]).mkdir()
+        with collector(env, Path(tmp)) as worker:
+            for index, size in enumerate(sizes):
+                f = measure(size, index, synth, database_url, env, worker)
+                results.append(f)
+                print(
+                    f"N={f.size:>9,}  baseline {f.baseline_rps:8,.0f} rows/s"
+                    f" (peak RSS {f.baseline_rss_mb:4.0f} MiB)  build {f.build_rps:8,.0f} rows/s"
+                    f"  ratio {f.ratio:4.2f}x  build peak RSS {f.build_rss_mb:4.0f} MiB"
+                    f" (idle {f.idle_rss_mb:3.0f})  [loaded in {f.load_s:.0f} s]",
+                    flush=True,
+                )
+    speed_met = all(f.ratio >= RATIO_TARGET for f in results)
+    print(
+        f"target (build >= {RATIO_TARGET}x the baseline at every size): "
+        + ("met" if speed_met else "NOT met")
+    )
+    if len(results) > 1:
+        small, large = min(results, key=lambda f: f.size), max(results, key=lambda f: f.size)
+        growth = large.build_rss_mb / small.build_rss_mb - 1
+        flat = growth <= FLAT_RSS
+        print(
+            f"target (peak RSS flat, <= {FLAT_RSS:.0%} growth from N={small.size:,}"
+            f" to N={large.size:,}): {growth:+.0%}, " + ("met" if flat else "NOT met")
+        )
+
+
+if __name__ == "__main__":
+    main()
