@@ -7,20 +7,24 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
 from nex.collector.client import (
     BatchStatus,
     Client,
+    DatasetStatus,
     GenerationParams,
     TeacherBatch,
     connect,
 )
+from nex.collector.server.datasets.verify import verify_dataset
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
 from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.db import execute
 from tests.support.processes import RedisProcess, WorkerProcess
 
 LEASE_S = 3.0
@@ -194,3 +198,58 @@ def test_teacher_failing_a_fifth_of_calls(
         assert len(retried) > 0
     finally:
         worker.stop()
+
+
+def _insert_completed_runs(collector: RunningCollector, batch_id: str, n: int) -> None:
+    """Many completed runs (64 tokens, top-5 each) straight into PostgreSQL."""
+    execute(
+        collector,
+        """
+        INSERT INTO runs (id, batch_id, status, variables, messages, attempt, output_text,
+                          finish_reason, has_logprobs, token_texts, token_logprobs, top_counts,
+                          top_tokens, top_logprobs, input_tokens, output_tokens, scores)
+        SELECT 'run_bulk' || lpad(i::text, 9, '0'), $1, 'completed', '{"x": "y"}',
+               '[{"role": "user", "content": "Say y"}]', 1, repeat('word ', 40) || i, 'stop', true,
+               array_fill('tok'::text, ARRAY[64]), array_fill(-0.5::float8, ARRAY[64]),
+               array_fill(5, ARRAY[64]), array_fill('alt'::text, ARRAY[320]),
+               array_fill(-1.7::float8, ARRAY[320]), 4, 64, '{}'
+        FROM generate_series(1, $2) AS i
+        """,
+        batch_id,
+        n,
+    )
+
+
+def test_dataset_build_killed_midway_leaves_nothing_partial(
+    chaos_client: Client, chaos_env: dict[str, str], server_only: RunningCollector, tmp_path: Path
+) -> None:
+    template = chaos_client.create_template(
+        unique("bulk"), user_template="Say {{ x }}", variables=["x"]
+    )
+        unique("bulk"), user_template="Say {{ x }}", variables=["x"]
+    )
+    batch = chaos_client.create_batch(unique("bulk"), template.id, "mock", "mock-1")
+    _insert_completed_runs(server_only, batch.id, 20_000)
+    env = {**chaos_env, "DATASET_LEASE_S": "2"}
+    first = WorkerProcess(env, tmp_path / "worker1.log").start()
+    started = chaos_client.build_dataset(unique("bulk"), "v1", [batch.id])
+    folder = Path(urlparse(started.uri).path)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(folder.parent.glob(f".{folder.name}.tmp-*")):  # the build is writing
+            assert time.monotonic() < deadline, (tmp_path / "worker1.log").read_text()[-3000:]
+            time.sleep(0.02)
+        time.sleep(0.5)
+        first.kill9()
+    finally:
+        first.stop()
+    assert not folder.exists()  # nothing partial under the dataset's name
+    assert chaos_client.get_dataset(started.id).status == DatasetStatus.BUILDING
+    second = WorkerProcess(env, tmp_path / "worker2.log").start()
+    try:
+        ready = chaos_client.wait_dataset(started.id, timeout=120)
+    finally:
+        second.stop()
+    assert ready.status == DatasetStatus.READY and ready.counts.kept == 20_000
+    assert verify_dataset(folder) == []
+    assert not list(folder.parent.glob(".*.tmp-*"))  # the dead build's staging folder is gone

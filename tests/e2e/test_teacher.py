@@ -275,5 +275,6 @@ def test_scores_attach_to_completed_runs(client: Client, template: PromptTemplat
         "judge": 0.5,
         "style": 1.0,
     }
-    with pytest.raises(InvalidArgumentError):
-        client.set_run_scores(run.id, {"judge": float("nan")})
+    for bad in ({"judge": float("nan")}, {"perplexity": 3.0}):
+        with pytest.raises(InvalidArgumentError):
+            client.set_run_scores(run.id, bad)

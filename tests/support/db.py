@@ -24,3 +24,15 @@ def fetch_all(collector: RunningCollector, query: str, *args: Any) -> list[dict[
         _fetch(plain_dsn(collector.container.database_url), query, *args)
     )
     return rows
+
+
+async def _execute(dsn: str, query: str, *args: Any) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()
+
+
+def execute(collector: RunningCollector, query: str, *args: Any) -> None:
+    collector.call(_execute(plain_dsn(collector.container.database_url), query, *args))

@@ -147,6 +147,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             root=settings.datasets_dir,
             metrics=MetricRegistry.from_entry_points(),
             on_ready=evidence.link_dataset,
+            lease=timedelta(seconds=settings.dataset_lease_s),
         )
         hub = EventHub(plain_dsn(database_url))
         await hub.start()

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=256, validation_alias="WORKER_MAX_JOBS", ge=1)
     run_lease_s: float = Field(default=300.0, validation_alias="RUN_LEASE_S", gt=0)
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
+    dataset_lease_s: float = Field(default=60.0, validation_alias="DATASET_LEASE_S", gt=0)
     watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(default=False, validation_alias="LOG_JSON")

@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.scoring import BUILTIN_SCORES
 from nex.collector.server.domain.teacher import (
     ChatMessage,
     GenerationParams,
@@ -157,5 +158,7 @@ def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None
     for name, value in scores.items():
         if not name or len(name) > 64:
             v.add(f"{field}[{name!r}]", "score names are 1-64 characters")
+        if name in BUILTIN_SCORES:
+            v.add(f"{field}[{name!r}]", "is a built-in score the collector computes; use another name")
         if not math.isfinite(value):
             v.add(f"{field}[{name!r}]", "must be a finite number")

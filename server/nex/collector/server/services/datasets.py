@@ -63,12 +63,15 @@ class Datasets:
         root: Path,
         metrics: MetricRegistry,
         on_ready: OnReady | None = None,
+        lease: timedelta = BUILD_LEASE,
     ) -> None:
         self._uow = uow
         self._queue = queue
         self._root = root
         self._metrics = metrics
         self._on_ready = on_ready
+        self._lease = lease
+        self._renew_every_s = min(_RENEW_EVERY_S, lease.total_seconds() / 3)
 
     def folder(self, name: str, version: str) -> Path:
         return (self._root / name / version).resolve()
@@ -155,7 +158,7 @@ class Datasets:
         """Builds a BUILDING dataset; idempotent, and safe to run again after a
         crash at any point."""
         async with self._uow() as tx:
-            if not await tx.datasets.claim(dataset_id, BUILD_LEASE, now()):
+            if not await tx.datasets.claim(dataset_id, self._lease, now()):
                 return "skipped: not building, or another worker holds it"
             await tx.commit()
             dataset = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
@@ -203,10 +206,10 @@ class Datasets:
 
         async def progress(total: int, kept: int) -> None:
             nonlocal last_renewal
-            if time.monotonic() - last_renewal > _RENEW_EVERY_S:
+            if time.monotonic() - last_renewal > self._renew_every_s:
                 last_renewal = time.monotonic()
                 async with self._uow() as renew:
-                    await renew.datasets.renew(dataset.id, BUILD_LEASE, now())
+                    await renew.datasets.renew(dataset.id, self._lease, now())
                     await renew.commit()
 
         async with self._uow() as tx:
