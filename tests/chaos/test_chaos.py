@@ -226,8 +226,6 @@ def test_dataset_build_killed_midway_leaves_nothing_partial(
     template = chaos_client.create_template(
         unique("bulk"), user_template="Say {{ x }}", variables=["x"]
     )
-        unique("bulk"), user_template="Say {{ x }}", variables=["x"]
-    )
     batch = chaos_client.create_batch(unique("bulk"), template.id, "mock", "mock-1")
     _insert_completed_runs(server_only, batch.id, 20_000)
     env = {**chaos_env, "DATASET_LEASE_S": "2"}

@@ -159,6 +159,6 @@ def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None
         if not name or len(name) > 64:
             v.add(f"{field}[{name!r}]", "score names are 1-64 characters")
         if name in BUILTIN_SCORES:
-            v.add(f"{field}[{name!r}]", "is a built-in score the collector computes; use another name")
+            v.add(f"{field}[{name!r}]", "is a built-in score (computed by the collector)")
         if not math.isfinite(value):
             v.add(f"{field}[{name!r}]", "must be a finite number")
