@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.errors import NotFound, Violations
-from nex.collector.server.domain.pagination import PageRequest, decode_token
+from nex.collector.server.domain.pagination import PageRequest, decode_token, encode_token
 from nex.collector.server.domain.validation import page_size
 
 
@@ -33,3 +35,24 @@ def check_id(v: Violations, field: str, value: str) -> None:
         v.add(field, "is required")
     elif len(value) > 64:
         v.add(field, "is not an id this service issued")
+
+
+Fetch = Callable[[UnitOfWork, PageRequest], Awaitable[tuple[Sequence[T], str | None]]]
+
+
+async def list_page(
+    uow: UnitOfWorkFactory,
+    key: str,
+    page_size: int,
+    page_token: str,
+    fetch: Fetch[T],
+    v: Violations | None = None,
+) -> tuple[Sequence[T], str]:
+    """One page of a List RPC: validates size and token (with any violations
+    already in `v`), fetches, and issues the next token bound to `key`."""
+    v = v or Violations()
+    page = page_request(v, page_size, page_token, key)
+    v.raise_if_any()
+    async with uow() as tx:
+        items, last = await fetch(tx, page)
+    return items, encode_token(last, key) if last else ""

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.errors import FailedPrecondition, Violations
-from nex.collector.server.domain.pagination import encode_token
 from nex.collector.server.domain.validation import (
     MAX_NAME,
     check_labels,
@@ -16,7 +15,7 @@ from nex.collector.server.domain.validation import (
     check_required,
 )
 from nex.collector.server.ids import new_id
-from nex.collector.server.services.common import check_id, now, page_request, require
+from nex.collector.server.services.common import check_id, list_page, now, require
 
 # Asks NEX whether a context version exists (integrated mode); None in standalone.
 ContextChecker = Callable[[str, str], Awaitable[bool]]
@@ -90,9 +89,10 @@ class ContextRefs:
     async def list(
         self, *, nex_context_id: str, page_size: int, page_token: str
     ) -> tuple[Sequence[ContextRef], str]:
-        v = Violations()
-        page = page_request(v, page_size, page_token, f"context_refs|{nex_context_id}")
-        v.raise_if_any()
-        async with self._uow() as tx:
-            items, last = await tx.context_refs.page(page, nex_context_id=nex_context_id)
-        return items, encode_token(last, f"context_refs|{nex_context_id}") if last else ""
+        return await list_page(
+            self._uow,
+            f"context_refs|{nex_context_id}",
+            page_size,
+            page_token,
+            lambda tx, page: tx.context_refs.page(page, nex_context_id=nex_context_id),
+        )

@@ -27,12 +27,11 @@ from nex.collector.server.domain.datasets import (
 )
 from nex.collector.server.domain.errors import AlreadyExists, Violations
 from nex.collector.server.domain.filters import Filter, validate_filters
-from nex.collector.server.domain.pagination import encode_token
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.queue import BUILD_DATASET, JobQueue
-from nex.collector.server.services.common import check_id, now, page_request, require
+from nex.collector.server.services.common import check_id, list_page, now, require
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +143,13 @@ class Datasets:
     async def list(
         self, *, name: str, page_size: int, page_token: str
     ) -> tuple[Sequence[Dataset], str]:
-        v = Violations()
-        key = f"datasets|{name}"
-        page = page_request(v, page_size, page_token, key)
-        v.raise_if_any()
-        async with self._uow() as tx:
-            items, last = await tx.datasets.page(page, name=name)
-        return items, encode_token(last, key) if last else ""
+        return await list_page(
+            self._uow,
+            f"datasets|{name}",
+            page_size,
+            page_token,
+            lambda tx, page: tx.datasets.page(page, name=name),
+        )
 
     # -- the worker's job ----------------------------------------------------------
 

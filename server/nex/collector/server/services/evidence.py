@@ -11,12 +11,12 @@ from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.datasets import Dataset
 from nex.collector.server.domain.errors import FailedPrecondition, Unavailable, Violations
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus, retry_delay
-from nex.collector.server.domain.pagination import PageRequest, encode_token
+from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.integrations.nex import NexClient, NexRejected
 from nex.collector.server.queue import DELIVER_EVIDENCE, JobQueue
-from nex.collector.server.services.common import check_id, now, page_request, require
+from nex.collector.server.services.common import check_id, list_page, now, require
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,13 @@ class Evidence:
         self, *, context_ref_id: str, page_size: int, page_token: str
     ) -> tuple[Sequence[EvidenceLink], str]:
         self._require_integrated()
-        v = Violations()
-        key = f"evidence|{context_ref_id}"
-        page = page_request(v, page_size, page_token, key)
-        v.raise_if_any()
-        async with self._uow() as tx:
-            items, last = await tx.evidence.page(page, context_ref_id=context_ref_id)
-        return items, encode_token(last, key) if last else ""
+        return await list_page(
+            self._uow,
+            f"evidence|{context_ref_id}",
+            page_size,
+            page_token,
+            lambda tx, page: tx.evidence.page(page, context_ref_id=context_ref_id),
+        )
 
     # -- automatic links -------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nex.collector.server.db.repositories.events import NewEvent
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import (
     MAX_RUNS_PER_CALL,
     Batch,
@@ -17,13 +17,13 @@ from nex.collector.server.domain.batches import (
     check_scores,
 )
 from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgument, Violations
-from nex.collector.server.domain.pagination import encode_token
+from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus
 from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
-from nex.collector.server.services.common import check_id, now, page_request, require
+from nex.collector.server.services.common import check_id, list_page, now, require
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +112,16 @@ class Teacher:
         async with self._uow() as tx:
             return await tx.batches.view(require(await tx.batches.get(id_), "batch", id_))
 
-    async def list_batches(self, *, page_size: int, page_token: str) -> tuple[list[BatchView], str]:
-        v = Violations()
-        page = page_request(v, page_size, page_token, "batches")
-        v.raise_if_any()
-        async with self._uow() as tx:
+    async def list_batches(
+        self, *, page_size: int, page_token: str
+    ) -> tuple[Sequence[BatchView], str]:
+        async def fetch(
+            tx: UnitOfWork, page: PageRequest
+        ) -> tuple[Sequence[BatchView], str | None]:
             items, last = await tx.batches.page(page)
-            views = await tx.batches.views(items)
-        return views, encode_token(last, "batches") if last else ""
+            return await tx.batches.views(items), last
+
+        return await list_page(self._uow, "batches", page_size, page_token, fetch)
 
     async def cancel_batch(self, id_: str) -> BatchView:
         """Cancels the queued runs; a running one finishes its current teacher call
@@ -242,13 +244,13 @@ class Teacher:
     ) -> tuple[Sequence[Run], str]:
         v = Violations()
         check_id(v, "batch_id", batch_id)
-        key = f"runs|{batch_id}|{status or ''}"
-        page = page_request(v, page_size, page_token, key)
-        v.raise_if_any()
-        async with self._uow() as tx:
+
+        async def fetch(tx: UnitOfWork, page: PageRequest) -> tuple[Sequence[Run], str | None]:
             require(await tx.batches.get(batch_id), "batch", batch_id)
-            items, last = await tx.runs.page(page, batch_id=batch_id, status=status, full=full)
-        return items, encode_token(last, key) if last else ""
+            return await tx.runs.page(page, batch_id=batch_id, status=status, full=full)
+
+        key = f"runs|{batch_id}|{status or ''}"
+        return await list_page(self._uow, key, page_size, page_token, fetch, v)
 
     async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> Run:
         v = Violations()

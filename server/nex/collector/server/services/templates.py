@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.errors import Violations
-from nex.collector.server.domain.pagination import encode_token
 from nex.collector.server.domain.templates import (
     PromptTemplate,
     check_template_source,
@@ -15,7 +14,7 @@ from nex.collector.server.domain.templates import (
 )
 from nex.collector.server.domain.validation import check_request_id, check_required
 from nex.collector.server.ids import new_id
-from nex.collector.server.services.common import check_id, now, page_request, require
+from nex.collector.server.services.common import check_id, list_page, now, require
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +78,10 @@ class Templates:
     async def list(
         self, *, name: str, page_size: int, page_token: str
     ) -> tuple[Sequence[PromptTemplate], str]:
-        v = Violations()
-        page = page_request(v, page_size, page_token, f"templates|{name}")
-        v.raise_if_any()
-        async with self._uow() as tx:
-            items, last = await tx.templates.page(page, name=name)
-        return items, encode_token(last, f"templates|{name}") if last else ""
+        return await list_page(
+            self._uow,
+            f"templates|{name}",
+            page_size,
+            page_token,
+            lambda tx, page: tx.templates.page(page, name=name),
+        )
