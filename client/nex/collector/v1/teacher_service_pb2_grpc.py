@@ -110,7 +110,8 @@ class TeacherServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelBatch(self, request, context):
-        """Cancels every queued run; running ones end as cancelled when they return.
+        """Cancels every queued run and stops further teacher calls; a run already
+        in the teacher's hands keeps that call's result and is not retried.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,9 @@ class TeacherServiceStub:
     GetBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.GetBatchRequest, _teacher_service_pb2.GetBatchResponse]
     ListBatches: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.ListBatchesRequest, _teacher_service_pb2.ListBatchesResponse]
     CancelBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.CancelBatchRequest, _teacher_service_pb2.CancelBatchResponse]
-    """Cancels every queued run; running ones end as cancelled when they return."""
+    """Cancels every queued run and stops further teacher calls; a run already
+    in the teacher's hands keeps that call's result and is not retried.
+    """
     CreateRun: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.CreateRunRequest, _teacher_service_pb2.CreateRunResponse]
     """Renders the batch's template with the variables and queues one run."""
     BatchCreateRuns: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.BatchCreateRunsRequest, _teacher_service_pb2.BatchCreateRunsResponse]
@@ -58,7 +60,9 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     GetBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.GetBatchRequest, _teacher_service_pb2.GetBatchResponse]  # type: ignore[assignment]
     ListBatches: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.ListBatchesRequest, _teacher_service_pb2.ListBatchesResponse]  # type: ignore[assignment]
     CancelBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.CancelBatchRequest, _teacher_service_pb2.CancelBatchResponse]  # type: ignore[assignment]
-    """Cancels every queued run; running ones end as cancelled when they return."""
+    """Cancels every queued run and stops further teacher calls; a run already
+    in the teacher's hands keeps that call's result and is not retried.
+    """
     CreateRun: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.CreateRunRequest, _teacher_service_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Renders the batch's template with the variables and queues one run."""
     BatchCreateRuns: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.BatchCreateRunsRequest, _teacher_service_pb2.BatchCreateRunsResponse]  # type: ignore[assignment]
@@ -100,7 +104,9 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _teacher_service_pb2.CancelBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_teacher_service_pb2.CancelBatchResponse, _abc.Awaitable[_teacher_service_pb2.CancelBatchResponse]]:
-        """Cancels every queued run; running ones end as cancelled when they return."""
+        """Cancels every queued run and stops further teacher calls; a run already
+        in the teacher's hands keeps that call's result and is not retried.
+        """
 
     @_abc_1.abstractmethod
     def CreateRun(
