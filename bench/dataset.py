@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -353,6 +354,16 @@ def collector(env: dict[str, str], logs: Path) -> Iterator[list[str]]:
         yield [*cli, "worker"]
 
 
+def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Until the worker logs that it is ready (its imports take seconds)."""
+    deadline = time.monotonic() + timeout
+    while b"nex-collector ready" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not start; see {log}")
+        time.sleep(0.1)
+    time.sleep(0.5)  # its first poll of the queue
+
+
 def measure(
     size: int, index: int, synth: Synth, database_url: str, env: dict[str, str], worker: list[str]
 ) -> Figures:
@@ -365,8 +376,9 @@ def measure(
         rows, base_s, base_rss = pool.submit(run_baseline, database_url, batch_id, out).result()
     out.unlink()
     assert rows == size, (rows, size)
-    with process(worker, env, tmp.parent / f"worker-{size}.log") as proc:
-        time.sleep(2.0)  # started and idle
+    log = tmp.parent / f"worker-{size}.log"
+    with process(worker, env, log) as proc:
+        wait_ready(log, proc)
         idle = peak_rss_mb(proc.pid)
         total, build_s = asyncio.run(build(env["NEX_COLLECTOR_ADDR"], batch_id, f"n{size}"))
         peak = peak_rss_mb(proc.pid)

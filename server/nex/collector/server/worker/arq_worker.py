@@ -2,8 +2,10 @@
 
 arq's own `start_jobs` checks and marks each job with ~4 sequential round
 trips, and the queue's head keeps the jobs already running, so a busy worker
-spends its time re-checking them: starts cap near a hundred jobs a second. This
-does the same checks and marks (same keys, same semantics) in one Lua script."""
+spends its time re-checking them: starts cap near a hundred jobs a second. Here
+one Lua script scans the head of the queue inside Redis and does the same
+checks and marks (same keys, same semantics) for as many jobs as there are
+free slots."""
 
 from __future__ import annotations
 
@@ -13,20 +15,19 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-# KEYS[1] = queue. ARGV = now_ms, in-progress ttl ms, how many to start, prefix, ids…
+# KEYS[1] = queue. ARGV = now_ms, in-progress ttl ms, free slots, how far to scan, prefix.
 _START = """
-local now, ttl, limit, prefix = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now, ttl, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[5]
+local free, scan = tonumber(ARGV[3]), tonumber(ARGV[4])
 local started = {}
-for i = 5, #ARGV do
-  if #started >= 2 * limit then break end
-  local id = ARGV[i]
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, scan)
+for i = 1, #ids, 2 do
+  if #started >= 2 * free then break end
+  local id = ids[i]
   if redis.call('EXISTS', prefix .. id) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= now then
-      redis.call('PSETEX', prefix .. id, ttl, '1')
-      table.insert(started, id)
-      table.insert(started, score)
-    end
+    redis.call('PSETEX', prefix .. id, ttl, '1')
+    table.insert(started, id)
+    table.insert(started, ids[i + 1])
   end
 end
 return started
@@ -36,6 +37,10 @@ return started
 class BatchStartWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # arq reads this many ids just to learn whether the queue has any: the
+        # script below looks further itself.
+        self._scan = max(self.queue_read_limit, self.max_jobs * 4)
+        self.queue_read_limit = 1
         self._start_script: Any = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -44,12 +49,12 @@ class BatchStartWorker(Worker):
             return
         if self._start_script is None:
             self._start_script = self.pool.register_script(_START)
-        args: list[Any] = [
+        args = [
             timestamp_ms(),
             int(self.in_progress_timeout_s * 1000),
             free,
+            self._scan,
             in_progress_key_prefix,
-            *job_ids,
         ]
         started = await self._start_script(keys=[self.queue_name], args=args)
         for i in range(0, len(started), 2):
