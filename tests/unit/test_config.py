@@ -1,0 +1,54 @@
+"""Configuration comes from the environment, read in one place, and a setting
+that cannot work stops the process with a message that says what to change."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from nex.collector.server.cli.main import app
+from nex.collector.server.config import ConfigError, IntegrationMode, load_settings
+
+
+def test_defaults_are_standalone_and_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MODE_INTEGRATION",
+        "NEX_COLLECTOR_TOKENS",
+        "NEX_COLLECTOR_ADDR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.mode is IntegrationMode.STANDALONE
+    assert (
+        settings.embedded and settings.addr == "127.0.0.1:50051" and settings.tokens == frozenset()
+    )
+
+
+def test_tokens_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEX_COLLECTOR_TOKENS", "a, b,,c ")
+    assert load_settings().tokens == {"a", "b", "c"}
+
+
+def test_integrated_mode_needs_a_nex_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODE_INTEGRATION", "integrated")
+    monkeypatch.delenv("NEX_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="NEX_BASE_URL"):
+        load_settings()
+    monkeypatch.setenv("NEX_BASE_URL", "http://nex.test")
+    assert load_settings().mode is IntegrationMode.INTEGRATED
+
+
+def test_the_server_refuses_to_start_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODE_INTEGRATION", "integrated")
+    monkeypatch.delenv("NEX_BASE_URL", raising=False)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "NEX_BASE_URL" in result.output and "Traceback" not in result.output
+
+
+def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODE_INTEGRATION", "sometimes")
+    with pytest.raises(ConfigError, match="MODE_INTEGRATION"):
+        load_settings()
