@@ -109,6 +109,7 @@ class GrpcServer:
         """Reports NOT_SERVING, lets in-flight calls finish for `grace` seconds, stops."""
         for name in ("", *SERVICE_NAMES):
             await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._container.watcher.close()
         await self._server.stop(grace)
 
     async def wait(self) -> None:

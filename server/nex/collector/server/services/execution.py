@@ -82,6 +82,22 @@ class RunExecutor:
         batch = await self._batch(claim.batch_id)
         provider = self._provider_for(batch.provider)
         request = GenerationRequest(batch.model, messages_from_json(claim.messages), batch.params)
+        try:
+            return await self._attempts(claim, run_id, batch, provider, request)
+        except asyncio.CancelledError:
+            # The worker is stopping: hand the run back now instead of leaving it
+            # to the reconciler when the lease runs out.
+            await asyncio.shield(self._release(run_id, batch.id))
+            raise
+
+    async def _attempts(
+        self,
+        claim: Claim,
+        run_id: str,
+        batch: Batch,
+        provider: TeacherProvider,
+        request: GenerationRequest,
+    ) -> str:
         attempt = claim.attempt
         while True:
             started = time.perf_counter()
@@ -166,6 +182,13 @@ class RunExecutor:
                 except Exception:
                     log.exception("could not link finished batches %s", sorted(linked))
         return [o.run_id in live for o in outcomes]
+
+    async def _release(self, run_id: str, batch_id: str) -> None:
+        async with self._uow() as tx:
+            attempt = await tx.runs.release(run_id)
+            if attempt is not None:
+                await tx.events.append([NewEvent(run_id, batch_id, RunStatus.QUEUED, attempt)])
+            await tx.commit()
 
     async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:
         """Before a retry: stop when the batch was cancelled, else attempt + 1."""

@@ -18,7 +18,7 @@ import asyncpg
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunEvent
-from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.errors import Unavailable, Violations
 from nex.collector.server.services.common import check_id, require
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,12 @@ class RunWatcher:
         self._uow = uow
         self._hub = hub
         self._heartbeat = heartbeat_s
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """Ends every open watch with UNAVAILABLE, so clients resume elsewhere now
+        rather than when the server's grace period runs out."""
+        self._closing.set()
 
     async def watch(
         self, *, batch_id: str, run_id: str, after_revision: int, follow: bool
@@ -116,6 +122,10 @@ class RunWatcher:
         last = after_revision
         with self._hub.subscribe(batch_id) as wakeup:
             while True:
+                if self._closing.is_set():
+                    raise Unavailable(
+                        "the server is shutting down; resume the watch", reason="SHUTTING_DOWN"
+                    )
                 wakeup.clear()
                 async with self._uow() as tx:
                     # Check for unfinished work *before* reading events, so that an
@@ -135,11 +145,16 @@ class RunWatcher:
                     continue  # more to replay before waiting
                 if done:
                     return
-                try:
-                    await asyncio.wait_for(wakeup.wait(), self._heartbeat)
-                except TimeoutError:
+                woken = asyncio.ensure_future(wakeup.wait())
+                closing = asyncio.ensure_future(self._closing.wait())
+                fired, _ = await asyncio.wait(
+                    {woken, closing}, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                woken.cancel()
+                closing.cancel()
+                if not fired:
                     yield Heartbeat()
-                else:
+                elif not self._closing.is_set():
                     # Let a burst of commits land, so a busy batch costs one read
                     # per interval rather than one per transaction.
                     await asyncio.sleep(_COALESCE_S)

@@ -228,6 +228,17 @@ class RunRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
+    async def release(self, id_: str) -> int | None:
+        """Running -> queued (its worker is stopping); the attempt it had is kept."""
+        stmt = (
+            update(runs)
+            .where(runs.c.id == id_, runs.c.status == RunStatus.RUNNING.value)
+            .values(status=RunStatus.QUEUED.value, lease_expires=None)
+            .returning(runs.c.attempt)
+        )
+        attempt = (await self.session.execute(stmt)).scalar()
+        return None if attempt is None else int(attempt)
+
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
             update(runs)
