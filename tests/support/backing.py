@@ -6,7 +6,6 @@ so collectors with different settings never take each other's jobs."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import redis
 
 from nex.collector.server.embedded import start_embedded
 
-_REDIS_DBS = itertools.count(1)
+_REDIS_DBS_IN_USE: set[int] = set()  # Redis has 16 databases; 0 is left alone
 
 
 @dataclass(frozen=True)

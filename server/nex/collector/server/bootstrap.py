@@ -27,7 +27,7 @@ from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
-from nex.collector.server.queue import JobQueue
+from nex.collector.server.queue import JobQueue, in_progress_ttl_ms
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -116,7 +116,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
         )
         redis = await create_pool(RedisSettings.from_dsn(redis_url))
         closers.append(redis.aclose)
-        queue = JobQueue(redis)
+        queue = JobQueue(redis, marker_ttl_ms=in_progress_ttl_ms(settings))
         providers = ProviderSet(
             openai_api_key=_secret(settings.openai_api_key),
             openai_base_url=settings.openai_base_url,

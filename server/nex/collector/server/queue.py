@@ -18,11 +18,46 @@ from arq.constants import (
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
+from nex.collector.server.config import Settings
+
 log = logging.getLogger(__name__)
 
 EXECUTE_RUN = "execute_run"
 BUILD_DATASET = "build_dataset"
 DELIVER_EVIDENCE = "deliver_evidence"
+
+
+def job_timeouts(settings: Settings) -> dict[str, float]:
+    """Seconds each job may run before arq gives up on it."""
+    return {
+        EXECUTE_RUN: (settings.teacher_timeout_s + 30) * settings.teacher_max_attempts + 60,
+        BUILD_DATASET: 6 * 3600,
+        DELIVER_EVIDENCE: settings.nex_timeout_s * 2 + 30,
+    }
+
+
+def in_progress_ttl_ms(settings: Settings) -> int:
+    """How long arq's in-progress marker lives (arq: the longest timeout + 10 s)."""
+    return int((max(job_timeouts(settings).values()) + 10) * 1000)
+
+
+# KEYS[1] = nothing. ARGV = oldest allowed marker ttl, then (job key, marker key, id)…
+# Returns the ids whose job is gone; frees markers older than the grace period.
+_RECOVER = """
+local threshold = tonumber(ARGV[1])
+local missing = {}
+for i = 2, #ARGV, 3 do
+  if redis.call('EXISTS', ARGV[i]) == 0 then
+    table.insert(missing, ARGV[i + 2])
+  else
+    local ttl = redis.call('PTTL', ARGV[i + 1])
+    if ttl > 0 and ttl < threshold then
+      redis.call('DEL', ARGV[i + 1])
+    end
+  end
+end
+return missing
+"""
 
 # KEYS[1] = queue; ARGV = score, expires_ms, then (job_key, result_key, job_id, payload)…
 _ENQUEUE_MANY = """
@@ -39,10 +74,14 @@ return added
 
 
 class JobQueue:
-    def __init__(self, redis: ArqRedis, queue_name: str = default_queue_name) -> None:
+    def __init__(
+        self, redis: ArqRedis, *, marker_ttl_ms: int, queue_name: str = default_queue_name
+    ) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self._marker_ttl_ms = marker_ttl_ms
         self._script = redis.register_script(_ENQUEUE_MANY)
+        self._recover_script = redis.register_script(_RECOVER)
 
     async def enqueue(self, function: str, ids: Sequence[str], *, chunk: int = 2000) -> int:
         """Enqueues `function(id)` with `_job_id=id` for each id; returns how many were new."""
@@ -62,6 +101,20 @@ class JobQueue:
         if ids:
             await self.redis.delete(*(in_progress_key_prefix + i for i in ids))
         return await self.enqueue(function, ids)
+
+    async def recover(self, function: str, ids: Sequence[str], *, grace_s: float) -> int:
+        """For work PostgreSQL says is still queued: enqueues the jobs Redis lost,
+        and frees jobs a dead worker had started but never claimed (an
+        in-progress marker older than `grace_s`; a live worker claims within
+        milliseconds). Jobs merely waiting in the queue are left alone."""
+        if not ids:
+            return 0
+        threshold = self._marker_ttl_ms - int(grace_s * 1000)
+        argv: list[str | int] = [threshold]
+        for job_id in ids:
+            argv += [job_key_prefix + job_id, in_progress_key_prefix + job_id, job_id]
+        missing = await self._recover_script(keys=[], args=argv)
+        return await self.enqueue(function, [m.decode() for m in missing]) if missing else 0
 
     async def try_enqueue(self, function: str, ids: Sequence[str]) -> None:
         """Enqueue, but a Redis failure only logs: PostgreSQL holds the work and the

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -20,8 +24,10 @@ class MicroBatcher(Generic[T, R]):
         max_size: int = 256,
         linger_s: float = 0.003,
         concurrency: int = 2,
+        name: str = "batch",
     ) -> None:
         self._handler = handler
+        self._name = name
         self._max_size = max_size
         self._linger = linger_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -52,8 +58,15 @@ class MicroBatcher(Generic[T, R]):
             task.add_done_callback(self._inflight.discard)
 
     async def _flush(self, chunk: list[tuple[T, asyncio.Future[R]]]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._handler([item for item, _ in chunk])
+            log.debug(
+                "%s: %d items in %.1f ms",
+                self._name,
+                len(chunk),
+                (time.perf_counter() - started) * 1000,
+            )
         except BaseException as exc:
             for _, future in chunk:
                 if not future.done():

@@ -67,8 +67,12 @@ class RunExecutor:
         self._lease = lease
         self._on_batches_touched = on_batches_touched
         self._batches: dict[str, Batch] = {}
-        self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(self._claim_many)
-        self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(self._finish_many)
+        self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
+            self._claim_many, name="claims"
+        )
+        self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(
+            self._finish_many, name="results"
+        )
 
     async def aclose(self) -> None:
         await self._claims.aclose()

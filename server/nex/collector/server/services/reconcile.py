@@ -42,10 +42,9 @@ class Reconciler:
         async with self._uow() as tx:
             stale = await tx.runs.stale_queued(now() - self._grace, self._limit)
             builds = await tx.datasets.stale_builds(now(), self._grace)
-        # A queued run whose job a dead worker had started but not yet claimed has
-        # an orphaned in-progress marker: releasing frees it (claims are guarded,
-        # so a job started twice still runs the teacher once).
-        enqueued = await self._queue.release(EXECUTE_RUN, stale) if stale else 0
+        enqueued = await self._queue.recover(
+            EXECUTE_RUN, stale, grace_s=self._grace.total_seconds()
+        )
         if builds:
             await self._queue.release(BUILD_DATASET, builds)
         if links := await self._evidence.due():

@@ -12,7 +12,7 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 
 from nex.collector.server.bootstrap import Container
-from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN
+from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, job_timeouts
 from nex.collector.server.worker.arq_worker import BatchStartWorker
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,15 @@ def job_functions(container: Container) -> list[Any]:
     async def deliver_evidence(ctx: dict[str, Any], link_id: str) -> str:
         return await container.evidence.deliver(link_id)
 
+    timeouts = job_timeouts(s)
     return [
+        func(execute_run, name=EXECUTE_RUN, timeout=timeouts[EXECUTE_RUN], keep_result=0),
+        func(build_dataset, name=BUILD_DATASET, timeout=timeouts[BUILD_DATASET], keep_result=0),
         func(
-            execute_run,
-            name=EXECUTE_RUN,
-            timeout=(s.teacher_timeout_s + 30) * s.teacher_max_attempts + 60,
+            deliver_evidence,
+            name=DELIVER_EVIDENCE,
+            timeout=timeouts[DELIVER_EVIDENCE],
             keep_result=0,
-        ),
-        func(build_dataset, name=BUILD_DATASET, timeout=6 * 3600, keep_result=0),
-        func(
-            deliver_evidence, name=DELIVER_EVIDENCE, timeout=s.nex_timeout_s * 2 + 30, keep_result=0
         ),
     ]
 
