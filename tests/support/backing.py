@@ -66,7 +66,9 @@ async def _admin(url: str, sql: str) -> None:
 def _fresh(database_server: str, redis_server: str, embedded: bool) -> Iterator[Backing]:
     name = f"nexc_test_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(database_server, f'CREATE DATABASE "{name}"'))
-    redis_url = _with_redis_db(redis_server, 8 + next(_REDIS_DBS) % 8)
+    db = min(set(range(1, 16)) - _REDIS_DBS_IN_USE)  # never one a live collector uses
+    _REDIS_DBS_IN_USE.add(db)
+    redis_url = _with_redis_db(redis_server, db)
     redis.Redis.from_url(redis_url).flushdb()
     try:
         yield Backing(
@@ -77,6 +79,7 @@ def _fresh(database_server: str, redis_server: str, embedded: bool) -> Iterator[
             redis_server,
         )
     finally:
+        _REDIS_DBS_IN_USE.discard(db)
         asyncio.run(_admin(database_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
