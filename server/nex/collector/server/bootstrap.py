@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -60,7 +60,6 @@ class Container:
     datasets: Datasets
     evidence: Evidence
     embedded: EmbeddedServices | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_urls(settings: Settings) -> tuple[str, str, EmbeddedServices | None]:

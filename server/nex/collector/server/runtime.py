@@ -7,16 +7,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from nex.collector.server.api.server import GrpcServer
 from nex.collector.server.bootstrap import Container, open_container
 from nex.collector.server.config import Settings
 
 log = logging.getLogger(__name__)
-
-# Filled in by the worker package (avoids an import cycle at module load).
-WorkerRunner = Callable[[Container, asyncio.Event], Awaitable[None]]
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

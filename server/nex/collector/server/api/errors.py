@@ -6,7 +6,7 @@ import logging
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from nex.collector.server.domain import errors as domain
 
@@ -81,6 +81,3 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status
 
 def trailing_metadata(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
     return (("grpc-status-details-bin", status.SerializeToString()),)
-
-
-assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

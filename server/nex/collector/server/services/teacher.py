@@ -180,17 +180,16 @@ class Teacher:
                     field_name = "variables" if single else f"runs[{i}].variables"
                     v.extend(check_variables(template, item.variables, field_name))
             v.raise_if_any()
-            fresh = [item for item in inputs if item.request_id not in existing]
+            fresh = [(i, item) for i, item in enumerate(inputs) if item.request_id not in existing]
             if fresh and batch.cancel_time is not None:
                 raise FailedPrecondition(f"batch {batch_id} is cancelled", reason="BATCH_CANCELLED")
             created_at = now()
             ids = new_ids("run", len(fresh))
             new_runs: list[Run] = []
-            for run_id, item in zip(ids, fresh, strict=True):
+            for run_id, (index, item) in zip(ids, fresh, strict=True):
                 try:
                     messages = render(template, item.variables)
                 except InvalidArgument as exc:
-                    index = inputs.index(item)
                     prefix = "" if single else f"runs[{index}]."
                     raise InvalidArgument(
                         [type(x)(f"{prefix}{x.field}", x.description) for x in exc.violations]
