@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.exceptions import RedisError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from nex.collector.server.config import IntegrationMode, Settings
-from nex.collector.server.db.migrate import upgrade_to_head
+from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.teacher import Provider
@@ -38,6 +42,10 @@ from nex.collector.server.services.templates import Templates
 from nex.collector.server.services.watch import EventHub, RunWatcher
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The process cannot start; the message says why and what to do about it."""
 
 
 @dataclass
@@ -71,6 +79,47 @@ def resolve_urls(settings: Settings) -> tuple[str, str, EmbeddedServices | None]
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
     return database_url, redis_url, embedded
+
+
+def _safe_url(url: str) -> str:
+    """A database or Redis URL with its password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: say only its scheme
+        return url.split("://", 1)[0] + "://…"
+
+
+async def check_database(engine: AsyncEngine, *, migrate: bool) -> None:
+    """Reachable, and at the schema this build needs (migrating first if asked):
+    a server on a stale schema would answer every call with an internal error."""
+    where = _safe_url(engine.url.render_as_string(hide_password=False))
+    try:
+        async with engine.connect():
+            pass
+    except (OSError, DBAPIError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        raise StartupError(f"cannot reach PostgreSQL at {where}: {reason}") from exc
+    if migrate:
+        await upgrade_to_head(engine)
+    current, head = await current_revision(engine), head_revision()
+    if current is None:
+        raise StartupError(
+            f"the database at {where} has no schema yet: run `nex-collector migrate` "
+            "(or start with `serve --migrate`)"
+        )
+    if current != head:
+        raise StartupError(
+            f"the database at {where} is at schema revision {current}, this build needs "
+            f"{head}: run `nex-collector migrate` with this build (a revision it does not "
+            "know means the database was migrated by a newer one)"
+        )
+
+
+async def open_redis(redis_url: str) -> ArqRedis:
+    try:
+        return await create_pool(RedisSettings.from_dsn(redis_url))
+    except (OSError, RedisError) as exc:
+        raise StartupError(f"cannot reach Redis at {_safe_url(redis_url)}: {exc}") from exc
 
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -108,12 +157,11 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
     engine = make_engine(database_url)
     closers: list[Any] = []
     try:
-        if migrate:
-            await upgrade_to_head(engine)
+        await check_database(engine, migrate=migrate)
         uow = UnitOfWorkFactory(
             async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession)
         )
-        redis = await create_pool(RedisSettings.from_dsn(redis_url))
+        redis = await open_redis(redis_url)
         closers.append(redis.aclose)
         queue = JobQueue(redis, marker_ttl_ms=in_progress_ttl_ms(settings))
         providers = ProviderSet(

@@ -4,6 +4,8 @@ person's commands at a terminal (demo, batch …, dataset …)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +54,18 @@ def settings_from(addr: str | None = None, data_dir: Path | None = None) -> Sett
     return settings
 
 
+@contextlib.contextmanager
+def _startup_errors() -> Iterator[None]:
+    """A process that cannot start says why in one line, not a traceback."""
+    from nex.collector.server.bootstrap import StartupError
+
+    try:
+        yield
+    except StartupError as exc:
+        console.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
 def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
     from nex.collector.server.runtime import run
 
@@ -72,7 +86,8 @@ def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
 
     main = run(settings, serve=serve, work=work, migrate=migrate, ready=ready)
     if serve:
-        asyncio.run(main)
+        with _startup_errors():
+            asyncio.run(main)
     else:
         # A worker process is all asyncio networking (teacher HTTP, PostgreSQL,
         # Redis): uvloop's event loop is cheaper per run. Dataset builds make
@@ -85,7 +100,7 @@ def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
         gc.freeze()
         gc.set_threshold(50_000, 10, 10)
 
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with _startup_errors(), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main)
 
 
@@ -123,7 +138,8 @@ def migrate(data_dir: DataDirOpt = None) -> None:
         async with open_container(settings, migrate=True):
             pass
 
-    asyncio.run(main())
+    with _startup_errors():
+        asyncio.run(main())
     console.print("[green]schema is up to date[/green]")
 
 

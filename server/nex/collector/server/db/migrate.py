@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,3 +38,20 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
         finally:
             await connection.exec_driver_sql("SELECT pg_advisory_unlock(7262001)")
             await connection.commit()
+
+
+def head_revision() -> str:
+    """The newest migration this build ships."""
+    head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
+    assert head is not None, "no migrations shipped"
+    return head
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The migration the database is at (None: never migrated)."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current)
