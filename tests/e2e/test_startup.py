@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.backing import Backing
+from tests.support.collector import RunningCollector
 from tests.support.processes import free_port
 
 
@@ -80,3 +81,17 @@ def test_unreachable_redis_is_named(backing: Backing, tmp_path: Path) -> None:
     )
     refused("cannot reach Redis at redis://:***@127.0.0.1", result)
     assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+def test_a_taken_address_is_refused_not_shared(
+    collector: RunningCollector, backing: Backing, tmp_path: Path
+) -> None:
+    # gRPC's default SO_REUSEPORT would let a second server share the port.
+    result = nex_collector(
+        "serve",
+        "--addr",
+        collector.address,
+        env={"DATABASE_URL": backing.database_url, "REDIS_URL": backing.redis_url},
+        data_dir=tmp_path,
+    )
+    refused(f"cannot listen on {collector.address}: the address is in use", result)

@@ -15,7 +15,7 @@ from nex.collector.server.api.servicers.datasets import DatasetServicer
 from nex.collector.server.api.servicers.evidence import EvidenceServicer
 from nex.collector.server.api.servicers.teacher import TeacherServicer
 from nex.collector.server.api.servicers.templates import TemplateServicer
-from nex.collector.server.bootstrap import Container
+from nex.collector.server.bootstrap import Container, StartupError
 from nex.collector.v1 import (
     context_ref_service_pb2,
     context_ref_service_pb2_grpc,
@@ -56,6 +56,9 @@ class GrpcServer:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                # gRPC sets SO_REUSEPORT by default: a second server on the same
+                # port would silently share its traffic. Refuse to start instead.
+                ("grpc.so_reuseport", 0),
             ],
         )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -90,7 +93,12 @@ class GrpcServer:
             ),
             self._server,
         )
-        self.port = self._server.add_insecure_port(self._addr)
+        try:
+            self.port = self._server.add_insecure_port(self._addr)
+        except RuntimeError as exc:  # grpc says only "Failed to bind to address"
+            raise StartupError(
+                f"cannot listen on {self._addr}: the address is in use or not available here"
+            ) from exc
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
