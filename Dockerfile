@@ -10,10 +10,14 @@ FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 collector
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# /data belongs to the collector user, so a named volume mounted there (compose
+# initialises it from the image) is writable without running as root.
+RUN mkdir -p /data && chown collector:collector /data
 USER collector
 WORKDIR /home/collector
-ENV DATA_DIR=/home/collector/data \
-    NEX_COLLECTOR_ADDR=0.0.0.0:50051
-EXPOSE 50051
+ENV DATA_DIR=/data \
+    NEX_COLLECTOR_ADDR=0.0.0.0:50051 \
+    METRICS_ADDR=0.0.0.0:9464
+EXPOSE 50051 9464
 ENTRYPOINT ["nex-collector"]
 CMD ["serve"]

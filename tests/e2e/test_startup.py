@@ -4,6 +4,7 @@ what to do, exit status 1, no traceback, and no password in the message."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,3 +96,21 @@ def test_a_taken_address_is_refused_not_shared(
         data_dir=tmp_path,
     )
     refused(f"cannot listen on {collector.address}: the address is in use", result)
+
+
+def test_a_taken_metrics_address_is_refused(backing: Backing, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = nex_collector(
+            "serve",
+            "--migrate",
+            env={
+                "DATABASE_URL": backing.database_url,
+                "REDIS_URL": backing.redis_url,
+                "METRICS_ADDR": addr,
+            },
+            data_dir=tmp_path,
+        )
+    refused(f"cannot serve metrics on {addr}", result)

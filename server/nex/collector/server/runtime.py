@@ -9,8 +9,9 @@ import logging
 import signal
 from collections.abc import Callable
 
+from nex.collector.server import metrics
 from nex.collector.server.api.server import GrpcServer
-from nex.collector.server.bootstrap import Container, open_container
+from nex.collector.server.bootstrap import Container, StartupError, open_container
 from nex.collector.server.config import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ async def run(
         server = GrpcServer(container, settings.addr) if serve else None
         tasks: list[asyncio.Task[None]] = []
         try:
+            stop_metrics = metrics.serve(settings.metrics_addr)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {settings.metrics_addr}: {exc}") from exc
+        try:
             if server is not None:
                 await server.start()
             if work:
@@ -50,6 +55,7 @@ async def run(
             await stop.wait()
             log.info("shutting down")
         finally:
+            stop_metrics()
             if server is not None:
                 await server.stop(grace=5.0)
             stop.set()

@@ -3,6 +3,7 @@ where exceptions become gRPC statuses."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hmac
 import logging
@@ -14,6 +15,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from nex.collector.server import metrics
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
 from nex.collector.server.api.types import Context, Handler
 from nex.collector.server.domain.errors import DomainError
@@ -63,6 +65,7 @@ def _wrap(
 
 async def _abort(context: Context, error: BaseException, method: str) -> None:
     code, status = status_for(error)
+    metrics.RPCS.labels(method, code.name).inc()
     if isinstance(error, DomainError | NotImplementedError):
         log.info("%s -> %s %s", method, code.name, status.message)
     else:
@@ -111,6 +114,7 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     "UNAUTHENTICATED",
                 )
                 log.info("%s -> UNAUTHENTICATED", method)
+                metrics.RPCS.labels(method, grpc.StatusCode.UNAUTHENTICATED.name).inc()
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,
                     status.message,
@@ -127,7 +131,10 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     raise
                 await _abort(context, exc, method)
                 raise
-            log.debug("%s OK in %.1f ms", method, (time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            metrics.RPCS.labels(method, grpc.StatusCode.OK.name).inc()
+            metrics.RPC_SECONDS.labels(method).observe(elapsed)
+            log.debug("%s OK in %.1f ms", method, elapsed * 1000)
             return response
 
         async def stream(inner: Any, request: Any, context: Context) -> AsyncIterator[Any]:
@@ -135,10 +142,15 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 async for item in inner(request, context):
                     yield item
+            except asyncio.CancelledError:  # the client went away (a watch closed)
+                metrics.RPCS.labels(method, grpc.StatusCode.CANCELLED.name).inc()
+                raise
             except Exception as exc:
                 if isinstance(exc, aio.AbortError):
                     raise
                 await _abort(context, exc, method)
+            else:
+                metrics.RPCS.labels(method, grpc.StatusCode.OK.name).inc()
 
         if open_method:
             return handler

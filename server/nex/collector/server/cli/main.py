@@ -80,6 +80,8 @@ def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
             parts.append(f"gRPC on {server.address}")  # type: ignore[attr-defined]
         if work:
             parts.append("worker running")
+        if settings.metrics_addr:
+            parts.append(f"metrics on http://{settings.metrics_addr}/metrics")
         console.print(
             f"[green]nex-collector ready[/green]: {', '.join(parts)} ({where}); Ctrl-C stops"
         )

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from nex.collector.server import metrics
 from nex.collector.server.datasets.builder import build_dataset
 from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsError
 from nex.collector.server.db.uow import UnitOfWorkFactory
@@ -194,6 +195,8 @@ class Datasets:
             )
             await tx.commit()
             ready = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
+        metrics.DATASET_BUILDS.labels(DatasetStatus.READY.value).inc()
+        metrics.DATASET_RUNS_READ.inc(counts.total)
         if self._on_ready is not None:
             await self._on_ready(ready)
         return f"ready: {counts.kept} of {counts.total} runs kept"
@@ -257,6 +260,7 @@ class Datasets:
                 dataset.id, status=DatasetStatus.FAILED, now=now(), error=RunError(code, message)
             )
             await tx.commit()
+        metrics.DATASET_BUILDS.labels(DatasetStatus.FAILED.value).inc()
         return f"failed: {code}"
 
     async def _release(self, dataset_id: str) -> None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from nex.collector.server import metrics
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.datasets import Dataset
 from nex.collector.server.domain.errors import FailedPrecondition, Unavailable, Violations
@@ -192,10 +193,12 @@ class Evidence:
                 )
                 await tx.commit()
                 log.info("evidence link %s not delivered yet: %s", link_id, exc)
+                metrics.EVIDENCE_DELIVERIES.labels("retry").inc()
                 return f"retry later: {exc}"
             await tx.evidence.mark_posted(link_id, now())
             await tx.commit()
-            return "posted"
+        metrics.EVIDENCE_DELIVERIES.labels("posted").inc()
+        return "posted"
 
     async def due(self) -> Sequence[str]:
         if not self.enabled:

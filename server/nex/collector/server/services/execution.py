@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWorkFactory
@@ -108,6 +109,7 @@ class RunExecutor:
             try:
                 completion = await provider.generate(request)
             except ProviderError as err:
+                _observe_call(batch.provider, err.code, started)
                 if not self._policy.should_retry(attempt, err):
                     outcome = Outcome(
                         run_id,
@@ -116,14 +118,15 @@ class RunExecutor:
                         RunStatus.FAILED,
                         error=RunError(err.code, err.message),
                     )
-                    await self._outcomes.submit(outcome)
+                    if await self._outcomes.submit(outcome):
+                        metrics.RUNS_FINISHED.labels(RunStatus.FAILED.value).inc()
                     return f"failed: {err.code}"
                 await asyncio.sleep(self._policy.delay(attempt, err))
                 if not await self._next_attempt(run_id, batch.id, attempt):
                     return "stopped: cancelled or lease lost"
                 attempt += 1
                 continue
-            latency_ms = int((time.perf_counter() - started) * 1000)
+            latency_ms = int(_observe_call(batch.provider, "ok", started) * 1000)
             outcome = Outcome(
                 run_id,
                 batch.id,
@@ -135,8 +138,10 @@ class RunExecutor:
                 ),
                 latency_ms=latency_ms,
             )
-            stored = await self._outcomes.submit(outcome)
-            return "completed" if stored else "discarded: run moved on"
+            if not await self._outcomes.submit(outcome):
+                return "discarded: run moved on"
+            _observe_completion(batch.provider, outcome)
+            return "completed"
 
     async def _batch(self, batch_id: str) -> Batch:
         batch = self._batches.get(batch_id)
@@ -210,6 +215,23 @@ class RunExecutor:
             await tx.events.append([NewEvent(run_id, batch_id, RunStatus.RUNNING, attempt + 1)])
             await tx.commit()
             return True
+
+
+def _observe_call(provider: str, outcome: str, started: float) -> float:
+    """Counts one teacher call; returns how long it took, in seconds."""
+    elapsed = time.perf_counter() - started
+    metrics.TEACHER_CALLS.labels(provider, outcome).inc()
+    metrics.TEACHER_SECONDS.labels(provider).observe(elapsed)
+    return elapsed
+
+
+def _observe_completion(provider: str, o: Outcome) -> None:
+    metrics.RUNS_FINISHED.labels(RunStatus.COMPLETED.value).inc()
+    if o.completion is not None:
+        metrics.TEACHER_TOKENS.labels(provider, "input").inc(o.completion.input_tokens)
+        metrics.TEACHER_TOKENS.labels(provider, "output").inc(o.completion.output_tokens)
+    if o.cost_usd:
+        metrics.TEACHER_COST.labels(provider).inc(o.cost_usd)
 
 
 def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
@@ -49,6 +50,8 @@ class Reconciler:
             await self._queue.release(BUILD_DATASET, builds)
         if links := await self._evidence.due():
             await self._queue.enqueue(DELIVER_EVIDENCE, links)
+        metrics.RUNS_RECOVERED.labels("lease_expired").inc(requeued)
+        metrics.RUNS_RECOVERED.labels("job_lost").inc(enqueued)
         if requeued or enqueued:
             log.info(
                 "reconciler: %d runs requeued after a lost worker, %d jobs re-enqueued",

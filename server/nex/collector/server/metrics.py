@@ -1,0 +1,92 @@
+"""Prometheus metrics: the one home of every series the collector exports.
+
+`serve`, `worker` and `dev` serve them over HTTP on METRICS_ADDR (off when
+unset). Each process exports its own: scrape the server for RPCs and the
+workers for teacher calls, runs, dataset builds and evidence deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+RPCS = Counter(
+    "nex_collector_rpcs",
+    "gRPC calls answered, by full method name and status code.",
+    ["method", "code"],
+)
+RPC_SECONDS = Histogram(
+    "nex_collector_rpc_duration_seconds",
+    "Time to answer a unary gRPC call (streams are not timed), by method.",
+    ["method"],
+    buckets=_SECONDS,
+)
+TEACHER_CALLS = Counter(
+    "nex_collector_teacher_calls",
+    "Calls to a teacher API, by provider and outcome (ok, or the error code).",
+    ["provider", "outcome"],
+)
+TEACHER_SECONDS = Histogram(
+    "nex_collector_teacher_call_duration_seconds",
+    "Latency of teacher calls, successful or not, by provider.",
+    ["provider"],
+    buckets=_SECONDS,
+)
+TEACHER_TOKENS = Counter(
+    "nex_collector_teacher_tokens",
+    "Tokens of completed teacher calls, by provider and kind (input, output).",
+    ["provider", "kind"],
+)
+TEACHER_COST = Counter(
+    "nex_collector_teacher_cost_usd",
+    "Estimated cost of completed teacher calls in USD (the price table), by provider.",
+    ["provider"],
+)
+RUNS_FINISHED = Counter(
+    "nex_collector_runs_finished",
+    "Runs this worker brought to a final state, by status (completed, failed).",
+    ["status"],
+)
+RUNS_RECOVERED = Counter(
+    "nex_collector_runs_recovered",
+    "Runs the reconciler put back in the queue, by reason "
+    "(lease_expired: their worker died; job_lost: Redis lost their job).",
+    ["reason"],
+)
+DATASET_BUILDS = Counter(
+    "nex_collector_dataset_builds",
+    "Dataset builds this worker finished, by status (ready, failed).",
+    ["status"],
+)
+DATASET_RUNS_READ = Counter(
+    "nex_collector_dataset_runs_read",
+    "Completed runs read by dataset builds (kept or dropped by the filters).",
+)
+EVIDENCE_DELIVERIES = Counter(
+    "nex_collector_evidence_deliveries",
+    "Attempts to deliver an evidence link to NEX, by outcome (posted, retry).",
+    ["outcome"],
+)
+
+
+def serve(addr: str | None) -> Callable[[], None]:
+    """Serves /metrics on `addr` (host:port; nothing if unset) in a background
+    thread; returns the function that stops it. OSError if it cannot listen."""
+    if not addr:
+        return lambda: None
+    host, _, port = addr.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
+    log.info("metrics on http://%s/metrics", addr)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop

@@ -1,0 +1,119 @@
+"""What an operator's Prometheus scrapes from METRICS_ADDR while the collector
+serves calls, runs a teacher and builds a dataset."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nex.collector.client import Client, GenerationParams, NotFoundError, RunStatus, connect
+from nex.collector.server.config import ConfigError, load_settings
+from tests.conftest import teacher_settings, unique
+from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.support.backing import Backing
+from tests.support.collector import collector_settings, running_collector
+from tests.support.processes import free_port
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape(url: str) -> dict[Sample, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def delta(
+    before: dict[Sample, float], after: dict[Sample, float], name: str, **labels: str
+) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+@pytest.fixture(scope="module")
+def metered(
+    backing: Backing, teacher_api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Client, str]]:
+    port = free_port()
+    with backing.isolated() as own:
+        settings = collector_settings(
+            own,
+            Path(tmp_path_factory.mktemp("metered")),
+            METRICS_ADDR=f"127.0.0.1:{port}",
+            **teacher_settings(teacher_api),
+        )
+        with running_collector(settings) as running, connect(running.address, running.token) as c:
+            yield c, f"http://127.0.0.1:{port}/metrics"
+
+
+def test_calls_teacher_runs_and_builds_are_counted(
+    metered: tuple[Client, str], fresh_teacher_api: FakeTeacherAPI
+) -> None:
+    client, url = metered
+    before = scrape(url)
+
+    template = client.create_template(unique("m"), user_template="Say {{ x }}.", variables=["x"])
+    with pytest.raises(NotFoundError):
+        client.get_batch("bat_missing")
+    batch = client.create_batch(
+        unique("b"), template.id, "openai", "gpt-4o-mini", params=GenerationParams(top_logprobs=2)
+    )
+    fresh_teacher_api.fail_next(400)  # the first run fails at once, the others complete
+    first = client.create_run(batch.id, {"x": "0"})
+    assert list(client.watch_run(first.id))[-1].status == RunStatus.FAILED
+    client.create_runs(batch.id, [{"x": str(i)} for i in range(1, 4)])
+    assert [e for e in client.watch_batch(batch.id) if e.status == RunStatus.COMPLETED]
+    dataset = client.wait_dataset(client.build_dataset(unique("d"), "v1", [batch.id]).id)
+    assert dataset.counts is not None and dataset.counts.total == 3
+
+    after = scrape(url)
+    rpc = "nex_collector_rpcs_total"
+    assert (
+        delta(
+            before, after, rpc, method="/nex.collector.v1.TemplateService/CreateTemplate", code="OK"
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before, after, rpc, method="/nex.collector.v1.TeacherService/GetBatch", code="NOT_FOUND"
+        )
+        == 1
+    )
+    assert (
+        delta(before, after, rpc, method="/nex.collector.v1.TeacherService/WatchRuns", code="OK")
+        == 2
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "nex_collector_rpc_duration_seconds_count",
+            method="/nex.collector.v1.TemplateService/CreateTemplate",
+        )
+        == 1
+    )
+    calls = "nex_collector_teacher_calls_total"
+    assert delta(before, after, calls, provider="openai", outcome="ok") == 3
+    assert delta(before, after, calls, provider="openai", outcome="PROVIDER_BAD_REQUEST") == 1
+    assert delta(before, after, "nex_collector_runs_finished_total", status="completed") == 3
+    assert delta(before, after, "nex_collector_runs_finished_total", status="failed") == 1
+    tokens = delta(
+        before, after, "nex_collector_teacher_tokens_total", provider="openai", kind="output"
+    )
+    assert tokens == client.get_batch(batch.id).usage.output_tokens > 0
+    assert delta(before, after, "nex_collector_dataset_builds_total", status="ready") == 1
+    assert delta(before, after, "nex_collector_dataset_runs_read_total") == 3
+
+
+def test_a_bad_metrics_address_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="METRICS_ADDR"):
+        load_settings(METRICS_ADDR="localhost")
