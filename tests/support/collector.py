@@ -63,10 +63,11 @@ def running_collector(
     async def main() -> None:
         try:
             await run(settings, serve=True, work=work, migrate=migrate, stop=stop, ready=ready)
-        except BaseException as exc:  # surfaced to the fixture below
-            holder["error"] = exc
+        except BaseException as exc:
+            if started.is_set():
+                raise  # failed while serving: pytest reports the thread's exception
+            holder["error"] = exc  # failed to start: surfaced to the caller below
             started.set()
-            raise
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
     thread.start()

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
     addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
     tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
+    tls_cert: Path | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CERT")
+    tls_key: Path | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_KEY")
+    tls_ca: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CA")
 
     mode: IntegrationMode = Field(
         default=IntegrationMode.STANDALONE, validation_alias="MODE_INTEGRATION"
@@ -61,6 +64,15 @@ class Settings(BaseSettings):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be host:port (e.g. 0.0.0.0:9464), got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "NEX_COLLECTOR_TLS_CERT and NEX_COLLECTOR_TLS_KEY go together: set both "
+                "(PEM certificate chain and private key) to serve TLS, or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _integrated_needs_nex(self) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -16,6 +17,7 @@ from nex.collector.server.api.servicers.evidence import EvidenceServicer
 from nex.collector.server.api.servicers.teacher import TeacherServicer
 from nex.collector.server.api.servicers.templates import TemplateServicer
 from nex.collector.server.bootstrap import Container, StartupError
+from nex.collector.server.config import Settings
 from nex.collector.v1 import (
     context_ref_service_pb2,
     context_ref_service_pb2_grpc,
@@ -41,6 +43,22 @@ SERVICE_NAMES = tuple(
         (evidence_service_pb2, "EvidenceService"),
     )
 )
+
+
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from NEX_COLLECTOR_TLS_CERT / _KEY (PEM files), or None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        key, chain = settings.tls_key.read_bytes(), settings.tls_cert.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read the TLS certificate or key: {exc}") from exc
+    if b"-----BEGIN" not in key or b"-----BEGIN" not in chain:
+        raise StartupError(
+            "NEX_COLLECTOR_TLS_CERT and NEX_COLLECTOR_TLS_KEY must be PEM files "
+            f"({settings.tls_cert}, {settings.tls_key})"
+        )
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 class GrpcServer:
@@ -93,12 +111,17 @@ class GrpcServer:
             ),
             self._server,
         )
+        credentials = _tls_credentials(c.settings)
         try:
-            self.port = self._server.add_insecure_port(self._addr)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(self._addr)
+            else:
+                self.port = self._server.add_secure_port(self._addr, credentials)
         except RuntimeError as exc:  # grpc says only "Failed to bind to address"
-            raise StartupError(
-                f"cannot listen on {self._addr}: the address is in use or not available here"
-            ) from exc
+            why = "the address is in use or not available here"
+            if credentials is not None:
+                why += ", or the TLS certificate and key do not form a valid pair"
+            raise StartupError(f"cannot listen on {self._addr}: {why}") from exc
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)

@@ -10,8 +10,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
+import grpc
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +36,7 @@ __all__ = [
     "AddrOpt",
     "Target",
     "TokenOpt",
+    "client_tls",
     "err",
     "fail",
     "first_token",
@@ -93,6 +96,21 @@ class Target:
 
     addr: str
     token: str | None
+    tls: bool | grpc.ChannelCredentials = False
+
+
+def client_tls(settings: Settings) -> bool | grpc.ChannelCredentials:
+    """TLS for client commands: NEX_COLLECTOR_TLS_CA names the CA bundle (PEM) to
+    trust, or `system` for the system roots; unset: plaintext."""
+    if not settings.tls_ca:
+        return False
+    if settings.tls_ca == "system":
+        return True
+    try:
+        roots = Path(settings.tls_ca).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read NEX_COLLECTOR_TLS_CA: {exc}", code=2)
+    return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
 def load_client_settings() -> Settings:
@@ -114,10 +132,8 @@ def first_token(settings: Settings) -> str | None:
 
 def resolve_target(addr: str | None, token: str | None) -> Target:
     """``--addr`` / ``--token``, else the defaults from the environment."""
-    if addr and token:
-        return Target(addr, token)
     settings = load_client_settings()
-    return Target(addr or settings.addr, token or first_token(settings))
+    return Target(addr or settings.addr, token or first_token(settings), client_tls(settings))
 
 
 def fail(message: str, details: Iterable[str] = (), *, code: int = 1) -> NoReturn:
@@ -171,7 +187,9 @@ def show_errors(target: Target | None = None) -> Iterator[None]:
 
 async def open_client(target: Target) -> AsyncClient:
     """Connects (waiting at most ``CONNECT_TIMEOUT_S``), then allows longer calls."""
-    client = await AsyncClient.connect(target.addr, target.token, timeout=CONNECT_TIMEOUT_S)
+    client = await AsyncClient.connect(
+        target.addr, target.token, timeout=CONNECT_TIMEOUT_S, tls=target.tls
+    )
     client.timeout = CALL_TIMEOUT_S
     return client
 

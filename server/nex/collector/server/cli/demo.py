@@ -49,6 +49,7 @@ from .common import (
     AddrOpt,
     Target,
     TokenOpt,
+    client_tls,
     err,
     fail,
     first_token,
@@ -99,11 +100,16 @@ def demo_prompts(count: int) -> list[dict[str, str]]:
 # ------------------------------------------------------------ the collector
 
 
-def is_serving(addr: str, timeout: float = 1.5) -> bool:
-    """Whether a collector answers SERVING to a gRPC health check at ``addr``."""
+def is_serving(target: Target, timeout: float = 1.5) -> bool:
+    """Whether a collector answers SERVING to a gRPC health check at ``target``."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(addr) as channel:
+    if target.tls is False:
+        channel = grpc.insecure_channel(target.addr)
+    else:
+        tls = grpc.ssl_channel_credentials() if target.tls is True else target.tls
+        channel = grpc.secure_channel(target.addr, tls)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout
@@ -171,7 +177,7 @@ class InProcessCollector:
 @contextlib.contextmanager
 def collector_for_demo(target: Target, data_dir: Path | None) -> Iterator[Target]:
     """The collector at ``target`` if it answers, else a self-contained one."""
-    if is_serving(target.addr):
+    if is_serving(target):
         out.print(f"Using the collector at [bold]{escape(target.addr)}[/bold].")
         yield target
         return
@@ -196,7 +202,7 @@ def collector_for_demo(target: Target, data_dir: Path | None) -> Iterator[Target
         raise
     try:
         out.print(f"[green]✓[/green] collector running on [bold]{address}[/bold]")
-        yield Target(address, target.token or first_token(settings))
+        yield Target(address, target.token or first_token(settings), client_tls(settings))
     finally:
         with out.status("stopping the collector…"):
             collector.stop()
