@@ -150,6 +150,18 @@ def plain_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+async def migrate_database(settings: Settings) -> None:
+    """`nex-collector migrate`: the schema to head; needs PostgreSQL only."""
+    database_url, _, embedded = resolve_urls(settings)
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        await check_database(engine, migrate=True)
+    finally:
+        await engine.dispose()
+        if embedded is not None:
+            embedded.stop()
+
+
 @contextlib.asynccontextmanager
 async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Container]:
     """Everything a process needs; closes all of it on the way out."""

@@ -134,14 +134,10 @@ def migrate(data_dir: DataDirOpt = None) -> None:
     """Brings the database schema to the newest migration."""
     settings = settings_from(None, data_dir)
 
-    async def main() -> None:
-        from nex.collector.server.bootstrap import open_container
-
-        async with open_container(settings, migrate=True):
-            pass
+    from nex.collector.server.bootstrap import migrate_database
 
     with _startup_errors():
-        asyncio.run(main())
+        asyncio.run(migrate_database(settings))
     console.print("[green]schema is up to date[/green]")
 
 
