@@ -33,6 +33,8 @@ from nex.collector.client import (
 )
 from nex.collector.server.datasets.verify import verify_dataset
 from tests.conftest import unique
+from tests.support.collector import RunningCollector
+from tests.support.db import execute, fetch_all
 
 FILES = [
     "examples.parquet",
@@ -235,3 +237,31 @@ def test_anthropic_runs_give_a_dataset_without_soft_labels(client: Client) -> No
     assert all(t["y_probs"] is None for t in targets)
     names = {r["name"] for r in pq.read_table(folder / "scores.parquet").to_pylist()}
     assert "length_chars" in names and "mean_entropy" not in names and "perplexity" not in names
+
+
+def test_token_texts_reach_the_files_exactly(client: Client, collector: RunningCollector) -> None:
+    # Builds read token texts joined by U+001F; a token holding that character,
+    # an empty token and non-ASCII ones must still come out exactly as stored.
+    batch, runs = _collect(client, n=4)
+    odd, empty = runs[0].id, runs[1].id
+    execute(
+        collector,
+        "UPDATE runs SET token_texts[1] = 'a' || chr(31) || 'b', top_tokens[2] = chr(31)"
+        " WHERE id = $1",
+        odd,
+    )
+    execute(
+        collector,
+        "UPDATE runs SET token_texts[1] = '', top_tokens[1] = 'é😀' WHERE id = $1",
+        empty,
+    )
+    ready = _build(client, [batch.id])
+    teacher = pq.read_table(_folder(ready) / "teacher.parquet").to_pylist()
+    stored = {
+        row["id"]: (row["token_texts"], row["top_tokens"])
+        for row in fetch_all(
+            collector, "SELECT id, token_texts, top_tokens FROM runs WHERE batch_id = $1", batch.id
+        )
+    }
+    assert {r["example_id"]: (r["tokens"], r["top_tokens"]) for r in teacher} == stored
+    assert stored[odd][0][0] == "a\x1fb" and stored[empty][0][0] == ""

@@ -30,7 +30,7 @@ from nex.collector.server.datasets.schema import (
     list_of,
 )
 from nex.collector.server.domain.scoring import has_logprobs, score_sources
-from nex.collector.server.domain.teacher import CompletedRun
+from nex.collector.server.domain.teacher import TOKEN_SEPARATOR, CompletedRun, PackedStrings
 
 __all__ = ["ChunkTables", "LogprobColumns", "estimated_bytes"]
 
@@ -69,18 +69,14 @@ class LogprobColumns:
         present = [t is not None for t in columns]
 
         # pa.array over the runs' own lists: one C-level pass, no per-token Python work.
-        self.tokens = pa.array(
-            [t.tokens if t is not None else None for t in columns], list_of(pa.string())
-        )
+        self.tokens = _texts([t.tokens if t is not None else None for t in columns])
         self.logprobs = pa.array(
             [t.logprobs if t is not None else None for t in columns], list_of(pa.float64())
         )
         self.top_counts = pa.array(
             [t.top_counts if t is not None else None for t in columns], list_of(pa.int32())
         )
-        self.top_tokens = pa.array(
-            [t.top_tokens if t is not None else None for t in columns], list_of(pa.string())
-        )
+        self.top_tokens = _texts([t.top_tokens if t is not None else None for t in columns])
         self.top_logprobs = pa.array(
             [t.top_logprobs if t is not None else None for t in columns], list_of(pa.float64())
         )
@@ -129,6 +125,31 @@ class LogprobColumns:
             return columns
         where = pa.array(indices, pa.int32())
         return {name: column.take(where) for name, column in columns.items()}
+
+
+def _texts(texts: Sequence[Sequence[str] | None]) -> pa.Array:
+    """A list<string> column, one entry per run (null for None). When every run
+    holds PackedStrings (a dataset read from PostgreSQL), all of them become one
+    Arrow split: no Python object per token."""
+    if not all(t is None or isinstance(t, PackedStrings) for t in texts):
+        return pa.array(
+            [t if t is None or isinstance(t, list) else list(t) for t in texts],
+            list_of(pa.string()),
+        )
+    lengths = [0 if t is None else len(t) for t in texts]
+    values = pa.array([], pa.string())
+    if any(lengths):
+        joined = TOKEN_SEPARATOR.join(
+            t.joined for t in texts if isinstance(t, PackedStrings) and t.length
+        )
+        values = pc.split_pattern(pa.array([joined], pa.string()), TOKEN_SEPARATOR).values
+    if len(values) != sum(lengths):
+        raise ValueError("packed token texts do not split into their lengths")
+    return _list(
+        _offsets(list(accumulate(lengths, initial=0))),
+        values,
+        _mask([t is not None for t in texts]),
+    )
 
 
 def _check(run: CompletedRun) -> bool:

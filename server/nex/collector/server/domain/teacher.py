@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import overload
 
 
 class Provider(StrEnum):
@@ -55,10 +57,10 @@ class TokenLogprobs:
     which are the next `top_counts[i]` entries of `top_tokens` / `top_logprobs`.
     """
 
-    tokens: list[str] = field(default_factory=list)
+    tokens: Sequence[str] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_counts: list[int] = field(default_factory=list)
-    top_tokens: list[str] = field(default_factory=list)
+    top_tokens: Sequence[str] = field(default_factory=list)
     top_logprobs: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -82,14 +84,69 @@ class TokenLogprobs:
     ) -> TokenLogprobs:
         """Builds the columnar form from (token, logprob, [(alt, logprob), …]) rows."""
         result = cls()
+        tokens: list[str] = []
+        top_tokens: list[str] = []
         for token, logprob, alts in positions:
-            result.tokens.append(token)
+            tokens.append(token)
             result.logprobs.append(logprob)
             result.top_counts.append(len(alts))
             for alt_token, alt_logprob in alts:
-                result.top_tokens.append(alt_token)
+                top_tokens.append(alt_token)
                 result.top_logprobs.append(alt_logprob)
-        return result
+        return cls(tokens, result.logprobs, result.top_counts, top_tokens, result.top_logprobs)
+
+
+TOKEN_SEPARATOR = "\x1f"
+"""Joins token texts in `PackedStrings` (ASCII unit separator)."""
+
+
+class PackedStrings(Sequence[str]):
+    """`length` strings held as one, joined by TOKEN_SEPARATOR, split only when
+    read one by one: a dataset build moves token texts from PostgreSQL to Arrow
+    without a Python object per token. The reader guarantees that no string
+    contains the separator (``joined.count(TOKEN_SEPARATOR) == length - 1``)."""
+
+    __slots__ = ("_items", "joined", "length")
+
+    def __init__(self, joined: str, length: int) -> None:
+        self.joined = joined
+        self.length = length
+        self._items: list[str] | None = None
+
+    @staticmethod
+    def fits(joined: str, length: int) -> bool:
+        """Whether `joined` splits into exactly `length` strings."""
+        return joined == "" if length == 0 else joined.count(TOKEN_SEPARATOR) == length - 1
+
+    def _list(self) -> list[str]:
+        if self._items is None:
+            self._items = self.joined.split(TOKEN_SEPARATOR) if self.length else []
+        return self._items
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedStrings):
+            return self.length == other.length and self.joined == other.joined
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like list
+
+    def __repr__(self) -> str:
+        return f"PackedStrings({self._list()!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,16 @@ from nex.collector.server.domain.datasets import (
 )
 from nex.collector.server.domain.filters import filter_from_dict, filter_to_dict
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.teacher import ChatMessage, CompletedRun, RunStatus, TokenLogprobs
+from nex.collector.server.domain.teacher import (
+    TOKEN_SEPARATOR,
+    ChatMessage,
+    CompletedRun,
+    PackedStrings,
+    RunStatus,
+    TokenLogprobs,
+)
+
+_SEPARATOR_SQL = f"chr({ord(TOKEN_SEPARATOR)})"
 
 
 def _entity(row: Mapping[Any, Any]) -> Dataset:
@@ -214,18 +223,39 @@ class DatasetRepository(Repository):
                 _COMPLETED_RUNS, list(batch_ids), RunStatus.COMPLETED.value
             )
             while rows := await cursor.fetch(chunk):
-                yield [_completed_run(r, sources[r[1]]) for r in rows]
+                # Token texts arrive joined (see _COMPLETED_RUNS); the rare run with
+                # a separator inside a token is read again as arrays.
+                redo = [r[0] for r in rows if not _packs(r)]
+                unpacked = (
+                    {t[0]: (t[1], t[2]) for t in await driver.fetch(_TEXTS, redo)} if redo else {}
+                )
+                yield [_completed_run(r, sources[r[1]], unpacked.get(r[0])) for r in rows]
 
 
 # The columns (in this order) _completed_run reads. jsonb comes as text, parsed
 # by _json: the JSON codec SQLAlchemy registers on its asyncpg connections
 # (json.loads behind two Python layers) costs more per run than the arrays.
+# Token texts come joined into one string per run (PackedStrings): decoding
+# ~400 strings per run into Python objects, then into Arrow, was the largest
+# cost of a build; joined, they go to Arrow in one split.
 _COMPLETED_RUNS = (
     "SELECT id, batch_id, variables::text, messages::text, output_text, finish_reason,"
-    " token_texts, token_logprobs, top_counts, top_tokens, top_logprobs,"
+    f" array_to_string(token_texts, {_SEPARATOR_SQL}), token_logprobs, top_counts,"
+    f" array_to_string(top_tokens, {_SEPARATOR_SQL}), top_logprobs,"
     " input_tokens, output_tokens, latency_ms, scores::text"
     " FROM runs WHERE batch_id = ANY($1::text[]) AND status = $2 ORDER BY id"
 )
+_TEXTS = "SELECT id, token_texts, top_tokens FROM runs WHERE id = ANY($1::text[])"
+
+
+def _packs(r: Sequence[Any]) -> bool:
+    """Whether a row's joined token texts split back into its arrays."""
+    if r[6] is None:
+        return True
+    if r[7] is None or r[9] is None or r[10] is None:
+        return False  # malformed: the arrays as stored, for the builder to reject
+    return PackedStrings.fits(r[6], len(r[7])) and PackedStrings.fits(r[9], len(r[10]))
+
 
 _scan_json = make_scanner(cast(Any, json.JSONDecoder()))  # typeshed types the context oddly
 
@@ -236,7 +266,11 @@ def _json(text: str) -> Any:
     return {} if text == "{}" else _scan_json(text, 0)[0]
 
 
-def _completed_run(r: Sequence[Any], src: Mapping[str, Any]) -> CompletedRun:
+def _completed_run(
+    r: Sequence[Any],
+    src: Mapping[str, Any],
+    texts: tuple[Any, Any] | None = None,
+) -> CompletedRun:
     return CompletedRun(
         run_id=r[0],
         batch_id=r[1],
@@ -251,7 +285,11 @@ def _completed_run(r: Sequence[Any], src: Mapping[str, Any]) -> CompletedRun:
         tokens=None
         if r[6] is None
         else TokenLogprobs(
-            tokens=r[6], logprobs=r[7], top_counts=r[8], top_tokens=r[9], top_logprobs=r[10]
+            tokens=texts[0] if texts else PackedStrings(r[6], len(r[7])),
+            logprobs=r[7],
+            top_counts=r[8],
+            top_tokens=texts[1] if texts else PackedStrings(r[9], len(r[10])),
+            top_logprobs=r[10],
         ),
         input_tokens=r[11],
         output_tokens=r[12],
