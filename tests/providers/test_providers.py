@@ -372,10 +372,10 @@ async def test_timeout_is_retryable(api: FakeTeacherAPI) -> None:
         OpenAIProvider(api_key=KEY, base_url=api.openai_base_url, timeout=0.3),
         AnthropicProvider(api_key=KEY, base_url=api.anthropic_base_url, timeout=0.3),
     ):
-        api.script(Scripted(delay_s=6.0))
+        api.script(Scripted(delay_s=2.0))
         started = time.monotonic()
         error = await failure(provider)
-        assert time.monotonic() - started < 4.0  # gave up long before the answer
+        assert time.monotonic() - started < 1.5
         assert (error.code, error.retryable) == (errors.TIMEOUT, True)
         await provider.aclose()
 
