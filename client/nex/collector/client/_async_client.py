@@ -526,8 +526,8 @@ class AsyncClient:
                         continue  # never yield an event twice
                     last = event.revision
                     yield event
-                    if run_id is not None and event.status.is_terminal:
-                        return
+                    # A run watch ends after the run's terminal event: the server
+                    # closes the stream with OK right after it, read below.
                 # The server ended the stream with OK: the watch is over, except a
                 # followed batch watch, which only a stopping server ends.
                 if retry is None or not follow or run_id is not None:

@@ -141,6 +141,8 @@ class RunWatcher:
                 for event in events:
                     last = event.revision
                     yield event
+                    if run_id and event.status.terminal:
+                        return  # nothing follows a run's terminal event
                 if len(events) == _PAGE:
                     continue  # more to replay before waiting
                 if done:
