@@ -143,6 +143,42 @@ def test_worker_killed_mid_run_loses_nothing(
     assert set(attempts) <= {1, 2} and attempts[2] > 0
 
 
+def test_a_stopped_worker_hands_back_every_run_it_held(
+    chaos_client: Client,
+    chaos_env: dict[str, str],
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM mid-batch: no run is left running under the stopped worker's lease
+    (ten minutes here, so only a hand-back can free them), and the next worker
+    finishes the batch at once."""
+    env = {**chaos_env, "RUN_LEASE_S": "600"}
+    fresh_teacher_api.latency_s = 0.3
+    batch, _ = _batch(chaos_client, 60)
+    log = tmp_path / "worker1.log"
+    first = WorkerProcess(env, log).start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            counts = chaos_client.get_batch(batch.id).counts
+            if counts.completed >= 5 and counts.running > 0:
+                break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        first.stop()  # SIGTERM, then wait for it to exit
+    counts = chaos_client.get_batch(batch.id).counts
+    assert counts.running == 0, log.read_text()[-3000:]
+    assert counts.completed + counts.queued == 60
+    assert "Traceback" not in log.read_text()
+    second = WorkerProcess(env, tmp_path / "worker2.log").start()
+    try:
+        done = _wait_done(chaos_client, batch.id, timeout=60)
+        assert (done.counts.completed, done.counts.total) == (60, 60)
+    finally:
+        second.stop()
+
+
 def test_redis_restarted_empty_loses_nothing(
     chaos_client: Client,
     chaos_env: dict[str, str],

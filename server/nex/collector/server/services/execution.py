@@ -74,26 +74,45 @@ class RunExecutor:
         self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(
             self._finish_many, name="results"
         )
+        # Runs this process has claimed and not finished: run id -> (batch id,
+        # attempt). A job cancelled at any point (even while its claim was being
+        # committed) leaves its run here, and the run is handed back.
+        self._held: dict[str, tuple[str, int]] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
+        """Once the jobs have ended: hands back every run still held, so the next
+        worker takes them at once instead of when their lease runs out."""
         await self._claims.aclose()
         await self._outcomes.aclose()
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+        if self._held:
+            await self._release(dict(self._held))
 
     async def execute(self, run_id: str) -> str:
         """Runs one job; returns what happened (for logs and arq's job result)."""
         claim = await self._claims.submit(run_id)
         if claim is None:
             return "skipped: not queued"
-        batch = await self._batch(claim.batch_id)
-        provider = self._provider_for(batch.provider)
-        request = GenerationRequest(batch.model, messages_from_json(claim.messages), batch.params)
         try:
-            return await self._attempts(claim, run_id, batch, provider, request)
+            batch = await self._batch(claim.batch_id)
+            provider = self._provider_for(batch.provider)
+            request = GenerationRequest(
+                batch.model, messages_from_json(claim.messages), batch.params
+            )
+            result = await self._attempts(claim, run_id, batch, provider, request)
         except asyncio.CancelledError:
-            # The worker is stopping: hand the run back now instead of leaving it
-            # to the reconciler when the lease runs out.
-            await asyncio.shield(self._release(run_id, batch.id))
+            # Stopping, or arq's job timeout: hand the run back now rather than
+            # when its lease runs out.
+            held = self._held.get(run_id)
+            if held is not None:
+                task = asyncio.create_task(self._release({run_id: held}))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
             raise
+        self._held.pop(run_id, None)
+        return result
 
     async def _attempts(
         self,
@@ -163,6 +182,7 @@ class RunExecutor:
             )
             await tx.commit()
         claims = {r["id"]: Claim(r["id"], r["batch_id"], r["attempt"], r["messages"]) for r in rows}
+        self._held.update({c.run_id: (c.batch_id, c.attempt) for c in claims.values()})
         return [claims.pop(run_id, None) for run_id in run_ids]
 
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -192,12 +212,22 @@ class RunExecutor:
                     log.exception("could not link finished batches %s", sorted(linked))
         return [o.run_id in live for o in outcomes]
 
-    async def _release(self, run_id: str, batch_id: str) -> None:
-        async with self._uow() as tx:
-            attempt = await tx.runs.release(run_id)
-            if attempt is not None:
-                await tx.events.append([NewEvent(run_id, batch_id, RunStatus.QUEUED, attempt)])
-            await tx.commit()
+    async def _release(self, held: Mapping[str, tuple[str, int]]) -> None:
+        """Running -> queued for the given runs still at the attempt held."""
+        try:
+            async with self._uow() as tx:
+                released = await tx.runs.release([(r, attempt) for r, (_, attempt) in held.items()])
+                await tx.events.append(
+                    [NewEvent(r, held[r][0], RunStatus.QUEUED, held[r][1]) for r in released]
+                )
+                await tx.commit()
+        except Exception as exc:  # the reconciler requeues them when their lease expires
+            log.warning("could not hand back %d runs: %s", len(held), exc)
+            return
+        for run_id in held:
+            self._held.pop(run_id, None)
+        if released:
+            log.info("handed back %d runs", len(released))
 
     async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:
         """Before a retry: stop when the batch was cancelled, else attempt + 1."""
@@ -212,6 +242,7 @@ class RunExecutor:
                 return False
             if not await tx.runs.next_attempt(run_id, attempt, self._lease, now()):
                 return False
+            self._held[run_id] = (batch_id, attempt + 1)
             await tx.events.append([NewEvent(run_id, batch_id, RunStatus.RUNNING, attempt + 1)])
             await tx.commit()
             return True

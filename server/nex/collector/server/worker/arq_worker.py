@@ -5,10 +5,16 @@ trips, and the queue's head keeps the jobs already running, so a busy worker
 spends its time re-checking them: starts cap near a hundred jobs a second. Here
 one Lua script scans the head of the queue inside Redis and does the same
 checks and marks (same keys, same semantics) for as many jobs as there are
-free slots."""
+free slots.
+
+Its `close` waits for every job it cancels: arq's own gathers them without
+`return_exceptions`, so it re-raises the first job's CancelledError and
+returns while the other jobs are still handing their runs back."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
@@ -64,3 +70,13 @@ class BatchStartWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def close(self) -> None:
+        """Cancels the jobs in flight, waits until each has ended, closes the pool."""
+        self.handle_sig(signal.SIGUSR1)  # arq's way to cancel its tasks; no signal is sent
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.pool.delete(self.health_check_key)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None

@@ -4,7 +4,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
@@ -228,16 +228,21 @@ class RunRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def release(self, id_: str) -> int | None:
-        """Running -> queued (its worker is stopping); the attempt it had is kept."""
+    async def release(self, keys: Sequence[tuple[str, int]]) -> list[str]:
+        """Running at the given attempt -> queued (its worker is stopping), the
+        attempt kept; returns the ids released."""
+        if not keys:
+            return []
         stmt = (
             update(runs)
-            .where(runs.c.id == id_, runs.c.status == RunStatus.RUNNING.value)
+            .where(
+                tuple_(runs.c.id, runs.c.attempt).in_(list(keys)),
+                runs.c.status == RunStatus.RUNNING.value,
+            )
             .values(status=RunStatus.QUEUED.value, lease_expires=None)
-            .returning(runs.c.attempt)
+            .returning(runs.c.id)
         )
-        attempt = (await self.session.execute(stmt)).scalar()
-        return None if attempt is None else int(attempt)
+        return [r[0] for r in await self.session.execute(stmt)]
 
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
