@@ -7,13 +7,11 @@ from __future__ import annotations
 import io
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner, Result
 
 from nex.collector.client import (
     BooleanFilter,
@@ -36,24 +34,11 @@ from nex.collector.server.cli.dataset import (
     parse_filter,
     quantiles,
 )
-from nex.collector.server.cli.main import app
 from tests.conftest import unique
+from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector
 
 # ------------------------------------------------------------------ helpers
-
-
-def invoke(collector: RunningCollector | None, *args: str) -> Result:
-    """Runs ``nex-collector ARGS`` in a worker thread (the commands call
-    asyncio.run, which must not touch the test's event loop)."""
-    conn = ["--addr", collector.address, "--token", collector.token] if collector else []
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(CliRunner().invoke, app, [*args, *conn]).result(timeout=60)
-
-
-def no_traceback(result: Result) -> None:
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,13 @@ standalone mode never calls NEX."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from typer.testing import Result
 
 from nex.collector.client import (
     Client,
@@ -27,6 +28,7 @@ from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
+from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector, collector_settings, running_collector
 
 
@@ -40,39 +42,30 @@ def nex() -> Iterator[FakeNex]:
 
 
 @pytest.fixture(scope="module")
-def integrated(
+def integrated_collector(
     backing: Backing,
     nex: FakeNex,
     teacher_api: FakeTeacherAPI,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Client]:
-    with (
-        backing.isolated() as own,
-        _integrated_collector(own, nex, teacher_api, tmp_path_factory) as client,
-    ):
-        yield client
+) -> Iterator[RunningCollector]:
+    """A collector in integrated mode, on its own database, talking to the fake NEX."""
+    with backing.isolated() as own:
+        settings = collector_settings(
+            own,
+            Path(tmp_path_factory.mktemp("integrated")),
+            MODE_INTEGRATION="integrated",
+            NEX_BASE_URL=nex.base_url,
+            NEX_API_TOKEN=nex.token,
+            NEX_TIMEOUT_S=1.0,
+            **teacher_settings(teacher_api),
+        )
+        with running_collector(settings) as running:
+            yield running
 
 
-@contextmanager
-def _integrated_collector(
-    backing: Backing,
-    nex: FakeNex,
-    teacher_api: FakeTeacherAPI,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Client]:
-    settings = collector_settings(
-        backing,
-        Path(tmp_path_factory.mktemp("integrated")),
-        MODE_INTEGRATION="integrated",
-        NEX_BASE_URL=nex.base_url,
-        NEX_API_TOKEN=nex.token,
-        NEX_TIMEOUT_S=1.0,
-        **teacher_settings(teacher_api),
-    )
-    with (
-        running_collector(settings) as running,
-        connect(running.address, token=running.token) as client,
-    ):
+@pytest.fixture(scope="module")
+def integrated(integrated_collector: RunningCollector) -> Iterator[Client]:
+    with connect(integrated_collector.address, token=integrated_collector.token) as client:
         yield client
 
 
@@ -191,3 +184,88 @@ def test_standalone_never_calls_nex(
     with pytest.raises(FailedPreconditionError):
         list(client.list_evidence_links())
     assert nex.requests == before
+
+
+# ------------------------------------------------------- from a terminal
+
+
+def _id(prefix: str, result: Result) -> str:
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    match = re.search(rf"\b({prefix}_\w+)", result.output)
+    assert match, result.output
+    return match.group(1)
+
+
+def test_the_acceptance_story_from_a_terminal(
+    integrated_collector: RunningCollector, integrated: Client, nex: FakeNex
+) -> None:
+    """Create a ContextRef in integrated mode, build a dataset from a batch, link
+    it as evidence, see it POSTED: all with `nex-collector` commands."""
+    cli = integrated_collector
+    cid = unique("handbook")
+    nex.contexts.add((cid, "7"))
+
+    unknown = invoke(cli, "context", "create", cid, "8")
+    no_traceback(unknown)
+    assert unknown.exit_code == 1 and "NEX_CONTEXT_NOT_FOUND" in unknown.output
+    ref_id = _id("ctx", invoke(cli, "context", "create", cid, "7", "--label", "team=search"))
+    shown = invoke(cli, "context", "show", ref_id)
+    assert shown.exit_code == 0 and cid in shown.output and "team=search" in shown.output
+    assert ref_id in invoke(cli, "context", "list", "--nex-context-id", cid).output
+
+    template = integrated.create_template(
+        unique("t"), user_template="About {{ x }}", variables=["x"]
+    )
+    batch = integrated.create_batch(unique("b"), template.id, "mock", "mock-1")
+    integrated.create_runs(batch.id, [{"x": str(i)} for i in range(3)])
+    for _ in integrated.watch_batch(batch.id):
+        pass
+    built = invoke(
+        cli, "dataset", "build", "--name", unique("ds"), "--version", "v1",
+        "--batch", batch.id, "--context-ref", ref_id,
+    )  # fmt: skip
+    dataset_id = _id("ds", built)
+    assert integrated.get_dataset(dataset_id).context_ref_id == ref_id
+
+    linked = invoke(
+        cli, "evidence", "link", "--context-ref", ref_id, "--dataset", dataset_id,
+        "--kind", "supports", "--wait", "--timeout", "30",
+    )  # fmt: skip
+    link_id = _id("evl", linked)
+    assert "posted" in linked.output
+    assert integrated.get_evidence_link(link_id).status == EvidenceStatus.POSTED
+    assert nex.posts[link_id] == 1 and nex.evidence[link_id]["dataset_id"] == dataset_id
+    listed = invoke(cli, "evidence", "list", "--context-ref", ref_id)
+    assert link_id in listed.output and "posted" in listed.output
+
+
+def test_waiting_for_a_link_while_nex_is_down_gives_up_but_delivery_goes_on(
+    integrated_collector: RunningCollector, integrated: Client, nex: FakeNex
+) -> None:
+    ref_id, dataset_id = _dataset(integrated, nex)
+    nex.down = True
+    waited = invoke(
+        integrated_collector, "evidence", "link", "--context-ref", ref_id,
+        "--dataset", dataset_id, "--wait", "--timeout", "1.5",
+    )  # fmt: skip
+    no_traceback(waited)
+    assert waited.exit_code == 1 and "not posted within 1.5 s" in waited.output
+    link_id = _id("evl", invoke(integrated_collector, "evidence", "list", "--context-ref", ref_id))
+    shown = invoke(integrated_collector, "evidence", "show", link_id)
+    assert "pending" in shown.output and "503" in shown.output  # the last error, in words
+    nex.down = False
+    assert _wait_posted(integrated, link_id).attempts >= 2
+    assert nex.posts[link_id] == 1
+
+
+def test_evidence_link_needs_exactly_one_target(integrated_collector: RunningCollector) -> None:
+    both = invoke(
+        integrated_collector, "evidence", "link", "--context-ref", "ctx_x",
+        "--dataset", "ds_x", "--run", "run_x",
+    )  # fmt: skip
+    assert both.exit_code == 2 and "exactly one of --dataset and --run" in both.output
+    missing = invoke(integrated_collector, "evidence", "link", "--context-ref", "ctx_missing",
+                     "--run", "run_missing")  # fmt: skip
+    no_traceback(missing)
+    assert missing.exit_code == 1 and "error:" in missing.output

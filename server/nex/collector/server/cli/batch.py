@@ -50,12 +50,14 @@ from nex.collector.client.progress import watch_batch_progress
 from .common import (
     ID_WIDTH,
     AddrOpt,
+    LinkEvidenceOpt,
     TokenOpt,
     err,
     fail,
     fmt_time,
     fmt_usage,
     out,
+    parse_labels,
     print_collector_error,
     resolve_target,
     run_style,
@@ -551,6 +553,7 @@ def batch_create(
         list[str] | None, typer.Option("--label", help="KEY=VALUE label (repeat)")
     ] = None,
     context_ref: Annotated[str | None, typer.Option("--context-ref", help="ContextRef id")] = None,
+    link_evidence: LinkEvidenceOpt = False,
     request_id: Annotated[
         str | None, typer.Option("--request-id", help="idempotency key of the batch")
     ] = None,
@@ -576,7 +579,7 @@ def batch_create(
     """
     target = resolve_target(addr, token)
     lines = load_inputs(inputs)
-    labels = _parse_labels(label or [])
+    labels = parse_labels(label or [])
     teacher_model = _model_for(provider, model)
     params = GenerationParams(
         temperature=temperature,
@@ -600,6 +603,7 @@ def batch_create(
             teacher_model,
             params=params,
             context_ref_id=context_ref,
+            link_evidence=link_evidence,
             labels=labels,
             request_id=request_id,
         )
@@ -781,16 +785,6 @@ def _model_for(provider: Provider, model: str | None) -> str:
     if provider == Provider.MOCK:
         return DEFAULT_MOCK_MODEL
     raise typer.BadParameter(f"give the {provider.value} model to call", param_hint="--model")
-
-
-def _parse_labels(items: Sequence[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
-        labels[key.strip()] = value.strip()
-    return labels
 
 
 def _default_name(path: str) -> str:

@@ -34,6 +34,7 @@ from nex.collector.server.config import ConfigError, Settings, load_settings
 __all__ = [
     "ID_WIDTH",
     "AddrOpt",
+    "LinkEvidenceOpt",
     "Target",
     "TokenOpt",
     "client_tls",
@@ -47,6 +48,7 @@ __all__ = [
     "load_client_settings",
     "open_client",
     "out",
+    "parse_labels",
     "print_collector_error",
     "resolve_target",
     "run_style",
@@ -86,6 +88,13 @@ TokenOpt = Annotated[
         show_envvar=False,
         help="bearer token (default: NEX_COLLECTOR_TOKEN, else the first of NEX_COLLECTOR_TOKENS)",
         show_default=False,
+    ),
+]
+LinkEvidenceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--link-evidence",
+        help="with --context-ref: link it to the NEX context once finished (integrated mode)",
     ),
 ]
 
@@ -142,6 +151,17 @@ def fail(message: str, details: Iterable[str] = (), *, code: int = 1) -> NoRetur
     for line in details:
         err.print(f"  {escape(line)}")
     raise typer.Exit(code)
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` options as a mapping."""
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def headline(exc: CollectorError) -> str:

@@ -48,6 +48,7 @@ from nex.collector.client import (
 
 from .common import (
     AddrOpt,
+    LinkEvidenceOpt,
     Target,
     TokenOpt,
     fail,
@@ -78,17 +79,22 @@ app = typer.Typer(
     help="Distilled datasets: build from batches, show, list, verify.", no_args_is_help=True
 )
 
-FILTER_HELP = """Filters: --filter KIND:key=value,… (repeat; a run is kept when all filters keep it)
+FILTER_HELP = """Filters: --filter KIND:key=value,… (repeat; a run is kept when all keep it)
 
-  length:min_chars=10,max_chars=2000          output characters (min=, max= work too)
-  regex:pattern=^Answer,must_match=true       RE2 search; must_match=false keeps non-matches
-  entropy:min=0.1,max=2.5                     mean token entropy in nats
-  boolean:name=finish_reason_stop,value=true  or finish_reason_length, has_logprobs, has_output
-  score:name=mean_logprob,min=-1.5,max=0      any score: length_chars, length_tokens, perplexity,
-                                              mean_logprob, mean_entropy, posted, plug-in
+  length:min_chars=10,max_chars=2000      output characters (or min=, max=)
+  regex:pattern=^Answer,must_match=true   RE2 search (must_match=false keeps
+                                          the runs that do not match)
+  entropy:min=0.1,max=2.5                 mean token entropy, in nats
+  boolean:name=finish_reason_stop         or finish_reason_length,
+                                          has_logprobs, has_output; value=true
+  score:name=mean_logprob,min=-1.5,max=0  any score: length_chars,
+                                          length_tokens, perplexity,
+                                          mean_logprob, mean_entropy, posted
+                                          and plug-in scores
 
-Shorthands: regex:^Answer · boolean:finish_reason_stop (value=true) · score:perplexity,max=20.
-A regex pattern may contain commas and '=': only ',must_match=' starts a new key."""
+Shorthands: regex:^Answer · boolean:finish_reason_stop (value=true) ·
+score:perplexity,max=20. A regex pattern may contain commas and '=':
+only ',must_match=' starts a new key."""
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 PREFERRED_SCORE = "mean_logprob"
@@ -503,6 +509,10 @@ def build(
         typer.Option("--filter", help="KIND:key=value,… (repeat; see above)"),
     ] = None,
     request_id: Annotated[str | None, typer.Option("--request-id", help="idempotency key")] = None,
+    context_ref: Annotated[
+        str | None, typer.Option("--context-ref", help="ContextRef id it serves")
+    ] = None,
+    link_evidence: LinkEvidenceOpt = False,
     wait: Annotated[bool, typer.Option(help="wait for READY and show the summary")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 600.0,
     score: Annotated[str | None, typer.Option(help="score to draw as a histogram")] = None,
@@ -514,7 +524,13 @@ def build(
 
     async def action(client: AsyncClient) -> DatasetManifest:
         manifest = await client.build_dataset(
-            name, version, batch, filters=filters, request_id=request_id
+            name,
+            version,
+            batch,
+            filters=filters,
+            context_ref_id=context_ref,
+            link_evidence=link_evidence,
+            request_id=request_id,
         )
         out.print(f"[green]✓[/green] building dataset [bold]{manifest.id}[/bold]")
         if not wait:

@@ -1,5 +1,6 @@
 """`nex-collector`: the operator's commands (dev, serve, worker, migrate) and a
-person's commands at a terminal (demo, batch …, dataset …)."""
+person's commands at a terminal (demo, template, batch, run, dataset, context,
+evidence)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from nex.collector.server import logs
 from nex.collector.server.cli import batch as batch_cli
+from nex.collector.server.cli import context as context_cli
 from nex.collector.server.cli import dataset as dataset_cli
 from nex.collector.server.cli.demo import demo
 from nex.collector.server.config import ConfigError, Settings, load_settings
@@ -32,6 +34,8 @@ app.add_typer(batch_cli.template_app, name="template", rich_help_panel=_CLIENT_P
 app.add_typer(batch_cli.batch_app, name="batch", rich_help_panel=_CLIENT_PANEL)
 app.add_typer(batch_cli.run_app, name="run", rich_help_panel=_CLIENT_PANEL)
 app.add_typer(dataset_cli.app, name="dataset", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(context_cli.context_app, name="context", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(context_cli.evidence_app, name="evidence", rich_help_panel=_CLIENT_PANEL)
 
 AddrOpt = Annotated[
     str | None, typer.Option("--addr", help="host:port to serve gRPC on [NEX_COLLECTOR_ADDR]")
