@@ -50,7 +50,7 @@ def test_watch_batch_resumes_across_a_server_restart(
                 except BaseException as exc:  # surfaced below
                     errors.append(exc)
 
-            watcher = threading.Thread(target=watch)
+            watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
             deadline = time.monotonic() + 30
             while not any(e.status == RunStatus.COMPLETED for e in seen):

@@ -392,7 +392,7 @@ def test_sync_client_from_plain_code() -> None:
 
         asyncio.run(main())
 
-    t = threading.Thread(target=run_server)
+    t = threading.Thread(target=run_server, daemon=True)
     t.start()
     try:
         assert ready.wait(5)
