@@ -3,6 +3,7 @@ serves calls, runs a teacher and builds a dataset."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,22 @@ def delta(
 ) -> float:
     key = (name, frozenset(labels.items()))
     return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def settled(
+    url: str, before: dict[Sample, float], *expected: tuple[str, dict[str, str], float]
+) -> dict[Sample, float]:
+    """A scrape in which each (name, labels, delta) has been reached, or the last
+    one after 10 s: workers count a run or a build just after committing it, so
+    a client can see the result a moment before the counter moves."""
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(url)
+        if all(delta(before, after, n, **labels) >= d for n, labels, d in expected):
+            return after
+        if time.monotonic() > deadline:
+            return after
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +91,13 @@ def test_calls_teacher_runs_and_builds_are_counted(
     dataset = client.wait_dataset(client.build_dataset(unique("d"), "v1", [batch.id]).id)
     assert dataset.counts is not None and dataset.counts.total == 3
 
-    after = scrape(url)
+    after = settled(
+        url,
+        before,
+        ("nex_collector_dataset_builds_total", {"status": "ready"}, 1),
+        ("nex_collector_runs_finished_total", {"status": "completed"}, 3),
+        ("nex_collector_runs_finished_total", {"status": "failed"}, 1),
+    )
     rpc = "nex_collector_rpcs_total"
     assert (
         delta(
