@@ -145,7 +145,10 @@ def test_nex_down_delays_delivery_but_loses_nothing(integrated: Client, nex: Fak
         integrated.create_evidence_link(ref_id, dataset_id=dataset_id, note=str(i))
         for i in range(5)
     ]
-    time.sleep(2.5)
+    deadline = time.monotonic() + 30
+    while not all(integrated.get_evidence_link(x.id).attempts >= 1 for x in links):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     pending = [integrated.get_evidence_link(x.id) for x in links]
     assert all(x.status == EvidenceStatus.PENDING for x in pending)
     assert all(x.attempts >= 1 and "503" in (x.last_error or "") for x in pending)
