@@ -229,6 +229,7 @@ def test_the_acceptance_story_from_a_terminal(
         "--batch", batch.id, "--context-ref", ref_id,
     )  # fmt: skip
     dataset_id = _id("ds", built)
+    assert "context ref" in built.output and ref_id in built.output
     assert integrated.get_dataset(dataset_id).context_ref_id == ref_id
 
     linked = invoke(

@@ -361,6 +361,8 @@ def summary_table(m: DatasetManifest) -> Table:
         table.add_row("error", Text(f"{m.error.code}: {m.error.message}", style="red"))
     table.add_row("uri", m.uri or "-")
     table.add_row("batches", ", ".join(m.batch_ids))
+    if m.context_ref_id:
+        table.add_row("context ref", m.context_ref_id)
     table.add_row("filters", "\n".join(format_filter(f) for f in m.filters) or "none")
     if m.status == DatasetStatus.READY:
         c = m.counts
