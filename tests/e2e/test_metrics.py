@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,6 +135,43 @@ def test_calls_teacher_runs_and_builds_are_counted(
     assert tokens == client.get_batch(batch.id).usage.output_tokens > 0
     assert delta(before, after, "nex_collector_dataset_builds_total", status="ready") == 1
     assert delta(before, after, "nex_collector_dataset_runs_read_total") == 3
+
+
+def _backlog(url: str) -> dict[str, float]:
+    now = scrape(url)
+    return {
+        "queued": now.get(("nex_collector_runs_active", frozenset({("status", "queued")})), -1),
+        "running": now.get(("nex_collector_runs_active", frozenset({("status", "running")})), -1),
+        "building": now.get(("nex_collector_datasets_building", frozenset()), -1),
+        "pending": now.get(("nex_collector_evidence_pending", frozenset()), -1),
+    }
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_backlog_is_read_from_the_database(
+    metered: tuple[Client, str], fresh_teacher_api: FakeTeacherAPI
+) -> None:
+    client, url = metered
+    fresh_teacher_api.latency_s = 2.0  # long enough for a refresh (1 s here) to see the runs
+    template = client.create_template(unique("m"), user_template="Say {{ x }}.", variables=["x"])
+    batch = client.create_batch(unique("b"), template.id, "openai", "gpt-4o-mini")
+    client.create_runs(batch.id, [{"x": str(i)} for i in range(20)])
+    _until(
+        lambda: (b := _backlog(url))["queued"] + b["running"] == 20,
+        f"the 20 runs never showed as queued or running: {_backlog(url)}",
+    )
+    for _ in client.watch_batch(batch.id):
+        pass
+    _until(
+        lambda: _backlog(url) == {"queued": 0, "running": 0, "building": 0, "pending": 0},
+        f"the backlog did not drain: {_backlog(url)}",
+    )
 
 
 def test_a_bad_metrics_address_is_a_configuration_error() -> None:

@@ -2,7 +2,8 @@
 
 `serve`, `worker` and `dev` serve them over HTTP on METRICS_ADDR (off when
 unset). Each process exports its own: scrape the server for RPCs and the
-workers for teacher calls, runs, dataset builds and evidence deliveries.
+backlog, the workers for teacher calls, runs, dataset builds and evidence
+deliveries.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,23 @@ EVIDENCE_DELIVERIES = Counter(
     "nex_collector_evidence_deliveries",
     "Attempts to deliver an evidence link to NEX, by outcome (posted, retry).",
     ["outcome"],
+)
+
+
+# The backlog: read from PostgreSQL by each server every RECONCILE_INTERVAL_S, so
+# every replica reports the same numbers (take max() across them).
+RUNS_ACTIVE = Gauge(
+    "nex_collector_runs_active",
+    "Runs waiting for a worker (queued) or at a teacher (running), over all batches.",
+    ["status"],
+)
+DATASETS_BUILDING = Gauge(
+    "nex_collector_datasets_building",
+    "Datasets whose build has not finished yet.",
+)
+EVIDENCE_PENDING = Gauge(
+    "nex_collector_evidence_pending",
+    "Evidence links not yet accepted by NEX (a growing number: NEX is down or refusing).",
 )
 
 

@@ -13,6 +13,7 @@ from nex.collector.server import metrics
 from nex.collector.server.api.server import GrpcServer
 from nex.collector.server.bootstrap import Container, StartupError, open_container
 from nex.collector.server.config import Settings
+from nex.collector.server.services.backlog import export_backlog_forever
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ async def run(
         try:
             if server is not None:
                 await server.start()
+            if server is not None and settings.metrics_addr:
+                tasks.append(
+                    asyncio.create_task(
+                        export_backlog_forever(container.uow, settings.reconcile_interval_s, stop),
+                        name="backlog",
+                    )
+                )
             if work:
                 from nex.collector.server.worker.runner import run_worker
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from json.scanner import make_scanner
 from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
@@ -162,6 +162,10 @@ class DatasetRepository(Repository):
             .where(datasets.c.id == id_, datasets.c.status == DatasetStatus.BUILDING.value)
             .values(**values)
         )
+
+    async def count_building(self) -> int:
+        stmt = select(func.count()).where(datasets.c.status == DatasetStatus.BUILDING.value)
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def stale_builds(self, now: datetime, grace: timedelta) -> list[str]:
         """BUILDING datasets whose builder's lease ran out, or that no worker took."""

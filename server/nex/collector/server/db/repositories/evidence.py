@@ -4,7 +4,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
@@ -97,6 +97,10 @@ class EvidenceRepository(Repository):
                 next_attempt_time=next_attempt,
             )
         )
+
+    async def count_pending(self) -> int:
+        stmt = select(func.count()).where(evidence_links.c.status == EvidenceStatus.PENDING.value)
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def due(self, now: datetime, limit: int = 1000) -> list[str]:
         stmt = (

@@ -298,6 +298,16 @@ class RunRepository(Repository):
         )
         return [r[0] for r in await self.session.execute(stmt)]
 
+    async def count_by_status(self, statuses: Sequence[RunStatus]) -> dict[RunStatus, int]:
+        """Runs per status, over every batch (each of ``statuses``, 0 when none)."""
+        stmt = (
+            select(runs.c.status, func.count())
+            .where(runs.c.status.in_([s.value for s in statuses]))
+            .group_by(runs.c.status)
+        )
+        found = {RunStatus(r[0]): int(r[1]) for r in await self.session.execute(stmt)}
+        return {s: found.get(s, 0) for s in statuses}
+
     async def active_count(self, batch_id: str) -> int:
         stmt = select(func.count()).where(
             runs.c.batch_id == batch_id,

@@ -1,0 +1,52 @@
+"""The backlog an operator watches: runs queued and running, datasets building,
+evidence links waiting for NEX. Read from PostgreSQL, the source of truth (Redis
+only knows the jobs it still holds), and exported as Prometheus gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from nex.collector.server import metrics
+from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.domain.teacher import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    runs_queued: int
+    runs_running: int
+    datasets_building: int
+    evidence_pending: int
+
+
+async def read_backlog(uow: UnitOfWorkFactory) -> Backlog:
+    async with uow() as tx:
+        runs = await tx.runs.count_by_status((RunStatus.QUEUED, RunStatus.RUNNING))
+        building = await tx.datasets.count_building()
+        pending = await tx.evidence.count_pending()
+    return Backlog(runs[RunStatus.QUEUED], runs[RunStatus.RUNNING], building, pending)
+
+
+def export(backlog: Backlog) -> None:
+    metrics.RUNS_ACTIVE.labels(RunStatus.QUEUED.value).set(backlog.runs_queued)
+    metrics.RUNS_ACTIVE.labels(RunStatus.RUNNING.value).set(backlog.runs_running)
+    metrics.DATASETS_BUILDING.set(backlog.datasets_building)
+    metrics.EVIDENCE_PENDING.set(backlog.evidence_pending)
+
+
+async def export_backlog_forever(
+    uow: UnitOfWorkFactory, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Refreshes the backlog gauges every ``interval_s`` until ``stop``."""
+    while not stop.is_set():
+        try:
+            export(await read_backlog(uow))
+        except Exception as exc:  # the database is away: keep the last values
+            log.warning("could not read the backlog: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
