@@ -242,9 +242,9 @@ class RunExecutor:
                 return False
             if not await tx.runs.next_attempt(run_id, attempt, self._lease, now()):
                 return False
-            self._held[run_id] = (batch_id, attempt + 1)
             await tx.events.append([NewEvent(run_id, batch_id, RunStatus.RUNNING, attempt + 1)])
             await tx.commit()
+            self._held[run_id] = (batch_id, attempt + 1)
             return True
 
 
