@@ -186,6 +186,20 @@ def test_standalone_never_calls_nex(
     assert caught.value.reason == "INTEGRATION_DISABLED"
     with pytest.raises(FailedPreconditionError):
         list(client.list_evidence_links())
+    template = client.create_template(unique("t"), user_template="{{ x }}", variables=["x"])
+    batches = {b.id for b in client.list_batches()}
+    with pytest.raises(FailedPreconditionError) as caught:  # not silently ignored
+        client.create_batch(
+            unique("b"), template.id, "mock", "mock-1", context_ref_id=ref.id, link_evidence=True
+        )
+    assert caught.value.reason == "INTEGRATION_DISABLED"
+    assert {b.id for b in client.list_batches()} == batches  # nothing half-written
+    batch = client.create_batch(unique("b"), template.id, "mock", "mock-1")
+    with pytest.raises(FailedPreconditionError) as caught:
+        client.build_dataset(
+            unique("ds"), "v1", [batch.id], context_ref_id=ref.id, link_evidence=True
+        )
+    assert caught.value.reason == "INTEGRATION_DISABLED"
     assert nex.requests == before
 
 

@@ -36,7 +36,7 @@ class BuildDatasetRequest(_message.Message):
     context_ref_id: _builtins.str
     link_evidence: _builtins.bool
     """Create an evidence link to context_ref_id when the dataset is ready
-    (integrated mode).
+    (integrated mode; standalone answers FAILED_PRECONDITION).
     """
     @_builtins.property
     def batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...

@@ -62,7 +62,7 @@ class CreateBatchRequest(_message.Message):
     request_id: _builtins.str
     link_evidence: _builtins.bool
     """Create an evidence link to context_ref_id when the batch completes
-    (integrated mode).
+    (integrated mode; standalone answers FAILED_PRECONDITION).
     """
     @_builtins.property
     def params(self) -> _teacher_pb2.GenerationParams: ...

@@ -207,6 +207,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             metrics=MetricRegistry.from_entry_points(),
             on_ready=evidence.link_dataset,
             lease=timedelta(seconds=settings.dataset_lease_s),
+            integrated=evidence.enabled,
         )
         hub = EventHub(plain_dsn(database_url))
         await hub.start()
@@ -222,7 +223,9 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             redis=redis,
             queue=queue,
             providers=providers,
-            teacher=Teacher(uow, queue, provider_ready=provider_problems(settings)),
+            teacher=Teacher(
+                uow, queue, provider_ready=provider_problems(settings), integrated=evidence.enabled
+            ),
             executor=executor,
             reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),
             hub=hub,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.errors import NotFound, Violations
+from nex.collector.server.domain.errors import FailedPrecondition, NotFound, Violations
 from nex.collector.server.domain.pagination import PageRequest, decode_token, encode_token
 from nex.collector.server.domain.validation import page_size
 
@@ -22,6 +22,14 @@ def page_request(v: Violations, size: int, token: str, filter_key: str) -> PageR
 
 
 T = TypeVar("T")
+
+
+def integration_disabled(what: str) -> FailedPrecondition:
+    """What standalone mode answers when asked for something only NEX can take."""
+    return FailedPrecondition(
+        f"{what} need integrated mode: set MODE_INTEGRATION=integrated and NEX_BASE_URL",
+        reason="INTEGRATION_DISABLED",
+    )
 
 
 def require(value: T | None, resource: str, id_: str) -> T:

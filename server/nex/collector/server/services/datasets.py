@@ -32,7 +32,13 @@ from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.queue import BUILD_DATASET, JobQueue
-from nex.collector.server.services.common import check_id, list_page, now, require
+from nex.collector.server.services.common import (
+    check_id,
+    integration_disabled,
+    list_page,
+    now,
+    require,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,10 @@ class Datasets:
         metrics: MetricRegistry,
         on_ready: OnReady | None = None,
         lease: timedelta = BUILD_LEASE,
+        integrated: bool = False,
     ) -> None:
         self._uow = uow
+        self._integrated = integrated
         self._queue = queue
         self._root = root
         self._metrics = metrics
@@ -94,6 +102,8 @@ class Datasets:
         if cmd.link_evidence and not cmd.context_ref_id:
             v.add("link_evidence", "needs context_ref_id")
         v.raise_if_any()
+        if cmd.link_evidence and not self._integrated:
+            raise integration_disabled("evidence links (link_evidence)")
         async with self._uow() as tx:
             if cmd.request_id and (found := await tx.datasets.find(request_id=cmd.request_id)):
                 return found

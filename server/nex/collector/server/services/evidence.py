@@ -10,14 +10,20 @@ from dataclasses import dataclass
 from nex.collector.server import metrics
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.datasets import Dataset
-from nex.collector.server.domain.errors import FailedPrecondition, Unavailable, Violations
+from nex.collector.server.domain.errors import Unavailable, Violations
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus, retry_delay
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.integrations.nex import NexClient, NexRejected
 from nex.collector.server.queue import DELIVER_EVIDENCE, JobQueue
-from nex.collector.server.services.common import check_id, list_page, now, require
+from nex.collector.server.services.common import (
+    check_id,
+    integration_disabled,
+    list_page,
+    now,
+    require,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +53,7 @@ class Evidence:
 
     def _require_integrated(self) -> NexClient:
         if self._nex is None:
-            raise FailedPrecondition(
-                "evidence links need integrated mode: "
-                "set MODE_INTEGRATION=integrated and NEX_BASE_URL",
-                reason="INTEGRATION_DISABLED",
-            )
+            raise integration_disabled("evidence links")
         return self._nex
 
     async def create(self, cmd: NewEvidenceLink) -> EvidenceLink:

@@ -23,7 +23,13 @@ from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
-from nex.collector.server.services.common import check_id, list_page, now, require
+from nex.collector.server.services.common import (
+    check_id,
+    integration_disabled,
+    list_page,
+    now,
+    require,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +58,11 @@ class Teacher:
         queue: JobQueue,
         *,
         provider_ready: Mapping[str, str | None] | None = None,
+        integrated: bool = False,
     ) -> None:
         self._uow = uow
         self._queue = queue
+        self._integrated = integrated
         # provider -> why it cannot be used here (None: usable)
         self._provider_problem = dict(provider_ready or {})
 
@@ -72,6 +80,8 @@ class Teacher:
         if cmd.link_evidence and not cmd.context_ref_id:
             v.add("link_evidence", "needs context_ref_id")
         v.raise_if_any()
+        if cmd.link_evidence and not self._integrated:
+            raise integration_disabled("evidence links (link_evidence)")
         if problem := self._provider_problem.get(cmd.provider):
             raise FailedPrecondition(
                 problem, reason="PROVIDER_NOT_CONFIGURED", metadata={"provider": cmd.provider}
