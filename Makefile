@@ -70,4 +70,5 @@ bench: $(STAMP) ## benchmarks, printed as ratios against a same-run baseline
 	$(BIN)/python bench/dataset.py --sizes 50000,200000
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
+	  client/build client/*.egg-info server/*.egg-info
