@@ -139,6 +139,7 @@ def test_worker_methods_we_override_or_call() -> None:
     ):
         assert init[name].kind is inspect.Parameter.KEYWORD_ONLY or name == "functions", name
     assert {"name", "timeout", "keep_result"} <= set(_params(func))
+    assert "retry" in _params(create_pool)  # the runner's worker pool fails fast: retry=0
 
 
 # ------------------------------------------------------------- a real Worker
