@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 install: $(STAMP) ## a .venv with the client, the server (+ embedded PostgreSQL/Redis) and dev tools
 
 constraints: $(STAMP) ## re-pin constraints.txt to exactly what .venv holds now
-	$(BIN)/pip freeze --exclude-editable --local | sort -f > constraints.txt
+	{ echo "# The exact versions make install, CI and the image use; make constraints rewrites it."; \
+	  $(BIN)/pip freeze --exclude-editable --local | sort -f; } > constraints.txt
 	touch $(STAMP)
 
 $(BUF):
