@@ -149,11 +149,15 @@ class RunWatcher:
                     return
                 woken = asyncio.ensure_future(wakeup.wait())
                 closing = asyncio.ensure_future(self._closing.wait())
-                fired, _ = await asyncio.wait(
-                    {woken, closing}, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
-                )
-                woken.cancel()
-                closing.cancel()
+                try:
+                    fired, _ = await asyncio.wait(
+                        {woken, closing},
+                        timeout=self._heartbeat,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:  # also when the stream closes mid-wait
+                    woken.cancel()
+                    closing.cancel()
                 if not fired:
                     yield Heartbeat()
                 elif not self._closing.is_set():
