@@ -398,7 +398,7 @@ def drops_table(m: DatasetManifest) -> Table:
     table.add_column("dropped", justify="right")
     table.add_row("", "[dim]runs in the batches[/dim]", f"{c.total:,}")
     for d in c.dropped:
-        dropped = f"[red]-{d.dropped:,}[/red]" if d.dropped else "[dim]0[/dim]"
+        dropped = f"[red]{d.dropped:,}[/red]" if d.dropped else "[dim]0[/dim]"
         table.add_row(str(d.index), escape(d.filter), dropped)
     table.add_row("", "[bold]kept[/bold]", f"[bold green]{c.kept:,}[/bold green]")
     return table
