@@ -351,3 +351,28 @@ def test_demo_runs_against_a_running_collector(collector: RunningCollector, clie
     else:
         assert "does not offer DatasetService" in result.output
     assert "demo complete" in result.output
+
+
+def test_client_commands_do_not_read_the_servers_configuration(
+    collector: RunningCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server setting that cannot start a server is none of a client's business.
+    monkeypatch.setenv("MODE_INTEGRATION", "integrated")
+    monkeypatch.delenv("NEX_BASE_URL", raising=False)
+    monkeypatch.setenv("TEACHER_MAX_ATTEMPTS", "not a number")
+    result = invoke(collector, "batch", "list")
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_mistyped_command_says_error_like_every_other_failure() -> None:
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "nex-collector"
+    done = subprocess.run(
+        [str(cli), "batch", "create", "--inputs", "x.jsonl"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "error: Missing option '--template'" in done.stderr, done.stderr
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr
