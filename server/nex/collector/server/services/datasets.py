@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nex.collector.server import metrics
-from nex.collector.server.datasets.builder import build_dataset
+from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
 from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsError
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
@@ -58,6 +58,7 @@ class NewDataset:
     request_id: str = ""
     context_ref_id: str = ""
     link_evidence: bool = False
+    allow_empty: bool = False
 
 
 class Datasets:
@@ -130,6 +131,7 @@ class Datasets:
                 create_time=now(),
                 context_ref_id=cmd.context_ref_id or None,
                 link_evidence=cmd.link_evidence,
+                allow_empty=cmd.allow_empty,
             )
             if not await tx.datasets.insert(dataset, cmd.request_id):
                 await tx.rollback()  # a concurrent build of the same version or request id won
@@ -180,6 +182,8 @@ class Datasets:
         except asyncio.CancelledError:
             await asyncio.shield(self._release(dataset_id))
             raise
+        except EmptyDatasetError as exc:
+            return await self._fail(dataset, "EMPTY_DATASET", str(exc))
         except DatasetExistsError:
             adopted = self._adopt(dataset, final_dir)
             if adopted is None:
@@ -241,6 +245,7 @@ class Datasets:
                     "status": DatasetStatus.READY.value,
                 },
                 progress=progress,
+                allow_empty=dataset.allow_empty,
             )
 
     def _adopt(
