@@ -219,7 +219,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             engine=engine,
             uow=uow,
             context_refs=ContextRefs(uow, nex.context_exists if nex else None),
-            templates=Templates(uow),
+            templates=Templates(uow, integrated=evidence.enabled),
             redis=redis,
             queue=queue,
             providers=providers,

@@ -39,6 +39,7 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.context_refs import usable_ref
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,10 @@ class Datasets:
             for batch_id in cmd.batch_ids:
                 require(await tx.batches.get(batch_id), "batch", batch_id)
             if cmd.context_ref_id:
-                require(
-                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                usable_ref(
+                    await tx.context_refs.get(cmd.context_ref_id),
+                    cmd.context_ref_id,
+                    integrated=self._integrated,
                 )
             dataset = Dataset(
                 id=new_id("ds"),

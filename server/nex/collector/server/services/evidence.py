@@ -24,6 +24,7 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.context_refs import usable_ref
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class Evidence:
         async with self._uow() as tx:
             if cmd.request_id and (found := await tx.evidence.get_by_request_id(cmd.request_id)):
                 return found
-            require(
-                await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+            usable_ref(
+                await tx.context_refs.get(cmd.context_ref_id), cmd.context_ref_id, integrated=True
             )
             if cmd.dataset_id:
                 require(await tx.datasets.get(cmd.dataset_id), "dataset", cmd.dataset_id)

@@ -30,6 +30,7 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.context_refs import usable_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +92,10 @@ class Teacher:
                 return await tx.batches.view(found)
             require(await tx.templates.get(cmd.template_id), "template", cmd.template_id)
             if cmd.context_ref_id:
-                require(
-                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                usable_ref(
+                    await tx.context_refs.get(cmd.context_ref_id),
+                    cmd.context_ref_id,
+                    integrated=self._integrated,
                 )
             batch = Batch(
                 id=new_id("bat"),
