@@ -32,7 +32,7 @@ def start_embedded(data_dir: Path) -> EmbeddedServices:
     """Starts (or joins, when another process of ours already did) PostgreSQL and
     Redis under `data_dir`. Both listen on unix sockets only."""
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     if "XDG_RUNTIME_DIR" not in os.environ:  # pgserver's platformdirs warns without one
         runtime = data_dir / "run"
         runtime.mkdir(mode=0o700, exist_ok=True)
