@@ -32,7 +32,12 @@ from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
-from nex.collector.server.queue import JobQueue, in_progress_ttl_ms
+from nex.collector.server.queue import (
+    DELIVER_EVIDENCE,
+    JobQueue,
+    in_progress_ttl_ms,
+    job_timeouts,
+)
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -198,7 +203,13 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
                 timeout=settings.nex_timeout_s,
             )
             closers.append(nex.aclose)
-        evidence = Evidence(uow, queue, nex)
+        evidence = Evidence(
+            uow,
+            queue,
+            nex,
+            # Outlives the delivery job, so a live delivery is never taken twice.
+            lease=timedelta(seconds=job_timeouts(settings)[DELIVER_EVIDENCE] + 10),
+        )
         executor = RunExecutor(
             uow,
             providers.get,

@@ -68,7 +68,9 @@ async def run(
                 # run_worker restarts its own arq loop; a crash of the whole worker
                 # stops the process rather than leaving it serving without one.
                 tasks.append(
-                    supervise("worker", lambda: run_worker(container, stop), stop=stop, restart=False)
+                    supervise(
+                        "worker", lambda: run_worker(container, stop), stop=stop, restart=False
+                    )
                 )
             if ready is not None:
                 ready(container, server)

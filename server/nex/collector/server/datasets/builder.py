@@ -149,7 +149,9 @@ class _Build:
         )
 
 
-def _discard(executor: ThreadPoolExecutor, pending: Future[None] | None, writer: DatasetWriter) -> None:
+def _discard(
+    executor: ThreadPoolExecutor, pending: Future[None] | None, writer: DatasetWriter
+) -> None:
     """After a failed or cancelled build: waits for the chunk in flight, then
     removes the staging folder. Blocking; runs in a thread."""
     executor.shutdown(wait=True, cancel_futures=True)

@@ -32,7 +32,6 @@ from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.queue import BUILD_DATASET, JobQueue
-from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.common import (
     check_id,
     integration_disabled,
@@ -40,6 +39,7 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.evidence import Evidence
 
 log = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ class Evidence:
     # The caller enqueues the ids returned once it has committed (`enqueue`); the
     # reconciler enqueues any link still due, so a lost enqueue only delays it.
 
-    async def link_ready_dataset(self, tx: UnitOfWork, dataset: Dataset) -> list[str]:
+    async def link_ready_dataset(self, tx: UnitOfWork, dataset: Dataset) -> Sequence[str]:
         """A dataset built with link_evidence is linked once it is READY."""
         if not (self.enabled and dataset.link_evidence and dataset.context_ref_id):
             return []
@@ -153,7 +153,9 @@ class Evidence:
             request_id=f"auto:{dataset.id}",
         )
 
-    async def link_finished_batches(self, tx: UnitOfWork, batch_ids: Iterable[str]) -> list[str]:
+    async def link_finished_batches(
+        self, tx: UnitOfWork, batch_ids: Iterable[str]
+    ) -> Sequence[str]:
         """A batch created with link_evidence is linked (through its first run, the
         evidence that the collection finished) once none of its runs is active.
 
@@ -174,14 +176,16 @@ class Evidence:
                 PageRequest(1, None), batch_id=batch_id, status=None, full=False
             )
             if runs:
-                created += await self._insert_auto(
-                    tx,
-                    context_ref_id=batch.context_ref_id,
-                    dataset_id=None,
-                    run_id=runs[0].id,
-                    kind="teacher_batch",
-                    note=f"batch {batch.name} ({batch.id}) finished",
-                    request_id=f"auto:{batch_id}",
+                created.extend(
+                    await self._insert_auto(
+                        tx,
+                        context_ref_id=batch.context_ref_id,
+                        dataset_id=None,
+                        run_id=runs[0].id,
+                        kind="teacher_batch",
+                        note=f"batch {batch.name} ({batch.id}) finished",
+                        request_id=f"auto:{batch_id}",
+                    )
                 )
         return created
 
@@ -201,7 +205,7 @@ class Evidence:
         kind: str,
         note: str,
         request_id: str,
-    ) -> list[str]:
+    ) -> Sequence[str]:
         link = EvidenceLink(
             id=new_id("evl"),
             context_ref_id=context_ref_id,
@@ -224,9 +228,10 @@ class Evidence:
         a worker that dies mid-post leaves the link due again when the lease ends."""
         nex = self._require_integrated()
         async with self._uow() as tx:
-            link = await tx.evidence.claim(link_id, self._lease, now())
-            if link is None:
+            claimed = await tx.evidence.claim(link_id, self._lease, now())
+            if claimed is None:
                 return "skipped: posted, not due, or another worker holds it"
+            link, claimed_until = claimed
             ref = require(
                 await tx.context_refs.get(link.context_ref_id), "context_ref", link.context_ref_id
             )
@@ -249,7 +254,7 @@ class Evidence:
         except (Unavailable, NexRejected) as exc:
             async with self._uow() as tx:
                 await tx.evidence.mark_failed(
-                    link_id, link.attempts, str(exc), now() + retry_delay(link.attempts)
+                    link_id, claimed_until, str(exc), now() + retry_delay(link.attempts + 1)
                 )
                 await tx.commit()
             log.info("evidence link %s not delivered yet: %s", link_id, exc)

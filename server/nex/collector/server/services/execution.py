@@ -188,7 +188,7 @@ class RunExecutor:
 
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         finished_at = now()
-        links: list[str] = []
+        links: Sequence[str] = ()
         async with self._uow() as tx:
             live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
             rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
@@ -206,7 +206,7 @@ class RunExecutor:
             await self._evidence.enqueue(links)
         return [o.run_id in live for o in outcomes]
 
-    async def _link_finished(self, tx: UnitOfWork, batch_ids: Iterable[str]) -> list[str]:
+    async def _link_finished(self, tx: UnitOfWork, batch_ids: Iterable[str]) -> Sequence[str]:
         """Links, in `tx`, the batches created with link_evidence that `tx` ends."""
         if self._evidence is None or not self._evidence.enabled:
             return []
@@ -237,7 +237,7 @@ class RunExecutor:
         async with self._uow() as tx:
             batch = await tx.batches.get(batch_id)
             if batch is not None and batch.cancel_time is not None:
-                links: list[str] = []
+                links: Sequence[str] = ()
                 if await tx.runs.cancel_running(run_id, attempt, now()):
                     await tx.events.append(
                         [NewEvent(run_id, batch_id, RunStatus.CANCELLED, attempt)]

@@ -28,7 +28,6 @@ from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
-from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.common import (
     check_id,
     integration_disabled,
@@ -36,7 +35,7 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
-
+from nex.collector.server.services.evidence import Evidence
 
 # Tries of create_runs' transaction before a conflict on request ids is UNAVAILABLE.
 CREATE_RUNS_ATTEMPTS = 5

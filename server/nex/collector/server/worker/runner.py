@@ -12,8 +12,8 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 
 from nex.collector.server.bootstrap import Container
-from nex.collector.server.supervisor import supervise
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, job_timeouts
+from nex.collector.server.supervisor import supervise
 from nex.collector.server.worker.arq_worker import BatchStartWorker
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,9 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if main.done() and not main.cancelled() and (exc := main.exception()) is not None:
-                log.warning("worker loop stopped; starting a new one", exc_info=exc)
+            crash = main.exception() if main.done() and not main.cancelled() else None
+            if crash is not None:
+                log.warning("worker loop stopped; starting a new one", exc_info=crash)
                 await asyncio.sleep(0.5)
             else:
                 main.cancel()

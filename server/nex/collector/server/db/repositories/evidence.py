@@ -77,9 +77,13 @@ class EvidenceRepository(Repository):
         rows, next_key = await self._page(stmt, page, evidence_links.c.id)
         return [_entity(r) for r in rows], next_key
 
-    async def claim(self, id_: str, lease: timedelta, now: datetime) -> EvidenceLink | None:
+    async def claim(
+        self, id_: str, lease: timedelta, now: datetime
+    ) -> tuple[EvidenceLink, datetime] | None:
         """Takes a due link for one delivery attempt: it is not due again until the
-        lease ends (so no other worker posts it meanwhile), and `attempts` counts it."""
+        lease ends, so no other worker posts it meanwhile. Returns the link and the
+        lease's end, which `mark_failed` checks (the claim is still this one)."""
+        until = now + lease
         stmt = (
             update(evidence_links)
             .where(
@@ -87,14 +91,11 @@ class EvidenceRepository(Repository):
                 evidence_links.c.status == EvidenceStatus.PENDING.value,
                 evidence_links.c.next_attempt_time <= now,
             )
-            .values(
-                next_attempt_time=now + lease,
-                attempts=evidence_links.c.attempts + 1,
-            )
+            .values(next_attempt_time=until)
             .returning(*evidence_links.c)
         )
         row = (await self.session.execute(stmt)).mappings().first()
-        return _entity(row) if row else None
+        return (_entity(row), until) if row else None
 
     async def mark_posted(self, id_: str, now: datetime) -> None:
         await self.session.execute(
@@ -106,23 +107,28 @@ class EvidenceRepository(Repository):
             .values(
                 status=EvidenceStatus.POSTED.value,
                 post_time=now,
+                attempts=evidence_links.c.attempts + 1,
                 last_error=None,
                 next_attempt_time=None,
             )
         )
 
     async def mark_failed(
-        self, id_: str, attempt: int, error: str, next_attempt: datetime
+        self, id_: str, claimed_until: datetime, error: str, next_attempt: datetime
     ) -> None:
-        """Only while the claim of `attempt` is the latest one."""
+        """Only while the claim that ends at `claimed_until` is the latest one."""
         await self.session.execute(
             update(evidence_links)
             .where(
                 evidence_links.c.id == id_,
                 evidence_links.c.status == EvidenceStatus.PENDING.value,
-                evidence_links.c.attempts == attempt,
+                evidence_links.c.next_attempt_time == claimed_until,
             )
-            .values(last_error=error[:1000], next_attempt_time=next_attempt)
+            .values(
+                attempts=evidence_links.c.attempts + 1,
+                last_error=error[:1000],
+                next_attempt_time=next_attempt,
+            )
         )
 
     async def lock_batch(self, batch_id: str) -> None:
