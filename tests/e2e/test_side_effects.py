@@ -1,9 +1,12 @@
 """Side effects that cannot be lost: an automatic evidence link commits with the
-status that calls for it (batch finished, dataset READY), and delivering a link
-holds no row lock while NEX is slow."""
+status that calls for it (batch finished, dataset READY), delivering a link holds
+no row lock while NEX is slow, retryable errors say when to retry, background
+tasks that crash are logged and restarted, and the teacher SDKs log no line per
+request."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,8 +16,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from nex.collector.client import Client, DatasetStatus, EvidenceStatus, GenerationParams, connect
+from nex.collector.client import (
+    Client,
+    DatasetStatus,
+    EvidenceStatus,
+    GenerationParams,
+    RunStatus,
+    UnavailableError,
+    connect,
+)
 from nex.collector.server.bootstrap import plain_dsn
+from nex.collector.server.services.reconcile import Reconciler
 from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
@@ -47,6 +59,8 @@ def collector_(
             NEX_BASE_URL=nex.base_url,
             NEX_API_TOKEN=nex.token,
             NEX_TIMEOUT_S=10.0,
+            DATABASE_POOL_SIZE=6,
+            DATABASE_MAX_OVERFLOW=3,
             **teacher_settings(teacher_api),
         )
         with running_collector(settings) as running:
@@ -200,3 +214,89 @@ def test_delivery_holds_no_row_lock_while_nex_is_slow(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert nex.posts[link.id] == 1
+
+
+def test_the_pool_size_comes_from_the_settings(collector_: RunningCollector) -> None:
+    pool = collector_.container.engine.pool
+    assert (pool.size(), pool._max_overflow) == (6, 3)
+
+
+def test_unavailable_says_when_to_retry(client: Client, nex: FakeNex) -> None:
+    nex.down = True
+    try:
+        with pytest.raises(UnavailableError) as caught:
+            client.create_context_ref(unique("ctx"), "1")
+    finally:
+        nex.down = False
+    assert caught.value.reason == "NEX_UNAVAILABLE"
+    assert caught.value.retry_delay == 1.0
+
+
+def test_a_request_id_that_keeps_conflicting_gives_up(
+    collector_: RunningCollector, client: Client, nex: FakeNex
+) -> None:
+    """A run insert that never lands (a trigger drops it) looks like a concurrent
+    call taking its request id, every time: the retry is bounded (before, it
+    recursed until the connection pool ran dry)."""
+    batch_id = _batch(client, _context_ref(client, nex), link=False)
+    request_id = unique("req")
+    name = f"drop_{uuid.uuid4().hex[:8]}"
+    execute(
+        collector_,
+        f"""CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.request_id = '{request_id}' THEN RETURN NULL; END IF;
+          RETURN NEW;
+        END $$""",
+    )
+    execute(
+        collector_,
+        f"CREATE TRIGGER {name} BEFORE INSERT ON runs FOR EACH ROW EXECUTE FUNCTION {name}()",
+    )
+    try:
+        with pytest.raises(UnavailableError) as caught:
+            client.create_run(batch_id, {"x": "1"}, request_id=request_id)
+    finally:
+        execute(collector_, f"DROP TRIGGER {name} ON runs")
+        execute(collector_, f"DROP FUNCTION {name}()")
+    assert caught.value.reason == "REQUEST_ID_CONFLICT"
+    assert caught.value.retry_delay is not None
+    assert client.create_run(batch_id, {"x": "1"}, request_id=request_id).batch_id == batch_id
+
+
+def test_a_crashed_reconciler_is_logged_and_restarted(
+    collector_: RunningCollector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reconciler: Reconciler = collector_.container.reconciler
+    real_tick = reconciler.tick
+    calls = 0
+
+    async def crash_once() -> tuple[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected reconciler crash")
+        return await real_tick()
+
+    with caplog.at_level(logging.ERROR, logger="nex.collector.server.supervisor"):
+        monkeypatch.setattr(reconciler, "tick", crash_once)
+        deadline = time.monotonic() + 30
+        while calls < 3:
+            assert time.monotonic() < deadline, "the reconciler did not run again"
+            time.sleep(0.05)
+    crashes = [r for r in caplog.records if "reconciler" in r.getMessage()]
+    assert len(crashes) == 1 and crashes[0].exc_info is not None
+    assert "injected reconciler crash" in caplog.text and "Traceback" in caplog.text
+
+
+def test_teacher_calls_log_no_line_per_request(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    template = client.create_template(unique("t"), user_template="About {{ x }}", variables=["x"])
+    batch = client.create_batch(unique("b"), template.id, "openai", "gpt-4o-mini")
+    with caplog.at_level(logging.INFO):
+        client.create_runs(batch.id, [{"x": str(i)} for i in range(3)])
+        for _ in client.watch_batch(batch.id):
+            pass
+    assert [r.status for r in client.list_runs(batch.id)] == [RunStatus.COMPLETED] * 3
+    assert "HTTP Request" not in caplog.text

@@ -48,7 +48,8 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
 
 # The SDKs' HTTP transport logs one INFO line per request ("HTTP Request: POST …"):
 # 100,000 runs wrote 100,000 of them.
-SDK_TRANSPORT_LOGGERS = ("httpx", "httpcore", "openai", "anthropic")
+# The SDKs ship on httpx2 / httpcore2 (loggers named so), plain httpx elsewhere.
+SDK_TRANSPORT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic")
 
 
 def quiet_sdk_transport(level: str) -> None:
