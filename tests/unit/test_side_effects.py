@@ -125,6 +125,28 @@ async def test_a_crashed_task_is_logged_with_its_traceback_and_restarted(
     assert "Traceback" in caplog.text
 
 
+async def test_a_database_or_redis_outage_is_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a crash: PostgreSQL or Redis restarting is expected, so no traceback."""
+    stop = asyncio.Event()
+    runs = 0
+
+    async def body() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise ConnectionRefusedError("Connect call failed ('127.0.0.1', 5432)")
+        stop.set()
+
+    with caplog.at_level(logging.WARNING, logger="nex.collector.server.supervisor"):
+        await asyncio.wait_for(supervised("backlog", body, stop=stop, first_backoff_s=0.01), 10)
+    assert runs == 2
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "ConnectionRefusedError" in record.getMessage()
+
+
 async def test_a_task_that_must_not_restart_stops_the_process(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
