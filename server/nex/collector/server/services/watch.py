@@ -55,6 +55,10 @@ class EventHub:
 
     async def _listen(self) -> None:
         while True:
+            if self._conn is not None:  # left open by a crash: the supervisor restarted us
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None
             try:
                 lost = asyncio.Event()
                 self._conn = await asyncpg.connect(self._dsn)
@@ -68,7 +72,7 @@ class EventHub:
                     with contextlib.suppress(Exception):
                         await self._conn.close()
                 raise
-            except (OSError, ConnectionError, TimeoutError, asyncpg.PostgresError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # Expected when PostgreSQL restarts; anything else crashes the
                 # task, and its supervisor logs the traceback and restarts it.
                 log.warning("event listener lost its connection (%s); reconnecting", exc)
