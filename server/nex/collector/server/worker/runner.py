@@ -13,7 +13,7 @@ from arq.worker import Worker, func
 
 from nex.collector.server.bootstrap import Container
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, job_timeouts
-from nex.collector.server.supervisor import supervise
+from nex.collector.server.supervisor import is_outage, supervise
 from nex.collector.server.worker.arq_worker import BatchStartWorker
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,12 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
             stopped.cancel()
             crash = main.exception() if main.done() and not main.cancelled() else None
             if crash is not None:
-                log.warning("worker loop stopped; starting a new one", exc_info=crash)
+                # Redis away is expected (one line); anything else keeps its traceback.
+                log.warning(
+                    "worker loop stopped (%s); starting a new one",
+                    crash,
+                    exc_info=None if is_outage(crash) else crash,
+                )
                 await asyncio.sleep(0.5)
             else:
                 main.cancel()
