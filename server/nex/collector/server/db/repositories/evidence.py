@@ -35,11 +35,8 @@ def _entity(row: Mapping[Any, Any]) -> EvidenceLink:
 class EvidenceRepository(Repository):
     table = evidence_links
 
-    async def get(self, id_: str, *, for_update: bool = False) -> EvidenceLink | None:
-        stmt = select(evidence_links).where(evidence_links.c.id == id_)
-        if for_update:
-            stmt = stmt.with_for_update(skip_locked=True)
-        row = await self._one(stmt)
+    async def get(self, id_: str) -> EvidenceLink | None:
+        row = await self._one(select(evidence_links).where(evidence_links.c.id == id_))
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> EvidenceLink | None:
