@@ -7,9 +7,10 @@ request."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.bootstrap import plain_dsn
+from nex.collector.server.domain.datasets import Dataset, DatasetCounts, DatasetFile
+from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.reconcile import Reconciler
 from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
@@ -300,3 +303,43 @@ def test_teacher_calls_log_no_line_per_request(
             pass
     assert [r.status for r in client.list_runs(batch.id)] == [RunStatus.COMPLETED] * 3
     assert "HTTP Request" not in caplog.text
+
+
+def test_adopting_a_built_folder_reads_its_manifest_off_the_event_loop(
+    collector_: RunningCollector,
+    client: Client,
+    nex: FakeNex,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A build that renamed its folder into place and died before recording it:
+    the next build adopts the folder by reading its manifest, in a thread."""
+    batch_id = _batch(client, _context_ref(client, nex), link=False)
+    client.create_runs(batch_id, [{"x": "1"}])
+    for _ in client.watch_batch(batch_id):
+        pass
+    ds = client.build_dataset(unique("ds"), "v1", [batch_id])
+    assert client.wait_dataset(ds.id).status == DatasetStatus.READY
+
+    async def current() -> threading.Thread:
+        return threading.current_thread()
+
+    loop_thread = collector_.call(current())
+    datasets: Datasets = collector_.container.datasets
+    real_adopt = datasets._adopt
+    read_in: list[threading.Thread] = []
+
+    def adopt(
+        dataset: Dataset, final_dir: Path
+    ) -> tuple[Sequence[DatasetFile], DatasetCounts] | None:
+        read_in.append(threading.current_thread())
+        return real_adopt(dataset, final_dir)
+
+    monkeypatch.setattr(datasets, "_adopt", adopt)
+    execute(
+        collector_,
+        "UPDATE datasets SET status = 'building', lease_expires = NULL, ready_time = NULL "
+        "WHERE id = $1",
+        ds.id,
+    )
+    assert client.wait_dataset(ds.id, timeout=60).status == DatasetStatus.READY
+    assert read_in and all(t is not loop_thread for t in read_in)
