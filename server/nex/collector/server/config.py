@@ -26,6 +26,10 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    # Connections each process keeps to PostgreSQL, and how many more it may open
+    # under a burst (a worker with WORKER_MAX_JOBS jobs shares these).
+    database_pool_size: int = Field(default=10, validation_alias="DATABASE_POOL_SIZE", ge=1)
+    database_max_overflow: int = Field(default=10, validation_alias="DATABASE_MAX_OVERFLOW", ge=0)
     data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
     addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
     tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,7 +73,11 @@ def _startup_errors() -> Iterator[None]:
 
 
 def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
-    from nex.collector.server.runtime import run
+    from nex.collector.server.runtime import PRIVATE_UMASK, run
+
+    # Everything written under DATA_DIR (datasets, embedded PostgreSQL and Redis)
+    # stays private to the service's user and group.
+    os.umask(PRIVATE_UMASK)
 
     def ready(container: object, server: object) -> None:
         where = (

@@ -164,6 +164,18 @@ class EmptyDatasetError(Exception):
         )
 
 
+def _discard(
+    executor: ThreadPoolExecutor, pending: Future[None] | None, writer: DatasetWriter
+) -> None:
+    """After a failed or cancelled build: waits for the chunk in flight, then
+    removes the staging folder. Blocking; runs in a thread."""
+    executor.shutdown(wait=True, cancel_futures=True)
+    if pending is not None and pending.done() and not pending.cancelled():
+        with contextlib.suppress(BaseException):
+            pending.exception()  # retrieved: no "never retrieved" warning
+    writer.abort()
+
+
 def _open_writer(final_dir: Path, clean_stale: bool) -> DatasetWriter:
     if final_dir.exists():
         raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
@@ -230,12 +242,12 @@ async def build_dataset(
             raise EmptyDatasetError(build.total, build.drops())
         return await asyncio.wrap_future(executor.submit(build.finish, manifest_extra))
     except BaseException:
-        # A chunk may still be in the thread: let it finish before deleting its folder.
-        executor.shutdown(wait=True, cancel_futures=True)
-        if pending is not None and pending.done() and not pending.cancelled():
-            with contextlib.suppress(BaseException):
-                pending.exception()  # retrieved: no "never retrieved" warning
-        writer.abort()
+        # A chunk may still be in the thread: let it finish before deleting its
+        # folder. Both block, so they run in a thread of their own; shielded, so a
+        # second cancellation cannot leave the folder behind.
+        cleanup = asyncio.ensure_future(asyncio.to_thread(_discard, executor, pending, writer))
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(cleanup)
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:  # release the caller's cursor now, not at garbage collection
             with contextlib.suppress(Exception):
