@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTO_OUT := client
 PROTO_FILES := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: install constraints dev test lint proto proto-check breaking bench clean
+.PHONY: install dev test lint proto proto-check bench clean
 
 # The client distribution (./client) and the server (.), both editable, in one
 # resolve so the server's `nex-collector-client` requirement is the local one;
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 
 install: $(STAMP) ## a .venv with the client, the server (+ embedded PostgreSQL/Redis) and dev tools
 
+.PHONY: constraints breaking
 constraints: $(STAMP) ## re-pin constraints.txt to exactly what .venv holds now
 	{ echo "# The exact versions make install, CI and the image use; make constraints rewrites it."; \
 	  $(BIN)/pip freeze --exclude-editable --local | sort -f; } > constraints.txt

@@ -43,7 +43,8 @@ def _types_in(hint: object) -> Iterator[type]:
 
 
 def _client_types_mentioned() -> Iterator[tuple[str, type]]:
-    public = vars(client_pkg)
+    # getattr, not vars(): a package may load its names lazily (PEP 562).
+    public = {name: getattr(client_pkg, name) for name in client_pkg.__all__}
     for name in client_pkg.__all__:
         value = public[name]
         if not callable(value) or typing.get_origin(value) is not None:  # a type alias

@@ -1,8 +1,8 @@
 """A live terminal progress display of a batch, fed by ``watch_batch``.
 
-Optional: imports ``rich``, the ``progress`` extra of nex-collector-client. Run
-statuses come from the (resumable) event stream; usage and cost, which events
-do not carry, are refreshed from ``get_batch`` every ``refresh_interval`` seconds.
+Optional: imports ``rich``. Run statuses come from the (resumable) event
+stream; usage and cost, which events do not carry, are refreshed from
+``get_batch`` every ``refresh_interval`` seconds.
 """
 
 from __future__ import annotations
