@@ -164,6 +164,11 @@ async def _kinds_server(behaviours: _Behaviours) -> tuple[aio.Server, str]:
 
 async def _send(channel: aio.Channel, kind: str, body: bytes, token: str | None) -> grpc.StatusCode:
     method, md = f"/t.Kinds/{kind}", _metadata(token)
+    # A client still writing its stream when the server has already refused the
+    # call may see its own write fail as INTERNAL (grpc aio's client does that),
+    # so a caller without the token sends an empty stream: the server must
+    # refuse that too, where a missing check would answer OK.
+    requests = [body, body] if token == TOKEN else []
     try:
         if kind == "UnaryUnary":
             await channel.unary_unary(method, None, None)(body, metadata=md, timeout=10)
@@ -172,10 +177,10 @@ async def _send(channel: aio.Channel, kind: str, body: bytes, token: str | None)
                 pass
         elif kind == "StreamUnary":
             client_stream = channel.stream_unary(method, None, None)
-            await client_stream(iter([body, body]), metadata=md, timeout=10)
+            await client_stream(iter(requests), metadata=md, timeout=10)
         else:
             both = channel.stream_stream(method, None, None)
-            async for _ in both(iter([body]), metadata=md, timeout=10):
+            async for _ in both(iter(requests), metadata=md, timeout=10):
                 pass
     except aio.AioRpcError as exc:
         return exc.code()
