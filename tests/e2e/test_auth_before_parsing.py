@@ -106,6 +106,21 @@ def test_a_large_body_without_a_token_is_refused_unread(
     _no_tracebacks(caplog)
 
 
+def test_reflection_decodes_safely_without_a_token(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    info = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", None, None
+    )
+    list_services = b"\x3a\x01*"  # list_services: "*"
+    assert len(list(info(iter([list_services]), timeout=10))) == 1
+    with pytest.raises(grpc.RpcError) as caught:
+        list(info(iter([CORRUPT]), timeout=10))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    _no_tracebacks(caplog)
+
+
 def test_health_decodes_safely_without_a_token(channel: grpc.Channel) -> None:
     check = "/grpc.health.v1.Health/Check"
     ok = Request(service="").SerializeToString()

@@ -51,7 +51,8 @@ def _decoder(handler: Handler, method: str) -> Decode:
     deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
     if deserialize is None:
         return lambda raw: raw
-    what = method.rsplit("/", 1)[-1] + "Request"
+    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    what = getattr(descriptor, "full_name", "") or method.rsplit("/", 1)[-1] + "Request"
 
     def decode(raw: bytes) -> Any:
         try:
@@ -124,26 +125,28 @@ async def _abort(context: Context, error: BaseException, method: str) -> None:
     await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
 
 
+async def _refuse_malformed(context: Context, error: InvalidArgument) -> None:
+    code, status = status_for(error)
+    await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
+
+
 async def _open_call(inner: Any, request: Callable[[], Any], context: Context) -> Any:
-    """Health and reflection: no token, no metrics; only a safe decode."""
+    """Health and reflection: no token, no metrics; only a safe decode (of the
+    one request, or of each message of a request stream as it is read)."""
     try:
-        decoded = request()
+        return await inner(request(), context)
     except InvalidArgument as exc:
-        code, status = status_for(exc)
-        await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
-    return await inner(decoded, context)
+        await _refuse_malformed(context, exc)
 
 
 async def _open_stream(
     inner: Any, request: Callable[[], Any], context: Context
 ) -> AsyncIterator[Any]:
     try:
-        decoded = request()
+        async for item in inner(request(), context):
+            yield item
     except InvalidArgument as exc:
-        code, status = status_for(exc)
-        await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
-    async for item in inner(decoded, context):
-        yield item
+        await _refuse_malformed(context, exc)
 
 
 class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
