@@ -13,7 +13,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from nex.collector.client import Client, InvalidArgumentError, RunStatus, RunView
+from nex.collector.client import (
+    Client,
+    GenerationParams,
+    InvalidArgumentError,
+    RunStatus,
+    RunView,
+)
 from nex.collector.server.domain.sizes import MAX_CALL_INPUT_BYTES, MAX_RUN_INPUT_BYTES, PAGE_BYTES
 from nex.collector.v1 import teacher_pb2, teacher_service_pb2, teacher_service_pb2_grpc
 from tests.conftest import unique
@@ -104,3 +110,17 @@ def test_big_runs_get_a_small_reply_and_list_at_every_page_size(
             assert seen == sorted(r.id for r in created), (view, page_size)
     largest = client.get_run(created[-1].id, view=RunView.FULL)
     assert largest.status == RunStatus.COMPLETED and len(largest.messages[0].content) > 64 * KB
+
+
+def test_a_batch_whose_runs_could_not_be_returned_is_refused(
+    client: Client, amplifying_template: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.create_batch(
+            unique("huge"),
+            amplifying_template,
+            "mock",
+            "mock-1",
+            params=GenerationParams(max_tokens=1_000_000, top_logprobs=20),
+        )
+    assert [v.field for v in caught.value.field_violations] == ["params.max_tokens"]

@@ -5,10 +5,23 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from nex.collector.server.api import convert
 from nex.collector.server.domain.batches import Run, RunError
-from nex.collector.server.domain.sizes import page_cut, run_bytes, template_bytes
-from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.sizes import (
+    check_output_size,
+    page_cut,
+    run_bytes,
+    template_bytes,
+)
+from nex.collector.server.domain.teacher import (
+    ChatMessage,
+    GenerationParams,
+    RunStatus,
+    TokenLogprobs,
+)
 from nex.collector.server.domain.templates import PromptTemplate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -56,3 +69,27 @@ def test_run_bytes_bound_the_encoded_run() -> None:
 def test_template_bytes_bound_the_encoded_template() -> None:
     t = PromptTemplate("tpl_1", "ñame", 7, "sys " * 100, "{{ a }} " * 300, ("a", "b"), "ctx_1", NOW)
     assert convert.template(t).ByteSize() <= template_bytes(t)
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "top_logprobs", "ok"),
+    [
+        (None, None, True),
+        (None, 20, True),  # the default bound of 4,096 output tokens
+        (1_000_000, None, True),
+        (1_000_000, 0, True),
+        (95_238, 20, True),
+        (95_239, 20, False),
+        (1_000_000, 1, True),
+        (1_000_000, 2, False),
+    ],
+)
+def test_a_batch_whose_runs_could_not_be_returned_is_refused(
+    max_tokens: int | None, top_logprobs: int | None, ok: bool
+) -> None:
+    v = Violations()
+    check_output_size(
+        v, "params", GenerationParams(max_tokens=max_tokens, top_logprobs=top_logprobs)
+    )
+    assert (not v.items) is ok
+    assert all(x.field == "params.max_tokens" for x in v.items)

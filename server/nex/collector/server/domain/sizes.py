@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from nex.collector.server.domain.batches import Run
-from nex.collector.server.domain.teacher import ChatMessage
+from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.estimates import output_token_bound
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams
 from nex.collector.server.domain.templates import PromptTemplate
 
 MiB = 1024 * 1024
@@ -35,8 +37,27 @@ MAX_CALL_INPUT_BYTES = 16 * MiB
 # holds at least one item, so every stored item can be listed).
 PAGE_BYTES = 4 * MiB
 
+# Output token positions of one run, counting each top alternative as one:
+# max_tokens x (1 + top_logprobs). At the ~24 bytes a position takes in the
+# full view (a token of a few bytes, its logprob, the framing), 2,000,000 make
+# ~48 MiB, under the 64 MiB a reply may be. 20 alternatives still allow
+# 95,238 output tokens; none allow a million.
+MAX_OUTPUT_POSITIONS = 2_000_000
+
 FIELD = 16  # allowance per field: tag, length, and an entry or message wrapper
 RECORD = 256  # ids, enums, numbers and timestamps of one resource
+
+
+def check_output_size(v: Violations, field: str, params: GenerationParams) -> None:
+    """A batch whose runs could return more logprobs than one reply holds is
+    refused when it is created, not when its runs are read."""
+    positions = output_token_bound(params.max_tokens) * (1 + (params.top_logprobs or 0))
+    if positions > MAX_OUTPUT_POSITIONS:
+        v.add(
+            f"{field}.max_tokens",
+            f"max_tokens x (1 + top_logprobs) must be at most {MAX_OUTPUT_POSITIONS:,} "
+            f"so that a run with its logprobs fits in one reply; got {positions:,}",
+        )
 
 
 def _text(value: str) -> int:

@@ -21,6 +21,7 @@ from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.sizes import (
     MAX_CALL_INPUT_BYTES,
     MAX_RUN_INPUT_BYTES,
+    check_output_size,
     input_bytes,
     input_size,
     run_bytes,
@@ -96,6 +97,7 @@ class Teacher:
         check_provider(v, "provider", cmd.provider)
         check_required(v, "model", cmd.model)
         check_params(v, "params", cmd.params)
+        check_output_size(v, "params", cmd.params)
         check_labels(v, "labels", cmd.labels)
         check_request_id(v, "request_id", cmd.request_id)
         if cmd.link_evidence and not cmd.context_ref_id:
