@@ -62,6 +62,11 @@ def test_a_run_too_big_to_return_is_refused_and_nothing_is_created(
     assert [v.field for v in single.value.field_violations] == ["variables"]
     assert client.get_batch(batch_id).counts.total == 0
 
+    largest = {"v": "z" * ((MAX_RUN_INPUT_BYTES - KB) // (REPEATS + 1))}
+    run = client.create_run(batch_id, largest)  # the full view comes back
+    assert len(run.messages[0].content) == REPEATS * len(largest["v"])
+    assert client.get_run(run.id, view=RunView.FULL).variables == largest
+
 
 def test_a_call_too_big_in_total_is_refused_and_nothing_is_created(
     client: Client, amplifying_template: str
