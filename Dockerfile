@@ -19,6 +19,8 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels 'nex-collector[em
 RUN mkdir -p /data && chown collector:collector /data
 USER collector
 WORKDIR /home/collector
+# 0.0.0.0 is reachable from the network: `serve` and `dev` refuse to start
+# without NEX_COLLECTOR_TOKENS unless NEX_COLLECTOR_ALLOW_ANONYMOUS=true.
 ENV DATA_DIR=/data \
     NEX_COLLECTOR_ADDR=0.0.0.0:50051 \
     METRICS_ADDR=0.0.0.0:9464

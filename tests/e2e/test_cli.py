@@ -30,7 +30,13 @@ from nex.collector.client import (
     ScoreFilter,
     UnimplementedError,
 )
-from nex.collector.server.cli.batch import InputLine, read_inputs, violations_by_line
+from nex.collector.server.cli.batch import (
+    CHUNK_BYTES,
+    InputLine,
+    _chunks,
+    read_inputs,
+    violations_by_line,
+)
 from nex.collector.server.cli.dataset import (
     FilterSyntaxError,
     drops_table,
@@ -110,6 +116,16 @@ def test_field_violations_map_back_to_file_lines() -> None:
         "line 15 (variables): missing variables style",
         "batch_id: required",
     ]
+
+
+def test_runs_are_sent_in_chunks_cut_by_count_and_by_bytes() -> None:
+    """Each BatchCreateRuns stays well under the server's request size limit."""
+    small = [InputLine(i, {"x": "a"}) for i in range(5)]
+    assert [len(c) for c in _chunks(small, 2)] == [2, 2, 1]
+    big = [InputLine(i, {"x": "b" * (CHUNK_BYTES // 3)}) for i in range(7)]
+    assert [len(c) for c in _chunks(big, 1000)] == [2, 2, 2, 1]
+    huge = [InputLine(1, {"x": "a"}), InputLine(2, {"x": "c" * CHUNK_BYTES}), small[0]]
+    assert [[i.line for i in c] for c in _chunks(huge, 1000)] == [[1], [2], [0]]
 
 
 @pytest.mark.parametrize(

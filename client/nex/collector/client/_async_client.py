@@ -375,7 +375,8 @@ class AsyncClient:
         """Queues many runs in one atomic call (one bad input creates nothing; the
         error's ``field_violations`` name it, e.g. ``runs[3].variables``). Pass
         ``RunInput(variables, request_id)`` for per-run idempotency keys.
-        Returns the runs in the order given."""
+        Returns the runs in the order given, each with its id, status and
+        request id only (``get_run`` has the variables and rendered prompt)."""
         resp = await self._call(
             self._teacher.BatchCreateRuns,
             teacher_service_pb2.BatchCreateRunsRequest(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +34,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
     addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
     tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
+    allow_anonymous: bool = Field(default=False, validation_alias="NEX_COLLECTOR_ALLOW_ANONYMOUS")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, validation_alias="MAX_REQUEST_BYTES", ge=64 * 1024
+    )
     tls_cert: Path | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CERT")
     tls_key: Path | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_KEY")
     tls_ca: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CA")
@@ -70,6 +75,11 @@ class Settings(BaseSettings):
             raise ValueError(f"must be host:port (e.g. 0.0.0.0:9464), got {value!r}")
         return value
 
+    @field_validator("allow_anonymous", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: object) -> object:
+        return False if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -94,6 +104,20 @@ class Settings(BaseSettings):
         return frozenset(t.strip() for t in self.tokens_csv.split(",") if t.strip())
 
     @property
+    def anonymous_exposure(self) -> str | None:
+        """Why serving as configured would let anyone on the network in, or None.
+
+        A loopback (or unix socket) address with no tokens is the dev default; a
+        network address with no tokens needs NEX_COLLECTOR_ALLOW_ANONYMOUS=true."""
+        if self.tokens or self.allow_anonymous or is_loopback(self.addr):
+            return None
+        return (
+            f"{self.addr} is reachable from the network and NEX_COLLECTOR_TOKENS is empty: "
+            "set NEX_COLLECTOR_TOKENS, listen on 127.0.0.1, or set "
+            "NEX_COLLECTOR_ALLOW_ANONYMOUS=true to accept calls without a token"
+        )
+
+    @property
     def embedded(self) -> bool:
         """Whether PostgreSQL and Redis are started in the data directory."""
         return self.database_url is None and self.redis_url is None
@@ -101,6 +125,19 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether a gRPC listen address (host:port, [v6]:port, unix:path) is local only."""
+    if addr.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = addr.rsplit(":", 1)[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, "", "*": may resolve to any interface
+        return False
 
 
 class ClientSettings(BaseSettings):

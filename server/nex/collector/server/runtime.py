@@ -39,6 +39,8 @@ async def run(
     ready: Callable[[Container, GrpcServer | None], None] | None = None,
 ) -> None:
     """Serves gRPC and/or runs a worker until `stop` is set (or a signal arrives)."""
+    if serve and (problem := settings.anonymous_exposure):
+        raise StartupError(problem)
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     logs.quiet_sdk_transport(settings.log_level)

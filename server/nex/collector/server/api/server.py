@@ -36,6 +36,10 @@ from nex.collector.v1 import (
 
 log = logging.getLogger(__name__)
 
+# What the shipped client accepts. Replies are kept far below it by the caps in
+# domain/sizes.py; this is the last line, not the plan.
+MAX_SEND_BYTES = 64 * 1024 * 1024
+
 # How often the server checks that it can reach Redis (where runs are queued).
 DEPENDENCY_CHECK_S = 2.0
 
@@ -76,8 +80,10 @@ class GrpcServer:
         self._server = aio.server(
             interceptors=[ServerInterceptor(container.settings.tokens)],
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # A larger body is RESOURCE_EXHAUSTED from grpc itself, before
+                # any handler (or the auth check) sees it.
+                ("grpc.max_receive_message_length", container.settings.max_request_bytes),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                 # gRPC sets SO_REUSEPORT by default: a second server on the same

@@ -255,9 +255,27 @@ def _fail_lines(path: str, problems: Sequence[str], note: str = "") -> NoReturn:
 # ------------------------------------------------------------- sending runs
 
 
+# Variables per BatchCreateRuns call: a quarter of the server's default request
+# limit (MAX_REQUEST_BYTES, 4 MiB), leaving the prompts rendered from them room
+# under its per-call cap (16 MiB of variables and prompts together).
+CHUNK_BYTES = 1024 * 1024
+
+
+def _line_bytes(item: InputLine) -> int:
+    return 64 + sum(len(k.encode()) + len(v.encode()) + 16 for k, v in item.variables.items())
+
+
 def _chunks(lines: Sequence[InputLine], size: int) -> Iterator[Sequence[InputLine]]:
-    for start in range(0, len(lines), size):
-        yield lines[start : start + size]
+    """At most `size` lines and about CHUNK_BYTES of variables per chunk (a
+    single bigger line goes alone)."""
+    start, total = 0, 0
+    for end, item in enumerate(lines):
+        total += _line_bytes(item)
+        if end > start and (end - start >= size or total > CHUNK_BYTES):
+            yield lines[start:end]
+            start, total = end, _line_bytes(item)
+    if start < len(lines):
+        yield lines[start:]
 
 
 async def send_runs(

@@ -15,7 +15,7 @@ from typing import Any
 from nex.collector.server import metrics
 from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
 from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsError
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     MAX_BATCHES_PER_DATASET,
@@ -108,11 +108,7 @@ class Datasets:
             if cmd.request_id and (found := await tx.datasets.find(request_id=cmd.request_id)):
                 return found
             if await tx.datasets.find(name=cmd.name, version=cmd.version):
-                raise AlreadyExists(
-                    f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
-                    reason="DATASET_VERSION_EXISTS",
-                    metadata={"name": cmd.name, "version": cmd.version},
-                )
+                return await self._first_build(tx, cmd)
             for batch_id in cmd.batch_ids:
                 require(await tx.batches.get(batch_id), "batch", batch_id)
             if cmd.context_ref_id:
@@ -136,16 +132,23 @@ class Datasets:
             )
             if not await tx.datasets.insert(dataset, cmd.request_id):
                 await tx.rollback()  # a concurrent build of the same version or request id won
-                found = await tx.datasets.find(request_id=cmd.request_id)
-                if found:
-                    return found
-                raise AlreadyExists(
-                    f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
-                    reason="DATASET_VERSION_EXISTS",
-                )
+                return await self._first_build(tx, cmd)
             await tx.commit()
         await self._queue.try_enqueue(BUILD_DATASET, [dataset.id])
         return dataset
+
+    @staticmethod
+    async def _first_build(tx: UnitOfWork, cmd: NewDataset) -> Dataset:
+        """The (name, version) exists: it is this call's own when a call with the
+        same request id made it, possibly one that committed a moment ago (which
+        is why the request id is looked up again here), else ALREADY_EXISTS."""
+        if cmd.request_id and (found := await tx.datasets.find(request_id=cmd.request_id)):
+            return found
+        raise AlreadyExists(
+            f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
+            reason="DATASET_VERSION_EXISTS",
+            metadata={"name": cmd.name, "version": cmd.version},
+        )
 
     async def get(self, id_: str) -> Dataset:
         v = Violations()

@@ -23,7 +23,15 @@ from nex.collector.server.domain.errors import (
     Violations,
 )
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.teacher import GenerationParams, RunStatus
+from nex.collector.server.domain.sizes import (
+    MAX_CALL_INPUT_BYTES,
+    MAX_RUN_INPUT_BYTES,
+    check_output_size,
+    input_bytes,
+    input_size,
+    run_bytes,
+)
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
 from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
@@ -61,6 +69,20 @@ class NewRun:
     request_id: str = ""
 
 
+def _check_run_size(
+    v: Violations, field: str, variables: Mapping[str, str], messages: Sequence[ChatMessage]
+) -> int:
+    """Adds a violation when one run is too big to return; gives its size."""
+    size = input_bytes(variables, messages)
+    if size > MAX_RUN_INPUT_BYTES:
+        v.add(
+            field,
+            f"the variables and the prompt rendered from them come to {input_size(size)}; "
+            f"a run holds at most {input_size(MAX_RUN_INPUT_BYTES)}",
+        )
+    return size
+
+
 class Teacher:
     def __init__(
         self,
@@ -87,6 +109,7 @@ class Teacher:
         check_provider(v, "provider", cmd.provider)
         check_required(v, "model", cmd.model)
         check_params(v, "params", cmd.params)
+        check_output_size(v, "params", cmd.params)
         check_labels(v, "labels", cmd.labels)
         check_request_id(v, "request_id", cmd.request_id)
         if cmd.link_evidence and not cmd.context_ref_id:
@@ -251,14 +274,16 @@ class Teacher:
             created_at = now()
             ids = new_ids("run", len(fresh))
             new_runs: list[Run] = []
+            call_bytes = 0
             for run_id, (index, item) in zip(ids, fresh, strict=True):
+                prefix = "" if single else f"runs[{index}]."
                 try:
                     messages = render(template, item.variables)
                 except InvalidArgument as exc:
-                    prefix = "" if single else f"runs[{index}]."
                     raise InvalidArgument(
                         [type(x)(f"{prefix}{x.field}", x.description) for x in exc.violations]
                     ) from None
+                call_bytes += _check_run_size(v, f"{prefix}variables", item.variables, messages)
                 new_runs.append(
                     Run(
                         id=run_id,
@@ -271,6 +296,14 @@ class Teacher:
                         create_time=created_at,
                     )
                 )
+            if call_bytes > MAX_CALL_INPUT_BYTES:
+                v.add(
+                    "runs",
+                    f"these runs' variables and rendered prompts come to "
+                    f"{input_size(call_bytes)}; at most {input_size(MAX_CALL_INPUT_BYTES)} "
+                    "per call: split the list",
+                )
+            v.raise_if_any()  # before anything is written: the reply always fits
             inserted = await tx.runs.insert_queued(new_runs)
             if len(inserted) != len(new_runs):
                 await tx.rollback()
@@ -305,7 +338,7 @@ class Teacher:
             return await tx.runs.page(page, batch_id=batch_id, status=status, full=full)
 
         key = f"runs|{batch_id}|{status or ''}"
-        return await list_page(self._uow, key, page_size, page_token, fetch, v)
+        return await list_page(self._uow, key, page_size, page_token, fetch, v, size_of=run_bytes)
 
     async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> Run:
         v = Violations()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.sizes import template_bytes
 from nex.collector.server.domain.templates import (
     PromptTemplate,
     check_template_source,
@@ -88,4 +89,5 @@ class Templates:
             page_size,
             page_token,
             lambda tx, page: tx.templates.page(page, name=name),
+            size_of=template_bytes,
         )
