@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
-from nex.collector.server.domain.errors import FailedPrecondition, Violations
+from nex.collector.server.domain.errors import FailedPrecondition, Violations, quote
 from nex.collector.server.domain.validation import (
     MAX_NAME,
     check_labels,
@@ -53,7 +53,8 @@ class ContextRefs:
             cmd.nex_context_id, cmd.nex_context_version
         ):
             raise FailedPrecondition(
-                f"NEX has no context {cmd.nex_context_id!r} at version {cmd.nex_context_version!r}",
+                f"NEX has no context {quote(cmd.nex_context_id)} "
+                f"at version {quote(cmd.nex_context_version)}",
                 reason="NEX_CONTEXT_NOT_FOUND",
                 metadata={
                     "nex_context_id": cmd.nex_context_id,
