@@ -25,7 +25,7 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_
 settings.register_profile(
     "default", max_examples=12, deadline=None, derandomize=True, suppress_health_check=_SLOW_OK
 )
-settings.register_profile("fuzz", max_examples=400, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("fuzz", max_examples=200, deadline=None, suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

@@ -345,3 +345,16 @@ def test_page_tokens_are_checked_inside_too(
             metadata=(("authorization", f"Bearer {collector.token}"),),
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_long_request_id_header_is_not_echoed_whole(
+    collector: RunningCollector,
+    raw_refs: context_ref_service_pb2_grpc.ContextRefServiceStub,
+) -> None:
+    """x-request-id comes back in the trailers: it is clipped like any echo."""
+    _reply, call = raw_refs.ListContextRefs.with_call(
+        context_ref_service_pb2.ListContextRefsRequest(page_size=1),
+        metadata=(("authorization", f"Bearer {collector.token}"), ("x-request-id", "r" * 7000)),
+    )
+    echoed = dict(call.trailing_metadata() or ())["x-request-id"]
+    assert echoed == "r" * 128

@@ -27,7 +27,7 @@ class Fuzzed:
     channel: grpc.Channel
     metadata: tuple[tuple[str, str], ...]
     pools: Pools
-    batch_id: str
+    batch_id: str  # a batch no fuzzed request names
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,9 @@ def _seed(client: Client) -> tuple[Pools, str]:
     dataset = client.build_dataset(unique("fuzz"), "v1", [batch.id])
     link = client.create_evidence_link(ref.id, run_id=run.id)
     ids = (ref.id, template.id, batch.id, run.id, dataset.id, link.id)
-    return Pools(ids=ids, extra={"name": ("fuzz", unique("fuzz"), "a\n", "..")}), batch.id
+    # A batch of its own for tests that need one nobody cancels: not in the pools.
+    private = client.create_batch(unique("fuzz-private"), template.id, "mock", "mock-1")
+    return Pools(ids=ids, extra={"name": ("fuzz", unique("fuzz"), "a\n", "..")}), private.id
 
 
 @pytest.fixture(scope="session")
