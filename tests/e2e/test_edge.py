@@ -358,3 +358,11 @@ def test_a_long_request_id_header_is_not_echoed_whole(
     )
     echoed = dict(call.trailing_metadata() or ())["x-request-id"]
     assert echoed == "r" * 128
+
+
+@pytest.mark.parametrize(("nex_id", "version"), [("..", "1"), ("ctx", "."), ("ctx", " .. ")])
+def test_nex_context_ids_cannot_be_dot_segments(client: Client, nex_id: str, version: str) -> None:
+    """They become path segments of a NEX URL, where ".." would climb a level."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.create_context_ref(nex_id, version)
+    assert len(caught.value.field_violations) == 1

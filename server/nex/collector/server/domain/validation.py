@@ -33,6 +33,7 @@ __all__ = [
     "check_labels",
     "check_request_id",
     "check_required",
+    "check_url_segment",
     "page_size",
     "valid_id",
 ]
@@ -61,6 +62,13 @@ def check_required(v: Violations, field: str, value: str, *, max_len: int = MAX_
         v.add(field, "is required")
     elif len(value) > max_len:
         v.add(field, f"must be at most {max_len} characters")
+
+
+def check_url_segment(v: Violations, field: str, value: str) -> None:
+    """A value sent to NEX as one URL path segment: percent-encoding keeps it one
+    segment, except "." and "..", which an HTTP client resolves as dot-segments."""
+    if value.strip() in (".", ".."):
+        v.add(field, "must not be . or .. (it is a path segment of a NEX URL)")
 
 
 def check_request_id(v: Violations, field: str, value: str) -> None:

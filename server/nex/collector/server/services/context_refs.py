@@ -13,6 +13,7 @@ from nex.collector.server.domain.validation import (
     check_labels,
     check_request_id,
     check_required,
+    check_url_segment,
 )
 from nex.collector.server.ids import new_id
 from nex.collector.server.services.common import check_id, list_page, now, require
@@ -38,6 +39,8 @@ class ContextRefs:
         v = Violations()
         check_required(v, "nex_context_id", cmd.nex_context_id, max_len=MAX_NAME)
         check_required(v, "nex_context_version", cmd.nex_context_version, max_len=MAX_NAME)
+        check_url_segment(v, "nex_context_id", cmd.nex_context_id)
+        check_url_segment(v, "nex_context_version", cmd.nex_context_version)
         check_labels(v, "labels", cmd.labels)
         check_request_id(v, "request_id", cmd.request_id)
         v.raise_if_any()
