@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from nex.collector.v1 import (
     context_ref_service_pb2_grpc,
 )
 from tests.conftest import unique
+from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.collector import RunningCollector
 
 MB = "x" * (1 << 20)
@@ -366,3 +368,26 @@ def test_nex_context_ids_cannot_be_dot_segments(client: Client, nex_id: str, ver
     with pytest.raises(InvalidArgumentError) as caught:
         client.create_context_ref(nex_id, version)
     assert len(caught.value.field_violations) == 1
+
+
+def test_a_teacher_output_with_nul_is_stored(
+    client: Client, seeds: Seeds, fresh_teacher_api: FakeTeacherAPI
+) -> None:
+    """A teacher's text reaches PostgreSQL too: a NUL in it left the run RUNNING,
+    its result refused by the database at every attempt."""
+    logprobs = {"content": [{"token": "a\x00", "logprob": -0.1, "top_logprobs": []}]}
+    answer = {
+        "choices": [
+            {"message": {"content": "a\x00b"}, "finish_reason": "stop", "logprobs": logprobs}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    fresh_teacher_api.script(Scripted(200, body=answer))
+    batch = client.create_batch(unique("nul"), seeds.template_id, "openai", "gpt-4o-mini")
+    run = client.create_run(batch.id, {"x": "a"})
+    deadline = time.monotonic() + 30
+    while (done := client.get_run(run.id)).status.name in ("QUEUED", "RUNNING"):
+        assert time.monotonic() < deadline, "the run never ended"
+        time.sleep(0.1)
+    assert done.status.name == "COMPLETED", done.error
+    assert done.output_text == "a\ufffdb"

@@ -7,7 +7,7 @@ trailing newline, so `"a\\n"` would pass.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from nex.collector.server.domain.errors import Violations, key_path
 from nex.collector.server.domain.limits import (
@@ -35,6 +35,8 @@ __all__ = [
     "check_required",
     "check_url_segment",
     "page_size",
+    "storable_text",
+    "storable_texts",
     "valid_id",
 ]
 
@@ -46,6 +48,19 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 def valid_id(value: str) -> bool:
     return len(value) <= MAX_ID and _ID.fullmatch(value) is not None
+
+
+def storable_text(value: str) -> str:
+    """Text from outside a request (a teacher's output) as PostgreSQL can store it:
+    a NUL, which it refuses, becomes U+FFFD."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def storable_texts(values: Sequence[str]) -> Sequence[str]:
+    """storable_text for each of `values` (the same sequence when none has a NUL)."""
+    if not any("\x00" in value for value in values):
+        return values
+    return [storable_text(value) for value in values]
 
 
 def check_id(v: Violations, field: str, value: str, *, required: bool = True) -> None:
