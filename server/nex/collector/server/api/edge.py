@@ -16,8 +16,10 @@ paths read like the services' own: ``runs[1].variables['x']``, ``filters[0].rege
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,7 +54,7 @@ from nex.collector.server.domain.limits import (
     MAX_VARIABLES,
     MAX_VIOLATIONS,
 )
-from nex.collector.server.domain.validation import check_id
+from nex.collector.server.domain.validation import check_id, valid_id
 
 # String fields by name: their most characters (anything else: MAX_TEXT).
 _STRING_CAPS: dict[str, int] = {
@@ -95,6 +97,72 @@ def _is_id(name: str) -> bool:
     return (name == "id" or name.endswith("_id")) and name not in _NOT_OUR_IDS
 
 
+class _Kind(enum.Enum):
+    TEXT = enum.auto()  # a string (the rule's `text` cap)
+    NUMBER = enum.auto()  # a float or double: finite
+    OTHER = enum.auto()  # ints, bools, enums, bytes: nothing to check here
+    MESSAGE = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """What the edge checks of one field, worked out once per message type."""
+
+    kind: _Kind  # of the value, or of a list's items / a map's values
+    text: int = 0  # most characters of a string value (or item, or map value)
+    is_id: bool = False  # a string value is one of our ids
+    items: int = 0  # a list's or map's most entries; 0: a single value
+    repeated: bool = False
+    is_map: bool = False
+    key_text: int = 0  # most characters of a map's string key (0: the key is no string)
+
+
+def _kind(fd: FieldDescriptor) -> _Kind:
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return _Kind.TEXT
+    if fd.type in _FLOATS:
+        return _Kind.NUMBER
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return _Kind.MESSAGE
+    return _Kind.OTHER
+
+
+def _rule(fd: FieldDescriptor) -> _Rule:
+    name = fd.name
+    entry = fd.message_type
+    if entry is not None and entry.GetOptions().map_entry:
+        most, key_cap, value_cap = _MAP_CAPS.get(name, (MAX_LIST, MAX_TEXT, MAX_TEXT))
+        key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+        return _Rule(
+            _kind(value),
+            text=value_cap or MAX_TEXT,
+            items=most,
+            repeated=True,
+            is_map=True,
+            key_text=key_cap if key.type == FieldDescriptor.TYPE_STRING else 0,
+        )
+    if fd.is_repeated:
+        most, item_cap = _LIST_CAPS.get(name, (MAX_LIST, MAX_TEXT))
+        return _Rule(
+            _kind(fd),
+            text=item_cap or MAX_TEXT,
+            is_id=name in _ID_LISTS,
+            items=most,
+            repeated=True,
+        )
+    return _Rule(_kind(fd), text=_STRING_CAPS.get(name, MAX_TEXT), is_id=_is_id(name))
+
+
+_PLANS: dict[str, dict[str, _Rule]] = {}
+
+
+def _plan(descriptor: Any) -> dict[str, _Rule]:
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is None:
+        plan = _PLANS[descriptor.full_name] = {fd.name: _rule(fd) for fd in descriptor.fields}
+    return plan
+
+
 class _Full(Exception):
     """Enough violations to report: stop walking."""
 
@@ -108,66 +176,64 @@ class _Walk:
         if len(self.v.items) >= MAX_VIOLATIONS:
             raise _Full
 
-    def text(self, path: str, value: str, cap: int, what: str = "") -> bool:
-        """NUL and length; True when `value` passed."""
+    def bad_text(self, path: str, value: str, cap: int, is_id: bool, what: str = "") -> None:
+        """Adds the violation of a string that failed the quick test in `value`."""
         if "\x00" in value:
             self.add(path, f"{what}must not contain NUL characters")
-            return False
-        if cap and len(value) > cap:
+        elif len(value) > cap:
             self.add(path, f"{what}must be at most {cap} characters, got {len(value)}")
-            return False
-        return True
+        elif is_id:
+            check_id(self.v, path, value)
 
-    def scalar(self, path: str, name: str, fd: FieldDescriptor, value: Any, cap: int) -> None:
-        if fd.type == FieldDescriptor.TYPE_STRING:
-            if self.text(path, value, cap) and _is_id(name):
-                check_id(self.v, path, value, required=False)
-        elif fd.type in _FLOATS and not math.isfinite(value):
-            self.add(path, "must be a finite number")
+    def value(self, path: str, rule: _Rule, value: Any) -> None:
+        kind = rule.kind
+        if kind is _Kind.TEXT:
+            if (
+                "\x00" in value
+                or len(value) > rule.text
+                or (rule.is_id and value and not valid_id(value))
+            ):
+                self.bad_text(path, value, rule.text, rule.is_id)
+        elif kind is _Kind.NUMBER:
+            if not math.isfinite(value):
+                self.add(path, "must be a finite number")
+        elif kind is _Kind.MESSAGE:
+            self.message(value, f"{path}.")
 
     def message(self, msg: Message, prefix: str) -> None:
+        plan = _plan(msg.DESCRIPTOR)
         for fd, value in msg.ListFields():
-            name = fd.name
-            path = f"{prefix}{name}"
-            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-                self.map(path, name, fd, value)
-            elif fd.is_repeated:
-                self.list(path, name, fd, value)
-            elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-                self.message(value, f"{path}.")
-            else:
-                self.scalar(path, name, fd, value, _STRING_CAPS.get(name, MAX_TEXT))
+            rule = plan[fd.name]
+            path = f"{prefix}{fd.name}"
+            if not rule.repeated:
+                self.value(path, rule, value)
+            elif len(value) > rule.items:
+                self.add(path, f"at most {rule.items} entries, got {len(value)}")
+            elif rule.is_map:
+                self.map(path, rule, value)
+            elif rule.kind is not _Kind.OTHER:
+                if rule.is_id:
+                    for i, item in enumerate(value):
+                        if not item:
+                            self.add(f"{path}[{i}]", "is required")
+                        else:
+                            self.value(f"{path}[{i}]", rule, item)
+                else:
+                    for i, item in enumerate(value):
+                        self.value(f"{path}[{i}]", rule, item)
 
-    def list(self, path: str, name: str, fd: FieldDescriptor, items: Any) -> None:
-        most, item_cap = _LIST_CAPS.get(name, (MAX_LIST, MAX_TEXT))
-        if len(items) > most:
-            self.add(path, f"at most {most} items, got {len(items)}")
-            return
-        for i, item in enumerate(items):
-            item_path = f"{path}[{i}]"
-            if fd.type == FieldDescriptor.TYPE_MESSAGE:
-                self.message(item, f"{item_path}.")
-            elif name in _ID_LISTS:
-                if self.text(item_path, item, 0):
-                    check_id(self.v, item_path, item)
-            else:
-                self.scalar(item_path, name, fd, item, item_cap or MAX_TEXT)
-
-    def map(self, path: str, name: str, fd: FieldDescriptor, entries: Any) -> None:
-        assert fd.message_type is not None  # a map field's entry type
-        most, key_cap, value_cap = _MAP_CAPS.get(name, (MAX_LIST, MAX_TEXT, MAX_TEXT))
-        if len(entries) > most:
-            self.add(path, f"at most {most} entries, got {len(entries)}")
-            return
-        value_fd = fd.message_type.fields_by_name["value"]
-        for key, value in entries.items():
-            entry = key_path(path, key) if isinstance(key, str) else f"{path}[{key}]"
-            if isinstance(key, str) and not self.text(entry, key, key_cap, "keys "):
+    def map(self, path: str, rule: _Rule, entries: Any) -> None:
+        key_cap, kind = rule.key_text, rule.kind
+        for key in entries:  # faster than .items() on a protobuf map
+            value = entries[key]
+            if key_cap and ("\x00" in key or len(key) > key_cap):
+                self.bad_text(key_path(path, key), key, key_cap, False, "keys ")
                 continue
-            if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
-                self.message(value, f"{entry}.")
-            else:
-                self.scalar(entry, name, value_fd, value, value_cap or MAX_TEXT)
+            if kind is _Kind.OTHER:
+                continue
+            if kind is _Kind.TEXT and "\x00" not in value and len(value) <= rule.text:
+                continue  # the common case, without building the entry's path
+            self.value(key_path(path, key) if key_cap else f"{path}[{key}]", rule, value)
 
 
 def check_request(request: Message) -> None:
