@@ -28,6 +28,7 @@ from nex.collector.server import metrics
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
 from nex.collector.server.api.types import Context, Handler
 from nex.collector.server.domain.errors import DomainError, InvalidArgument
+from nex.collector.server.domain.limits import MAX_REQUEST_ID
 
 log = logging.getLogger("nex.collector.rpc")
 
@@ -180,7 +181,8 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return _guard(handler, decode, _open_call, _open_stream)
         metadata = tuple(details.invocation_metadata or ())  # type: ignore[attr-defined]
         authorised = self._authorised(metadata)
-        incoming = next((str(v) for k, v in metadata if k == "x-request-id"), None)
+        # Echoed in the trailers: clipped, so a long one cannot overflow them.
+        incoming = next((str(v)[:MAX_REQUEST_ID] for k, v in metadata if k == "x-request-id"), None)
 
         async def before(context: Context) -> None:
             request_id_var.set(incoming or uuid.uuid4().hex[:16])

@@ -46,6 +46,7 @@ from nex.collector.client import (
     TeacherRun,
 )
 from nex.collector.client.progress import watch_batch_progress
+from nex.collector.server.domain.limits import MAX_REQUEST_ID
 
 from .common import (
     ID_WIDTH,
@@ -79,7 +80,6 @@ __all__ = [
 ]
 
 REQUEST_ID_KEY = "_request_id"
-MAX_REQUEST_ID = 128
 MAX_CHUNK = 5000
 MAX_PROBLEMS_SHOWN = 20
 DEFAULT_MOCK_MODEL = "mock-teacher"

@@ -18,6 +18,7 @@ from nex.collector.server.db.repositories.runs import messages_from_json, tokens
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError
 from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.providers.base import (
     Completion,
     GenerationRequest,
@@ -278,9 +279,9 @@ def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
         "b_id": o.run_id,
         "status": o.status.value,
         "error_code": o.error.code if o.error else None,
-        "error_message": o.error.message if o.error else None,
-        "output_text": c.text if c else None,
-        "finish_reason": c.finish_reason if c else None,
+        "error_message": storable_text(o.error.message) if o.error else None,
+        "output_text": storable_text(c.text) if c else None,
+        "finish_reason": storable_text(c.finish_reason) if c else None,
         "has_logprobs": bool(c and c.tokens is not None),
         "input_tokens": c.input_tokens if c else 0,
         "output_tokens": c.output_tokens if c else 0,

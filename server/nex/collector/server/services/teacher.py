@@ -111,6 +111,7 @@ class Teacher:
         check_params(v, "params", cmd.params)
         check_output_size(v, "params", cmd.params)
         check_labels(v, "labels", cmd.labels)
+        check_id(v, "context_ref_id", cmd.context_ref_id, required=False)
         check_request_id(v, "request_id", cmd.request_id)
         if cmd.link_evidence and not cmd.context_ref_id:
             v.add("link_evidence", "needs context_ref_id")

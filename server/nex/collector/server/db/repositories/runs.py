@@ -13,6 +13,7 @@ from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.sizes import page_cut
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+from nex.collector.server.domain.validation import storable_texts
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
@@ -42,10 +43,10 @@ def tokens_to_row(tokens: TokenLogprobs | None) -> dict[str, Any]:
     if tokens is None:
         return dict.fromkeys(_TOKEN_COLUMNS)
     return {
-        "token_texts": tokens.tokens,
+        "token_texts": storable_texts(tokens.tokens),
         "token_logprobs": tokens.logprobs,
         "top_counts": tokens.top_counts,
-        "top_tokens": tokens.top_tokens,
+        "top_tokens": storable_texts(tokens.top_tokens),
         "top_logprobs": tokens.top_logprobs,
     }
 
