@@ -32,6 +32,7 @@ from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import JobQueue, in_progress_ttl_ms
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -193,11 +194,14 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             )
             closers.append(nex.aclose)
         evidence = Evidence(uow, queue, nex)
+        # The teachers file's daily caps plug in here (`daily_cap=`).
+        budgets = Budgets(uow)
         executor = RunExecutor(
             uow,
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=timedelta(seconds=settings.run_lease_s),
+            budgets=budgets,
             on_batches_touched=evidence.link_finished_batches,
         )
         datasets = Datasets(
@@ -224,7 +228,11 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             queue=queue,
             providers=providers,
             teacher=Teacher(
-                uow, queue, provider_ready=provider_problems(settings), integrated=evidence.enabled
+                uow,
+                queue,
+                provider_ready=provider_problems(settings),
+                integrated=evidence.enabled,
+                budgets=budgets,
             ),
             executor=executor,
             reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),

@@ -77,6 +77,8 @@ class Reconciler:
                 )
             if retry:
                 await tx.runs.requeue([r["id"] for r in retry])
+            # The lost worker may have been billed for its call: its worst case counts.
+            await tx.budgets.charge([(r["id"], r["attempt"]) for r in rows])
             await tx.events.append(
                 [
                     NewEvent(r["id"], r["batch_id"], RunStatus.FAILED, r["attempt"], error)
