@@ -170,9 +170,9 @@ async def watch_batch_progress(
         finally:
             watching.cancel()
             refresher.cancel()
-            for task in (watching, refresher):
+            for job in (watching, refresher):
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await job
         state.batch = await client.get_batch(batch_id)
         redraw(live)
     if state.batch.status == BatchStatus.CANCELLED:
