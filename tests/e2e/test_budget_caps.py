@@ -36,6 +36,7 @@ MODEL = "gpt-4o-mini"  # priced in providers/pricing.py: $0.15 / $0.60 per 1M to
 PRICE = (0.15, 0.60)
 RUNS = 40
 MAX_TOKENS = 16
+WORKERS = 2
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def worker_env(
 def capped_client(
     worker_env: dict[str, str], own_backing: Backing, tmp_path: Path
 ) -> Iterator[Client]:
-    """A collector that serves gRPC only, and three worker processes."""
+    """A collector that serves gRPC only, and worker processes, all started."""
     overrides = {k: v for k, v in worker_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
     with running_collector(settings, work=False) as running:
