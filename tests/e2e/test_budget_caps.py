@@ -69,8 +69,13 @@ def capped_client(
     overrides = {k: v for k, v in worker_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
     with running_collector(settings, work=False) as running:
-        workers = [WorkerProcess(worker_env, tmp_path / f"worker{i}.log").start() for i in range(3)]
+        logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]
+        workers = [WorkerProcess(worker_env, log).start() for log in logs]
         try:
+            deadline = time.monotonic() + 180
+            while not all(log.exists() and b"ready" in log.read_bytes() for log in logs):
+                assert time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.1)
             with connect(running.address, token=running.token) as client:
                 yield client
         finally:
