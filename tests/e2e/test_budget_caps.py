@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
+from google.protobuf import field_mask_pb2
 
 from nex.collector.client import (
     BatchStatus,
@@ -190,16 +191,16 @@ def test_update_batch_names_bad_mask_paths(collector: RunningCollector, client: 
                 stub.UpdateBatch(
                     pb.UpdateBatchRequest(
                         batch=teacher_pb2.TeacherBatch(id=batch.id, name="x"),
-                        update_mask={"paths": paths},
+                        update_mask=field_mask_pb2.FieldMask(paths=paths),
                     ),
                     metadata=md,
                 )
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "update_mask" in caught.value.details()
+            assert "update_mask" in (caught.value.details() or "")
         updated = stub.UpdateBatch(
             pb.UpdateBatchRequest(
                 batch=teacher_pb2.TeacherBatch(id=batch.id, max_cost_usd=0.5),
-                update_mask={"paths": ["max_cost_usd"]},
+                update_mask=field_mask_pb2.FieldMask(paths=["max_cost_usd"]),
             ),
             metadata=md,
         )

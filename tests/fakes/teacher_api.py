@@ -425,8 +425,8 @@ class FakeTeacherAPI:
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if price is None or not isinstance(usage, dict):
             return
-        tokens_in = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-        tokens_out = usage.get("completion_tokens", usage.get("output_tokens", 0))
+        tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         self.spent_usd += (tokens_in * price[0] + tokens_out * price[1]) / 1e6
 
     def _next_scripted(self, path: str) -> Scripted | None:
