@@ -287,3 +287,48 @@ def test_evidence_link_needs_exactly_one_target(integrated_collector: RunningCol
                      "--run", "run_missing")  # fmt: skip
     no_traceback(missing)
     assert missing.exit_code == 1 and "error:" in missing.output
+
+
+def test_a_ref_made_in_standalone_mode_is_confirmed_before_integrated_use(
+    backing: Backing,
+    nex: FakeNex,
+    teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    cid = unique("was-standalone")
+    with backing.isolated() as own:
+        base = collector_settings(own, tmp_path / "data", **teacher_settings(teacher_api))
+        with (
+            running_collector(base) as standalone,
+            connect(standalone.address, token=standalone.token) as client,
+        ):
+            ref = client.create_context_ref(cid, "2")  # NEX is never asked
+            template = client.create_template(unique("t"), user_template="{{ x }}", variables=["x"])
+        integrated_settings = collector_settings(
+            own,
+            tmp_path / "data",
+            MODE_INTEGRATION="integrated",
+            NEX_BASE_URL=nex.base_url,
+            NEX_API_TOKEN=nex.token,
+            **teacher_settings(teacher_api),
+        )
+        with (
+            running_collector(integrated_settings, migrate=False) as later,
+            connect(later.address, token=later.token) as client,
+        ):
+            with pytest.raises(FailedPreconditionError) as caught:
+                client.create_batch(
+                    unique("b"), template.id, "mock", "mock-1", context_ref_id=ref.id
+                )
+            assert caught.value.reason == "CONTEXT_REF_UNCONFIRMED"
+            # Creating it again asks NEX, which does not know that version.
+            with pytest.raises(FailedPreconditionError) as caught:
+                client.create_context_ref(cid, "2")
+            assert caught.value.reason == "NEX_CONTEXT_NOT_FOUND"
+            nex.contexts.add((cid, "2"))
+            asked = nex.requests
+            assert client.create_context_ref(cid, "2").id == ref.id
+            assert nex.requests == asked + 1
+            client.create_batch(unique("b"), template.id, "mock", "mock-1", context_ref_id=ref.id)
+            client.create_context_ref(cid, "2")  # confirmed once: NEX is not asked again
+            assert nex.requests == asked + 1

@@ -3,7 +3,11 @@ teacher SDKs -> a fake teacher at the wire."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import time
+from typing import Any
 
 import pytest
 
@@ -278,3 +282,32 @@ def test_scores_attach_to_completed_runs(client: Client, template: PromptTemplat
     for bad in ({"judge": float("nan")}, {"perplexity": 3.0}):
         with pytest.raises(InvalidArgumentError):
             client.set_run_scores(run.id, bad)
+
+
+def test_a_watch_closed_mid_wait_leaves_no_pending_task(
+    client: Client,
+    template: PromptTemplate,
+    collector: RunningCollector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = _batch(client, template)
+    with caplog.at_level("ERROR", logger="asyncio"):
+        collector.call(_cancel_a_watch_mid_wait(collector.container.watcher, batch.id))
+    assert "Task was destroyed but it is pending" not in caplog.text
+
+
+async def _cancel_a_watch_mid_wait(watcher: Any, batch_id: str) -> None:
+    """What the server does when a client goes away while its watch waits."""
+
+    async def consume() -> None:
+        async for _ in watcher.watch(batch_id=batch_id, run_id="", after_revision=0, follow=True):
+            pass
+
+    for _ in range(3):
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)  # replayed nothing; now waiting for events
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    gc.collect()
+    await asyncio.sleep(0)

@@ -611,10 +611,13 @@ class AsyncClient:
         request_id: str | None = None,
         context_ref_id: str | None = None,
         link_evidence: bool = False,
+        allow_empty: bool = False,
     ) -> DatasetManifest:
         """Starts a build from the completed runs of ``batch_ids``; returns the
         manifest in ``DatasetStatus.BUILDING`` (see ``wait_dataset``). Filters
-        apply in order; a run is kept when every filter keeps it."""
+        apply in order; a run is kept when every filter keeps it. A build that
+        keeps no run fails with ``EMPTY_DATASET`` (leaving the version free)
+        unless ``allow_empty``."""
         resp = await self._call(
             self._datasets.BuildDataset,
             dataset_service_pb2.BuildDatasetRequest(
@@ -625,6 +628,7 @@ class AsyncClient:
                 request_id=_rid(request_id),
                 context_ref_id=context_ref_id or "",
                 link_evidence=link_evidence,
+                allow_empty=allow_empty,
             ),
         )
         return _convert.dataset(resp.dataset)

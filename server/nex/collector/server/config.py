@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,10 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    # Connections each process keeps to PostgreSQL, and how many more it may open
+    # under a burst (a worker with WORKER_MAX_JOBS jobs shares these).
+    database_pool_size: int = Field(default=10, validation_alias="DATABASE_POOL_SIZE", ge=1)
+    database_max_overflow: int = Field(default=10, validation_alias="DATABASE_MAX_OVERFLOW", ge=0)
     data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
     addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
     tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
@@ -98,12 +103,45 @@ class Settings(BaseSettings):
         return self.data_dir / "datasets"
 
 
+class ClientSettings(BaseSettings):
+    """What the CLI's client commands read: where the collector is and how to
+    reach it, nothing of the server's own configuration (a shell set up for
+    `MODE_INTEGRATION=integrated` without NEX_BASE_URL can still list batches)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
+    token: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TOKEN")
+    tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
+    tls_ca: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CA")
+    data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
+
+    @property
+    def default_token(self) -> str | None:
+        """NEX_COLLECTOR_TOKEN, else the first of NEX_COLLECTOR_TOKENS as written."""
+        if self.token:
+            return self.token
+        return next((t.strip() for t in self.tokens_csv.split(",") if t.strip()), None)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Reads the environment (overrides win); a bad setting is a ConfigError."""
+    return _load(Settings, overrides)
+
+
+def load_client_settings(**overrides: object) -> ClientSettings:
+    """The client commands' settings; a bad one is a ConfigError."""
+    return _load(ClientSettings, overrides)
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _load(kind: type[_S], overrides: dict[str, object]) -> _S:
     from pydantic import ValidationError
 
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()

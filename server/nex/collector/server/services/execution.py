@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError
 from nex.collector.server.domain.budgets import batch_scope
 from nex.collector.server.domain.teacher import RunStatus
@@ -31,6 +31,7 @@ from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
+from nex.collector.server.services.evidence import Evidence
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,14 @@ class RunExecutor:
         policy: RetryPolicy,
         lease: timedelta,
         budgets: Budgets | None = None,
-        on_batches_touched: Callable[[Iterable[str]], Awaitable[None]] | None = None,
+        evidence: Evidence | None = None,
         batch_ttl_s: float = 2.0,
     ) -> None:
         self._uow = uow
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
-        self._on_batches_touched = on_batches_touched
+        self._evidence = evidence
         self._budgets = budgets or Budgets(uow)
         # batch id -> (batch, when read): re-read every `batch_ttl_s` so that a
         # cap set or changed by UpdateBatch applies within seconds.
@@ -206,6 +207,7 @@ class RunExecutor:
 
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         finished_at = now()
+        links: Sequence[str] = ()
         async with self._uow() as tx:
             live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
             rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
@@ -225,19 +227,22 @@ class RunExecutor:
                     if o.run_id in live
                 ]
             )
+            links = await self._link_finished(tx, {o.batch_id for o in outcomes})
             await tx.commit()
-        if self._on_batches_touched is not None:
-            linked = {
-                o.batch_id
-                for o in outcomes
-                if (b := self._batches.get(o.batch_id)) and b[0].link_evidence
-            }
-            if linked:
-                try:
-                    await self._on_batches_touched(sorted(linked))
-                except Exception:
-                    log.exception("could not link finished batches %s", sorted(linked))
+        if self._evidence is not None:
+            await self._evidence.enqueue(links)
         return [o.run_id in live for o in outcomes]
+
+    async def _link_finished(self, tx: UnitOfWork, batch_ids: Iterable[str]) -> Sequence[str]:
+        """Links, in `tx`, the batches created with link_evidence that `tx` ends."""
+        if self._evidence is None or not self._evidence.enabled:
+            return []
+        linked = [
+            b
+            for b in batch_ids
+            if (cached := self._batches.get(b)) is None or cached[0].link_evidence
+        ]
+        return await self._evidence.link_finished_batches(tx, linked) if linked else []
 
     async def _release(self, held: Mapping[str, tuple[str, int]]) -> None:
         """Running -> queued for the given runs still at the attempt held."""
@@ -264,11 +269,15 @@ class RunExecutor:
         async with self._uow() as tx:
             batch = await tx.batches.get(batch_id)
             if batch is not None and batch.cancel_time is not None:
+                links: Sequence[str] = ()
                 if await tx.runs.cancel_running(run_id, attempt, now()):
                     await tx.events.append(
                         [NewEvent(run_id, batch_id, RunStatus.CANCELLED, attempt)]
                     )
+                    links = await self._link_finished(tx, [batch_id])
                 await tx.commit()
+                if self._evidence is not None:
+                    await self._evidence.enqueue(links)
                 return False
             if not await tx.runs.next_attempt(run_id, attempt, self._lease, now()):
                 return False

@@ -86,7 +86,9 @@ class Reconciler:
                 ]
                 + [NewEvent(r["id"], r["batch_id"], RunStatus.QUEUED, r["attempt"]) for r in retry]
             )
+            links = await self._evidence.link_finished_batches(tx, {r["batch_id"] for r in give_up})
             await tx.commit()
+        await self._evidence.enqueue(links)
         if retry:
             await self._queue.release(EXECUTE_RUN, [r["id"] for r in retry])
         return len(rows)

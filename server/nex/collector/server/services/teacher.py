@@ -17,7 +17,12 @@ from nex.collector.server.domain.batches import (
     check_scores,
 )
 from nex.collector.server.domain.budgets import MAX_COST_USD, CostEstimate, check_cap
-from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgument, Violations
+from nex.collector.server.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    Violations,
+)
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus
 from nex.collector.server.domain.templates import check_variables, render
@@ -32,6 +37,11 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.context_refs import usable_ref
+from nex.collector.server.services.evidence import Evidence
+
+# Tries of create_runs' transaction before a conflict on request ids is UNAVAILABLE.
+CREATE_RUNS_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +73,10 @@ class Teacher:
         provider_ready: Mapping[str, str | None] | None = None,
         integrated: bool = False,
         budgets: Budgets | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
         self._uow = uow
+        self._evidence = evidence
         self._queue = queue
         self._budgets = budgets or Budgets(uow)
         self._integrated = integrated
@@ -99,8 +111,10 @@ class Teacher:
                 return await self._view(tx, found)
             require(await tx.templates.get(cmd.template_id), "template", cmd.template_id)
             if cmd.context_ref_id:
-                require(
-                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                usable_ref(
+                    await tx.context_refs.get(cmd.context_ref_id),
+                    cmd.context_ref_id,
+                    integrated=self._integrated,
                 )
             batch = Batch(
                 id=new_id("bat"),
@@ -222,7 +236,14 @@ class Teacher:
                         for run_id, attempt in cancelled
                     ]
                 )
+                links = (
+                    await self._evidence.link_finished_batches(tx, [id_])
+                    if self._evidence and cancelled
+                    else []
+                )
                 await tx.commit()
+                if self._evidence is not None:
+                    await self._evidence.enqueue(links)
             return await self._view(tx, require(await tx.batches.get(id_), "batch", id_))
 
     # -- runs --------------------------------------------------------------------
@@ -250,6 +271,40 @@ class Teacher:
                     )
                 seen_request_ids[item.request_id] = i
         v.raise_if_any()
+        # A concurrent call that takes one of the request ids makes this one start
+        # over (then every request id resolves to that call's runs); bounded, since
+        # each conflict means another call committed.
+        for _ in range(CREATE_RUNS_ATTEMPTS):
+            created = await self._insert_runs(batch_id, inputs, seen_request_ids, single=single)
+            if created is not None:
+                break
+        else:
+            raise Unavailable(
+                f"concurrent calls kept taking the same request ids of batch {batch_id}; "
+                "retry the call",
+                reason="REQUEST_ID_CONFLICT",
+            )
+        new_runs, existing = created
+        await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
+        by_request = {r.request_id: r for r in new_runs if r.request_id}
+        by_request.update(existing)
+        fresh_iter = iter(new_runs)
+        return [
+            by_request[i.request_id] if i.request_id in existing else next(fresh_iter)
+            for i in inputs
+        ]
+
+    async def _insert_runs(
+        self,
+        batch_id: str,
+        inputs: Sequence[NewRun],
+        seen_request_ids: Mapping[str, int],
+        *,
+        single: bool,
+    ) -> tuple[list[Run], Mapping[str, Run]] | None:
+        """One try at create_runs' transaction; None when a concurrent call took
+        one of the request ids first."""
+        v = Violations()
         async with self._uow() as tx:
             batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
             existing = await tx.runs.by_request_ids(list(seen_request_ids))
@@ -289,22 +344,13 @@ class Teacher:
                 )
             inserted = await tx.runs.insert_queued(new_runs)
             if len(inserted) != len(new_runs):
-                # A concurrent call took one of the request ids: start over, then
-                # every request id resolves to that call's runs.
                 await tx.rollback()
-                return await self.create_runs(batch_id, inputs, single=single)
+                return None
             await tx.events.append(
                 [NewEvent(r.id, batch_id, RunStatus.QUEUED, 0) for r in new_runs]
             )
             await tx.commit()
-        await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
-        by_request = {r.request_id: r for r in new_runs if r.request_id}
-        by_request.update(existing)
-        fresh_iter = iter(new_runs)
-        return [
-            by_request[i.request_id] if i.request_id in existing else next(fresh_iter)
-            for i in inputs
-        ]
+        return new_runs, existing
 
     async def get_run(self, id_: str, *, full: bool = True) -> Run:
         v = Violations()

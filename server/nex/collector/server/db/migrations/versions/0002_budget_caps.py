@@ -2,7 +2,7 @@
 each run's prompt-token bound
 
 Revision ID: 0002
-Revises: 0001
+Revises: 0005
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002"
-down_revision: str | None = "0001"
+down_revision: str | None = "0005"  # main had 0005 on 0001 when budget merged it
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
