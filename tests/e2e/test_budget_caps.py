@@ -176,6 +176,12 @@ def test_a_cap_needs_a_priced_model_and_max_tokens(client: Client) -> None:
     with pytest.raises(FailedPreconditionError) as later:
         client.update_batch(mock.id, max_cost_usd=1.0)
     assert later.value.reason == "MODEL_NOT_PRICED"
+    unbounded = client.create_batch(unique("cap"), template.id, "openai", MODEL)
+    with pytest.raises(FailedPreconditionError) as no_bound:
+        client.update_batch(unbounded.id, max_cost_usd=1.0)
+    assert no_bound.value.reason == "MAX_TOKENS_REQUIRED" and "params.max_tokens" in str(
+        no_bound.value
+    )
 
 
 def test_update_batch_names_bad_mask_paths(collector: RunningCollector, client: Client) -> None:
@@ -235,3 +241,30 @@ def test_dry_run_prints_the_worst_case_and_creates_nothing(
     assert estimate.prompt_tokens_bound >= sum(len(f"Say item {i}") for i in range(5))
     assert re.search(rf"\${estimate.worst_case_cost_usd:,.6f}", result.output), result.output
     assert sum(1 for _ in client.list_batches()) == before
+
+
+def test_the_cli_shows_spend_against_the_cap_and_stops_on_a_pause(
+    collector: RunningCollector, client: Client, tmp_path: Path
+) -> None:
+    template = client.create_template(unique("cli"), user_template="Say {{ x }}", variables=["x"])
+    rows = [{"x": f"item {i}"} for i in range(12)]
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    params = GenerationParams(max_tokens=MAX_TOKENS)
+    cap = client.estimate_batch(template.id, "openai", MODEL, rows, params=params)
+    result = invoke(
+        collector,
+        "batch", "create", "--template", template.id, "--inputs", str(inputs),
+        "--provider", "openai", "--model", MODEL, "--max-tokens", str(MAX_TOKENS),
+        "--max-cost-usd", f"{cap.worst_case_cost_usd / 4:.10f}",
+    )  # fmt: skip
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert "budget $" in result.output and "of cap $" in result.output
+    batch_id = re.search(r"(bat_\w+)", result.output).group(1)  # type: ignore[union-attr]
+    assert f"nex-collector batch update {batch_id} --max-cost-usd" in result.output
+    assert client.get_batch(batch_id).status == BatchStatus.PAUSED
+
+    resumed = invoke(collector, "batch", "update", batch_id, "--max-cost-usd", "1")
+    assert resumed.exit_code == 0, resumed.output
+    assert _wait_for(client, batch_id, BatchStatus.COMPLETED).counts.completed == len(rows)
