@@ -23,6 +23,7 @@ from nex.collector.client import (
     TeacherBatch,
     connect,
 )
+from nex.collector.server.services.budgets import no_daily_caps
 from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
@@ -31,6 +32,7 @@ from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.db import execute
 from tests.support.processes import WorkerProcess
 
 MODEL = "gpt-4o-mini"  # priced in providers/pricing.py: $0.15 / $0.60 per 1M tokens
@@ -268,3 +270,40 @@ def test_the_cli_shows_spend_against_the_cap_and_stops_on_a_pause(
     resumed = invoke(collector, "batch", "update", batch_id, "--max-cost-usd", "1")
     assert resumed.exit_code == 0, resumed.output
     assert _wait_for(client, batch_id, BatchStatus.COMPLETED).counts.completed == len(rows)
+
+
+def test_a_daily_teacher_cap_pauses_every_batch_of_that_teacher_until_the_next_day(
+    collector: RunningCollector, client: Client, fresh_teacher_api: FakeTeacherAPI
+) -> None:
+    """The teachers file's `daily_max_cost_usd` reaches the budgets as a callable;
+    here the test plugs one in. The cap holds across batches without caps of
+    their own, and a batch paused by it resumes on the next UTC day."""
+    model = "claude-haiku-4-5"  # $1 / $5 per 1M tokens
+    fresh_teacher_api.prices = {model: (1.0, 5.0)}
+    budgets = collector.container.teacher._budgets
+    template = client.create_template(unique("day"), user_template="Say {{ x }}", variables=["x"])
+    params = GenerationParams(max_tokens=MAX_TOKENS)
+    rows = [{"x": f"item {i}"} for i in range(6)]
+    worst = client.estimate_batch(template.id, "anthropic", model, rows, params=params)
+    cap = {"anthropic": worst.worst_case_cost_usd / 2}
+    budgets.daily_cap = cap.get
+    try:
+        batch = client.create_batch(unique("day"), template.id, "anthropic", model, params=params)
+        client.create_runs(batch.id, rows)
+        paused = _wait_for(client, batch.id, BatchStatus.PAUSED)
+        assert paused.pause is not None and paused.pause.reason == "BUDGET_EXHAUSTED"
+        assert paused.pause.metadata["scope"].startswith("teacher:anthropic:")
+        assert 0 < paused.counts.completed < len(rows)
+        assert fresh_teacher_api.spent_usd <= cap["anthropic"]
+
+        # The next UTC day (a pause from yesterday), with room under the cap.
+        cap["anthropic"] = 1.0
+        execute(
+            collector,
+            "UPDATE batches SET pause_time = pause_time - interval '1 day' WHERE id = $1",
+            batch.id,
+        )
+        done = _wait_for(client, batch.id, BatchStatus.COMPLETED)
+        assert done.counts.completed == len(rows) and done.pause is None
+    finally:
+        budgets.daily_cap = no_daily_caps

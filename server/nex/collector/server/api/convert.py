@@ -163,7 +163,12 @@ def batch(view: BatchView) -> teacher_pb2.TeacherBatch:
 def batch_pause(p: BatchPause | None) -> teacher_pb2.BatchPause | None:
     if p is None:
         return None
-    return teacher_pb2.BatchPause(reason=p.reason, message=p.message, time=timestamp(p.time))
+    return teacher_pb2.BatchPause(
+        reason=p.reason,
+        message=p.message,
+        metadata={"scope": p.scope} if p.scope else {},
+        time=timestamp(p.time),
+    )
 
 
 def cost_estimate(e: CostEstimate) -> teacher_service_pb2.CostEstimate:

@@ -79,6 +79,8 @@ batches = Table(
     Column("pause_reason", Text),
     Column("pause_message", Text),
     Column("pause_time", DateTime(timezone=True)),
+    # The budget scope that could not take the next run (see `budgets`).
+    Column("pause_scope", Text),
 )
 
 runs = Table(

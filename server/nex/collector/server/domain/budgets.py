@@ -23,9 +23,12 @@ def batch_scope(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
 
+TEACHER_SCOPE_PREFIX = "teacher:"
+
+
 def teacher_day_scope(teacher: str, day: date) -> str:
     """A teacher's spend on one UTC day (for a daily cap from the teachers file)."""
-    return f"teacher:{teacher}:{day.isoformat()}"
+    return f"{TEACHER_SCOPE_PREFIX}{teacher}:{day.isoformat()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class BatchPause:
     reason: str
     message: str
     time: datetime
+    # The budget scope that was full: "batch:<id>", or "teacher:<name>:<day>"
+    # (a daily cap; the reconciler resumes the batch on the next UTC day).
+    scope: str = ""
 
 
 @dataclass(frozen=True, slots=True)

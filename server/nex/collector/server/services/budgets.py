@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Hold
@@ -24,6 +24,7 @@ from nex.collector.server.domain.batches import Batch, BatchView, RunError
 from nex.collector.server.domain.budgets import (
     BUDGET_EXHAUSTED,
     MAX_COST_USD,
+    TEACHER_SCOPE_PREFIX,
     CostEstimate,
     batch_scope,
     teacher_day_scope,
@@ -61,7 +62,9 @@ class Reservation:
 class Budgets:
     def __init__(self, uow: UnitOfWorkFactory, *, daily_cap: DailyCap = no_daily_caps) -> None:
         self._uow = uow
-        self._daily_cap = daily_cap
+        # Per-teacher daily caps (the teachers file's `daily_max_cost_usd`),
+        # read before each call.
+        self.daily_cap = daily_cap
 
     # -- setting caps --------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class Budgets:
     # -- around each teacher call --------------------------------------------------
 
     def _holds(self, batch: Batch, messages: Sequence[ChatMessage]) -> tuple[Hold, ...]:
-        daily = self._daily_cap(batch.provider)
+        daily = self.daily_cap(batch.provider)
         if batch.max_cost_usd is None and daily is None:
             return ()
         worst = pricing.cost_usd(
@@ -188,7 +191,7 @@ class Budgets:
         )
         error = RunError(BUDGET_EXHAUSTED, message)
         async with self._uow() as tx:
-            paused = await tx.batches.pause(batch.id, BUDGET_EXHAUSTED, message, now())
+            paused = await tx.batches.pause(batch.id, BUDGET_EXHAUSTED, message, now(), scope=scope)
             if await tx.runs.unclaim(r.run_id, r.attempt):
                 await tx.events.append(
                     [NewEvent(r.run_id, batch.id, RunStatus.QUEUED, r.attempt - 1, error)]
@@ -197,6 +200,20 @@ class Budgets:
         if paused:
             metrics.BATCHES_PAUSED.labels(BUDGET_EXHAUSTED).inc()
             log.info("batch %s paused: %s", batch.id, message)
+
+    async def resume_new_day(self) -> list[str]:
+        """Resumes the batches a daily cap paused on an earlier UTC day; returns
+        their queued runs, to enqueue again."""
+        midnight = datetime.combine(datetime.now(UTC).date(), time.min, UTC)
+        async with self._uow() as tx:
+            resumed = await tx.batches.resume_paused_in_scopes_before(
+                TEACHER_SCOPE_PREFIX, midnight
+            )
+            queued = [r for b in resumed for r in await tx.runs.queued_ids(b)]
+            await tx.commit()
+        if resumed:
+            log.info("a new UTC day resumed %d batches paused by a daily cap", len(resumed))
+        return queued
 
 
 __all__ = ["MAX_COST_USD", "Budgets", "DailyCap", "Reservation", "no_daily_caps"]

@@ -47,7 +47,12 @@ def _entity(row: Mapping[Any, Any]) -> Batch:
         create_time=row["create_time"],
         cancel_time=row["cancel_time"],
         max_cost_usd=row["max_cost_usd"],
-        pause=BatchPause(row["pause_reason"], row["pause_message"] or "", row["pause_time"])
+        pause=BatchPause(
+            row["pause_reason"],
+            row["pause_message"] or "",
+            row["pause_time"],
+            row["pause_scope"] or "",
+        )
         if row["pause_reason"]
         else None,
     )
@@ -104,12 +109,14 @@ class BatchRepository(Repository):
         )
         return True
 
-    async def pause(self, id_: str, reason: str, message: str, when: datetime) -> bool:
+    async def pause(
+        self, id_: str, reason: str, message: str, when: datetime, *, scope: str = ""
+    ) -> bool:
         """Pauses the batch unless it already is; returns whether it did."""
         stmt = (
             update(batches)
             .where(batches.c.id == id_, batches.c.pause_time.is_(None))
-            .values(pause_reason=reason, pause_message=message, pause_time=when)
+            .values(pause_reason=reason, pause_message=message, pause_time=when, pause_scope=scope)
             .returning(batches.c.id)
         )
         return (await self.session.execute(stmt)).first() is not None
@@ -118,10 +125,25 @@ class BatchRepository(Repository):
         stmt = (
             update(batches)
             .where(batches.c.id == id_, batches.c.pause_time.is_not(None))
-            .values(pause_reason=None, pause_message=None, pause_time=None)
+            .values(pause_reason=None, pause_message=None, pause_time=None, pause_scope=None)
             .returning(batches.c.id)
         )
         return (await self.session.execute(stmt)).first() is not None
+
+    async def resume_paused_in_scopes_before(self, prefix: str, before: datetime) -> list[str]:
+        """Resumes the batches paused before `before` by a scope starting with
+        `prefix`; returns their ids."""
+        stmt = (
+            update(batches)
+            .where(
+                batches.c.pause_scope.startswith(prefix, autoescape=True),
+                batches.c.pause_time < before,
+                batches.c.cancel_time.is_(None),
+            )
+            .values(pause_reason=None, pause_message=None, pause_time=None, pause_scope=None)
+            .returning(batches.c.id)
+        )
+        return [r[0] for r in await self.session.execute(stmt)]
 
     async def mark_cancelled(self, id_: str, when: datetime) -> None:
         await self.session.execute(

@@ -42,6 +42,7 @@ def upgrade() -> None:
     op.add_column("batches", sa.Column("pause_reason", sa.Text(), nullable=True))
     op.add_column("batches", sa.Column("pause_message", sa.Text(), nullable=True))
     op.add_column("batches", sa.Column("pause_time", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("batches", sa.Column("pause_scope", sa.Text(), nullable=True))
     op.add_column(
         "runs",
         sa.Column("prompt_tokens_bound", sa.BigInteger(), server_default="0", nullable=False),
@@ -66,6 +67,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("runs", "prompt_tokens_bound")
+    op.drop_column("batches", "pause_scope")
     op.drop_column("batches", "pause_time")
     op.drop_column("batches", "pause_message")
     op.drop_column("batches", "pause_reason")
