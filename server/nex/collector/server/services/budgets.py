@@ -183,12 +183,17 @@ class Budgets:
         """The call does not fit: the batch pauses and the run goes back to the
         queue with its attempt given back."""
         scope = r.refused or batch_scope(batch.id)
-        message = (
-            f"the next run does not fit under the cap of {scope}: raise max_cost_usd "
-            "with UpdateBatch to resume"
-            if scope == batch_scope(batch.id)
-            else f"the next run does not fit under the daily cap of {scope}"
-        )
+        worst = max((h.amount_usd for h in r.holds), default=0.0)
+        if scope == batch_scope(batch.id):
+            message = (
+                f"the next run's worst case (${worst:.6f}) does not fit under the batch's "
+                "max_cost_usd: raise it with UpdateBatch to resume"
+            )
+        else:
+            message = (
+                f"the next run's worst case (${worst:.6f}) does not fit under the daily cap "
+                f"{scope}: the batch resumes on the next UTC day"
+            )
         error = RunError(BUDGET_EXHAUSTED, message)
         async with self._uow() as tx:
             paused = await tx.batches.pause(batch.id, BUDGET_EXHAUSTED, message, now(), scope=scope)
