@@ -58,6 +58,8 @@ def worker_env(
         "DATA_DIR": str(tmp_path / "data"),
         "RECONCILE_INTERVAL_S": "0.5",
         "WORKER_MAX_JOBS": "16",
+        "RUN_LEASE_S": "3.0",
+        "TEACHER_MAX_ATTEMPTS": "8",
         "LOG_LEVEL": "INFO",
     }
     env.update({k: str(v) for k, v in teacher_settings(fresh_teacher_api).items()})
@@ -144,6 +146,57 @@ def test_a_cap_is_never_passed_pauses_the_batch_and_raising_it_finishes(
     assert done.budget.spent_usd == pytest.approx(done.usage.cost_usd)
     assert api.spent_usd == pytest.approx(done.usage.cost_usd)
     assert all(r.attempt == 1 for r in client.list_runs(batch.id))
+
+
+def test_a_killed_worker_leaks_no_reservation_and_its_calls_count(
+    worker_env: dict[str, str],
+    own_backing: Backing,
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    """A worker killed mid-call leaves reservations behind; the reconciler charges
+    them at their worst case when it takes the runs back (the provider may have
+    billed those calls), so the books never count less than the teacher's bill."""
+    api = fresh_teacher_api
+    api.prices = {MODEL: PRICE}
+    api.latency_s = 0.5
+    overrides = {k: v for k, v in worker_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
+    settings = collector_settings(own_backing, tmp_path / "data", **overrides)
+    with (
+        running_collector(settings, work=False) as running,
+        connect(running.address, token=running.token) as client,
+    ):
+        template = client.create_template(unique("k"), user_template="Say {{ x }}", variables=["x"])
+        batch = client.create_batch(
+            unique("k"),
+            template.id,
+            "openai",
+            MODEL,
+            params=GenerationParams(max_tokens=MAX_TOKENS),
+            max_cost_usd=1.0,
+        )
+        client.create_runs(batch.id, [{"x": f"item {i}"} for i in range(30)])
+        first = WorkerProcess(worker_env, tmp_path / "first.log").start()
+        try:
+            deadline = time.monotonic() + 180
+            while True:  # kill it mid-call: some runs done, some at the teacher
+                b = client.get_batch(batch.id)
+                if b.counts.completed >= 3 and b.budget.reserved_usd > 0:
+                    break
+                assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+                time.sleep(0.05)
+            first.kill9()
+        finally:
+            first.stop()
+        second = WorkerProcess(worker_env, tmp_path / "second.log").start()
+        try:
+            done = _wait_for(client, batch.id, BatchStatus.COMPLETED, timeout=180)
+        finally:
+            second.stop()
+    assert done.counts.completed == 30
+    assert done.budget.reserved_usd == pytest.approx(0)  # nothing leaked
+    assert done.budget.spent_usd > done.usage.cost_usd  # lost calls counted at worst case
+    assert api.spent_usd <= done.budget.spent_usd + 1e-12  # never less than the bill
 
 
 def test_a_cap_needs_a_priced_model_and_max_tokens(client: Client) -> None:
