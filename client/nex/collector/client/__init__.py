@@ -41,9 +41,12 @@ from ._errors import (
 )
 from ._sync_client import Client, connect
 from ._types import (
+    BatchBudget,
+    BatchPause,
     BatchStatus,
     BooleanFilter,
     ContextRef,
+    CostEstimate,
     DatasetCounts,
     DatasetFile,
     DatasetManifest,
@@ -77,12 +80,15 @@ from ._watch import WatchRetry
 __all__ = [
     "AlreadyExistsError",
     "AsyncClient",
+    "BatchBudget",
+    "BatchPause",
     "BatchStatus",
     "BooleanFilter",
     "Client",
     "CollectorError",
     "Connecting",
     "ContextRef",
+    "CostEstimate",
     "DatasetBuildError",
     "DatasetCounts",
     "DatasetFile",

@@ -38,6 +38,7 @@ from nex.collector.server.queue import (
     in_progress_ttl_ms,
     job_timeouts,
 )
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -210,11 +211,14 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             # Outlives the delivery job, so a live delivery is never taken twice.
             lease=timedelta(seconds=job_timeouts(settings)[DELIVER_EVIDENCE] + 10),
         )
+        # The teachers file's daily caps plug in here (`daily_cap=`).
+        budgets = Budgets(uow)
         executor = RunExecutor(
             uow,
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=timedelta(seconds=settings.run_lease_s),
+            budgets=budgets,
             evidence=evidence,
         )
         datasets = Datasets(
@@ -245,10 +249,17 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
                 queue,
                 provider_ready=provider_problems(settings),
                 integrated=evidence.enabled,
+                budgets=budgets,
                 evidence=evidence,
             ),
             executor=executor,
-            reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),
+            reconciler=Reconciler(
+                uow,
+                queue,
+                evidence,
+                max_attempts=settings.teacher_max_attempts,
+                budgets=budgets,
+            ),
             hub=hub,
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             datasets=datasets,

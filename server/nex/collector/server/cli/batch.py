@@ -375,6 +375,15 @@ def batch_summary(batch: TeacherBatch) -> Table:
         table.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(batch.labels.items())))
     table.add_row("runs", _counts_text(batch))
     table.add_row("usage", fmt_usage(batch.usage))
+    if batch.max_cost_usd is not None:
+        b = batch.budget
+        table.add_row(
+            "budget",
+            f"${b.spent_usd:,.6f} spent + ${b.reserved_usd:,.6f} reserved "
+            f"of ${batch.max_cost_usd:,.6f} (queued worst case ${b.queued_worst_case_usd:,.6f})",
+        )
+    if batch.pause is not None:
+        table.add_row("paused", f"{batch.pause.reason}: {escape(batch.pause.message)}")
     table.add_row("created", fmt_time(batch.create_time))
     return table
 
@@ -598,6 +607,20 @@ def batch_create(
         int, typer.Option(min=1, max=MAX_CHUNK, help="runs per BatchCreateRuns call (atomic)")
     ] = 1000,
     watch: Annotated[bool, typer.Option(help="follow the runs with a progress bar")] = True,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost-usd",
+            min=0,
+            help="hard cap on the batch's teacher spend in USD (needs --max-tokens)",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="print the worst-case cost of the file; create nothing, call no one"
+        ),
+    ] = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -613,6 +636,9 @@ def batch_create(
     line is reported with its number and nothing is created. Runs are sent in
     chunks of --chunk; each chunk is all-or-nothing. Then, unless --no-watch,
     a live progress bar follows the batch until every run has ended.
+
+    With --dry-run the server renders every line and prints the worst-case
+    cost (prompt bytes x input price + max_tokens x output price) instead.
     """
     target = resolve_target(addr, token)
     runs = Inputs(inputs)
@@ -631,6 +657,9 @@ def batch_create(
         tmpl = await client.get_template(template)
         lines = runs.check(tmpl, note=f"template {tmpl.name} v{tmpl.version} declares: "
                            f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
+        if dry_run:
+            await _print_estimate(client, template, provider.value, teacher_model, params, lines)
+            return
         batch = await client.create_batch(
             name or _default_name(inputs),
             template,
@@ -641,6 +670,7 @@ def batch_create(
             link_evidence=link_evidence,
             labels=labels,
             request_id=request_id,
+            max_cost_usd=max_cost_usd,
         )
         out.print(
             f"[green]✓[/green] batch [bold]{batch.id}[/bold] ({escape(batch.name)}, "
@@ -793,7 +823,60 @@ def run_show(
     out.print(run_panel(run_with_client(target, action), tokens))
 
 
+@batch_app.command("update")
+def batch_update(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option("--max-cost-usd", min=0, help="the new cap in USD (raising it resumes)"),
+    ] = None,
+    no_cap: Annotated[bool, typer.Option("--no-cap", help="remove the cap")] = False,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Change a batch's cost cap; raising it resumes a batch paused for its budget."""
+    if (max_cost_usd is None) == (not no_cap):
+        raise typer.BadParameter("give --max-cost-usd or --no-cap", param_hint="--max-cost-usd")
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> TeacherBatch:
+        return await client.update_batch(batch_id, max_cost_usd=max_cost_usd)
+
+    out.print(batch_summary(run_with_client(target, action)))
+
+
 # ------------------------------------------------------------------ helpers
+
+
+async def _print_estimate(
+    client: AsyncClient,
+    template_id: str,
+    provider: str,
+    model: str,
+    params: GenerationParams,
+    lines: Sequence[InputLine],
+) -> None:
+    """What --dry-run prints: the worst case of every line, nothing created."""
+    runs = prompt = output = 0
+    cost = 0.0
+    priced = True
+    for part in _chunks(lines, MAX_CHUNK):
+        e = await client.estimate_batch(
+            template_id, provider, model, [line.variables for line in part], params=params
+        )
+        runs += e.runs
+        prompt += e.prompt_tokens_bound
+        output += e.output_tokens_bound
+        cost += e.worst_case_cost_usd
+        priced = priced and e.priced
+    out.print(f"dry run: {runs:,} runs of {provider}/{escape(model)}; nothing was created")
+    out.print(f"  prompt tokens   ≤ {prompt:,}")
+    assumed = "" if params.max_tokens else " (no --max-tokens: the provider default, assumed)"
+    out.print(f"  output tokens   ≤ {output:,}{assumed}")
+    if priced:
+        out.print(f"  worst-case cost ≤ [bold]${cost:,.6f}[/bold]")
+    else:
+        out.print(f"  worst-case cost: unknown ({escape(model)} has no known price)")
 
 
 async def _finish(client: AsyncClient, batch_id: str, watch: bool) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from nex.collector.server.domain.budgets import BatchPause, Budget
 from nex.collector.server.domain.errors import Violations, key_path, quote
 from nex.collector.server.domain.limits import (
     MAX_RUNS_PER_CALL,
@@ -34,6 +35,7 @@ class BatchStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class Batch:
     link_evidence: bool
     create_time: datetime
     cancel_time: datetime | None = None
+    max_cost_usd: float | None = None
+    pause: BatchPause | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,11 @@ class BatchView:
     batch: Batch
     counts: RunCounts
     usage: Usage
+    budget: Budget = field(default_factory=Budget)
+    # Sum of the prompt-token bounds of the queued runs (for the worst case).
+    queued_prompt_tokens_bound: int = 0
+    # Filled in by the service, which knows prices.
+    queued_worst_case_usd: float = 0.0
 
     @property
     def status(self) -> BatchStatus:
@@ -93,6 +102,8 @@ class BatchView:
             return BatchStatus.CANCELLED
         if self.counts.total == 0:
             return BatchStatus.OPEN
+        if self.batch.pause is not None and self.counts.queued and not self.counts.running:
+            return BatchStatus.PAUSED
         return BatchStatus.RUNNING if self.counts.active else BatchStatus.COMPLETED
 
 

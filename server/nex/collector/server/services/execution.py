@@ -13,10 +13,12 @@ from datetime import timedelta
 from typing import Any
 
 from nex.collector.server import metrics
+from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError
+from nex.collector.server.domain.budgets import batch_scope
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.providers.base import (
@@ -28,6 +30,7 @@ from nex.collector.server.providers.base import (
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
 
@@ -52,6 +55,7 @@ class Outcome:
     error: RunError | None = None
     cost_usd: float = 0.0
     latency_ms: int = 0
+    reserved: bool = False  # holds a budget reservation, settled with the result
 
 
 class RunExecutor:
@@ -62,14 +66,20 @@ class RunExecutor:
         *,
         policy: RetryPolicy,
         lease: timedelta,
+        budgets: Budgets | None = None,
         evidence: Evidence | None = None,
+        batch_ttl_s: float = 2.0,
     ) -> None:
         self._uow = uow
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
         self._evidence = evidence
-        self._batches: dict[str, Batch] = {}
+        self._budgets = budgets or Budgets(uow)
+        # batch id -> (batch, when read): re-read every `batch_ttl_s` so that a
+        # cap set or changed by UpdateBatch applies within seconds.
+        self._batches: dict[str, tuple[Batch, float]] = {}
+        self._batch_ttl_s = batch_ttl_s
         self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
             self._claim_many, name="claims"
         )
@@ -126,10 +136,17 @@ class RunExecutor:
     ) -> str:
         attempt = claim.attempt
         while True:
+            # Budget: reserve the call's worst case first; the result settles it.
+            hold = await self._budgets.reserve(batch, run_id, attempt, request.messages)
+            if hold.refused:
+                await self._budgets.pause(batch, hold)
+                self._held.pop(run_id, None)
+                return "paused: budget exhausted"
             started = time.perf_counter()
             try:
                 completion = await provider.generate(request)
             except ProviderError as err:
+                await self._budgets.release(hold)  # providers do not bill errors
                 _observe_call(batch.provider, err.code, started)
                 if not self._policy.should_retry(attempt, err):
                     outcome = Outcome(
@@ -158,6 +175,7 @@ class RunExecutor:
                     batch.provider, batch.model, completion.input_tokens, completion.output_tokens
                 ),
                 latency_ms=latency_ms,
+                reserved=hold.held,
             )
             if not await self._outcomes.submit(outcome):
                 return "discarded: run moved on"
@@ -165,15 +183,16 @@ class RunExecutor:
             return "completed"
 
     async def _batch(self, batch_id: str) -> Batch:
-        batch = self._batches.get(batch_id)
+        cached = self._batches.get(batch_id)
+        if cached is not None and time.monotonic() - cached[1] < self._batch_ttl_s:
+            return cached[0]
+        async with self._uow() as tx:
+            batch = await tx.batches.get(batch_id)
         if batch is None:
-            async with self._uow() as tx:
-                batch = await tx.batches.get(batch_id)
-            if batch is None:
-                raise LookupError(f"batch {batch_id} vanished")
-            if len(self._batches) > 1000:
-                self._batches.clear()
-            self._batches[batch_id] = batch
+            raise LookupError(f"batch {batch_id} vanished")
+        if len(self._batches) > 1000:
+            self._batches.clear()
+        self._batches[batch_id] = (batch, time.monotonic())
         return batch
 
     async def _claim_many(self, run_ids: Sequence[str]) -> list[Claim | None]:
@@ -194,6 +213,14 @@ class RunExecutor:
             live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
             rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
             await tx.runs.finish(rows)
+            await tx.budgets.settle(
+                [
+                    Settlement(o.run_id, o.attempt, batch_scope(o.batch_id), o.cost_usd)
+                    for o in outcomes
+                    if o.run_id in live
+                ],
+                reserved=any(o.reserved for o in outcomes),
+            )
             await tx.events.append(
                 [
                     NewEvent(o.run_id, o.batch_id, o.status, o.attempt, o.error)
@@ -212,7 +239,9 @@ class RunExecutor:
         if self._evidence is None or not self._evidence.enabled:
             return []
         linked = [
-            b for b in batch_ids if (batch := self._batches.get(b)) is None or batch.link_evidence
+            b
+            for b in batch_ids
+            if (cached := self._batches.get(b)) is None or cached[0].link_evidence
         ]
         return await self._evidence.link_finished_batches(tx, linked) if linked else []
 
@@ -220,7 +249,10 @@ class RunExecutor:
         """Running -> queued for the given runs still at the attempt held."""
         try:
             async with self._uow() as tx:
-                released = await tx.runs.release([(r, attempt) for r, (_, attempt) in held.items()])
+                keys = [(r, attempt) for r, (_, attempt) in held.items()]
+                released = await tx.runs.release(keys)
+                # A call cut off mid-way may have been billed: its worst case counts.
+                await tx.budgets.charge(keys)
                 await tx.events.append(
                     [NewEvent(r, held[r][0], RunStatus.QUEUED, held[r][1]) for r in released]
                 )

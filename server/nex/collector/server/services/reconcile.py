@@ -13,6 +13,7 @@ from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, JobQueue
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
 
@@ -29,8 +30,10 @@ class Reconciler:
         max_attempts: int,
         queued_grace: timedelta = timedelta(seconds=5),
         limit: int = 5000,
+        budgets: Budgets | None = None,
     ) -> None:
         self._uow = uow
+        self._budgets = budgets
         self._queue = queue
         self._evidence = evidence
         self._max_attempts = max_attempts
@@ -40,6 +43,8 @@ class Reconciler:
     async def tick(self) -> tuple[int, int]:
         """One pass; returns (requeued after a lost worker, re-enqueued)."""
         requeued = await self._expired_leases()
+        if self._budgets is not None and (resumed := await self._budgets.resume_new_day()):
+            await self._queue.enqueue(EXECUTE_RUN, resumed)
         async with self._uow() as tx:
             stale = await tx.runs.stale_queued(now() - self._grace, self._limit)
             builds = await tx.datasets.stale_builds(now(), self._grace)
@@ -77,6 +82,8 @@ class Reconciler:
                 )
             if retry:
                 await tx.runs.requeue([r["id"] for r in retry])
+            # The lost worker may have been billed for its call: its worst case counts.
+            await tx.budgets.charge([(r["id"], r["attempt"]) for r in rows])
             await tx.events.append(
                 [
                     NewEvent(r["id"], r["batch_id"], RunStatus.FAILED, r["attempt"], error)

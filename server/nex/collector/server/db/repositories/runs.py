@@ -8,8 +8,9 @@ from sqlalchemy import ColumnElement, Text, bindparam, cast, func, select, tuple
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import runs
+from nex.collector.server.db.tables import batches, runs
 from nex.collector.server.domain.batches import Run, RunError, Usage
+from nex.collector.server.domain.estimates import prompt_token_bound
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.sizes import page_cut
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
@@ -17,6 +18,12 @@ from nex.collector.server.domain.validation import storable_texts
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
+# No run of a paused batch starts; the reconciler leaves its queued runs alone.
+_BATCH_NOT_PAUSED = (
+    ~select(batches.c.id)
+    .where(batches.c.id == runs.c.batch_id, batches.c.pause_time.is_not(None))
+    .exists()
+)
 
 
 def messages_to_json(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -143,6 +150,7 @@ class RunRepository(Repository):
                 "messages": messages_to_json(r.messages),
                 "request_id": r.request_id or None,
                 "create_time": r.create_time,
+                "prompt_tokens_bound": prompt_token_bound(r.messages),
             }
             for r in items
         ]
@@ -209,7 +217,9 @@ class RunRepository(Repository):
         runs that are not queued (done, cancelled, taken) are simply absent."""
         stmt = (
             update(runs)
-            .where(runs.c.id.in_(list(ids)), runs.c.status == RunStatus.QUEUED.value)
+            .where(
+                runs.c.id.in_(list(ids)), runs.c.status == RunStatus.QUEUED.value, _BATCH_NOT_PAUSED
+            )
             .values(
                 status=RunStatus.RUNNING.value,
                 attempt=runs.c.attempt + 1,
@@ -293,6 +303,27 @@ class RunRepository(Repository):
         )
         return [r[0] for r in await self.session.execute(stmt)]
 
+    async def unclaim(self, id_: str, attempt: int) -> bool:
+        """Running at `attempt` -> queued at attempt - 1: the attempt was never
+        made (its batch ran out of budget), so it is given back."""
+        stmt = (
+            update(runs)
+            .where(
+                runs.c.id == id_,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.attempt == attempt,
+            )
+            .values(status=RunStatus.QUEUED.value, attempt=attempt - 1, lease_expires=None)
+            .returning(runs.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def queued_ids(self, batch_id: str) -> list[str]:
+        stmt = select(runs.c.id).where(
+            runs.c.batch_id == batch_id, runs.c.status == RunStatus.QUEUED.value
+        )
+        return [r[0] for r in await self.session.execute(stmt)]
+
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
             update(runs)
@@ -341,7 +372,11 @@ class RunRepository(Repository):
     async def stale_queued(self, older_than: datetime, limit: int) -> list[str]:
         stmt = (
             select(runs.c.id)
-            .where(runs.c.status == RunStatus.QUEUED.value, runs.c.create_time < older_than)
+            .where(
+                runs.c.status == RunStatus.QUEUED.value,
+                runs.c.create_time < older_than,
+                _BATCH_NOT_PAUSED,
+            )
             .order_by(runs.c.id)
             .limit(limit)
         )
