@@ -4,7 +4,6 @@ where exceptions become gRPC statuses."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import logging
 import time
@@ -19,20 +18,11 @@ from nex.collector.server import metrics
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
 from nex.collector.server.api.types import Context, Handler
 from nex.collector.server.domain.errors import DomainError
+from nex.collector.server.logs import request_id_var
 
 log = logging.getLogger("nex.collector.rpc")
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds the current request id to every log record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 def _wrap(

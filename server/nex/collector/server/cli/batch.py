@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
 import typer
 from rich import box
@@ -34,9 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
-    AsyncClient,
     GenerationParams,
-    InvalidArgumentError,
     PromptTemplate,
     Provider,
     RunInput,
@@ -45,7 +43,9 @@ from nex.collector.client import (
     TeacherBatch,
     TeacherRun,
 )
-from nex.collector.client.progress import watch_batch_progress
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient, InvalidArgumentError
 
 from .common import (
     ID_WIDTH,
@@ -266,6 +266,8 @@ async def send_runs(
     """BatchCreateRuns in chunks of ``chunk`` (each atomic); returns how many
     runs are new in the batch (resent lines return the runs they created
     before). A rejected chunk exits 1 naming its bad lines; earlier chunks stay."""
+    from nex.collector.client import InvalidArgumentError
+
     keys = dict(zip((i.line for i in lines), derived_request_ids(batch_id, lines), strict=True))
     before = (await client.get_batch(batch_id)).counts.total
     sent = 0
@@ -288,6 +290,8 @@ async def send_runs(
 def _report_rejected_chunk(
     exc: InvalidArgumentError, batch_id: str, part: Sequence[InputLine], sent: int
 ) -> NoReturn:
+    from nex.collector.client import InvalidArgumentError
+
     print_collector_error(
         InvalidArgumentError(exc.code, exc.message, reason=exc.reason, field_violations=())
     )
@@ -391,6 +395,8 @@ async def watch_progress(
     client: AsyncClient, batch_id: str, *, follow: bool = False, refresh: float = 1.0
 ) -> TeacherBatch:
     """The live progress display until the batch watch ends; returns the batch."""
+    from nex.collector.client.progress import watch_batch_progress
+
     batch = await watch_batch_progress(
         client, batch_id, out, follow=follow, refresh_interval=refresh
     )

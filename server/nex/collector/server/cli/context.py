@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nex.collector.client import AsyncClient, ContextRef, EvidenceLink, EvidenceStatus
+from nex.collector.client import ContextRef, EvidenceLink, EvidenceStatus
 
 from .common import (
     AddrOpt,
@@ -33,6 +33,9 @@ from .common import (
     run_with_client,
     shorten,
 )
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient
 
 __all__ = ["context_app", "evidence_app", "evidence_table"]
 

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlparse
 
 import typer
@@ -35,7 +35,6 @@ from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
-    AsyncClient,
     BooleanFilter,
     DatasetManifest,
     DatasetStatus,
@@ -60,6 +59,9 @@ from .common import (
     run_with_client,
     status_text,
 )
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient
 
 __all__ = [
     "FILTER_HELP",
