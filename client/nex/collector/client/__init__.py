@@ -21,7 +21,8 @@ Every failed call raises a ``CollectorError`` subclass (``NotFoundError``,
 ``InvalidArgumentError`` with ``.field_violations``, ...).
 """
 
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 # The data types are plain Python and load at once; the client, its errors and
 # its watch helpers need grpc and protobuf, which cost a few hundred
@@ -59,7 +60,7 @@ from ._types import (
     Usage,
 )
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._async_client import AsyncClient, connect_async
     from ._errors import (
         AlreadyExistsError,
@@ -110,14 +111,12 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """Loads the grpc-backed names on first access (PEP 562)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 

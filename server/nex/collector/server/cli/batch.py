@@ -51,6 +51,7 @@ from .common import (
     ID_WIDTH,
     AddrOpt,
     LinkEvidenceOpt,
+    QuietOpt,
     TokenOpt,
     err,
     fail,
@@ -59,6 +60,8 @@ from .common import (
     out,
     parse_labels,
     print_collector_error,
+    print_id,
+    quiet_output,
     resolve_target,
     run_style,
     run_with_client,
@@ -497,6 +500,7 @@ def template_create(
     context_ref: Annotated[
         str | None, typer.Option("--context-ref", help="ContextRef id it belongs to")
     ] = None,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -505,6 +509,7 @@ def template_create(
     Every placeholder must be declared with --var, e.g.
     --user 'Explain {{ topic }} in a {{ style }} way' --var topic --var style.
     """
+    quiet_output(quiet)
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> PromptTemplate:
@@ -521,6 +526,7 @@ def template_create(
         f"[green]✓[/green] template [bold]{escape(t.name)}[/bold] v{t.version}: "
         f"[bold]{t.id}[/bold] (variables: {', '.join(t.variables) or 'none'})"
     )
+    print_id(quiet, t.id)
 
 
 @template_app.command("list")
@@ -586,6 +592,7 @@ def batch_create(
         int, typer.Option(min=1, max=MAX_CHUNK, help="runs per BatchCreateRuns call (atomic)")
     ] = 1000,
     watch: Annotated[bool, typer.Option(help="follow the runs with a progress bar")] = True,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -600,8 +607,10 @@ def batch_create(
     The file is checked first (JSON, variables against the template): any bad
     line is reported with its number and nothing is created. Runs are sent in
     chunks of --chunk; each chunk is all-or-nothing. Then, unless --no-watch,
-    a live progress bar follows the batch until every run has ended.
+    a live progress bar follows the batch until every run has ended
+    (with --quiet, silently: the id is printed once every run has ended).
     """
+    quiet_output(quiet)
     target = resolve_target(addr, token)
     runs = Inputs(inputs)
     labels = parse_labels(label or [])
@@ -615,7 +624,7 @@ def batch_create(
         stop=tuple(stop or ()),
     )
 
-    async def action(client: AsyncClient) -> None:
+    async def action(client: AsyncClient) -> str:
         tmpl = await client.get_template(template)
         lines = runs.check(tmpl, note=f"template {tmpl.name} v{tmpl.version} declares: "
                            f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
@@ -636,8 +645,9 @@ def batch_create(
         )
         await send_runs(client, batch.id, lines, chunk)
         await _finish(client, batch.id, watch)
+        return batch.id
 
-    run_with_client(target, action)
+    print_id(quiet, run_with_client(target, action))
 
 
 @batch_app.command("add")

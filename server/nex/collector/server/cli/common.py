@@ -32,6 +32,7 @@ __all__ = [
     "ID_WIDTH",
     "AddrOpt",
     "LinkEvidenceOpt",
+    "QuietOpt",
     "Target",
     "TokenOpt",
     "client_tls",
@@ -47,6 +48,8 @@ __all__ = [
     "out",
     "parse_labels",
     "print_collector_error",
+    "print_id",
+    "quiet_output",
     "resolve_target",
     "run_style",
     "run_with_client",
@@ -94,6 +97,26 @@ LinkEvidenceOpt = Annotated[
         help="with --context-ref: link it to the NEX context once finished (integrated mode)",
     ),
 ]
+
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="print only the new id, for scripts: ID=$(nex-collector … -q)",
+    ),
+]
+
+
+def quiet_output(quiet: bool) -> None:
+    """With --quiet, human output (tables, progress) is off; errors still go to stderr."""
+    out.quiet = quiet
+
+
+def print_id(quiet: bool, new_id: str) -> None:
+    """The new id alone on stdout, with --quiet."""
+    if quiet:
+        print(new_id, flush=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from nex.collector.client import (
 from .common import (
     AddrOpt,
     LinkEvidenceOpt,
+    QuietOpt,
     Target,
     TokenOpt,
     err,
@@ -55,6 +56,8 @@ from .common import (
     fmt_bytes,
     fmt_time,
     out,
+    print_id,
+    quiet_output,
     resolve_target,
     run_with_client,
     status_text,
@@ -528,9 +531,11 @@ def build(
     wait: Annotated[bool, typer.Option(help="wait for READY and show the summary")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 600.0,
     score: Annotated[str | None, typer.Option(help="score to draw as a histogram")] = None,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
+    quiet_output(quiet)
     filters = parse_filters(filter_ or [])
     target = resolve_target(addr, token)
 
@@ -551,6 +556,8 @@ def build(
         return await wait_with_progress(client, manifest, timeout)
 
     manifest = run_with_client(target, action)
+    if manifest.status != DatasetStatus.FAILED:
+        print_id(quiet, manifest.id)
     if not wait:
         out.print(f"follow it with: nex-collector dataset show {manifest.id}")
         return

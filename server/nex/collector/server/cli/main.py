@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nex.collector.server.cli import batch as batch_cli
+from nex.collector.server.cli import common
 from nex.collector.server.cli import context as context_cli
 from nex.collector.server.cli import dataset as dataset_cli
 from nex.collector.server.cli.demo import demo
@@ -30,6 +31,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+@app.callback()
+def _before_each_command() -> None:
+    # --quiet silences the shared console for one command; the next command
+    # run in this process (tests invoke the app many times) talks again.
+    common.out.quiet = False
+
 
 _CLIENT_PANEL = "Client commands (talk to a running collector)"
 app.command(rich_help_panel=_CLIENT_PANEL)(demo)
