@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import secrets
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -403,19 +406,30 @@ def _verify_and_point(story: Story, manifest: DatasetManifest) -> None:
     out.print("[green]✓ every file matches manifest.json[/green]")
     story.note("files", str(directory))
     d = str(directory)
-    out.print("\nThe Parquet files join on example_id. Try:")
+    python = _this_python()
+    out.print("\nThe Parquet files join on example_id. Try (DuckDB and pyarrow, both installed):")
     out.print(
-        f"  duckdb -c \"SELECT x.teacher_model, t.y_text FROM '{d}/examples.parquet' x "
-        f"JOIN '{d}/targets.parquet' t USING (example_id) LIMIT 5\"",
+        f"  {python} -c \"import duckdb; x = duckdb.read_parquet('{d}/examples.parquet'); "
+        f"t = duckdb.read_parquet('{d}/targets.parquet'); duckdb.sql('SELECT x.teacher_model, "
+        "t.y_text FROM x JOIN t USING (example_id) LIMIT 5').show()\"",
         soft_wrap=True,
         markup=False,
     )
     out.print(
-        f"  python -c \"import pandas as pd; print(pd.read_parquet('{d}/targets.parquet')"
-        '.head())"',
+        f'  {python} -c "import pyarrow.parquet as pq; '
+        f"print(pq.read_table('{d}/targets.parquet', columns=['example_id', 'y_text']))\"",
         soft_wrap=True,
         markup=False,
     )
+
+
+def _this_python() -> str:
+    """This interpreter (it has duckdb and pyarrow), relative when under the
+    current folder (``.venv/bin/python``)."""
+    exe = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(Path(os.path.abspath(exe)).relative_to(Path.cwd())))
+    return shlex.quote(str(exe))
 
 
 def _recap(story: Story) -> None:
