@@ -48,6 +48,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOC_ADDRESSES = ("localhost:50051", "127.0.0.1:50051")
 BLOCK_TIMEOUT_S = 120.0
 RUNNERS = ("python", "bash", "sql", "json", "toml")
+VARYING_MANIFEST_KEYS = {"params", "filters"}  # their keys depend on the build
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")
 _DIRECTIVE = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->$")
@@ -292,7 +293,43 @@ def run_page(page: Path, workdir: Path, collector: RunningCollector) -> list[str
                 )
     finally:
         python.close()
+    for block in blocks:
+        if block.lang == "json" and block.skip is None:
+            check_manifest_example(json.loads(block.code), block, collector)
     return skipped
+
+
+def check_manifest_example(example: Any, block: Block, collector: RunningCollector) -> None:
+    """A manifest.json shown in the docs has the keys of a real one (built by
+    this or an earlier page)."""
+    if not (isinstance(example, dict) and {"files", "format_version"} <= example.keys()):
+        return
+    real = sorted(collector.settings.data_dir.glob("datasets/*/*/manifest.json"))
+    if not real:
+        raise DocsError(f"{block.where()}: no dataset was built to check the manifest against")
+    manifest = json.loads(real[0].read_text())
+    for path, shown, built in _dicts_side_by_side("", example, manifest):
+        if sorted(shown) != sorted(built):
+            raise DocsError(
+                f"{block.where()}: the manifest shown has keys {sorted(shown)} at "
+                f"{path or 'the top'}; a built one has {sorted(built)}"
+            )
+
+
+def _dicts_side_by_side(path: str, shown: Any, built: Any) -> Iterator[tuple[str, Any, Any]]:
+    """Pairs of dicts at the same place in two JSON documents (lists: first
+    items; the values of ``sources``, keyed by batch id: first values)."""
+    if isinstance(shown, dict) and isinstance(built, dict):
+        if path == "sources":
+            yield from _dicts_side_by_side(
+                "sources.*", next(iter(shown.values()), None), next(iter(built.values()), None)
+            )
+            return
+        yield path, shown, built
+        for key in shown.keys() & built.keys() - VARYING_MANIFEST_KEYS:
+            yield from _dicts_side_by_side(f"{path}.{key}".strip("."), shown[key], built[key])
+    elif isinstance(shown, list) and isinstance(built, list) and shown and built:
+        yield from _dicts_side_by_side(f"{path}[0]", shown[0], built[0])
 
 
 def _parses(parse: Any, source: str) -> tuple[bool, str]:
