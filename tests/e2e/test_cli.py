@@ -225,6 +225,43 @@ def test_batch_create_watch_and_show(
     assert "queued 0 runs" in again.output and client.get_batch(batch_id).counts.total == 7
 
 
+def test_quiet_create_commands_print_only_the_new_id(
+    collector: RunningCollector, client: Client, tmp_path: Path
+) -> None:
+    """`ID=$(nex-collector … -q)`: stdout is the id alone, and the next command
+    in the same process prints as usual again."""
+    name = unique("cli-quiet")
+    tpl = invoke(
+        collector, "template", "create", "--name", name, "--user", "Hi {{ x }}", "--var", "x", "-q"
+    )
+    assert tpl.exit_code == 0, tpl.output
+    assert client.get_template(tpl.stdout.strip()).name == name
+    assert tpl.stdout == tpl.stdout.strip() + "\n"
+
+    inputs = _jsonl(tmp_path / "vars.jsonl", [{"x": "a"}, {"x": "b"}])
+    bat = invoke(
+        collector, "batch", "create", "--template", tpl.stdout.strip(), "--inputs", str(inputs),
+        "--quiet",
+    )  # fmt: skip
+    assert bat.exit_code == 0, bat.output
+    batch = client.get_batch(bat.stdout.strip())
+    assert batch.counts.completed == 2  # the id comes once every run has ended
+
+    ds = invoke(
+        collector, "dataset", "build", "--name", name, "--version", "v1",
+        "--batch", batch.id, "-q",
+    )  # fmt: skip
+    assert ds.exit_code == 0, ds.output
+    assert client.get_dataset(ds.stdout.strip()).status == DatasetStatus.READY
+
+    ctx = invoke(collector, "context", "create", name, "1", "-q")
+    assert ctx.exit_code == 0, ctx.output
+    assert client.get_context_ref(ctx.stdout.strip()).nex_context_id == name
+
+    loud = invoke(collector, "batch", "show", batch.id)
+    assert "completed 2" in loud.output
+
+
 def test_a_bad_line_is_named_and_nothing_is_created(
     collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
 ) -> None:
