@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,29 +345,42 @@ def _parses(parse: Any, source: str) -> tuple[bool, str]:
 
 
 @pytest.fixture(scope="module")
-def docs_collector(
-    backing: Backing, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCollector]:
+def docs_root() -> Iterator[Path]:
+    # Not under pytest's tmp_path: another pytest session on the machine prunes
+    # old base folders, and with them a live DATA_DIR.
+    with tempfile.TemporaryDirectory(prefix="nexc-docs-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="module")
+def docs_collector(backing: Backing, docs_root: Path) -> Iterator[RunningCollector]:
     """A collector as `make dev` runs it: no tokens; its DATA_DIR is ``.data``
-    of the folder the blocks run in."""
-    data = tmp_path_factory.mktemp("docs") / ".data"
+    of the folders the blocks run in."""
+    data = docs_root / ".data"
     data.mkdir()
-    settings = collector_settings(backing, data, NEX_COLLECTOR_TOKENS="")
-    with running_collector(settings) as running:
-        yield running
+    # A database and Redis database of its own: the session's other collectors
+    # (other DATA_DIRs) must not take its dataset builds.
+    with backing.isolated() as own:
+        settings = collector_settings(own, data, NEX_COLLECTOR_TOKENS="")
+        with running_collector(settings) as running:
+            yield running
 
 
-def _workdir(root: Path, collector: RunningCollector) -> Path:
-    (root / ".data").symlink_to(collector.settings.data_dir, target_is_directory=True)
-    (root / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
-    return root
+def _workdir(root: Path, name: str, collector: RunningCollector) -> Path:
+    """A folder of its own for a page, whose ``.data`` and ``.venv`` are the
+    collector's DATA_DIR and the project's."""
+    workdir = root / name
+    workdir.mkdir()
+    (workdir / ".data").symlink_to(collector.settings.data_dir, target_is_directory=True)
+    (workdir / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
+    return workdir
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_block_runs_in_order(
-    page: Path, docs_collector: RunningCollector, tmp_path: Path
+    page: Path, docs_collector: RunningCollector, docs_root: Path
 ) -> None:
-    run_page(page, _workdir(tmp_path, docs_collector), docs_collector)
+    run_page(page, _workdir(docs_root, page.stem, docs_collector), docs_collector)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
