@@ -13,7 +13,6 @@ this path, so none of them can skip the check.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import logging
 import time
@@ -29,22 +28,13 @@ from nex.collector.server.api.errors import rich_status, status_for, trailing_me
 from nex.collector.server.api.types import Context, Handler
 from nex.collector.server.domain.errors import DomainError, InvalidArgument
 from nex.collector.server.domain.limits import MAX_REQUEST_ID
+from nex.collector.server.logs import request_id_var
 
 log = logging.getLogger("nex.collector.rpc")
-
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Decode = Callable[[bytes], Any]
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds the current request id to every log record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 def _decoder(handler: Handler, method: str) -> Decode:

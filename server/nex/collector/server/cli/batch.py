@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
 import typer
 from rich import box
@@ -34,9 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
-    AsyncClient,
     GenerationParams,
-    InvalidArgumentError,
     PromptTemplate,
     Provider,
     RunInput,
@@ -45,13 +43,16 @@ from nex.collector.client import (
     TeacherBatch,
     TeacherRun,
 )
-from nex.collector.client.progress import watch_batch_progress
 from nex.collector.server.domain.limits import MAX_REQUEST_ID
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient, InvalidArgumentError
 
 from .common import (
     ID_WIDTH,
     AddrOpt,
     LinkEvidenceOpt,
+    QuietOpt,
     TokenOpt,
     err,
     fail,
@@ -60,6 +61,8 @@ from .common import (
     out,
     parse_labels,
     print_collector_error,
+    print_id,
+    quiet_output,
     resolve_target,
     run_style,
     run_with_client,
@@ -284,6 +287,8 @@ async def send_runs(
     """BatchCreateRuns in chunks of ``chunk`` (each atomic); returns how many
     runs are new in the batch (resent lines return the runs they created
     before). A rejected chunk exits 1 naming its bad lines; earlier chunks stay."""
+    from nex.collector.client import InvalidArgumentError
+
     keys = dict(zip((i.line for i in lines), derived_request_ids(batch_id, lines), strict=True))
     before = (await client.get_batch(batch_id)).counts.total
     sent = 0
@@ -306,6 +311,8 @@ async def send_runs(
 def _report_rejected_chunk(
     exc: InvalidArgumentError, batch_id: str, part: Sequence[InputLine], sent: int
 ) -> NoReturn:
+    from nex.collector.client import InvalidArgumentError
+
     print_collector_error(
         InvalidArgumentError(exc.code, exc.message, reason=exc.reason, field_violations=())
     )
@@ -418,6 +425,8 @@ async def watch_progress(
     client: AsyncClient, batch_id: str, *, follow: bool = False, refresh: float = 1.0
 ) -> TeacherBatch:
     """The live progress display until the batch watch ends; returns the batch."""
+    from nex.collector.client.progress import watch_batch_progress
+
     batch = await watch_batch_progress(
         client, batch_id, out, follow=follow, refresh_interval=refresh
     )
@@ -518,6 +527,7 @@ def template_create(
     context_ref: Annotated[
         str | None, typer.Option("--context-ref", help="ContextRef id it belongs to")
     ] = None,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -526,6 +536,7 @@ def template_create(
     Every placeholder must be declared with --var, e.g.
     --user 'Explain {{ topic }} in a {{ style }} way' --var topic --var style.
     """
+    quiet_output(quiet)
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> PromptTemplate:
@@ -542,6 +553,7 @@ def template_create(
         f"[green]✓[/green] template [bold]{escape(t.name)}[/bold] v{t.version}: "
         f"[bold]{t.id}[/bold] (variables: {', '.join(t.variables) or 'none'})"
     )
+    print_id(quiet, t.id)
 
 
 @template_app.command("list")
@@ -621,6 +633,7 @@ def batch_create(
             "--dry-run", help="print the worst-case cost of the file; create nothing, call no one"
         ),
     ] = False,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -635,11 +648,13 @@ def batch_create(
     The file is checked first (JSON, variables against the template): any bad
     line is reported with its number and nothing is created. Runs are sent in
     chunks of --chunk; each chunk is all-or-nothing. Then, unless --no-watch,
-    a live progress bar follows the batch until every run has ended.
+    a live progress bar follows the batch until every run has ended
+    (with --quiet, silently: the id is printed once every run has ended).
 
     With --dry-run the server renders every line and prints the worst-case
     cost (prompt bytes x input price + max_tokens x output price) instead.
     """
+    quiet_output(quiet)
     target = resolve_target(addr, token)
     runs = Inputs(inputs)
     labels = parse_labels(label or [])
@@ -653,13 +668,13 @@ def batch_create(
         stop=tuple(stop or ()),
     )
 
-    async def action(client: AsyncClient) -> None:
+    async def action(client: AsyncClient) -> str | None:
         tmpl = await client.get_template(template)
         lines = runs.check(tmpl, note=f"template {tmpl.name} v{tmpl.version} declares: "
                            f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
         if dry_run:
             await _print_estimate(client, template, provider.value, teacher_model, params, lines)
-            return
+            return None  # nothing was created
         batch = await client.create_batch(
             name or _default_name(inputs),
             template,
@@ -678,8 +693,10 @@ def batch_create(
         )
         await send_runs(client, batch.id, lines, chunk)
         await _finish(client, batch.id, watch)
+        return batch.id
 
-    run_with_client(target, action)
+    if (created := run_with_client(target, action)) is not None:
+        print_id(quiet, created)
 
 
 @batch_app.command("add")
