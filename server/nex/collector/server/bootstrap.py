@@ -32,6 +32,7 @@ from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import JobQueue, in_progress_ttl_ms
+from nex.collector.server.sandbox.pool import SandboxLimits, TemplateSandbox
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -67,6 +68,7 @@ class Container:
     watcher: RunWatcher
     datasets: Datasets
     evidence: Evidence
+    sandbox: TemplateSandbox
     embedded: EmbeddedServices | None = None
 
 
@@ -162,9 +164,20 @@ async def migrate_database(settings: Settings) -> None:
             embedded.stop()
 
 
+def sandbox_limits(settings: Settings) -> SandboxLimits:
+    return SandboxLimits(
+        cpu_s=settings.template_cpu_s,
+        memory_mb=settings.template_memory_mb,
+        processes=settings.template_processes,
+    )
+
+
 @contextlib.asynccontextmanager
-async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Container]:
-    """Everything a process needs; closes all of it on the way out."""
+async def open_container(
+    settings: Settings, *, migrate: bool = False, serve: bool = True
+) -> AsyncIterator[Container]:
+    """Everything a process needs; closes all of it on the way out. A process
+    that does not `serve` RPCs never renders, so it starts no template sandbox."""
     database_url, redis_url, embedded = resolve_urls(settings)
     engine = make_engine(database_url)
     closers: list[Any] = []
@@ -209,6 +222,13 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             lease=timedelta(seconds=settings.dataset_lease_s),
             integrated=evidence.enabled,
         )
+        sandbox = TemplateSandbox(sandbox_limits(settings))
+        closers.append(sandbox.aclose)
+        if serve:
+            try:
+                await sandbox.start()
+            except RuntimeError as exc:
+                raise StartupError(str(exc)) from exc
         hub = EventHub(plain_dsn(database_url))
         await hub.start()
         closers.append(hub.aclose)
@@ -219,12 +239,16 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             engine=engine,
             uow=uow,
             context_refs=ContextRefs(uow, nex.context_exists if nex else None),
-            templates=Templates(uow),
+            templates=Templates(uow, sandbox),
             redis=redis,
             queue=queue,
             providers=providers,
             teacher=Teacher(
-                uow, queue, provider_ready=provider_problems(settings), integrated=evidence.enabled
+                uow,
+                queue,
+                sandbox,
+                provider_ready=provider_problems(settings),
+                integrated=evidence.enabled,
             ),
             executor=executor,
             reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),
@@ -232,6 +256,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             datasets=datasets,
             evidence=evidence,
+            sandbox=sandbox,
             embedded=embedded,
         )
         yield container

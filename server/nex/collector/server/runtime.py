@@ -37,7 +37,7 @@ async def run(
     """Serves gRPC and/or runs a worker until `stop` is set (or a signal arrives)."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    async with open_container(settings, migrate=migrate) as container:
+    async with open_container(settings, migrate=migrate, serve=serve) as container:
         server = GrpcServer(container, settings.addr) if serve else None
         tasks: list[asyncio.Task[None]] = []
         try:

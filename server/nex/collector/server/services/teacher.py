@@ -18,8 +18,13 @@ from nex.collector.server.domain.batches import (
 )
 from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgument, Violations
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.teacher import GenerationParams, RunStatus
-from nex.collector.server.domain.templates import check_variables, render
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
+from nex.collector.server.domain.templates import (
+    PromptTemplate,
+    RenderFailed,
+    TemplateEngine,
+    check_variables,
+)
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
@@ -56,12 +61,14 @@ class Teacher:
         self,
         uow: UnitOfWorkFactory,
         queue: JobQueue,
+        engine: TemplateEngine,
         *,
         provider_ready: Mapping[str, str | None] | None = None,
         integrated: bool = False,
     ) -> None:
         self._uow = uow
         self._queue = queue
+        self._engine = engine
         self._integrated = integrated
         # provider -> why it cannot be used here (None: usable)
         self._provider_problem = dict(provider_ready or {})
@@ -180,42 +187,44 @@ class Teacher:
                 seen_request_ids[item.request_id] = i
         v.raise_if_any()
         async with self._uow() as tx:
-            batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
+            batch = require(await tx.batches.get(batch_id), "batch", batch_id)
             existing = await tx.runs.by_request_ids(list(seen_request_ids))
             template = require(
                 await tx.templates.get(batch.template_id), "template", batch.template_id
             )
-            for i, item in enumerate(inputs):
-                if item.request_id not in existing:
-                    field_name = "variables" if single else f"runs[{i}].variables"
-                    v.extend(check_variables(template, item.variables, field_name))
-            v.raise_if_any()
+        for i, item in enumerate(inputs):
+            if item.request_id not in existing:
+                field_name = "variables" if single else f"runs[{i}].variables"
+                v.extend(check_variables(template, item.variables, field_name))
+        v.raise_if_any()
+        if batch.cancel_time is not None and any(i.request_id not in existing for i in inputs):
+            raise FailedPrecondition(f"batch {batch_id} is cancelled", reason="BATCH_CANCELLED")
+        # Rendered in the sandbox, with no transaction open: a hostile template may
+        # take its whole CPU limit, and must not hold a database connection meanwhile.
+        prompts = await self._render(
+            template, [(i, x) for i, x in enumerate(inputs) if x.request_id not in existing], single
+        )
+        async with self._uow() as tx:
+            batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
+            existing = await tx.runs.by_request_ids(list(seen_request_ids))
             fresh = [(i, item) for i, item in enumerate(inputs) if item.request_id not in existing]
             if fresh and batch.cancel_time is not None:
                 raise FailedPrecondition(f"batch {batch_id} is cancelled", reason="BATCH_CANCELLED")
             created_at = now()
             ids = new_ids("run", len(fresh))
-            new_runs: list[Run] = []
-            for run_id, (index, item) in zip(ids, fresh, strict=True):
-                try:
-                    messages = render(template, item.variables)
-                except InvalidArgument as exc:
-                    prefix = "" if single else f"runs[{index}]."
-                    raise InvalidArgument(
-                        [type(x)(f"{prefix}{x.field}", x.description) for x in exc.violations]
-                    ) from None
-                new_runs.append(
-                    Run(
-                        id=run_id,
-                        batch_id=batch_id,
-                        status=RunStatus.QUEUED,
-                        variables=dict(item.variables),
-                        messages=messages,
-                        request_id=item.request_id,
-                        attempt=0,
-                        create_time=created_at,
-                    )
+            new_runs = [
+                Run(
+                    id=run_id,
+                    batch_id=batch_id,
+                    status=RunStatus.QUEUED,
+                    variables=dict(item.variables),
+                    messages=prompts[index],
+                    request_id=item.request_id,
+                    attempt=0,
+                    create_time=created_at,
                 )
+                for run_id, (index, item) in zip(ids, fresh, strict=True)
+            ]
             inserted = await tx.runs.insert_queued(new_runs)
             if len(inserted) != len(new_runs):
                 # A concurrent call took one of the request ids: start over, then
@@ -234,6 +243,26 @@ class Teacher:
             by_request[i.request_id] if i.request_id in existing else next(fresh_iter)
             for i in inputs
         ]
+
+    async def _render(
+        self, template: PromptTemplate, runs: Sequence[tuple[int, NewRun]], single: bool
+    ) -> dict[int, list[ChatMessage]]:
+        """The prompt of each (index, run); a failure names the run and its cause."""
+        try:
+            rendered = await self._engine.render(template, [item.variables for _, item in runs])
+        except RenderFailed as exc:
+            if exc.index < 0:
+                raise InvalidArgument.one(
+                    "batch_id",
+                    f"the batch's template {template.id} has a {exc.field} that cannot be "
+                    f"used: {exc.description}",
+                ) from None
+            index = runs[exc.index][0]
+            field_name = "variables" if single else f"runs[{index}].variables"
+            raise InvalidArgument.one(
+                field_name, f"{exc.field} could not be rendered: {exc.description}"
+            ) from None
+        return {index: messages for (index, _), messages in zip(runs, rendered, strict=True)}
 
     async def get_run(self, id_: str, *, full: bool = True) -> Run:
         v = Violations()
