@@ -1,0 +1,188 @@
+"""Hostile templates through the shipped client against a real server: each is
+refused with INVALID_ARGUMENT naming the run (or the template field) and the
+cause, leaves nothing behind, and never stops the server from answering."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nex.collector.client import Client, InvalidArgumentError, connect
+from tests.conftest import unique
+from tests.support.backing import Backing
+from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.health import probing_health
+
+NESTED_LOOPS = (
+    "{% for i in range(10000) %}{% for j in range(10000) %}{{ '' }}{% endfor %}{% endfor %}"
+)
+
+
+@pytest.fixture(scope="module")
+def sandboxed(backing: Backing, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollector]:
+    """A server whose template sandbox has small limits, so hostile cases end fast."""
+    settings = collector_settings(
+        backing,
+        Path(tmp_path_factory.mktemp("sandbox")),
+        TEMPLATE_CPU_S=1,
+        TEMPLATE_MEMORY_MB=512,
+        TEMPLATE_PROCESSES=2,
+    )
+    with running_collector(settings, work=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sc(sandboxed: RunningCollector) -> Iterator[Client]:
+    with connect(sandboxed.address, token=sandboxed.token) as c:
+        yield c
+
+
+def batch_of(client: Client, user_template: str, variables: list[str] | None = None) -> str:
+    template = client.create_template(
+        unique("hostile"), user_template=user_template, variables=variables or ["x"]
+    )
+    return client.create_batch(unique("b"), template.id, "mock", "mock-1").id
+
+
+def refused_run(client: Client, batch_id: str, runs: list[dict[str, str]]) -> dict[str, str]:
+    """The violations of a refused BatchCreateRuns; it must have created nothing."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.create_runs(batch_id, runs)
+    assert list(client.list_runs(batch_id)) == []
+    return {v.field: v.description for v in caught.value.field_violations}
+
+
+def test_a_power_of_a_huge_variable_names_the_run(sc: Client) -> None:
+    batch_id = batch_of(sc, "{{ 10 ** (x|int) }}")
+    violations = refused_run(sc, batch_id, [{"x": "3"}, {"x": "100000000"}])
+    assert list(violations) == ["runs[1].variables"]
+    assert "user_template" in violations["runs[1].variables"]
+    assert "**" in violations["runs[1].variables"]
+    assert sc.create_runs(batch_id, [{"x": "3"}])[0].messages[0].content == "1000"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 10 ** 10000000 }}",
+        "{{ 'a' * 10**9 }}",
+        "{{ x }}{{ [1, 2] * 10000000 }}",
+        "{{ -(7 ** (3 ** 30)) }}",
+    ],
+)
+def test_a_constant_beyond_the_limits_is_refused_at_create_template(
+    sc: Client, source: str
+) -> None:
+    name = unique("const")
+    with pytest.raises(InvalidArgumentError) as caught:
+        sc.create_template(name, system_template=source, user_template="{{ x }}", variables=["x"])
+    (violation,) = caught.value.field_violations
+    assert violation.field == "system_template"
+    assert "beyond the limits" in violation.description
+    assert list(sc.list_templates(name=name)) == []
+
+
+def test_a_constant_that_burns_cpu_while_compiling_is_refused(
+    sc: Client, sandboxed: RunningCollector
+) -> None:
+    # Jinja folds this filter chain into a constant while compiling: minutes of CPU.
+    name = unique("fold")
+    with probing_health(sandboxed.address) as health:
+        with pytest.raises(InvalidArgumentError) as caught:
+            sc.create_template(
+                name, user_template="{{ 'a b '|center(300000)|wordwrap(3)|length }}", variables=[]
+            )
+    (violation,) = caught.value.field_violations
+    assert violation.field == "user_template"
+    assert "CPU time limit" in violation.description
+    assert list(sc.list_templates(name=name)) == []
+    assert not health.failures
+    print(f"\nhealth while a compile was refused: {health.summary()}")
+
+
+def test_nested_range_loops_end_at_the_cpu_limit_while_health_answers(
+    sc: Client, sandboxed: RunningCollector
+) -> None:
+    batch_id = batch_of(sc, "{{ x }}" + NESTED_LOOPS)
+    outcome: dict[str, object] = {}
+
+    def hostile() -> None:
+        try:
+            sc.create_runs(batch_id, [{"x": "fine"}, {"x": "also fine"}])
+        except InvalidArgumentError as exc:
+            outcome["error"] = exc
+
+    with probing_health(sandboxed.address) as health:
+        thread = threading.Thread(target=hostile)
+        thread.start()
+        thread.join(60)
+    error = outcome["error"]
+    assert isinstance(error, InvalidArgumentError)
+    violations = {v.field: v.description for v in error.field_violations}
+    assert "CPU time limit" in violations["runs[0].variables"]
+    assert not health.failures
+    # The bound is 100 ms; the margin is for a loaded 2-core test machine.
+    assert len(health.seconds) >= 3 and health.worst < 1.0, health.summary()
+    print(f"\nhealth while a render was refused: {health.summary()}")
+    # The sandbox replaced the process it killed: the next render works.
+    ok = batch_of(sc, "hello {{ x }}")
+    assert sc.create_runs(ok, [{"x": "there"}])[0].messages[0].content == "hello there"
+
+
+@pytest.mark.parametrize(
+    ("template", "x", "cause"),
+    [
+        ("{{ x * (10 ** 9) }}", "a", "* would repeat"),
+        ("{% for i in range(x|int) %}{% endfor %}", "1000000", "range() of 1,000,000"),
+        ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(x) }}", "1", "RecursionError"),
+        ("{{ 1 / (x|int) }}", "0", "ZeroDivisionError"),
+        ("{{ 10.0 ** (x|int) }}", "400", "OverflowError"),
+        ("{{ x|round('a') }}", "1.5", "TypeError"),
+        ("{{ x|truncate(x) }}", "1", "TypeError"),
+        ("{{ x|replace(1, 2) }}", "1", "TypeError"),
+        ("{{ x.__class__ }}", "1", "unsafe"),
+        ("{{ x.no.such }}", "1", "UndefinedError"),
+        ("{{ x|int|string * 1 }}{{ 'a'.ljust(900000000) }}", "1", "MemoryError"),
+        ("{% for i in range(9000) %}{{ 'a' * 999 }}{% endfor %}", "1", "1,000,000 characters"),
+        ("{{ x }}{{ '\\x00' }}", "1", "NUL"),
+    ],
+)
+def test_every_render_failure_is_invalid_argument_naming_the_run(
+    sc: Client, template: str, x: str, cause: str
+) -> None:
+    batch_id = batch_of(sc, template)
+    violations = refused_run(sc, batch_id, [{"x": "2"}, {"x": x}])
+    field, description = next(iter(violations.items()))
+    assert field in ("runs[0].variables", "runs[1].variables")
+    assert "user_template could not be rendered" in description
+    assert cause in description, description
+
+
+def test_create_run_names_the_field_without_an_index(sc: Client) -> None:
+    batch_id = batch_of(sc, "{{ 1 / (x|int) }}")
+    with pytest.raises(InvalidArgumentError) as caught:
+        sc.create_run(batch_id, {"x": "0"})
+    (violation,) = caught.value.field_violations
+    assert violation.field == "variables"
+    assert "ZeroDivisionError" in violation.description
+
+
+def test_a_refused_template_leaves_nothing_in_the_compile_cache(
+    sc: Client, sandboxed: RunningCollector
+) -> None:
+    def cached() -> int:
+        return sum(sandboxed.call(sandboxed.container.sandbox.cached_templates()))
+
+    before = cached()
+    for source in ("{{ 10 ** 10000000 }}", "{{ x }} {{ undeclared }}", "{{ x", "{{ x }}"):
+        with pytest.raises(InvalidArgumentError):
+            sc.create_template(unique("t"), user_template=source, variables=["x", "x"])
+    assert cached() <= before
+    # An accepted template is compiled once it renders, then kept.
+    batch_id = batch_of(sc, f"cached {unique('x')} {{{{ x }}}}")
+    sc.create_runs(batch_id, [{"x": "1"}])
+    assert cached() >= 1
