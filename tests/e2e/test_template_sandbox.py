@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nex.collector.client import Client, InvalidArgumentError, connect
+from nex.collector.client import Client, CollectorError, InvalidArgumentError, connect
 from tests.conftest import unique
 from tests.support.backing import Backing
 from tests.support.collector import RunningCollector, collector_settings, running_collector
-from tests.support.health import probing_health
+from tests.support.health import check_health, probing_health
 
 NESTED_LOOPS = (
     "{% for i in range(10000) %}{% for j in range(10000) %}{{ '' }}{% endfor %}{% endfor %}"
@@ -22,7 +24,9 @@ NESTED_LOOPS = (
 
 
 @pytest.fixture(scope="module")
-def sandboxed(backing: Backing, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCollector]:
+def sandboxed(
+    backing: Backing, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningCollector]:
     """A server whose template sandbox has small limits, so hostile cases end fast."""
     settings = collector_settings(
         backing,
@@ -91,11 +95,9 @@ def test_a_constant_that_burns_cpu_while_compiling_is_refused(
 ) -> None:
     # Jinja folds this filter chain into a constant while compiling: minutes of CPU.
     name = unique("fold")
-    with probing_health(sandboxed.address) as health:
-        with pytest.raises(InvalidArgumentError) as caught:
-            sc.create_template(
-                name, user_template="{{ 'a b '|center(300000)|wordwrap(3)|length }}", variables=[]
-            )
+    source = "{{ 'a b '|center(300000)|wordwrap(3)|length }}"
+    with probing_health(sandboxed.address) as health, pytest.raises(InvalidArgumentError) as caught:
+        sc.create_template(name, user_template=source, variables=[])
     (violation,) = caught.value.field_violations
     assert violation.field == "user_template"
     assert "CPU time limit" in violation.description
@@ -186,3 +188,69 @@ def test_a_refused_template_leaves_nothing_in_the_compile_cache(
     batch_id = batch_of(sc, f"cached {unique('x')} {{{{ x }}}}")
     sc.create_runs(batch_id, [{"x": "1"}])
     assert cached() >= 1
+
+
+# -- property: any template built from hostile pieces is OK or INVALID_ARGUMENT -------
+
+ATOMS = ["x", "(x|int)", "(x|float)", "(x|length)", "0", "1", "-1", "2", "10", "0.5"]
+ATOMS += ["9999999999", "'a'", "'ab'", "[1, 2]", "(10 ** 3)", "i", "range(3)"]
+BINOPS = ["**", "*", "/", "//", "%", "+", "-", "~"]
+SIZES = ["-1", "0", "3", "100000", "10 ** 9", "x|int"]
+FILTERS = ["|int", "|string", "|round(x)", "|abs", "|first", "|list", "|sum", "|join(x)"]
+FILTERS += [f"|{f}({n})" for f in ("center", "indent", "truncate", "wordwrap") for n in SIZES]
+FILTERS += ["|replace('a', x)", "|batch(2)|list", "|format(x)", "|float|round(2)"]
+VALUES = ["0", "1", "-1", "2.5", "nan", "inf", "1e308", "99999999999999999999", "", "a"]
+VALUES += ["10000", "100000000", "7" * 5000]
+
+expressions = st.recursive(
+    st.sampled_from(ATOMS),
+    lambda inner: st.one_of(
+        st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(BINOPS), inner),
+        st.builds(lambda a, f: f"({a}{f})", inner, st.sampled_from(FILTERS)),
+    ),
+    max_leaves=5,
+)
+outputs = expressions.map(lambda e: "{{ " + e + " }}")
+blocks = st.recursive(
+    outputs,
+    lambda inner: st.one_of(
+        st.builds(
+            lambda n, body: f"{{% for i in range({n}) %}}{body}{{% endfor %}}",
+            st.sampled_from(["3", "100", "10000", "x|int", "100001"]),
+            inner,
+        ),
+        st.builds(lambda e, body: f"{{% if {e} %}}{body}{{% endif %}}", expressions, inner),
+        st.builds(lambda a, b: a + b, inner, inner),
+    ),
+    max_leaves=3,
+)
+recursion = st.just("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(x) }}")
+sources = st.one_of(blocks, recursion)
+values = st.one_of(
+    st.sampled_from(VALUES),
+    st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12),
+)
+
+
+@given(source=sources, first=values, second=values)
+def test_hostile_templates_are_ok_or_invalid_argument_and_health_stays_up(
+    sc: Client, sandboxed: RunningCollector, source: str, first: str, second: str
+) -> None:
+    name = unique("fuzz")
+    try:
+        template = sc.create_template(name, user_template="{{ x }}" + source, variables=["x"])
+    except CollectorError as exc:
+        assert isinstance(exc, InvalidArgumentError), f"{source!r}: {exc}"
+        assert [v.field for v in exc.field_violations] == ["user_template"]
+    else:
+        batch_id = sc.create_batch(unique("b"), template.id, "mock", "mock-1").id
+        try:
+            runs = sc.create_runs(batch_id, [{"x": first}, {"x": second}])
+        except CollectorError as exc:
+            assert isinstance(exc, InvalidArgumentError), f"{source!r} {first!r} {second!r}: {exc}"
+            (violation,) = exc.field_violations
+            assert violation.field in ("runs[0].variables", "runs[1].variables")
+            assert list(sc.list_runs(batch_id)) == []
+        else:
+            assert len(runs) == 2
+    assert check_health(sandboxed.address, timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import jinja2
 import pytest
 
 from nex.collector.server.domain.templates import (
@@ -99,7 +100,7 @@ def test_render_output_is_storable_and_bounded(source: str, words: str) -> None:
 
 def test_compile_cache_keeps_only_compiled_sources_and_stays_bounded() -> None:
     cache = CompiledCache(max_entries=3, max_chars=1000)
-    with pytest.raises(Exception):
+    with pytest.raises(jinja2.TemplateSyntaxError):
         cache.get("{{ x")
     assert len(cache) == 0
     for i in range(5):

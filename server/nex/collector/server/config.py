@@ -50,9 +50,7 @@ class Settings(BaseSettings):
     template_memory_mb: int = Field(
         default=1024, validation_alias="TEMPLATE_MEMORY_MB", ge=128, le=65536
     )
-    template_processes: int = Field(
-        default=2, validation_alias="TEMPLATE_PROCESSES", ge=1, le=64
-    )
+    template_processes: int = Field(default=2, validation_alias="TEMPLATE_PROCESSES", ge=1, le=64)
 
     worker_max_jobs: int = Field(default=256, validation_alias="WORKER_MAX_JOBS", ge=1)
     run_lease_s: float = Field(default=300.0, validation_alias="RUN_LEASE_S", gt=0)

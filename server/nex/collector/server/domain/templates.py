@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from nex.collector.server.domain.errors import FieldViolation, Violations
 from nex.collector.server.domain.teacher import ChatMessage
@@ -88,12 +89,17 @@ _Sequence = (str, bytes, bytearray, list, tuple)
 
 
 def checked_power(base: Any, exponent: Any) -> Any:
-    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
-        if exponent * math.log2(abs(base)) > MAX_INT_BITS:
-            raise LimitExceeded(
-                f"** would give an integer of more than {MAX_INT_BITS} bits "
-                f"(exponent {_short(exponent)})"
-            )
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and exponent > 0
+        and abs(base) > 1
+        and exponent * math.log2(abs(base)) > MAX_INT_BITS
+    ):
+        raise LimitExceeded(
+            f"** would give an integer of more than {MAX_INT_BITS} bits "
+            f"(exponent {_short(exponent)})"
+        )
     return operator.pow(base, exponent)
 
 

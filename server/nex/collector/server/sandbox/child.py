@@ -104,7 +104,10 @@ class Sandbox:
         for i, variables in enumerate(runs):
             try:
                 messages = render_prompt(
-                    compiled, variables, i, lambda k, i=i: self._mark(i, k)  # type: ignore[misc]
+                    compiled,
+                    variables,
+                    i,
+                    lambda k, i=i: self._mark(i, k),  # type: ignore[misc]
                 )
             except RenderFailed as exc:
                 return {"failed": [exc.index, SOURCE_FIELDS.index(exc.field), exc.description]}

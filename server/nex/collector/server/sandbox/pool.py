@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import mmap
 import os
 import signal
 import sys
@@ -39,7 +38,7 @@ class SandboxLimits:
     """cpu_s: CPU seconds one request may use (compile and all renders of a
     call; the kernel counts whole seconds, so the real limit is up to one second
     more). memory_mb: a child's address space. wall_s: how long a request may
-    take before its child is killed (default 4 × cpu_s + 5, for a loaded host).
+    take before its child is killed (default 4 * cpu_s + 5, for a loaded host).
     queue_s: how long a request waits for a free child."""
 
     cpu_s: float = 5.0
@@ -69,7 +68,7 @@ class _Child:
 
     @classmethod
     async def spawn(cls, limits: SandboxLimits) -> _Child:
-        marker = tempfile.TemporaryFile(prefix="nexc-sandbox-")
+        marker = tempfile.TemporaryFile(prefix="nexc-sandbox-")  # noqa: SIM115 (closed by close())
         try:
             marker.write(protocol.MARKER.pack(-1, -1).ljust(protocol.MARKER_SIZE, b"\0"))
             marker.flush()
@@ -253,10 +252,7 @@ class TemplateSandbox:
             return f"exceeded the CPU time limit ({self.limits.cpu_s:g} s)"
         if cause == "timeout":
             return f"took longer than {self.limits.wall_timeout_s:g} s"
-        return (
-            f"stopped the sandbox process ({cause}; memory limit "
-            f"{self.limits.memory_mb} MB)"
-        )
+        return f"stopped the sandbox process ({cause}; memory limit {self.limits.memory_mb} MB)"
 
     async def _acquire(self) -> _Child:
         if self._closed:

@@ -42,9 +42,7 @@ class Templates:
             v.add("user_template", "is required")
         elif check_template_length(v, "user_template", cmd.user_template):
             sources.append(("user_template", cmd.user_template))
-        if cmd.system_template and check_template_length(
-            v, "system_template", cmd.system_template
-        ):
+        if cmd.system_template and check_template_length(v, "system_template", cmd.system_template):
             sources.append(("system_template", cmd.system_template))
         check_request_id(v, "request_id", cmd.request_id)
         # Parsing and compiling run in the sandbox: Jinja folds constants while
