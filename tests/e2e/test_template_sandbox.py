@@ -4,6 +4,7 @@ cause, leaves nothing behind, and never stops the server from answering."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ from tests.support.backing import Backing
 from tests.support.collector import RunningCollector, collector_settings, running_collector
 from tests.support.health import check_health, probing_health
 
+# A process past its CPU limit is killed by the kernel; on a loaded host the wall
+# clock limit may come first. Either way the sandbox refused it.
+LIMIT_CAUSES = ("exceeded the CPU time limit", "took longer than")
 NESTED_LOOPS = (
     "{% for i in range(10000) %}{% for j in range(10000) %}{{ '' }}{% endfor %}{% endfor %}"
 )
@@ -100,7 +104,7 @@ def test_a_constant_that_burns_cpu_while_compiling_is_refused(
         sc.create_template(name, user_template=source, variables=[])
     (violation,) = caught.value.field_violations
     assert violation.field == "user_template"
-    assert "CPU time limit" in violation.description
+    assert any(cause in violation.description for cause in LIMIT_CAUSES), violation
     assert list(sc.list_templates(name=name)) == []
     assert not health.failures
     print(f"\nhealth while a compile was refused: {health.summary()}")
@@ -125,7 +129,7 @@ def test_nested_range_loops_end_at_the_cpu_limit_while_health_answers(
     error = outcome["error"]
     assert isinstance(error, InvalidArgumentError)
     violations = {v.field: v.description for v in error.field_violations}
-    assert "CPU time limit" in violations["runs[0].variables"]
+    assert any(cause in violations["runs[0].variables"] for cause in LIMIT_CAUSES), violations
     assert not health.failures
     # The bound is 100 ms; the margin is for a loaded 2-core test machine.
     assert len(health.seconds) >= 3 and health.worst < 1.0, health.summary()
@@ -145,7 +149,7 @@ def test_nested_range_loops_end_at_the_cpu_limit_while_health_answers(
         ("{{ 10.0 ** (x|int) }}", "400", "OverflowError"),
         ("{{ x|round('a') }}", "1.5", "TypeError"),
         ("{{ x|truncate(x) }}", "1", "TypeError"),
-        ("{{ x|replace(1, 2) }}", "1", "TypeError"),
+        ("{{ x|center('a') }}", "1", "TypeError"),
         ("{{ x.__class__ }}", "1", "unsafe"),
         ("{{ x.no.such }}", "1", "UndefinedError"),
         ("{{ x|int|string * 1 }}{{ 'a'.ljust(900000000) }}", "1", "MemoryError"),
@@ -205,22 +209,21 @@ VALUES += ["10000", "100000000", "7" * 5000]
 expressions = st.recursive(
     st.sampled_from(ATOMS),
     lambda inner: st.one_of(
-        st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(BINOPS), inner),
-        st.builds(lambda a, f: f"({a}{f})", inner, st.sampled_from(FILTERS)),
+        st.tuples(inner, st.sampled_from(BINOPS), inner).map(lambda t: f"({' '.join(t)})"),
+        st.tuples(inner, st.sampled_from(FILTERS)).map(lambda t: f"({''.join(t)})"),
     ),
     max_leaves=5,
 )
 outputs = expressions.map(lambda e: "{{ " + e + " }}")
+LOOP_SIZES = ["3", "100", "10000", "x|int", "100001"]
 blocks = st.recursive(
     outputs,
     lambda inner: st.one_of(
-        st.builds(
-            lambda n, body: f"{{% for i in range({n}) %}}{body}{{% endfor %}}",
-            st.sampled_from(["3", "100", "10000", "x|int", "100001"]),
-            inner,
+        st.tuples(st.sampled_from(LOOP_SIZES), inner).map(
+            lambda t: f"{{% for i in range({t[0]}) %}}{t[1]}{{% endfor %}}"
         ),
-        st.builds(lambda e, body: f"{{% if {e} %}}{body}{{% endif %}}", expressions, inner),
-        st.builds(lambda a, b: a + b, inner, inner),
+        st.tuples(expressions, inner).map(lambda t: f"{{% if {t[0]} %}}{t[1]}{{% endif %}}"),
+        st.tuples(inner, inner).map("".join),
     ),
     max_leaves=3,
 )
@@ -254,3 +257,14 @@ def test_hostile_templates_are_ok_or_invalid_argument_and_health_stays_up(
         else:
             assert len(runs) == 2
     assert check_health(sandboxed.address, timeout=5)
+
+
+def test_a_process_that_does_not_serve_starts_no_sandbox(sandboxed: RunningCollector) -> None:
+    from nex.collector.server.bootstrap import open_container
+
+    async def processes(serve: bool) -> int:
+        async with open_container(sandboxed.settings, serve=serve) as container:
+            return container.sandbox.processes
+
+    assert asyncio.run(processes(serve=False)) == 0  # an arq worker never renders
+    assert sandboxed.container.sandbox.processes == 2

@@ -184,6 +184,11 @@ class TemplateSandbox:
         children, self._children = list(self._children), set()
         await asyncio.gather(*(c.close() for c in children), return_exceptions=True)
 
+    @property
+    def processes(self) -> int:
+        """Live sandbox processes."""
+        return len(self._children)
+
     # -- TemplateEngine -------------------------------------------------------------
 
     async def check(
