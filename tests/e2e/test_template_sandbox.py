@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nex.collector.client import Client, CollectorError, InvalidArgumentError, connect
+from nex.collector.client import (
+    Client,
+    CollectorError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    connect,
+)
 from tests.conftest import unique
 from tests.support.backing import Backing
 from tests.support.collector import RunningCollector, collector_settings, running_collector
@@ -137,6 +144,26 @@ def test_nested_range_loops_end_at_the_cpu_limit_while_health_answers(
     # The sandbox replaced the process it killed: the next render works.
     ok = batch_of(sc, "hello {{ x }}")
     assert sc.create_runs(ok, [{"x": "there"}])[0].messages[0].content == "hello there"
+
+
+def test_a_caller_that_gives_up_mid_render_leaves_a_working_sandbox(
+    sc: Client, sandboxed: RunningCollector
+) -> None:
+    batch_id = batch_of(sc, "{{ x }}" + NESTED_LOOPS)
+    with (
+        connect(sandboxed.address, token=sandboxed.token, timeout=0.3) as hasty,
+        pytest.raises(DeadlineExceededError),
+    ):
+        hasty.create_runs(batch_id, [{"x": "1"}])
+    # The stuck process was killed and replaced, not left rendering.
+    ok = batch_of(sc, "hi {{ x }}")
+    for _ in range(3):
+        assert sc.create_runs(ok, [{"x": "there"}])[0].messages[0].content == "hi there"
+    assert list(sc.list_runs(batch_id)) == []
+    deadline = time.monotonic() + 60
+    while sandboxed.container.sandbox.processes < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the replacement starts in the background
+    assert sandboxed.container.sandbox.processes == 2
 
 
 @pytest.mark.parametrize(

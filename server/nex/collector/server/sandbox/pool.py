@@ -104,6 +104,7 @@ class _Child:
         """Sends one request and reads its reply; _Died when the child dies."""
         stdin = self.proc.stdin
         assert stdin is not None
+        os.pwrite(self._marker.fileno(), protocol.MARKER.pack(-1, -1), 0)
         try:
             stdin.write(payload)
             await stdin.drain()

@@ -251,11 +251,12 @@ class Teacher:
         try:
             rendered = await self._engine.render(template, [item.variables for _, item in runs])
         except RenderFailed as exc:
-            if exc.index < 0:
+            if not 0 <= exc.index < len(runs):
+                # Not one run's fault: the template itself (compiled before any run).
                 raise InvalidArgument.one(
-                    "batch_id",
-                    f"the batch's template {template.id} has a {exc.field} that cannot be "
-                    f"used: {exc.description}",
+                    "variables" if single else "runs",
+                    f"template {template.id} ({exc.field}) could not be rendered: "
+                    f"{exc.description}",
                 ) from None
             index = runs[exc.index][0]
             field_name = "variables" if single else f"runs[{index}].variables"
