@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_a_constant_that_burns_cpu_while_compiling_is_refused(
 ) -> None:
     # Jinja folds this filter chain into a constant while compiling: minutes of CPU.
     name = unique("fold")
-    source = "{{ 'a b '|center(300000)|wordwrap(3)|length }}"
+    source = "{{ 'a b '|center(1000000)|wordwrap(3)|length }}"
     with probing_health(sandboxed.address) as health, pytest.raises(InvalidArgumentError) as caught:
         sc.create_template(name, user_template=source, variables=[])
     (violation,) = caught.value.field_violations
@@ -164,6 +165,36 @@ def test_a_caller_that_gives_up_mid_render_leaves_a_working_sandbox(
     while sandboxed.container.sandbox.processes < 2 and time.monotonic() < deadline:
         time.sleep(0.1)  # the replacement starts in the background
     assert sandboxed.container.sandbox.processes == 2
+
+
+def test_a_stored_template_that_cannot_compile_any_more_is_refused_per_call(
+    sc: Client, sandboxed: RunningCollector
+) -> None:
+    """A template stored before these checks existed (put straight into the
+    database here) is compiled in the sandbox too, at its first render."""
+    from nex.collector.server.domain.templates import PromptTemplate
+
+    legacy = PromptTemplate(
+        id=f"tpl_{unique('legacy').replace('-', '')}",
+        name=unique("legacy"),
+        version=1,
+        system_template="",
+        user_template="{{ x }}{{ 'a b '|center(1000000)|wordwrap(3)|length }}",
+        variables=("x",),
+        context_ref_id=None,
+        create_time=datetime.now(UTC),
+    )
+
+    async def store() -> None:
+        async with sandboxed.container.uow() as tx:
+            await tx.templates.insert(legacy, "")
+            await tx.commit()
+
+    sandboxed.call(store())
+    batch_id = sc.create_batch(unique("b"), legacy.id, "mock", "mock-1").id
+    violations = refused_run(sc, batch_id, [{"x": "1"}])
+    assert list(violations) == ["runs"]
+    assert any(cause in violations["runs"] for cause in LIMIT_CAUSES), violations
 
 
 @pytest.mark.parametrize(
