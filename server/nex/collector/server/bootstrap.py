@@ -38,6 +38,7 @@ from nex.collector.server.queue import (
     in_progress_ttl_ms,
     job_timeouts,
 )
+from nex.collector.server.sandbox.pool import SandboxLimits, TemplateSandbox
 from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
@@ -74,6 +75,7 @@ class Container:
     watcher: RunWatcher
     datasets: Datasets
     evidence: Evidence
+    sandbox: TemplateSandbox
     embedded: EmbeddedServices | None = None
 
 
@@ -170,9 +172,20 @@ async def migrate_database(settings: Settings) -> None:
             await asyncio.to_thread(embedded.stop)
 
 
+def sandbox_limits(settings: Settings) -> SandboxLimits:
+    return SandboxLimits(
+        cpu_s=settings.template_cpu_s,
+        memory_mb=settings.template_memory_mb,
+        processes=settings.template_processes,
+    )
+
+
 @contextlib.asynccontextmanager
-async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Container]:
-    """Everything a process needs; closes all of it on the way out."""
+async def open_container(
+    settings: Settings, *, migrate: bool = False, serve: bool = True
+) -> AsyncIterator[Container]:
+    """Everything a process needs; closes all of it on the way out. A process
+    that does not `serve` RPCs never renders, so it starts no template sandbox."""
     database_url, redis_url, embedded = await resolve_urls(settings)
     engine = make_engine(
         database_url,
@@ -230,6 +243,13 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             lease=timedelta(seconds=settings.dataset_lease_s),
             integrated=evidence.enabled,
         )
+        sandbox = TemplateSandbox(sandbox_limits(settings))
+        closers.append(sandbox.aclose)
+        if serve:
+            try:
+                await sandbox.start()
+            except RuntimeError as exc:
+                raise StartupError(str(exc)) from exc
         hub = EventHub(plain_dsn(database_url))
         await hub.start()
         closers.append(hub.aclose)
@@ -240,13 +260,14 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             engine=engine,
             uow=uow,
             context_refs=ContextRefs(uow, nex.context_exists if nex else None),
-            templates=Templates(uow, integrated=evidence.enabled),
+            templates=Templates(uow, sandbox, integrated=evidence.enabled),
             redis=redis,
             queue=queue,
             providers=providers,
             teacher=Teacher(
                 uow,
                 queue,
+                sandbox,
                 provider_ready=provider_problems(settings),
                 integrated=evidence.enabled,
                 budgets=budgets,
@@ -264,6 +285,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             datasets=datasets,
             evidence=evidence,
+            sandbox=sandbox,
             embedded=embedded,
         )
         yield container

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     teacher_timeout_s: float = Field(default=60.0, validation_alias="TEACHER_TIMEOUT_S", gt=0)
     teacher_max_attempts: int = Field(default=4, validation_alias="TEACHER_MAX_ATTEMPTS", ge=1)
 
+    template_cpu_s: float = Field(default=5.0, validation_alias="TEMPLATE_CPU_S", gt=0, le=300)
+    template_memory_mb: int = Field(
+        default=1024, validation_alias="TEMPLATE_MEMORY_MB", ge=128, le=65536
+    )
+    template_processes: int = Field(default=2, validation_alias="TEMPLATE_PROCESSES", ge=1, le=64)
+
     worker_max_jobs: int = Field(default=256, validation_alias="WORKER_MAX_JOBS", ge=1)
     run_lease_s: float = Field(default=300.0, validation_alias="RUN_LEASE_S", gt=0)
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)

@@ -44,7 +44,7 @@ async def run(
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     logs.quiet_sdk_transport(settings.log_level)
-    async with open_container(settings, migrate=migrate) as container:
+    async with open_container(settings, migrate=migrate, serve=serve) as container:
         server = GrpcServer(container, settings.addr) if serve else None
         tasks: list[asyncio.Task[None]] = []
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nex.collector.server.db.repositories.batches import BatchRepository
@@ -15,6 +16,19 @@ from nex.collector.server.db.repositories.events import EventRepository
 from nex.collector.server.db.repositories.evidence import EvidenceRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
+from nex.collector.server.domain.errors import Unavailable
+
+# PostgreSQL's answers for two transactions that got in each other's way
+# (deadlock_detected, serialization_failure): the one it broke may simply retry.
+_CONFLICTS = frozenset({"40P01", "40001"})
+
+
+def _conflict(exc: BaseException | None) -> bool:
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return False
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    cause = exc.orig.__cause__
+    return code in _CONFLICTS or getattr(cause, "sqlstate", None) in _CONFLICTS
 
 
 class UnitOfWork:
@@ -54,6 +68,14 @@ class UnitOfWork:
                 await self.session.rollback()
         finally:
             await self.session.close()
+        if _conflict(exc):
+            # A caller's retry succeeds; it is never the caller's fault (INTERNAL).
+            raise Unavailable(
+                "this call collided with concurrent work on the same rows and was rolled "
+                "back; retry it",
+                reason="TRANSACTION_CONFLICT",
+                retry_after_s=0.1,
+            ) from exc
 
     async def commit(self) -> None:
         await self.session.commit()

@@ -33,7 +33,12 @@ from nex.collector.server.domain.sizes import (
     run_bytes,
 )
 from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
-from nex.collector.server.domain.templates import check_variables, render
+from nex.collector.server.domain.templates import (
+    PromptTemplate,
+    RenderFailed,
+    TemplateEngine,
+    check_variables,
+)
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
@@ -50,6 +55,8 @@ from nex.collector.server.services.evidence import Evidence
 
 # Tries of create_runs' transaction before a conflict on request ids is UNAVAILABLE.
 CREATE_RUNS_ATTEMPTS = 5
+# Tries of cancel_batch's transaction when PostgreSQL breaks a deadlock with it.
+CANCEL_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,7 @@ class Teacher:
         self,
         uow: UnitOfWorkFactory,
         queue: JobQueue,
+        engine: TemplateEngine,
         *,
         provider_ready: Mapping[str, str | None] | None = None,
         integrated: bool = False,
@@ -101,6 +109,7 @@ class Teacher:
         self._evidence = evidence
         self._queue = queue
         self._budgets = budgets or Budgets(uow)
+        self._engine = engine
         self._integrated = integrated
         # provider -> why it cannot be used here (None: usable)
         self._provider_problem = dict(provider_ready or {})
@@ -221,14 +230,8 @@ class Teacher:
         for i, item in enumerate(inputs):
             v.extend(check_variables(template, item.variables, f"runs[{i}].variables"))
         v.raise_if_any()
-        prompts = []
-        for i, item in enumerate(inputs):
-            try:
-                prompts.append(render(template, item.variables))
-            except InvalidArgument as exc:
-                raise InvalidArgument(
-                    [type(x)(f"runs[{i}].{x.field}", x.description) for x in exc.violations]
-                ) from None
+        rendered = await self._render(template, list(enumerate(inputs)), single=False)
+        prompts = [rendered[i] for i in range(len(inputs))]
         return self._budgets.estimate(provider, model, params, prompts)
 
     async def list_batches(
@@ -248,6 +251,17 @@ class Teacher:
         v = Violations()
         check_id(v, "id", id_)
         v.raise_if_any()
+        # Cancelling updates every queued run of the batch while workers claim some
+        # of them: PostgreSQL may break the lock cycle by rolling this back.
+        for _ in range(CANCEL_ATTEMPTS - 1):
+            try:
+                return await self._cancel(id_)
+            except Unavailable as exc:
+                if exc.reason != "TRANSACTION_CONFLICT":
+                    raise
+        return await self._cancel(id_)
+
+    async def _cancel(self, id_: str) -> BatchView:
         async with self._uow() as tx:
             batch = require(await tx.batches.get(id_, for_update=True), "batch", id_)
             if batch.cancel_time is None:
@@ -330,16 +344,26 @@ class Teacher:
         one of the request ids first."""
         v = Violations()
         async with self._uow() as tx:
-            batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
+            batch = require(await tx.batches.get(batch_id), "batch", batch_id)
             existing = await tx.runs.by_request_ids(list(seen_request_ids))
             template = require(
                 await tx.templates.get(batch.template_id), "template", batch.template_id
             )
-            for i, item in enumerate(inputs):
-                if item.request_id not in existing:
-                    field_name = "variables" if single else f"runs[{i}].variables"
-                    v.extend(check_variables(template, item.variables, field_name))
-            v.raise_if_any()
+        for i, item in enumerate(inputs):
+            if item.request_id not in existing:
+                field_name = "variables" if single else f"runs[{i}].variables"
+                v.extend(check_variables(template, item.variables, field_name))
+        v.raise_if_any()
+        if batch.cancel_time is not None and any(i.request_id not in existing for i in inputs):
+            raise FailedPrecondition(f"batch {batch_id} is cancelled", reason="BATCH_CANCELLED")
+        # Rendered in the sandbox, with no transaction open: a hostile template may
+        # take its whole CPU limit, and must not hold a database connection meanwhile.
+        prompts = await self._render(
+            template, [(i, x) for i, x in enumerate(inputs) if x.request_id not in existing], single
+        )
+        async with self._uow() as tx:
+            batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
+            existing = await tx.runs.by_request_ids(list(seen_request_ids))
             fresh = [(i, item) for i, item in enumerate(inputs) if item.request_id not in existing]
             if fresh and batch.cancel_time is not None:
                 raise FailedPrecondition(f"batch {batch_id} is cancelled", reason="BATCH_CANCELLED")
@@ -349,12 +373,7 @@ class Teacher:
             call_bytes = 0
             for run_id, (index, item) in zip(ids, fresh, strict=True):
                 prefix = "" if single else f"runs[{index}]."
-                try:
-                    messages = render(template, item.variables)
-                except InvalidArgument as exc:
-                    raise InvalidArgument(
-                        [type(x)(f"{prefix}{x.field}", x.description) for x in exc.violations]
-                    ) from None
+                messages = prompts[index]
                 call_bytes += _check_run_size(v, f"{prefix}variables", item.variables, messages)
                 new_runs.append(
                     Run(
@@ -385,6 +404,27 @@ class Teacher:
             )
             await tx.commit()
         return new_runs, existing
+
+    async def _render(
+        self, template: PromptTemplate, runs: Sequence[tuple[int, NewRun]], single: bool
+    ) -> dict[int, list[ChatMessage]]:
+        """The prompt of each (index, run); a failure names the run and its cause."""
+        try:
+            rendered = await self._engine.render(template, [item.variables for _, item in runs])
+        except RenderFailed as exc:
+            if not 0 <= exc.index < len(runs):
+                # Not one run's fault: the template itself (compiled before any run).
+                raise InvalidArgument.one(
+                    "variables" if single else "runs",
+                    f"template {template.id} ({exc.field}) could not be rendered: "
+                    f"{exc.description}",
+                ) from None
+            index = runs[exc.index][0]
+            field_name = "variables" if single else f"runs[{index}].variables"
+            raise InvalidArgument.one(
+                field_name, f"{exc.field} could not be rendered: {exc.description}"
+            ) from None
+        return {index: messages for (index, _), messages in zip(runs, rendered, strict=True)}
 
     async def get_run(self, id_: str, *, full: bool = True) -> Run:
         v = Violations()

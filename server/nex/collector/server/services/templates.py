@@ -10,7 +10,8 @@ from nex.collector.server.domain.errors import Violations
 from nex.collector.server.domain.sizes import template_bytes
 from nex.collector.server.domain.templates import (
     PromptTemplate,
-    check_template_source,
+    TemplateEngine,
+    check_template_length,
     check_variable_names,
 )
 from nex.collector.server.domain.validation import check_request_id, check_required
@@ -30,22 +31,29 @@ class NewTemplate:
 
 
 class Templates:
-    def __init__(self, uow: UnitOfWorkFactory, *, integrated: bool = False) -> None:
+    def __init__(
+        self, uow: UnitOfWorkFactory, engine: TemplateEngine, *, integrated: bool = False
+    ) -> None:
         self._uow = uow
+        self._engine = engine
         self._integrated = integrated
 
     async def create(self, cmd: NewTemplate) -> PromptTemplate:
         v = Violations()
         check_required(v, "name", cmd.name)
         check_variable_names(v, "variables", cmd.variables)
+        sources: list[tuple[str, str]] = []
         if not cmd.user_template.strip():
             v.add("user_template", "is required")
-        else:
-            check_template_source(v, "user_template", cmd.user_template, cmd.variables)
-        if cmd.system_template:
-            check_template_source(v, "system_template", cmd.system_template, cmd.variables)
+        elif check_template_length(v, "user_template", cmd.user_template):
+            sources.append(("user_template", cmd.user_template))
+        if cmd.system_template and check_template_length(v, "system_template", cmd.system_template):
+            sources.append(("system_template", cmd.system_template))
         check_id(v, "context_ref_id", cmd.context_ref_id, required=False)
         check_request_id(v, "request_id", cmd.request_id)
+        # Parsing and compiling run in the sandbox: Jinja folds constants while
+        # compiling, and a constant can cost minutes of CPU.
+        v.extend(await self._engine.check(sources, cmd.variables))
         v.raise_if_any()
         async with self._uow() as tx:
             if cmd.request_id and (found := await tx.templates.get_by_request_id(cmd.request_id)):
