@@ -1,0 +1,159 @@
+"""Recovery that never fights live workers, and attempts that mean teacher
+failures: real worker processes, a real PostgreSQL and Redis, the fake teacher."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from nex.collector.client import BatchStatus, Client, GenerationParams, TeacherBatch, connect
+from nex.collector.server.bootstrap import plain_dsn
+from nex.collector.server.db.repositories.events import EVENTS_LOCK
+from tests.conftest import teacher_settings, unique
+from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.support.backing import Backing
+from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.processes import RedisProcess, WorkerProcess
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_backing(backing: Backing) -> Iterator[Backing]:
+    with backing.isolated() as own:
+        yield own
+
+
+@pytest.fixture
+def env(
+    own_backing: Backing, fresh_teacher_api: FakeTeacherAPI, redis: RedisProcess, tmp_path: Path
+) -> dict[str, str]:
+    values = {
+        "DATABASE_URL": own_backing.database_url,
+        "REDIS_URL": redis.url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "RECONCILE_INTERVAL_S": "0.5",
+        "LOG_LEVEL": "INFO",
+    }
+    values.update({k: str(v) for k, v in teacher_settings(fresh_teacher_api).items()})
+    return values
+
+
+@pytest.fixture
+def server(env: dict[str, str], own_backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
+    """A collector serving gRPC with no worker of its own: workers are processes."""
+    overrides = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
+    settings = collector_settings(own_backing, tmp_path / "data", **overrides)
+    with running_collector(settings, work=False) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningCollector) -> Iterator[Client]:
+    with connect(server.address, token=server.token) as c:
+        yield c
+
+
+def _batch(client: Client, n: int) -> tuple[TeacherBatch, list[str]]:
+    template = client.create_template(unique("rec"), user_template="Say {{ x }}", variables=["x"])
+    batch = client.create_batch(
+        unique("rec"), template.id, "openai", "gpt-4o-mini", params=GenerationParams(max_tokens=8)
+    )
+    runs = client.create_runs(batch.id, [{"x": f"item {i}"} for i in range(n)])
+    return batch, [r.id for r in runs]
+
+
+def _wait_done(client: Client, batch_id: str, log: Path, timeout: float = 60) -> TeacherBatch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.get_batch(batch_id)
+        if batch.status == BatchStatus.COMPLETED:
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch did not finish: {client.get_batch(batch_id).counts}\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+
+def _answers_per_prompt(api: FakeTeacherAPI) -> Counter[str]:
+    return Counter(
+        x.request["messages"][0]["content"] for x in api.exchanges if x.status == 200
+    )
+
+
+class _EventsLockHolder:
+    """A session of its own holding the events advisory lock, like a psql
+    session would: every transaction appending run events waits for it."""
+
+    def __init__(self, database_url: str) -> None:
+        self._dsn = plain_dsn(database_url)
+        self._taken = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._hold()), daemon=True)
+
+    async def _hold(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", EVENTS_LOCK)
+            self._taken.set()
+            while not self._release.is_set():
+                await asyncio.sleep(0.05)
+            await conn.execute("SELECT pg_advisory_unlock($1)", EVENTS_LOCK)
+        finally:
+            await conn.close()
+
+    def __enter__(self) -> _EventsLockHolder:
+        self._thread.start()
+        assert self._taken.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()
+        self._thread.join(10)
+
+
+def test_slow_claims_are_never_taken_from_a_live_worker(
+    client: Client,
+    env: dict[str, str],
+    own_backing: Backing,
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    """Claims stuck for longer than the reconciler's old grace period (5 s) on the
+    events lock: the worker is alive and says so, so its started jobs stay its
+    own. No job is started twice, no traceback, every run completes once."""
+    fresh_teacher_api.latency_s = 0.05
+    batch, run_ids = _batch(client, 6)
+    log = tmp_path / "worker.log"
+    with _EventsLockHolder(own_backing.database_url):
+        worker = WorkerProcess({**env, "WORKER_MAX_JOBS": "8"}, log).start()
+        try:
+            time.sleep(12)  # claims wait on the lock; the reconciler runs every 0.5 s
+        except BaseException:
+            worker.stop()
+            raise
+    try:
+        done = _wait_done(client, batch.id, log)
+    finally:
+        worker.stop()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "KeyError" not in text, _tail(log)
+    assert (done.counts.completed, done.counts.total) == (6, 6)
+    assert sorted(_answers_per_prompt(fresh_teacher_api).values()) == [1] * 6
+    assert {client.get_run(r).attempt for r in run_ids} == {1}
