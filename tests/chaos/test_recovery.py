@@ -12,6 +12,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from arq.constants import in_progress_key_prefix
+from redis import Redis
 
 from nex.collector.client import BatchStatus, Client, GenerationParams, TeacherBatch, connect
 from nex.collector.server.bootstrap import plain_dsn
@@ -112,8 +114,7 @@ class _EventsLockHolder:
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", EVENTS_LOCK)
             self._taken.set()
-            while not self._release.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(self._release.wait)
             await conn.execute("SELECT pg_advisory_unlock($1)", EVENTS_LOCK)
         finally:
             await conn.close()
@@ -128,32 +129,44 @@ class _EventsLockHolder:
         self._thread.join(10)
 
 
+def _wait_started(redis: RedisProcess, n: int, log: Path, timeout: float = 60) -> None:
+    """Until n jobs are started (arq's in-progress markers)."""
+    r = Redis.from_url(redis.url)
+    deadline = time.monotonic() + timeout
+    while sum(1 for _ in r.scan_iter(in_progress_key_prefix + "*")) < n:
+        assert time.monotonic() < deadline, _tail(log)
+        time.sleep(0.1)
+
+
 def test_slow_claims_are_never_taken_from_a_live_worker(
     client: Client,
     env: dict[str, str],
     own_backing: Backing,
+    redis: RedisProcess,
     fresh_teacher_api: FakeTeacherAPI,
     tmp_path: Path,
 ) -> None:
     """Claims stuck for longer than the reconciler's old grace period (5 s) on the
-    events lock: the worker is alive and says so, so its started jobs stay its
-    own. No job is started twice, no traceback, every run completes once."""
+    events lock: the workers are alive and say so, so the jobs they started stay
+    theirs. No job is started twice (by the same worker or another), no
+    traceback, every run completes once."""
     fresh_teacher_api.latency_s = 0.05
     batch, run_ids = _batch(client, 6)
-    log = tmp_path / "worker.log"
-    with _EventsLockHolder(own_backing.database_url):
-        worker = WorkerProcess({**env, "WORKER_MAX_JOBS": "8"}, log).start()
-        try:
-            time.sleep(12)  # claims wait on the lock; the reconciler runs every 0.5 s
-        except BaseException:
-            worker.stop()
-            raise
+    logs = [tmp_path / "worker1.log", tmp_path / "worker2.log"]
+    workers = [WorkerProcess({**env, "WORKER_MAX_JOBS": "8"}, log) for log in logs]
     try:
-        done = _wait_done(client, batch.id, log)
+        with _EventsLockHolder(own_backing.database_url):
+            for worker in workers:
+                worker.start()
+            _wait_started(redis, len(run_ids), logs[0])
+            time.sleep(8)  # claims wait on the lock; the reconciler runs every 0.5 s
+        done = _wait_done(client, batch.id, logs[0])
     finally:
-        worker.stop()
-    text = log.read_text(errors="replace")
-    assert "Traceback" not in text and "KeyError" not in text, _tail(log)
+        for worker in workers:
+            worker.stop()
+    text = "".join(log.read_text(errors="replace") for log in logs)
+    assert "Traceback" not in text and "KeyError" not in text, text[-4000:]
+    assert "not started twice" not in text, text[-4000:]
     assert (done.counts.completed, done.counts.total) == (6, 6)
     assert sorted(_answers_per_prompt(fresh_teacher_api).values()) == [1] * 6
     assert {client.get_run(r).attempt for r in run_ids} == {1}

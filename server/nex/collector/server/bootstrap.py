@@ -36,6 +36,7 @@ from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
+from nex.collector.server.services.liveness import Heartbeat, new_worker_id
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.templates import Templates
@@ -67,6 +68,7 @@ class Container:
     watcher: RunWatcher
     datasets: Datasets
     evidence: Evidence
+    heartbeat: Heartbeat
     embedded: EmbeddedServices | None = None
 
 
@@ -167,6 +169,9 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
     """Everything a process needs; closes all of it on the way out."""
     database_url, redis_url, embedded = resolve_urls(settings)
     engine = make_engine(database_url)
+    # The heartbeat's own connection: a pool busy with slow claims must not make a
+    # live worker look dead.
+    heartbeat_engine = make_engine(database_url, pool_size=1)
     closers: list[Any] = []
     try:
         await check_database(engine, migrate=migrate)
@@ -193,12 +198,22 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             )
             closers.append(nex.aclose)
         evidence = Evidence(uow, queue, nex)
+        lease = timedelta(seconds=settings.run_lease_s)
+        heartbeat = Heartbeat(
+            UnitOfWorkFactory(
+                async_sessionmaker(heartbeat_engine, expire_on_commit=False, class_=AsyncSession)
+            ),
+            new_worker_id(),
+            lease=lease,
+            interval_s=settings.worker_heartbeat_s,
+        )
         executor = RunExecutor(
             uow,
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
-            lease=timedelta(seconds=settings.run_lease_s),
+            lease=lease,
             on_batches_touched=evidence.link_finished_batches,
+            worker_id=heartbeat.worker_id,
         )
         datasets = Datasets(
             uow,
@@ -227,11 +242,14 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
                 uow, queue, provider_ready=provider_problems(settings), integrated=evidence.enabled
             ),
             executor=executor,
-            reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),
+            reconciler=Reconciler(
+                uow, queue, evidence, max_worker_losses=settings.max_worker_losses, lease=lease
+            ),
             hub=hub,
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             datasets=datasets,
             evidence=evidence,
+            heartbeat=heartbeat,
             embedded=embedded,
         )
         yield container
@@ -240,5 +258,6 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             with contextlib.suppress(Exception):
                 await close()
         await engine.dispose()
+        await heartbeat_engine.dispose()
         if embedded is not None:
             embedded.stop()

@@ -56,8 +56,9 @@ RUNS_FINISHED = Counter(
 )
 RUNS_RECOVERED = Counter(
     "nex_collector_runs_recovered",
-    "Runs the reconciler put back in the queue, by reason "
-    "(lease_expired: their worker died; job_lost: Redis lost their job).",
+    "Runs the reconciler took back, by reason (lease_expired: their worker died, "
+    "queued again; answer_stored: their worker died after storing the answer, "
+    "completed; job_lost: Redis lost their job).",
     ["reason"],
 )
 DATASET_BUILDS = Counter(

@@ -14,6 +14,7 @@ from nex.collector.server.db.repositories.events import EventRepository
 from nex.collector.server.db.repositories.evidence import EvidenceRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
+from nex.collector.server.db.repositories.workers import WorkerRepository
 
 
 class UnitOfWork:
@@ -25,6 +26,7 @@ class UnitOfWork:
     events: EventRepository
     datasets: DatasetRepository
     evidence: EvidenceRepository
+    workers: WorkerRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -38,6 +40,7 @@ class UnitOfWork:
         self.events = EventRepository(self.session)
         self.datasets = DatasetRepository(self.session)
         self.evidence = EvidenceRepository(self.session)
+        self.workers = WorkerRepository(self.session)
         return self
 
     async def __aexit__(

@@ -16,7 +16,7 @@ from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.batches import Batch, RunError
+from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.providers.base import (
     Completion,
@@ -38,6 +38,8 @@ class Claim:
     batch_id: str
     attempt: int
     messages: list[Any]
+    teacher_failures: int = 0
+    workers_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +63,10 @@ class RunExecutor:
         policy: RetryPolicy,
         lease: timedelta,
         on_batches_touched: Callable[[Iterable[str]], Awaitable[None]] | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self._uow = uow
+        self._worker_id = worker_id
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
@@ -123,24 +127,29 @@ class RunExecutor:
         request: GenerationRequest,
     ) -> str:
         attempt = claim.attempt
+        # Teacher calls that failed, this run's whole life long: a worker that died
+        # while calling does not count (see the reconciler).
+        failures = claim.teacher_failures
         while True:
             started = time.perf_counter()
             try:
                 completion = await provider.generate(request)
             except ProviderError as err:
                 _observe_call(batch.provider, err.code, started)
-                if not self._policy.should_retry(attempt, err):
+                failures += 1
+                if not self._policy.should_retry(failures, err):
+                    message = teacher_gave_up(err.message, failures, claim.workers_lost)
                     outcome = Outcome(
                         run_id,
                         batch.id,
                         attempt,
                         RunStatus.FAILED,
-                        error=RunError(err.code, err.message),
+                        error=RunError(err.code, message),
                     )
                     if await self._outcomes.submit(outcome):
                         metrics.RUNS_FINISHED.labels(RunStatus.FAILED.value).inc()
                     return f"failed: {err.code}"
-                await asyncio.sleep(self._policy.delay(attempt, err))
+                await asyncio.sleep(self._policy.delay(failures, err))
                 if not await self._next_attempt(run_id, batch.id, attempt):
                     return "stopped: cancelled or lease lost"
                 attempt += 1
@@ -176,12 +185,24 @@ class RunExecutor:
 
     async def _claim_many(self, run_ids: Sequence[str]) -> list[Claim | None]:
         async with self._uow() as tx:
-            rows = await tx.runs.claim(list(dict.fromkeys(run_ids)), self._lease, now())
+            rows = await tx.runs.claim(
+                list(dict.fromkeys(run_ids)), self._lease, now(), self._worker_id
+            )
             await tx.events.append(
                 [NewEvent(r["id"], r["batch_id"], RunStatus.RUNNING, r["attempt"]) for r in rows]
             )
             await tx.commit()
-        claims = {r["id"]: Claim(r["id"], r["batch_id"], r["attempt"], r["messages"]) for r in rows}
+        claims = {
+            r["id"]: Claim(
+                r["id"],
+                r["batch_id"],
+                r["attempt"],
+                r["messages"],
+                r["teacher_failures"],
+                r["lost_count"],
+            )
+            for r in rows
+        }
         self._held.update({c.run_id: (c.batch_id, c.attempt) for c in claims.values()})
         return [claims.pop(run_id, None) for run_id in run_ids]
 
