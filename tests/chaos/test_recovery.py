@@ -15,11 +15,18 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from redis import Redis
 
-from nex.collector.client import BatchStatus, Client, GenerationParams, TeacherBatch, connect
+from nex.collector.client import (
+    BatchStatus,
+    Client,
+    GenerationParams,
+    RunStatus,
+    TeacherBatch,
+    connect,
+)
 from nex.collector.server.bootstrap import plain_dsn
 from nex.collector.server.db.repositories.events import EVENTS_LOCK
 from tests.conftest import teacher_settings, unique
-from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
 from tests.support.collector import RunningCollector, collector_settings, running_collector
 from tests.support.processes import RedisProcess, WorkerProcess
@@ -94,9 +101,7 @@ def _tail(log: Path) -> str:
 
 
 def _answers_per_prompt(api: FakeTeacherAPI) -> Counter[str]:
-    return Counter(
-        x.request["messages"][0]["content"] for x in api.exchanges if x.status == 200
-    )
+    return Counter(x.request["messages"][0]["content"] for x in api.exchanges if x.status == 200)
 
 
 class _EventsLockHolder:
@@ -170,3 +175,98 @@ def test_slow_claims_are_never_taken_from_a_live_worker(
     assert (done.counts.completed, done.counts.total) == (6, 6)
     assert sorted(_answers_per_prompt(fresh_teacher_api).values()) == [1] * 6
     assert {client.get_run(r).attempt for r in run_ids} == {1}
+
+
+def test_a_lost_worker_does_not_use_up_teacher_attempts(
+    client: Client, env: dict[str, str], fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    """Two teacher calls allowed. The first fails (503); the worker is killed
+    during the second, its last. That death is not a teacher failure: the next
+    worker calls once more. When that call fails too, the run fails with the
+    teacher's error, and its message says what happened."""
+    env = {**env, "TEACHER_MAX_ATTEMPTS": "2", "RUN_LEASE_S": "2"}
+    fresh_teacher_api.script(
+        Scripted(503),  # call 1: a teacher failure
+        Scripted(delay_s=4),  # call 2: the worker is killed while waiting for it
+        Scripted(503),  # call 3: the teacher fails again
+    )
+    batch, (run_id,) = _batch(client, 1)
+    first = WorkerProcess(env, tmp_path / "worker1.log").start()
+    try:
+        deadline = time.monotonic() + 60
+        while fresh_teacher_api.total_requests < 2:
+            assert time.monotonic() < deadline, _tail(tmp_path / "worker1.log")
+            time.sleep(0.05)
+        first.kill9()
+    finally:
+        first.stop()
+    log = tmp_path / "worker2.log"
+    second = WorkerProcess(env, log).start()
+    try:
+        _wait_done(client, batch.id, log)
+    finally:
+        second.stop()
+    run = client.get_run(run_id)
+    assert run.error is not None, run
+    assert run.error.code == "PROVIDER_UNAVAILABLE", run.error
+    assert "teacher failed 2 times" in run.error.message, run.error.message
+    assert "worker lost 1 time" in run.error.message, run.error.message
+    assert fresh_teacher_api.total_requests == 3
+    assert run.attempt == 3
+
+
+def test_chaos_no_run_fails_for_a_dead_worker_and_nothing_is_lost(
+    client: Client,
+    env: dict[str, str],
+    redis: RedisProcess,
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    """Three workers, one killed with SIGKILL three times over (a new one takes
+    its place), Redis flushed, a teacher failing a fifth of its calls: every run
+    completes, none fails because a worker died, no worker logs a traceback, and
+    the event log holds each run's completion once, in revision order."""
+    n = 300
+    env = {
+        **env,
+        "RUN_LEASE_S": "2",
+        "TEACHER_MAX_ATTEMPTS": "8",
+        "WORKER_MAX_JOBS": "32",
+        "LOG_LEVEL": "WARNING",
+    }
+    fresh_teacher_api.latency_s = 0.1
+    fresh_teacher_api.failure_rate = 0.2
+    logs: list[Path] = []
+
+    def start_worker() -> WorkerProcess:
+        logs.append(tmp_path / f"worker{len(logs)}.log")
+        return WorkerProcess(env, logs[-1]).start()
+
+    workers = [start_worker() for _ in range(3)]
+    try:
+        batch, run_ids = _batch(client, n)
+        deadline = time.monotonic() + 120
+        for step, share in enumerate((0.15, 0.35, 0.5, 0.65)):
+            while client.get_batch(batch.id).counts.completed < share * n:
+                assert time.monotonic() < deadline, _tail(logs[-1])
+                time.sleep(0.05)
+            if step == 2:
+                Redis.from_url(redis.url).flushdb()  # every queued and started job is gone
+            else:
+                victim = workers.pop(step % len(workers))
+                victim.kill9()
+                workers.append(start_worker())
+        done = _wait_done(client, batch.id, logs[-1], timeout=120)
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert (done.counts.completed, done.counts.total) == (n, n), done.counts
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, f"{log.name}:\n{text[-4000:]}"
+    events = list(client.watch_batch(batch.id))
+    revisions = [e.revision for e in events]
+    assert revisions == sorted(set(revisions))
+    completed = Counter(e.run_id for e in events if e.status == RunStatus.COMPLETED)
+    assert completed == dict.fromkeys(run_ids, 1)
+    assert all(client.get_run(r).output_text for r in run_ids)

@@ -154,7 +154,9 @@ class RunExecutor:
                     return "stopped: cancelled or lease lost"
                 attempt += 1
                 continue
-            latency_ms = int(_observe_call(batch.provider, "ok", started) * 1000)
+            received = time.perf_counter()
+            latency_ms = int((received - started) * 1000)
+            _observe_call(batch.provider, "ok", started)
             outcome = Outcome(
                 run_id,
                 batch.id,
@@ -168,6 +170,7 @@ class RunExecutor:
             )
             if not await self._outcomes.submit(outcome):
                 return "discarded: run moved on"
+            metrics.ANSWER_COMMIT_SECONDS.observe(time.perf_counter() - received)
             _observe_completion(batch.provider, outcome)
             return "completed"
 
