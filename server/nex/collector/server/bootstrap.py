@@ -38,6 +38,7 @@ from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
 from nex.collector.server.services.liveness import Heartbeat, new_worker_id
 from nex.collector.server.services.reconcile import Reconciler
+from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.templates import Templates
 from nex.collector.server.services.watch import EventHub, RunWatcher
@@ -169,9 +170,13 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
     """Everything a process needs; closes all of it on the way out."""
     database_url, redis_url, embedded = resolve_urls(settings)
     engine = make_engine(database_url)
-    # The heartbeat's own connection: a pool busy with slow claims must not make a
-    # live worker look dead.
+    # The heartbeat and teachers' answers run on connections and a loop of their
+    # own (engines used there only): a pool busy with claims queued for the
+    # run-events lock, or a main loop busy with hundreds of jobs, must neither
+    # make a live worker look dead nor keep a paid answer from being stored.
     heartbeat_engine = make_engine(database_url, pool_size=1)
+    answers_engine = make_engine(database_url, pool_size=4)
+    side_loop = SideLoop("heartbeat-answers")
     closers: list[Any] = []
     try:
         await check_database(engine, migrate=migrate)
@@ -206,6 +211,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             new_worker_id(),
             lease=lease,
             interval_s=settings.worker_heartbeat_s,
+            loop=side_loop,
         )
         executor = RunExecutor(
             uow,
@@ -214,6 +220,10 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             lease=lease,
             on_batches_touched=evidence.link_finished_batches,
             worker_id=heartbeat.worker_id,
+            answers_uow=UnitOfWorkFactory(
+                async_sessionmaker(answers_engine, expire_on_commit=False, class_=AsyncSession)
+            ),
+            answers_loop=side_loop,
         )
         datasets = Datasets(
             uow,
@@ -258,6 +268,9 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             with contextlib.suppress(Exception):
                 await close()
         await engine.dispose()
-        await heartbeat_engine.dispose()
+        for side_engine in (heartbeat_engine, answers_engine):
+            with contextlib.suppress(Exception):
+                await side_loop.run(side_engine.dispose())
+        await side_loop.aclose()
         if embedded is not None:
             embedded.stop()

@@ -1,16 +1,23 @@
 """Executing one run: claim it, call the teacher with retries, store the result.
 Every state change is a guarded transition, so a duplicate or late job does
-nothing; claims and results of concurrent runs share transactions."""
+nothing; claims and results of concurrent runs share transactions.
+
+A teacher's answer is stored in two steps. First the answer alone, at once, on
+connections of its own and without the run-events lock that orders every
+status change: a paid answer is durable within milliseconds, however busy the
+event log is. Then the run becomes completed with its event, in revision order.
+A run whose answer is stored is never asked for again: if its worker dies in
+between, the reconciler completes it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
@@ -28,8 +35,11 @@ from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.common import now
+from nex.collector.server.services.side_loop import SideLoop
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,7 @@ class Outcome:
     error: RunError | None = None
     cost_usd: float = 0.0
     latency_ms: int = 0
+    received: float = 0.0  # time.perf_counter() when the answer arrived
 
 
 class RunExecutor:
@@ -64,8 +75,14 @@ class RunExecutor:
         lease: timedelta,
         on_batches_touched: Callable[[Iterable[str]], Awaitable[None]] | None = None,
         worker_id: str | None = None,
+        answers_uow: UnitOfWorkFactory | None = None,
+        answers_loop: SideLoop | None = None,
     ) -> None:
         self._uow = uow
+        # Answers are stored through `answers_uow`, on `answers_loop` when given
+        # (then `answers_uow` must be used there only).
+        self._answers_uow = answers_uow or uow
+        self._answers_loop = answers_loop
         self._worker_id = worker_id
         self._provider_for = provider_for
         self._policy = policy
@@ -74,6 +91,11 @@ class RunExecutor:
         self._batches: dict[str, Batch] = {}
         self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
             self._claim_many, name="claims"
+        )
+        # No linger: an answer is written as soon as a connection is free; answers
+        # arriving while all are busy share the next transaction.
+        self._answers: MicroBatcher[Outcome, bool] = MicroBatcher(
+            self._store_answers, name="answers", max_size=64, linger_s=0.0, concurrency=4
         )
         self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(
             self._finish_many, name="results"
@@ -88,6 +110,7 @@ class RunExecutor:
         """Once the jobs have ended: hands back every run still held, so the next
         worker takes them at once instead of when their lease runs out."""
         await self._claims.aclose()
+        await self._on_answers_loop(self._answers.aclose())
         await self._outcomes.aclose()
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
@@ -167,11 +190,13 @@ class RunExecutor:
                     batch.provider, batch.model, completion.input_tokens, completion.output_tokens
                 ),
                 latency_ms=latency_ms,
+                received=received,
             )
-            if not await self._outcomes.submit(outcome):
+            if not await self._on_answers_loop(self._answers.submit(outcome)):
                 return "discarded: run moved on"
-            metrics.ANSWER_COMMIT_SECONDS.observe(time.perf_counter() - received)
             _observe_completion(batch.provider, outcome)
+            if not await self._outcomes.submit(outcome):
+                return "answered; completed by the reconciler"
             return "completed"
 
     async def _batch(self, batch_id: str) -> Batch:
@@ -209,12 +234,38 @@ class RunExecutor:
         self._held.update({c.run_id: (c.batch_id, c.attempt) for c in claims.values()})
         return [claims.pop(run_id, None) for run_id in run_ids]
 
+    async def _on_answers_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._answers_loop is None:
+            return await coro
+        return await self._answers_loop.run(coro)
+
+    async def _store_answers(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Step one of a completion: the answer, durable, the run still running."""
+        answered_at = now()
+        async with self._answers_uow() as tx:
+            live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
+            await tx.runs.store_answers(
+                [_answer_row(o, answered_at) for o in outcomes if o.run_id in live]
+            )
+            await tx.commit()
+        committed = time.perf_counter()
+        for o in outcomes:
+            if o.run_id in live:
+                metrics.ANSWER_COMMIT_SECONDS.observe(committed - o.received)
+        return [o.run_id in live for o in outcomes]
+
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Completed (answer already stored) or failed, with their events."""
         finished_at = now()
         async with self._uow() as tx:
             live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
-            rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
-            await tx.runs.finish(rows)
+            done = [o for o in outcomes if o.run_id in live]
+            await tx.runs.complete(
+                [o.run_id for o in done if o.status is RunStatus.COMPLETED], finished_at
+            )
+            await tx.runs.finish(
+                [_row(o, finished_at) for o in done if o.status is not RunStatus.COMPLETED]
+            )
             await tx.events.append(
                 [
                     NewEvent(o.run_id, o.batch_id, o.status, o.attempt, o.error)
@@ -287,6 +338,24 @@ def _observe_completion(provider: str, o: Outcome) -> None:
         metrics.TEACHER_TOKENS.labels(provider, "output").inc(o.completion.output_tokens)
     if o.cost_usd:
         metrics.TEACHER_COST.labels(provider).inc(o.cost_usd)
+
+
+def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
+    c = o.completion
+    assert c is not None
+    row: dict[str, Any] = {
+        "b_id": o.run_id,
+        "output_text": c.text,
+        "finish_reason": c.finish_reason,
+        "has_logprobs": c.tokens is not None,
+        "input_tokens": c.input_tokens,
+        "output_tokens": c.output_tokens,
+        "cost_usd": o.cost_usd,
+        "latency_ms": o.latency_ms,
+        "answer_time": answered_at,
+    }
+    row.update(tokens_to_row(c.tokens))
+    return row
 
 
 def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
