@@ -29,6 +29,7 @@ from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
 from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.db import fetch_all
 from tests.support.processes import RedisProcess, WorkerProcess
 
 
@@ -175,6 +176,49 @@ def test_slow_claims_are_never_taken_from_a_live_worker(
     assert (done.counts.completed, done.counts.total) == (6, 6)
     assert sorted(_answers_per_prompt(fresh_teacher_api).values()) == [1] * 6
     assert {client.get_run(r).attempt for r in run_ids} == {1}
+
+
+def test_an_answer_is_stored_at_once_even_while_run_events_wait(
+    client: Client,
+    env: dict[str, str],
+    own_backing: Backing,
+    server: RunningCollector,
+    fresh_teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    """The teacher answers while every run-status change waits on the events
+    lock: the answer is committed anyway, so the worker killed right then loses
+    nothing, and the next worker completes the run from it without paying for
+    it again."""
+    fresh_teacher_api.script(Scripted(delay_s=2))  # time to take the lock meanwhile
+    batch, (run_id,) = _batch(client, 1)
+    log = tmp_path / "worker1.log"
+    first = WorkerProcess({**env, "RUN_LEASE_S": "2"}, log).start()
+    try:
+        deadline = time.monotonic() + 60
+        while fresh_teacher_api.total_requests < 1:  # claimed, and at the teacher
+            assert time.monotonic() < deadline, _tail(log)
+            time.sleep(0.02)
+        with _EventsLockHolder(own_backing.database_url):
+            deadline = time.monotonic() + 30
+            while not fetch_all(
+                server, "SELECT 1 FROM runs WHERE id = $1 AND answer_time IS NOT NULL", run_id
+            ):
+                assert time.monotonic() < deadline, "the answer was not stored\n" + _tail(log)
+                time.sleep(0.05)
+            first.kill9()
+    finally:
+        first.stop()
+    second = WorkerProcess({**env, "RUN_LEASE_S": "2"}, tmp_path / "worker2.log").start()
+    try:
+        _wait_done(client, batch.id, tmp_path / "worker2.log")
+    finally:
+        second.stop()
+    run = client.get_run(run_id)
+    assert run.status == RunStatus.COMPLETED and run.output_text
+    assert fresh_teacher_api.total_requests == 1  # paid once
+    (answer,) = [x for x in fresh_teacher_api.exchanges if x.status == 200]
+    assert run.output_text == answer.response["choices"][0]["message"]["content"]
 
 
 def test_a_lost_worker_does_not_use_up_teacher_attempts(
