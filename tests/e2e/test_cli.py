@@ -17,8 +17,12 @@ from nex.collector.client import (
     BooleanFilter,
     Client,
     CollectorError,
+    DatasetCounts,
+    DatasetManifest,
+    DatasetStatus,
     EntropyFilter,
     FieldViolation,
+    FilterDrop,
     GenerationParams,
     InvalidArgumentError,
     LengthFilter,
@@ -26,9 +30,16 @@ from nex.collector.client import (
     ScoreFilter,
     UnimplementedError,
 )
-from nex.collector.server.cli.batch import InputLine, read_inputs, violations_by_line
+from nex.collector.server.cli.batch import (
+    CHUNK_BYTES,
+    InputLine,
+    _chunks,
+    read_inputs,
+    violations_by_line,
+)
 from nex.collector.server.cli.dataset import (
     FilterSyntaxError,
+    drops_table,
     format_filter,
     histogram,
     parse_filter,
@@ -107,6 +118,16 @@ def test_field_violations_map_back_to_file_lines() -> None:
     ]
 
 
+def test_runs_are_sent_in_chunks_cut_by_count_and_by_bytes() -> None:
+    """Each BatchCreateRuns stays well under the server's request size limit."""
+    small = [InputLine(i, {"x": "a"}) for i in range(5)]
+    assert [len(c) for c in _chunks(small, 2)] == [2, 2, 1]
+    big = [InputLine(i, {"x": "b" * (CHUNK_BYTES // 3)}) for i in range(7)]
+    assert [len(c) for c in _chunks(big, 1000)] == [2, 2, 2, 1]
+    huge = [InputLine(1, {"x": "a"}), InputLine(2, {"x": "c" * CHUNK_BYTES}), small[0]]
+    assert [[i.line for i in c] for c in _chunks(huge, 1000)] == [[1], [2], [0]]
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
@@ -156,6 +177,28 @@ def test_quantiles_and_histogram() -> None:
     assert "s: 4 values" in text and "████████ 3" in text  # the fullest bar is full width
     console.print(histogram("same", [2.0, 2.0], bins=10))  # one value: one bar, no crash
     assert "2" in console.export_text()
+
+
+def test_drops_per_filter_are_counts_not_negative_numbers() -> None:
+    manifest = DatasetManifest(
+        id="ds_1",
+        name="n",
+        version="v1",
+        status=DatasetStatus.READY,
+        counts=DatasetCounts(
+            total=12,
+            kept=5,
+            dropped=(
+                FilterDrop(index=0, filter="length(min_chars=1)", dropped=0),
+                FilterDrop(index=1, filter="boolean(finish_reason_stop)", dropped=7),
+            ),
+        ),
+    )
+    console = Console(width=100, record=True)
+    console.print(drops_table(manifest))
+    text = console.export_text()
+    assert re.search(r"boolean\(finish_reason_stop\)\s+│\s+7 ", text), text
+    assert "-7" not in text
 
 
 # ---------------------------------------------------------------- commands
@@ -220,6 +263,27 @@ def test_a_bad_line_is_named_and_nothing_is_created(
     assert result.exit_code == 1
     assert "line 2: missing variables style" in result.output
     assert _batch_count(client) == before
+
+
+def test_every_bad_line_is_reported_in_one_pass_and_counted_once(
+    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+) -> None:
+    mixed = _jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"topic": "a", "style": "b"},
+            '{"topic": ',  # not JSON
+            {"topic": "c", "extra": "x"},  # missing style and an undeclared variable
+        ],
+    )
+    result = invoke(collector, "batch", "create", "--template", template_id, "--inputs", str(mixed))
+    no_traceback(result)
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "2 bad lines; nothing was sent" in said
+    assert "line 2: not valid JSON" in said
+    assert "line 3: missing variables style" in said
+    assert "line 3: variables extra are not declared" in said
 
 
 def test_client_errors_are_one_line_without_traceback(collector: RunningCollector) -> None:
@@ -303,3 +367,28 @@ def test_demo_runs_against_a_running_collector(collector: RunningCollector, clie
     else:
         assert "does not offer DatasetService" in result.output
     assert "demo complete" in result.output
+
+
+def test_client_commands_do_not_read_the_servers_configuration(
+    collector: RunningCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server setting that cannot start a server is none of a client's business.
+    monkeypatch.setenv("MODE_INTEGRATION", "integrated")
+    monkeypatch.delenv("NEX_BASE_URL", raising=False)
+    monkeypatch.setenv("TEACHER_MAX_ATTEMPTS", "not a number")
+    result = invoke(collector, "batch", "list")
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_mistyped_command_says_error_like_every_other_failure() -> None:
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "nex-collector"
+    done = subprocess.run(
+        [str(cli), "batch", "create", "--inputs", "x.jsonl"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "error: Missing option '--template'" in done.stderr, done.stderr
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr

@@ -148,17 +148,22 @@ def test_each_filter_drops_what_it_should(
         (EntropyFilter(min=0.0), len(runs)),
     ]
     for f, expected in cases:
-        ready = _build(client, [batch.id], [f])
+        ready = _build(client, [batch.id], [f], allow_empty=expected == 0)
         assert ready.counts.kept == expected, f
         assert ready.counts.dropped[0].dropped == len(runs) - expected
         assert pq.read_table(_folder(ready) / "examples.parquet").num_rows == expected
 
 
-def test_empty_result_is_a_ready_dataset(
+def test_an_empty_result_asked_for_is_a_ready_dataset(
     client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
 ) -> None:
     batch, runs = collected
-    ready = _build(client, [batch.id], [LengthFilter(max_chars=0), RegexFilter(pattern="x")])
+    ready = _build(
+        client,
+        [batch.id],
+        [LengthFilter(max_chars=0), RegexFilter(pattern="x")],
+        allow_empty=True,
+    )
     assert (
         ready.counts.kept,
         ready.counts.dropped[0].dropped,
@@ -228,7 +233,7 @@ def test_request_id_returns_the_first_build(
 
 def test_anthropic_runs_give_a_dataset_without_soft_labels(client: Client) -> None:
     batch, _runs = _collect(client, "anthropic", n=4)
-    ready = _build(client, [batch.id], [EntropyFilter(max=100.0)])
+    ready = _build(client, [batch.id], [EntropyFilter(max=100.0)], allow_empty=True)
     assert ready.counts.kept == 0  # no logprobs, so no entropy: dropped, not zero
     plain = _build(client, [batch.id])
     folder = _folder(plain)
@@ -265,3 +270,31 @@ def test_token_texts_reach_the_files_exactly(client: Client, collector: RunningC
     }
     assert {r["example_id"]: (r["tokens"], r["top_tokens"]) for r in teacher} == stored
     assert stored[odd][0][0] == "a\x1fb" and stored[empty][0][0] == ""
+
+
+def test_a_build_that_keeps_nothing_fails_and_leaves_its_version_free(
+    client: Client, collected: tuple[TeacherBatch, list[TeacherRun]]
+) -> None:
+    batch, runs = collected
+    name = unique("empty")
+    strict = [LengthFilter(min_chars=10**6)]
+    failed = client.wait_dataset(
+        client.build_dataset(name, "v1", [batch.id], filters=strict).id,
+        timeout=60,
+        raise_on_failure=False,
+    )
+    assert failed.status == DatasetStatus.FAILED
+    assert failed.error is not None and failed.error.code == "EMPTY_DATASET"
+    assert f"kept 0 of {len(runs)} runs" in failed.error.message
+    assert not _folder(failed).exists()
+    # The version was not used up: the same name and version build once fixed.
+    fixed = client.wait_dataset(client.build_dataset(name, "v1", [batch.id]).id, timeout=60)
+    assert fixed.status == DatasetStatus.READY and fixed.counts.kept == len(runs)
+    with pytest.raises(AlreadyExistsError):
+        client.build_dataset(name, "v1", [batch.id])
+    # Asked for explicitly, an empty dataset builds.
+    empty = client.wait_dataset(
+        client.build_dataset(name, "v2", [batch.id], filters=strict, allow_empty=True).id,
+        timeout=60,
+    )
+    assert empty.status == DatasetStatus.READY and empty.counts.kept == 0

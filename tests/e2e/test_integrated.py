@@ -4,6 +4,7 @@ standalone mode never calls NEX."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from nex.collector.client import (
     NotFoundError,
     UnavailableError,
     connect,
+    connect_async,
 )
 from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
@@ -287,3 +289,74 @@ def test_evidence_link_needs_exactly_one_target(integrated_collector: RunningCol
                      "--run", "run_missing")  # fmt: skip
     no_traceback(missing)
     assert missing.exit_code == 1 and "error:" in missing.output
+
+
+async def test_concurrent_creates_with_one_request_id_make_one_ref_and_one_link(
+    integrated_collector: RunningCollector, nex: FakeNex
+) -> None:
+    """Integrated mode asks NEX before storing a ref, which widens the race."""
+    address, token = integrated_collector.address, integrated_collector.token
+    async with connect_async(address, token=token) as c:
+        cid, rid = unique("ctx"), unique("rid")
+        nex.contexts.add((cid, "1"))
+        refs = await asyncio.gather(
+            *(c.create_context_ref(cid, "1", request_id=rid) for _ in range(20))
+        )
+        assert len({r.id for r in refs}) == 1
+        template = await c.create_template(unique("t"), user_template="Hi {{ x }}", variables=["x"])
+        batch = await c.create_batch(unique("b"), template.id, "mock", "mock-1")
+        run = await c.create_run(batch.id, {"x": "1"})
+        link_rid = unique("rid")
+        links = await asyncio.gather(
+            *(
+                c.create_evidence_link(refs[0].id, run_id=run.id, request_id=link_rid)
+                for _ in range(20)
+            )
+        )
+        assert len({x.id for x in links}) == 1
+        assert [x.id async for x in c.list_evidence_links(refs[0].id)] == [links[0].id]
+
+
+def test_a_ref_made_in_standalone_mode_is_confirmed_before_integrated_use(
+    backing: Backing,
+    nex: FakeNex,
+    teacher_api: FakeTeacherAPI,
+    tmp_path: Path,
+) -> None:
+    cid = unique("was-standalone")
+    with backing.isolated() as own:
+        base = collector_settings(own, tmp_path / "data", **teacher_settings(teacher_api))
+        with (
+            running_collector(base) as standalone,
+            connect(standalone.address, token=standalone.token) as client,
+        ):
+            ref = client.create_context_ref(cid, "2")  # NEX is never asked
+            template = client.create_template(unique("t"), user_template="{{ x }}", variables=["x"])
+        integrated_settings = collector_settings(
+            own,
+            tmp_path / "data",
+            MODE_INTEGRATION="integrated",
+            NEX_BASE_URL=nex.base_url,
+            NEX_API_TOKEN=nex.token,
+            **teacher_settings(teacher_api),
+        )
+        with (
+            running_collector(integrated_settings, migrate=False) as later,
+            connect(later.address, token=later.token) as client,
+        ):
+            with pytest.raises(FailedPreconditionError) as caught:
+                client.create_batch(
+                    unique("b"), template.id, "mock", "mock-1", context_ref_id=ref.id
+                )
+            assert caught.value.reason == "CONTEXT_REF_UNCONFIRMED"
+            # Creating it again asks NEX, which does not know that version.
+            with pytest.raises(FailedPreconditionError) as caught:
+                client.create_context_ref(cid, "2")
+            assert caught.value.reason == "NEX_CONTEXT_NOT_FOUND"
+            nex.contexts.add((cid, "2"))
+            asked = nex.requests
+            assert client.create_context_ref(cid, "2").id == ref.id
+            assert nex.requests == asked + 1
+            client.create_batch(unique("b"), template.id, "mock", "mock-1", context_ref_id=ref.id)
+            client.create_context_ref(cid, "2")  # confirmed once: NEX is not asked again
+            assert nex.requests == asked + 1

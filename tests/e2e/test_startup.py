@@ -116,3 +116,31 @@ def test_a_taken_metrics_address_is_refused(backing: Backing, tmp_path: Path) ->
             data_dir=tmp_path,
         )
     refused(f"cannot serve metrics on {addr}", result)
+
+
+def test_serving_the_network_without_tokens_is_refused_unless_anonymous_is_allowed(
+    backing: Backing, tmp_path: Path
+) -> None:
+    addr = f"0.0.0.0:{free_port()}"  # what the Dockerfile binds
+    base = {"NEX_COLLECTOR_TOKENS": "", "NEX_COLLECTOR_ALLOW_ANONYMOUS": ""}
+    for command in ("serve", "dev"):
+        result = nex_collector(command, "--addr", addr, env=base, data_dir=tmp_path)
+        refused(f"{addr} is reachable from the network and NEX_COLLECTOR_TOKENS is empty", result)
+        assert "NEX_COLLECTOR_ALLOW_ANONYMOUS=true" in result.stdout + result.stderr
+
+    # Allowed explicitly, the same command gets past the check (and stops at Redis).
+    no_redis = f"redis://127.0.0.1:{free_port()}/0"
+    allowed = nex_collector(
+        "serve",
+        "--migrate",
+        "--addr",
+        addr,
+        env=base
+        | {
+            "NEX_COLLECTOR_ALLOW_ANONYMOUS": "true",
+            "DATABASE_URL": backing.database_url,
+            "REDIS_URL": no_redis,
+        },
+        data_dir=tmp_path,
+    )
+    refused("cannot reach Redis at redis://127.0.0.1", allowed)

@@ -3,7 +3,11 @@ teacher SDKs -> a fake teacher at the wire."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import time
+from typing import Any
 
 import pytest
 
@@ -66,8 +70,10 @@ def test_lifecycle_on_the_mock_teacher(client: Client, template: PromptTemplate)
     assert batch.status == BatchStatus.OPEN
     runs = client.create_runs(batch.id, [_vars(i) for i in range(12)])
     assert [r.status for r in runs] == [RunStatus.QUEUED] * 12
-    assert runs[0].messages[0].content == "You are a patient teacher."
-    assert runs[0].messages[1].content == "Explain topic 0 in one paragraph."
+    assert not runs[0].messages and not runs[0].variables  # the reply is minimal
+    rendered = client.get_run(runs[0].id).messages
+    assert rendered[0].content == "You are a patient teacher."
+    assert rendered[1].content == "Explain topic 0 in one paragraph."
 
     events = list(client.watch_batch(batch.id))
     revisions = [e.revision for e in events]
@@ -278,3 +284,32 @@ def test_scores_attach_to_completed_runs(client: Client, template: PromptTemplat
     for bad in ({"judge": float("nan")}, {"perplexity": 3.0}):
         with pytest.raises(InvalidArgumentError):
             client.set_run_scores(run.id, bad)
+
+
+def test_a_watch_closed_mid_wait_leaves_no_pending_task(
+    client: Client,
+    template: PromptTemplate,
+    collector: RunningCollector,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = _batch(client, template)
+    with caplog.at_level("ERROR", logger="asyncio"):
+        collector.call(_cancel_a_watch_mid_wait(collector.container.watcher, batch.id))
+    assert "Task was destroyed but it is pending" not in caplog.text
+
+
+async def _cancel_a_watch_mid_wait(watcher: Any, batch_id: str) -> None:
+    """What the server does when a client goes away while its watch waits."""
+
+    async def consume() -> None:
+        async for _ in watcher.watch(batch_id=batch_id, run_id="", after_revision=0, follow=True):
+            pass
+
+    for _ in range(3):
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)  # replayed nothing; now waiting for events
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    gc.collect()
+    await asyncio.sleep(0)

@@ -25,6 +25,11 @@ class FakeNex:
         self.posts: Counter[str] = Counter()  # collector_link_id -> POSTs received
         self.requests = 0
         self.down = False  # answer 503 to everything
+        # Clear it to keep each POST /v1/evidence waiting until it is set again;
+        # post_held is set once a POST is being kept waiting.
+        self.posts_released = threading.Event()
+        self.posts_released.set()
+        self.post_held = threading.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -44,6 +49,9 @@ class FakeNex:
 
     async def _post_evidence(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if not self.posts_released.is_set():
+            self.post_held.set()
+            await asyncio.to_thread(self.posts_released.wait)
         link_id = body["collector_link_id"]
         self.posts[link_id] += 1
         self.evidence.setdefault(link_id, body)

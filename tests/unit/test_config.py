@@ -52,3 +52,42 @@ def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MODE_INTEGRATION", "sometimes")
     with pytest.raises(ConfigError, match="MODE_INTEGRATION"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("addr", "local"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.9.9.9:1", True),
+        ("localhost:50051", True),
+        ("[::1]:50051", True),
+        ("unix:/tmp/collector.sock", True),
+        ("0.0.0.0:50051", False),
+        ("[::]:50051", False),
+        (":50051", False),
+        ("10.0.0.5:50051", False),
+        ("collector.internal:50051", False),
+    ],
+)
+def test_only_a_loopback_address_serves_without_tokens(
+    monkeypatch: pytest.MonkeyPatch, addr: str, local: bool
+) -> None:
+    monkeypatch.delenv("NEX_COLLECTOR_ALLOW_ANONYMOUS", raising=False)
+    monkeypatch.setenv("NEX_COLLECTOR_ADDR", addr)
+    monkeypatch.setenv("NEX_COLLECTOR_TOKENS", "")
+    assert (load_settings().anonymous_exposure is None) is local
+    monkeypatch.setenv("NEX_COLLECTOR_TOKENS", "t1")
+    assert load_settings().anonymous_exposure is None
+    monkeypatch.setenv("NEX_COLLECTOR_TOKENS", "")
+    monkeypatch.setenv("NEX_COLLECTOR_ALLOW_ANONYMOUS", "true")
+    assert load_settings().anonymous_exposure is None
+
+
+def test_the_request_size_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAX_REQUEST_BYTES", raising=False)
+    assert load_settings().max_request_bytes == 4 * 1024 * 1024
+    monkeypatch.setenv("MAX_REQUEST_BYTES", "1048576")
+    assert load_settings().max_request_bytes == 1048576
+    monkeypatch.setenv("MAX_REQUEST_BYTES", "10")
+    with pytest.raises(ConfigError, match="MAX_REQUEST_BYTES"):
+        load_settings()

@@ -21,7 +21,7 @@ Every failed call raises a ``CollectorError`` subclass (``NotFoundError``,
 ``InvalidArgumentError`` with ``.field_violations``, ...).
 """
 
-from ._async_client import AsyncClient, connect_async
+from ._async_client import AsyncClient, Connecting, connect_async
 from ._errors import (
     AlreadyExistsError,
     CollectorError,
@@ -81,6 +81,7 @@ __all__ = [
     "BooleanFilter",
     "Client",
     "CollectorError",
+    "Connecting",
     "ContextRef",
     "DatasetBuildError",
     "DatasetCounts",

@@ -120,7 +120,7 @@ class AsyncClient:
         lazy: bool = False,
         watch_retry: WatchRetry | None = None,
         options: Iterable[tuple[str, Any]] = (),
-    ) -> _Connect:
+    ) -> Connecting:
         """Connects to ``target`` (``host:port``), sending ``token`` as a bearer token.
 
         Await it (``client = await AsyncClient.connect()``) or use it as an
@@ -129,7 +129,7 @@ class AsyncClient:
         ``tls``: True for TLS with the system roots, or explicit credentials.
         ``options``: extra gRPC channel arguments.
         """
-        return _Connect(
+        return Connecting(
             cls._open(
                 target,
                 token,
@@ -375,7 +375,8 @@ class AsyncClient:
         """Queues many runs in one atomic call (one bad input creates nothing; the
         error's ``field_violations`` name it, e.g. ``runs[3].variables``). Pass
         ``RunInput(variables, request_id)`` for per-run idempotency keys.
-        Returns the runs in the order given."""
+        Returns the runs in the order given, each with its id, status and
+        request id only (``get_run`` has the variables and rendered prompt)."""
         resp = await self._call(
             self._teacher.BatchCreateRuns,
             teacher_service_pb2.BatchCreateRunsRequest(
@@ -570,10 +571,13 @@ class AsyncClient:
         request_id: str | None = None,
         context_ref_id: str | None = None,
         link_evidence: bool = False,
+        allow_empty: bool = False,
     ) -> DatasetManifest:
         """Starts a build from the completed runs of ``batch_ids``; returns the
         manifest in ``DatasetStatus.BUILDING`` (see ``wait_dataset``). Filters
-        apply in order; a run is kept when every filter keeps it."""
+        apply in order; a run is kept when every filter keeps it. A build that
+        keeps no run fails with ``EMPTY_DATASET`` (leaving the version free)
+        unless ``allow_empty``."""
         resp = await self._call(
             self._datasets.BuildDataset,
             dataset_service_pb2.BuildDatasetRequest(
@@ -584,6 +588,7 @@ class AsyncClient:
                 request_id=_rid(request_id),
                 context_ref_id=context_ref_id or "",
                 link_evidence=link_evidence,
+                allow_empty=allow_empty,
             ),
         )
         return _convert.dataset(resp.dataset)
@@ -676,9 +681,12 @@ class AsyncClient:
         return self._paginate(fetch, lambda p: map(_convert.evidence_link, p.evidence_links))
 
 
-class _Connect:
-    """What ``AsyncClient.connect`` returns: await it for the client, or use it
-    as ``async with`` to close the client on exit."""
+class Connecting:
+    """What ``AsyncClient.connect`` and ``connect_async`` return: a connection
+    being opened. Await it for the ``AsyncClient`` (``client = await
+    AsyncClient.connect()``; close it yourself), or use it as ``async with
+    AsyncClient.connect() as client:`` to close the client on exit. Either
+    once: it wraps a single connection attempt."""
 
     __slots__ = ("_client", "_coro")
 
@@ -712,7 +720,7 @@ def connect_async(
     lazy: bool = False,
     watch_retry: WatchRetry | None = None,
     options: Iterable[tuple[str, Any]] = (),
-) -> _Connect:
+) -> Connecting:
     """``AsyncClient.connect``: ``client = await connect_async(target, token)``."""
     return AsyncClient.connect(
         target,

@@ -358,6 +358,7 @@ class Client:
         request_id: str | None = None,
         context_ref_id: str | None = None,
         link_evidence: bool = False,
+        allow_empty: bool = False,
     ) -> DatasetManifest:
         return self._loop.run(
             self._client.build_dataset(
@@ -368,6 +369,7 @@ class Client:
                 request_id=request_id,
                 context_ref_id=context_ref_id,
                 link_evidence=link_evidence,
+                allow_empty=allow_empty,
             )
         )
 

@@ -12,10 +12,22 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:
+    from rich.console import Console, Group, RenderableType
+    from rich.live import Live
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+except ImportError as exc:  # the client installed without its `progress` extra
+    raise ImportError(
+        "nex.collector.client.progress needs rich: pip install 'nex-collector-client[progress]'",
+        name=exc.name,
+    ) from exc
 
 from ._async_client import AsyncClient
 from ._errors import CollectorError
@@ -34,15 +46,26 @@ _STYLE = {
 
 @dataclass
 class BatchProgress:
-    """What the display shows; fed with events and batch snapshots."""
+    """What the display shows; fed with events and batch snapshots.
+
+    Counts are kept per event in O(1). Two sources tell how far the batch is:
+    the events seen so far (a replay starts at the batch's beginning) and the
+    latest ``get_batch`` snapshot. Each is true as of some moment, and the one
+    with more ended runs is the more recent, so showing that one keeps the
+    numbers both true and monotonic while a long history replays."""
 
     batch: TeacherBatch
     statuses: dict[str, RunStatus] = field(default_factory=dict)
     first_time: datetime | None = None
     last_done_time: datetime | None = None
     last_revision: int = 0
+    _per: dict[RunStatus, int] = field(default_factory=lambda: dict.fromkeys(RunStatus, 0))
 
     def apply(self, event: RunEvent) -> None:
+        before = self.statuses.get(event.run_id)
+        if before is not None:
+            self._per[before] -= 1
+        self._per[event.status] += 1
         self.statuses[event.run_id] = event.status
         self.last_revision = max(self.last_revision, event.revision)
         if event.time is not None:
@@ -54,14 +77,9 @@ class BatchProgress:
                 self.last_done_time = event.time
 
     @property
-    def counts(self) -> RunCounts:
-        """Per-status counts from the events, unless the batch snapshot knows more runs."""
-        snap = self.batch.counts
-        if len(self.statuses) < snap.total:
-            return snap
-        per = dict.fromkeys(RunStatus, 0)
-        for status in self.statuses.values():
-            per[status] += 1
+    def event_counts(self) -> RunCounts:
+        """Per-status counts of the runs the events have shown so far."""
+        per = self._per
         return RunCounts(
             queued=per[RunStatus.QUEUED],
             running=per[RunStatus.RUNNING],
@@ -72,13 +90,21 @@ class BatchProgress:
         )
 
     @property
+    def counts(self) -> RunCounts:
+        """The more recent of the event counts and the batch snapshot."""
+        events, snap = self.event_counts, self.batch.counts
+        if (events.done, events.total) >= (snap.done, snap.total):
+            return events
+        return snap
+
+    @property
     def runs_per_second(self) -> float | None:
         """Ended runs per second of server time, from the first event to the last
-        end (replayed history counts at its own pace)."""
+        end the events have shown (replayed history counts at its own pace)."""
         if self.first_time is None or self.last_done_time is None:
             return None
         span = (self.last_done_time - self.first_time).total_seconds()
-        return self.counts.done / span if span > 0 else None
+        return self.event_counts.done / span if span > 0 else None
 
     def summary(self) -> Table:
         counts, usage = self.counts, self.batch.usage
@@ -124,30 +150,30 @@ async def watch_batch_progress(
     )
     task = progress.add_task(state.batch.name or batch_id, total=state.batch.counts.total or None)
 
-    def redraw(live: Live) -> None:
+    def render() -> RenderableType:
+        # Called by Live at its refresh rate, not per event: a replay of a
+        # long history costs one dict update per event.
         counts = state.counts
         progress.update(task, completed=counts.done, total=counts.total or None)
-        live.update(_render(progress, state))
+        return _render(progress, state)
 
-    async def refresh(live: Live) -> None:
+    async def refresh() -> None:
         while True:
             await asyncio.sleep(refresh_interval)
             with contextlib.suppress(CollectorError):  # the watch handles outages
                 state.batch = await client.get_batch(batch_id)
-            redraw(live)
 
-    with Live(_render(progress, state), console=console, refresh_per_second=8) as live:
-        refresher = asyncio.create_task(refresh(live))
+    with Live(console=console, refresh_per_second=8, get_renderable=render) as live:
+        refresher = asyncio.create_task(refresh())
         try:
             async for event in client.watch_batch(batch_id, follow=follow):
                 state.apply(event)
-                redraw(live)
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
         state.batch = await client.get_batch(batch_id)
-        redraw(live)
+        live.refresh()
     if state.batch.status == BatchStatus.CANCELLED:
         console.print(f"[yellow]batch {batch_id} was cancelled")
     return state.batch

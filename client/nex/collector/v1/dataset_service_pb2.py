@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nex.collector.v1 import dataset_pb2 as nex_dot_collector_dot_v1_dot_dataset__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&nex/collector/v1/dataset_service.proto\x12\x10nex.collector.v1\x1a\x1enex/collector/v1/dataset.proto\"\xb5\x01\n\x13\x42uildDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tbatch_ids\x18\x03 \x03(\t\x12)\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x18.nex.collector.v1.Filter\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_ref_id\x18\x06 \x01(\t\x12\x15\n\rlink_evidence\x18\x07 \x01(\x08\"J\n\x14\x42uildDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x12GetDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"J\n\x13ListDatasetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x14ListDatasetsResponse\x12\x33\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32!.nex.collector.v1.DatasetManifest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x02\n\x0e\x44\x61tasetService\x12]\n\x0c\x42uildDataset\x12%.nex.collector.v1.BuildDatasetRequest\x1a&.nex.collector.v1.BuildDatasetResponse\x12W\n\nGetDataset\x12#.nex.collector.v1.GetDatasetRequest\x1a$.nex.collector.v1.GetDatasetResponse\x12]\n\x0cListDatasets\x12%.nex.collector.v1.ListDatasetsRequest\x1a&.nex.collector.v1.ListDatasetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&nex/collector/v1/dataset_service.proto\x12\x10nex.collector.v1\x1a\x1enex/collector/v1/dataset.proto\"\xca\x01\n\x13\x42uildDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tbatch_ids\x18\x03 \x03(\t\x12)\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x18.nex.collector.v1.Filter\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_ref_id\x18\x06 \x01(\t\x12\x15\n\rlink_evidence\x18\x07 \x01(\x08\x12\x13\n\x0b\x61llow_empty\x18\x08 \x01(\x08\"J\n\x14\x42uildDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x12GetDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"J\n\x13ListDatasetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x14ListDatasetsResponse\x12\x33\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32!.nex.collector.v1.DatasetManifest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa7\x02\n\x0e\x44\x61tasetService\x12]\n\x0c\x42uildDataset\x12%.nex.collector.v1.BuildDatasetRequest\x1a&.nex.collector.v1.BuildDatasetResponse\x12W\n\nGetDataset\x12#.nex.collector.v1.GetDatasetRequest\x1a$.nex.collector.v1.GetDatasetResponse\x12]\n\x0cListDatasets\x12%.nex.collector.v1.ListDatasetsRequest\x1a&.nex.collector.v1.ListDatasetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nex.collector.v1.dataset_se
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUILDDATASETREQUEST']._serialized_start=93
-  _globals['_BUILDDATASETREQUEST']._serialized_end=274
-  _globals['_BUILDDATASETRESPONSE']._serialized_start=276
-  _globals['_BUILDDATASETRESPONSE']._serialized_end=350
-  _globals['_GETDATASETREQUEST']._serialized_start=352
-  _globals['_GETDATASETREQUEST']._serialized_end=383
-  _globals['_GETDATASETRESPONSE']._serialized_start=385
-  _globals['_GETDATASETRESPONSE']._serialized_end=457
-  _globals['_LISTDATASETSREQUEST']._serialized_start=459
-  _globals['_LISTDATASETSREQUEST']._serialized_end=533
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=535
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=635
-  _globals['_DATASETSERVICE']._serialized_start=638
-  _globals['_DATASETSERVICE']._serialized_end=933
+  _globals['_BUILDDATASETREQUEST']._serialized_end=295
+  _globals['_BUILDDATASETRESPONSE']._serialized_start=297
+  _globals['_BUILDDATASETRESPONSE']._serialized_end=371
+  _globals['_GETDATASETREQUEST']._serialized_start=373
+  _globals['_GETDATASETREQUEST']._serialized_end=404
+  _globals['_GETDATASETRESPONSE']._serialized_start=406
+  _globals['_GETDATASETRESPONSE']._serialized_end=478
+  _globals['_LISTDATASETSREQUEST']._serialized_start=480
+  _globals['_LISTDATASETSREQUEST']._serialized_end=554
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=556
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=656
+  _globals['_DATASETSERVICE']._serialized_start=659
+  _globals['_DATASETSERVICE']._serialized_end=954
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class BuildDatasetRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CONTEXT_REF_ID_FIELD_NUMBER: _builtins.int
     LINK_EVIDENCE_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     request_id: _builtins.str
@@ -37,6 +38,10 @@ class BuildDatasetRequest(_message.Message):
     link_evidence: _builtins.bool
     """Create an evidence link to context_ref_id when the dataset is ready
     (integrated mode; standalone answers FAILED_PRECONDITION).
+    """
+    allow_empty: _builtins.bool
+    """A build whose filters keep no run fails with EMPTY_DATASET (and leaves
+    the version free) unless this is set.
     """
     @_builtins.property
     def batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -54,10 +59,11 @@ class BuildDatasetRequest(_message.Message):
         request_id: _builtins.str = ...,
         context_ref_id: _builtins.str = ...,
         link_evidence: _builtins.bool = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_ids", b"batch_ids", "context_ref_id", b"context_ref_id", "filters", b"filters", "link_evidence", b"link_evidence", "name", b"name", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "batch_ids", b"batch_ids", "context_ref_id", b"context_ref_id", "filters", b"filters", "link_evidence", b"link_evidence", "name", b"name", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -373,7 +373,10 @@ class BatchCreateRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.TeacherRun]:
-        """In the order of the request."""
+        """In the order of the request, each in a minimal view: id, batch_id, status,
+        request_id, attempt and create_time (no variables, no rendered messages, so
+        the reply fits however many runs the call made; GetRun has the rest).
+        """
 
     def __init__(
         self,

@@ -3,6 +3,7 @@ closes all of it on the way out. The gRPC process and the worker both use it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -31,7 +32,12 @@ from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
-from nex.collector.server.queue import JobQueue, in_progress_ttl_ms
+from nex.collector.server.queue import (
+    DELIVER_EVIDENCE,
+    JobQueue,
+    in_progress_ttl_ms,
+    job_timeouts,
+)
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -73,12 +79,13 @@ class Container:
     embedded: EmbeddedServices | None = None
 
 
-def resolve_urls(settings: Settings) -> tuple[str, str, EmbeddedServices | None]:
-    """The database and Redis URLs; starts the embedded ones when unset."""
+async def resolve_urls(settings: Settings) -> tuple[str, str, EmbeddedServices | None]:
+    """The database and Redis URLs; starts the embedded ones when unset (in a
+    thread: starting PostgreSQL takes seconds the event loop must not wait)."""
     embedded = None
     database_url, redis_url = settings.database_url, settings.redis_url
     if database_url is None or redis_url is None:
-        embedded = start_embedded(settings.data_dir)
+        embedded = await asyncio.to_thread(start_embedded, settings.data_dir)
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
     return database_url, redis_url, embedded
@@ -125,9 +132,9 @@ async def open_redis(redis_url: str) -> ArqRedis:
         raise StartupError(f"cannot reach Redis at {_safe_url(redis_url)}: {exc}") from exc
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        database_url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
     )
 
 
@@ -155,27 +162,31 @@ def plain_dsn(database_url: str) -> str:
 
 async def migrate_database(settings: Settings) -> None:
     """`nex-collector migrate`: the schema to head; needs PostgreSQL only."""
-    database_url, _, embedded = resolve_urls(settings)
-    engine = make_engine(database_url, pool_size=1)
+    database_url, _, embedded = await resolve_urls(settings)
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
     try:
         await check_database(engine, migrate=True)
     finally:
         await engine.dispose()
         if embedded is not None:
-            embedded.stop()
+            await asyncio.to_thread(embedded.stop)
 
 
 @contextlib.asynccontextmanager
 async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Container]:
     """Everything a process needs; closes all of it on the way out."""
-    database_url, redis_url, embedded = resolve_urls(settings)
-    engine = make_engine(database_url)
+    database_url, redis_url, embedded = await resolve_urls(settings)
+    engine = make_engine(
+        database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     # The heartbeat and teachers' answers run on connections and a loop of their
     # own (engines used there only): a pool busy with claims queued for the
     # run-events lock, or a main loop busy with hundreds of jobs, must neither
     # make a live worker look dead nor keep a paid answer from being stored.
-    heartbeat_engine = make_engine(database_url, pool_size=1)
-    answers_engine = make_engine(database_url, pool_size=4)
+    heartbeat_engine = make_engine(database_url, pool_size=1, max_overflow=1)
+    answers_engine = make_engine(database_url, pool_size=4, max_overflow=4)
     side_loop = SideLoop("heartbeat-answers")
     closers: list[Any] = []
     try:
@@ -202,7 +213,13 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
                 timeout=settings.nex_timeout_s,
             )
             closers.append(nex.aclose)
-        evidence = Evidence(uow, queue, nex)
+        evidence = Evidence(
+            uow,
+            queue,
+            nex,
+            # Outlives the delivery job, so a live delivery is never taken twice.
+            lease=timedelta(seconds=job_timeouts(settings)[DELIVER_EVIDENCE] + 10),
+        )
         lease = timedelta(seconds=settings.run_lease_s)
         heartbeat = Heartbeat(
             UnitOfWorkFactory(
@@ -218,7 +235,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=lease,
-            on_batches_touched=evidence.link_finished_batches,
+            evidence=evidence,
             worker_id=heartbeat.worker_id,
             answers_uow=UnitOfWorkFactory(
                 async_sessionmaker(answers_engine, expire_on_commit=False, class_=AsyncSession)
@@ -230,7 +247,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             queue,
             root=settings.datasets_dir,
             metrics=MetricRegistry.from_entry_points(),
-            on_ready=evidence.link_dataset,
+            evidence=evidence,
             lease=timedelta(seconds=settings.dataset_lease_s),
             integrated=evidence.enabled,
         )
@@ -244,12 +261,16 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             engine=engine,
             uow=uow,
             context_refs=ContextRefs(uow, nex.context_exists if nex else None),
-            templates=Templates(uow),
+            templates=Templates(uow, integrated=evidence.enabled),
             redis=redis,
             queue=queue,
             providers=providers,
             teacher=Teacher(
-                uow, queue, provider_ready=provider_problems(settings), integrated=evidence.enabled
+                uow,
+                queue,
+                provider_ready=provider_problems(settings),
+                integrated=evidence.enabled,
+                evidence=evidence,
             ),
             executor=executor,
             reconciler=Reconciler(
@@ -273,4 +294,4 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
                 await side_loop.run(side_engine.dispose())
         await side_loop.aclose()
         if embedded is not None:
-            embedded.stop()
+            await asyncio.to_thread(embedded.stop)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,9 +27,17 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    # Connections each process keeps to PostgreSQL, and how many more it may open
+    # under a burst (a worker with WORKER_MAX_JOBS jobs shares these).
+    database_pool_size: int = Field(default=10, validation_alias="DATABASE_POOL_SIZE", ge=1)
+    database_max_overflow: int = Field(default=10, validation_alias="DATABASE_MAX_OVERFLOW", ge=0)
     data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
     addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
     tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
+    allow_anonymous: bool = Field(default=False, validation_alias="NEX_COLLECTOR_ALLOW_ANONYMOUS")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, validation_alias="MAX_REQUEST_BYTES", ge=64 * 1024
+    )
     tls_cert: Path | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CERT")
     tls_key: Path | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_KEY")
     tls_ca: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CA")
@@ -68,6 +78,11 @@ class Settings(BaseSettings):
             raise ValueError(f"must be host:port (e.g. 0.0.0.0:9464), got {value!r}")
         return value
 
+    @field_validator("allow_anonymous", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: object) -> object:
+        return False if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -97,6 +112,20 @@ class Settings(BaseSettings):
         return min(5.0, self.run_lease_s / 4)
 
     @property
+    def anonymous_exposure(self) -> str | None:
+        """Why serving as configured would let anyone on the network in, or None.
+
+        A loopback (or unix socket) address with no tokens is the dev default; a
+        network address with no tokens needs NEX_COLLECTOR_ALLOW_ANONYMOUS=true."""
+        if self.tokens or self.allow_anonymous or is_loopback(self.addr):
+            return None
+        return (
+            f"{self.addr} is reachable from the network and NEX_COLLECTOR_TOKENS is empty: "
+            "set NEX_COLLECTOR_TOKENS, listen on 127.0.0.1, or set "
+            "NEX_COLLECTOR_ALLOW_ANONYMOUS=true to accept calls without a token"
+        )
+
+    @property
     def embedded(self) -> bool:
         """Whether PostgreSQL and Redis are started in the data directory."""
         return self.database_url is None and self.redis_url is None
@@ -106,12 +135,58 @@ class Settings(BaseSettings):
         return self.data_dir / "datasets"
 
 
+def is_loopback(addr: str) -> bool:
+    """Whether a gRPC listen address (host:port, [v6]:port, unix:path) is local only."""
+    if addr.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = addr.rsplit(":", 1)[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, "", "*": may resolve to any interface
+        return False
+
+
+class ClientSettings(BaseSettings):
+    """What the CLI's client commands read: where the collector is and how to
+    reach it, nothing of the server's own configuration (a shell set up for
+    `MODE_INTEGRATION=integrated` without NEX_BASE_URL can still list batches)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
+    token: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TOKEN")
+    tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
+    tls_ca: str | None = Field(default=None, validation_alias="NEX_COLLECTOR_TLS_CA")
+    data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
+
+    @property
+    def default_token(self) -> str | None:
+        """NEX_COLLECTOR_TOKEN, else the first of NEX_COLLECTOR_TOKENS as written."""
+        if self.token:
+            return self.token
+        return next((t.strip() for t in self.tokens_csv.split(",") if t.strip()), None)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Reads the environment (overrides win); a bad setting is a ConfigError."""
+    return _load(Settings, overrides)
+
+
+def load_client_settings(**overrides: object) -> ClientSettings:
+    """The client commands' settings; a bad one is a ConfigError."""
+    return _load(ClientSettings, overrides)
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _load(kind: type[_S], overrides: dict[str, object]) -> _S:
     from pydantic import ValidationError
 
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()

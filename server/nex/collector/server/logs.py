@@ -34,10 +34,8 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_sdk_transport(level)
     for noisy in (
-        "httpx",
-        "openai",
-        "anthropic",
         "asyncio",
         "alembic",
         "pgserver",
@@ -46,3 +44,17 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
         "arq.jobs",
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+# The SDKs' HTTP transport logs one INFO line per request ("HTTP Request: POST …"):
+# 100,000 runs wrote 100,000 of them.
+# The SDKs ship on httpx2 / httpcore2 (loggers named so), plain httpx elsewhere.
+SDK_TRANSPORT_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic")
+
+
+def quiet_sdk_transport(level: str) -> None:
+    """Per-request lines of the teacher SDKs are off unless LOG_LEVEL is DEBUG.
+    Called by `configure` and by every collector process (runtime.run)."""
+    debug = level.upper() == "DEBUG"
+    for name in SDK_TRANSPORT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)

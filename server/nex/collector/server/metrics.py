@@ -79,6 +79,11 @@ DATASET_RUNS_READ = Counter(
     "nex_collector_dataset_runs_read",
     "Completed runs read by dataset builds (kept or dropped by the filters).",
 )
+TASK_CRASHES = Counter(
+    "nex_collector_background_task_crashes",
+    "Crashes of a background task (each logged with its traceback), by task.",
+    ["task"],
+)
 EVIDENCE_DELIVERIES = Counter(
     "nex_collector_evidence_deliveries",
     "Attempts to deliver an evidence link to NEX, by outcome (posted, retry).",

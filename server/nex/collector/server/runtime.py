@@ -9,13 +9,17 @@ import logging
 import signal
 from collections.abc import Callable
 
-from nex.collector.server import metrics
+from nex.collector.server import logs, metrics
 from nex.collector.server.api.server import GrpcServer
 from nex.collector.server.bootstrap import Container, StartupError, open_container
 from nex.collector.server.config import Settings
 from nex.collector.server.services.backlog import export_backlog_forever
+from nex.collector.server.supervisor import supervise
 
 log = logging.getLogger(__name__)
+
+# The umask of a collector process: files it creates are never world-readable.
+PRIVATE_UMASK = 0o027
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -35,8 +39,11 @@ async def run(
     ready: Callable[[Container, GrpcServer | None], None] | None = None,
 ) -> None:
     """Serves gRPC and/or runs a worker until `stop` is set (or a signal arrives)."""
+    if serve and (problem := settings.anonymous_exposure):
+        raise StartupError(problem)
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
+    logs.quiet_sdk_transport(settings.log_level)
     async with open_container(settings, migrate=migrate) as container:
         server = GrpcServer(container, settings.addr) if serve else None
         tasks: list[asyncio.Task[None]] = []
@@ -49,15 +56,24 @@ async def run(
                 await server.start()
             if server is not None and settings.metrics_addr:
                 tasks.append(
-                    asyncio.create_task(
-                        export_backlog_forever(container.uow, settings.reconcile_interval_s, stop),
-                        name="backlog",
+                    supervise(
+                        "backlog",
+                        lambda: export_backlog_forever(
+                            container.uow, settings.reconcile_interval_s, stop
+                        ),
+                        stop=stop,
                     )
                 )
             if work:
                 from nex.collector.server.worker.runner import run_worker
 
-                tasks.append(asyncio.create_task(run_worker(container, stop), name="worker"))
+                # run_worker restarts its own arq loop; a crash of the whole worker
+                # stops the process rather than leaving it serving without one.
+                tasks.append(
+                    supervise(
+                        "worker", lambda: run_worker(container, stop), stop=stop, restart=False
+                    )
+                )
             if ready is not None:
                 ready(container, server)
             await stop.wait()

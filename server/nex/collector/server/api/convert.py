@@ -185,6 +185,19 @@ def run(r: Run) -> teacher_pb2.TeacherRun:
     )
 
 
+def run_created(r: Run) -> teacher_pb2.TeacherRun:
+    """A run as BatchCreateRuns answers it: without variables or the rendered
+    prompt, so the reply stays small however many runs the call made."""
+    return teacher_pb2.TeacherRun(
+        id=r.id,
+        batch_id=r.batch_id,
+        status=_RUN_STATUS[r.status],
+        attempt=r.attempt,
+        create_time=timestamp(r.create_time),
+        request_id=r.request_id,
+    )
+
+
 def run_event(e: RunEvent) -> teacher_pb2.RunEvent:
     return teacher_pb2.RunEvent(
         revision=e.revision,

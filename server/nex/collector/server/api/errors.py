@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from nex.collector.server.domain import errors as domain
@@ -22,6 +22,11 @@ _STATUS: list[tuple[type[domain.DomainError], grpc.StatusCode]] = [
     (domain.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (domain.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
+
+
+# Codes a caller may retry: their status carries google.rpc.RetryInfo.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+DEFAULT_RETRY_DELAY_S = 1.0
 
 
 def status_code_for(error: domain.DomainError) -> grpc.StatusCode:
@@ -43,8 +48,10 @@ def rich_status(
     reason: str,
     metadata: dict[str, str] | None = None,
     violations: list[domain.FieldViolation] | None = None,
+    retry_after_s: float | None = None,
 ) -> status_pb2.Status:
-    """A google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
+    """A google.rpc.Status with ErrorInfo; BadRequest for bad input; RetryInfo for
+    UNAVAILABLE and RESOURCE_EXHAUSTED (the delay given, else a default)."""
     details = [
         _pack(
             error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
@@ -63,6 +70,12 @@ def rich_status(
                 )
             )
         )
+    if code in _RETRYABLE:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(
+            int((DEFAULT_RETRY_DELAY_S if retry_after_s is None else retry_after_s) * 1e9)
+        )
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=code.value[0], message=message, details=details)
 
 
@@ -71,7 +84,9 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status
     if isinstance(error, domain.DomainError):
         code = status_code_for(error)
         violations = error.violations if isinstance(error, domain.InvalidArgument) else None
-        return code, rich_status(code, error.message, error.reason, error.metadata, violations)
+        return code, rich_status(
+            code, error.message, error.reason, error.metadata, violations, error.retry_after_s
+        )
     if isinstance(error, NotImplementedError):
         code = grpc.StatusCode.UNIMPLEMENTED
         return code, rich_status(code, "this method is not implemented yet", "UNIMPLEMENTED")

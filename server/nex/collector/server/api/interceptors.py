@@ -1,5 +1,14 @@
 """Server interceptors: request ids in logs, bearer-token auth, and the one place
-where exceptions become gRPC statuses."""
+where exceptions become gRPC statuses.
+
+Authentication comes before parsing. Every handler is re-registered with no
+request deserializer, so grpc hands over the raw bytes; the wrapper checks the
+token first and only then decodes them with the method's own message class. A
+body that does not decode (corrupt wire format, invalid UTF-8 in a string) is
+INVALID_ARGUMENT, never UNKNOWN with a traceback, and a caller without a token
+gets UNAUTHENTICATED without a single byte parsed. The four handler kinds share
+this path, so none of them can skip the check.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -18,13 +27,15 @@ from grpc import aio
 from nex.collector.server import metrics
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
 from nex.collector.server.api.types import Context, Handler
-from nex.collector.server.domain.errors import DomainError
+from nex.collector.server.domain.errors import DomainError, InvalidArgument
 
 log = logging.getLogger("nex.collector.rpc")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+Decode = Callable[[bytes], Any]
 
 
 class RequestIdFilter(logging.Filter):
@@ -35,32 +46,73 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _wrap(
-    handler: Handler,
-    unary: Callable[[Any, Any, Context], Awaitable[Any]] | None = None,
-    stream: Callable[[Any, Any, Context], AsyncIterator[Any]] | None = None,
-) -> Handler:
-    """A copy of `handler` whose behaviour is passed through `unary` / `stream`."""
-    if handler.unary_unary and unary:
-        inner = handler.unary_unary
+def _decoder(handler: Handler, method: str) -> Decode:
+    """The method's own deserializer, with every failure made INVALID_ARGUMENT."""
+    deserialize: Callable[[bytes], Any] | None = handler.request_deserializer
+    if deserialize is None:
+        return lambda raw: raw
+    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    what = getattr(descriptor, "full_name", "") or method.rsplit("/", 1)[-1] + "Request"
 
-        async def uu(request: Any, context: Context) -> Any:
-            return await unary(inner, request, context)
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # DecodeError, bad UTF-8, too deep: all the caller's body
+            cause = str(exc).rpartition(": ")[2][:200] or type(exc).__name__
+            raise InvalidArgument.one(
+                "request", f"the body is not a valid {what} ({cause})", reason="MALFORMED_REQUEST"
+            ) from None
 
-        return grpc.unary_unary_rpc_method_handler(
-            uu, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream and stream:
-        inner_s = handler.unary_stream
+    return decode
 
-        async def us(request: Any, context: Context) -> AsyncIterator[Any]:
-            async for item in stream(inner_s, request, context):
+
+async def _decoded(raw: AsyncIterable[bytes], decode: Decode) -> AsyncIterator[Any]:
+    async for item in raw:
+        yield decode(item)
+
+
+# What each kind of handler does with its request once the caller is let in:
+# `call(inner, request, context)` for the unary-response kinds, `stream(...)` for
+# the streaming-response kinds; `request` is already decoded.
+UnaryCall = Callable[[Any, Any, Context], Awaitable[Any]]
+StreamCall = Callable[[Any, Any, Context], AsyncIterator[Any]]
+
+
+def _guard(handler: Handler, decode: Decode, call: UnaryCall, stream: StreamCall) -> Handler:
+    """A copy of `handler` that takes raw bytes and runs `call` / `stream` on the
+    decoded request. Every kind is covered: an unknown kind is refused."""
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        uu = handler.unary_unary
+
+        async def unary_unary(raw: bytes, context: Context) -> Any:
+            return await call(uu, lambda: decode(raw), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, serialize)
+    if handler.unary_stream is not None:
+        us = handler.unary_stream
+
+        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            async for item in stream(us, lambda: decode(raw), context):
                 yield item
 
-        return grpc.unary_stream_rpc_method_handler(
-            us, handler.request_deserializer, handler.response_serializer
-        )
-    return handler
+        return grpc.unary_stream_rpc_method_handler(unary_stream, None, serialize)
+    if handler.stream_unary is not None:
+        su = handler.stream_unary
+
+        async def stream_unary(raw: AsyncIterable[bytes], context: Context) -> Any:
+            return await call(su, lambda: _decoded(raw, decode), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, None, serialize)
+    if handler.stream_stream is not None:
+        ss = handler.stream_stream
+
+        async def stream_stream(raw: AsyncIterable[bytes], context: Context) -> AsyncIterator[Any]:
+            async for item in stream(ss, lambda: _decoded(raw, decode), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, None, serialize)
+    raise TypeError("a handler with no behaviour")  # grpc has no fifth kind
 
 
 async def _abort(context: Context, error: BaseException, method: str) -> None:
@@ -73,8 +125,32 @@ async def _abort(context: Context, error: BaseException, method: str) -> None:
     await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
 
 
+async def _refuse_malformed(context: Context, error: InvalidArgument) -> None:
+    code, status = status_for(error)
+    await context.abort(code, status.message, trailing_metadata=trailing_metadata(status))
+
+
+async def _open_call(inner: Any, request: Callable[[], Any], context: Context) -> Any:
+    """Health and reflection: no token, no metrics; only a safe decode (of the
+    one request, or of each message of a request stream as it is read)."""
+    try:
+        return await inner(request(), context)
+    except InvalidArgument as exc:
+        await _refuse_malformed(context, exc)
+
+
+async def _open_stream(
+    inner: Any, request: Callable[[], Any], context: Context
+) -> AsyncIterator[Any]:
+    try:
+        async for item in inner(request(), context):
+            yield item
+    except InvalidArgument as exc:
+        await _refuse_malformed(context, exc)
+
+
 class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Request id, auth and error mapping, in that order, for every RPC."""
+    """Request id, auth, decoding and error mapping, in that order, for every RPC."""
 
     def __init__(self, tokens: frozenset[str]) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
@@ -99,9 +175,11 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method: str = details.method  # type: ignore[attr-defined]
+        decode = _decoder(handler, method)
+        if method.startswith(OPEN_SERVICES):
+            return _guard(handler, decode, _open_call, _open_stream)
         metadata = tuple(details.invocation_metadata or ())  # type: ignore[attr-defined]
-        open_method = method.startswith(OPEN_SERVICES)
-        authorised = open_method or self._authorised(metadata)
+        authorised = self._authorised(metadata)
         incoming = next((str(v) for k, v in metadata if k == "x-request-id"), None)
 
         async def before(context: Context) -> None:
@@ -121,11 +199,11 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     trailing_metadata=trailing_metadata(status),
                 )
 
-        async def unary(inner: Any, request: Any, context: Context) -> Any:
+        async def call(inner: Any, request: Callable[[], Any], context: Context) -> Any:
             await before(context)
             started = time.perf_counter()
             try:
-                response = await inner(request, context)
+                response = await inner(request(), context)
             except Exception as exc:
                 if isinstance(exc, aio.AbortError):
                     raise
@@ -137,10 +215,12 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             log.debug("%s OK in %.1f ms", method, elapsed * 1000)
             return response
 
-        async def stream(inner: Any, request: Any, context: Context) -> AsyncIterator[Any]:
+        async def stream(
+            inner: Any, request: Callable[[], Any], context: Context
+        ) -> AsyncIterator[Any]:
             await before(context)
             try:
-                async for item in inner(request, context):
+                async for item in inner(request(), context):
                     yield item
             except asyncio.CancelledError:  # the client went away (a watch closed)
                 metrics.RPCS.labels(method, grpc.StatusCode.CANCELLED.name).inc()
@@ -152,6 +232,4 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             else:
                 metrics.RPCS.labels(method, grpc.StatusCode.OK.name).inc()
 
-        if open_method:
-            return handler
-        return _wrap(handler, unary, stream)
+        return _guard(handler, decode, call, stream)

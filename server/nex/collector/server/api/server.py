@@ -3,12 +3,15 @@ reflection."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
 from nex.collector.server.api.interceptors import ServerInterceptor
 from nex.collector.server.api.servicers.context_refs import ContextRefServicer
@@ -32,6 +35,13 @@ from nex.collector.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+# What the shipped client accepts. Replies are kept far below it by the caps in
+# domain/sizes.py; this is the last line, not the plan.
+MAX_SEND_BYTES = 64 * 1024 * 1024
+
+# How often the server checks that it can reach Redis (where runs are queued).
+DEPENDENCY_CHECK_S = 2.0
 
 SERVICE_NAMES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
@@ -70,8 +80,10 @@ class GrpcServer:
         self._server = aio.server(
             interceptors=[ServerInterceptor(container.settings.tokens)],
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # A larger body is RESOURCE_EXHAUSTED from grpc itself, before
+                # any handler (or the auth check) sees it.
+                ("grpc.max_receive_message_length", container.settings.max_request_bytes),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                 # gRPC sets SO_REUSEPORT by default: a second server on the same
@@ -80,6 +92,7 @@ class GrpcServer:
             ],
         )
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._monitor: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -123,8 +136,8 @@ class GrpcServer:
                 why += ", or the TLS certificate and key do not form a valid pair"
             raise StartupError(f"cannot listen on {self._addr}: {why}") from exc
         await self._server.start()
-        for name in ("", *SERVICE_NAMES):
-            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_serving(True)
+        self._monitor = asyncio.create_task(self._watch_redis(), name="redis-health")
         log.info("serving on %s", self.address)
         return self.port
 
@@ -133,13 +146,41 @@ class GrpcServer:
         host = self._addr.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
-    async def _set_health(self, name: str, status: int) -> None:
-        await self._health.set(name, status)
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status)
+
+    async def _watch_redis(self) -> None:
+        """NOT_SERVING, with the reason in the log, while Redis cannot be reached:
+        runs could be created but no worker would take them."""
+        reachable = True
+        while True:
+            await asyncio.sleep(DEPENDENCY_CHECK_S)
+            try:
+                await asyncio.wait_for(self._container.redis.ping(), DEPENDENCY_CHECK_S)
+                problem = None
+            except (OSError, RedisError, TimeoutError) as exc:
+                problem = str(exc) or type(exc).__name__
+            if problem is not None and reachable:
+                log.error("cannot reach Redis (%s): health is NOT_SERVING", problem)
+            elif problem is None and not reachable:
+                log.info("Redis is reachable again: health is SERVING")
+            if (problem is None) != reachable:
+                reachable = problem is None
+                await self._set_serving(reachable)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Reports NOT_SERVING, lets in-flight calls finish for `grace` seconds, stops."""
-        for name in ("", *SERVICE_NAMES):
-            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self._set_serving(False)
         self._container.watcher.close()
         await self._server.stop(grace)
 

@@ -171,6 +171,14 @@ def check_against_template(lines: Sequence[InputLine], template: PromptTemplate)
     return problems
 
 
+_LINE = re.compile(r"^line (\d+):")
+
+
+def _line_of(problem: str) -> int:
+    match = _LINE.match(problem)
+    return int(match.group(1)) if match else 0
+
+
 def derived_request_ids(batch_id: str, lines: Sequence[InputLine]) -> list[str]:
     """Each line's idempotency key: its own ``_request_id``, else one made of the
     batch id, a hash of its variables and how often they occurred before."""
@@ -214,31 +222,60 @@ def _read_file(path: str) -> tuple[list[InputLine], list[str]]:
         fail(f"cannot read {path}: {exc.strerror or exc}")
 
 
+class Inputs:
+    """A JSONL file of runs, read once; checked against a template in the same
+    report, so a JSON error on one line never hides a variable error on another."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines, self._problems = _read_file(path)
+        if not self.lines and not self._problems:
+            fail(f"{path}: no runs (the file is empty)")
+
+    def check(self, template: PromptTemplate, *, note: str = "") -> list[InputLine]:
+        """The runs, or exit 1 naming every bad line (nothing is sent)."""
+        problems = sorted(
+            [*self._problems, *check_against_template(self.lines, template)], key=_line_of
+        )
+        if problems:
+            _fail_lines(self.path, problems, note)
+        return self.lines
+
+
 def _fail_lines(path: str, problems: Sequence[str], note: str = "") -> NoReturn:
     shown = list(problems[:MAX_PROBLEMS_SHOWN])
     if len(problems) > MAX_PROBLEMS_SHOWN:
         shown.append(f"… and {len(problems) - MAX_PROBLEMS_SHOWN} more")
     if note:
         shown.append(note)
-    fail(f"{path}: {len(problems)} bad line(s); nothing was sent", shown)
-
-
-def load_inputs(path: str) -> list[InputLine]:
-    """The runs of a JSONL file, or exit 1 naming every bad line."""
-    lines, problems = _read_file(path)
-    if problems:
-        _fail_lines(path, problems)
-    if not lines:
-        fail(f"{path}: no runs (the file is empty)")
-    return lines
+    bad = len({_line_of(p) for p in problems})
+    fail(f"{path}: {bad} bad line{'s' if bad != 1 else ''}; nothing was sent", shown)
 
 
 # ------------------------------------------------------------- sending runs
 
 
+# Variables per BatchCreateRuns call: a quarter of the server's default request
+# limit (MAX_REQUEST_BYTES, 4 MiB), leaving the prompts rendered from them room
+# under its per-call cap (16 MiB of variables and prompts together).
+CHUNK_BYTES = 1024 * 1024
+
+
+def _line_bytes(item: InputLine) -> int:
+    return 64 + sum(len(k.encode()) + len(v.encode()) + 16 for k, v in item.variables.items())
+
+
 def _chunks(lines: Sequence[InputLine], size: int) -> Iterator[Sequence[InputLine]]:
-    for start in range(0, len(lines), size):
-        yield lines[start : start + size]
+    """At most `size` lines and about CHUNK_BYTES of variables per chunk (a
+    single bigger line goes alone)."""
+    start, total = 0, 0
+    for end, item in enumerate(lines):
+        total += _line_bytes(item)
+        if end > start and (end - start >= size or total > CHUNK_BYTES):
+            yield lines[start:end]
+            start, total = end, _line_bytes(item)
+    if start < len(lines):
+        yield lines[start:]
 
 
 async def send_runs(
@@ -578,7 +615,7 @@ def batch_create(
     a live progress bar follows the batch until every run has ended.
     """
     target = resolve_target(addr, token)
-    lines = load_inputs(inputs)
+    runs = Inputs(inputs)
     labels = parse_labels(label or [])
     teacher_model = _model_for(provider, model)
     params = GenerationParams(
@@ -592,10 +629,8 @@ def batch_create(
 
     async def action(client: AsyncClient) -> None:
         tmpl = await client.get_template(template)
-        problems = check_against_template(lines, tmpl)
-        if problems:
-            _fail_lines(inputs, problems, f"template {tmpl.name} v{tmpl.version} declares: "
-                        f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
+        lines = runs.check(tmpl, note=f"template {tmpl.name} v{tmpl.version} declares: "
+                           f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
         batch = await client.create_batch(
             name or _default_name(inputs),
             template,
@@ -631,14 +666,11 @@ def batch_add(
     Same format as `batch create`; a line queued before in this batch (same
     variables, or same _request_id) returns its first run instead of a new one."""
     target = resolve_target(addr, token)
-    lines = load_inputs(inputs)
+    runs = Inputs(inputs)
 
     async def action(client: AsyncClient) -> None:
         batch = await client.get_batch(batch_id)
-        tmpl = await client.get_template(batch.template_id)
-        problems = check_against_template(lines, tmpl)
-        if problems:
-            _fail_lines(inputs, problems)
+        lines = runs.check(await client.get_template(batch.template_id))
         await send_runs(client, batch.id, lines, chunk)
         await _finish(client, batch.id, watch)
 

@@ -29,7 +29,8 @@ from nex.collector.client import (
     UnavailableError,
     Usage,
 )
-from nex.collector.server.config import ConfigError, Settings, load_settings
+from nex.collector.server.config import ClientSettings, ConfigError, Settings
+from nex.collector.server.config import load_client_settings as read_client_settings
 
 __all__ = [
     "ID_WIDTH",
@@ -108,7 +109,7 @@ class Target:
     tls: bool | grpc.ChannelCredentials = False
 
 
-def client_tls(settings: Settings) -> bool | grpc.ChannelCredentials:
+def client_tls(settings: Settings | ClientSettings) -> bool | grpc.ChannelCredentials:
     """TLS for client commands: NEX_COLLECTOR_TLS_CA names the CA bundle (PEM) to
     trust, or `system` for the system roots; unset: plaintext."""
     if not settings.tls_ca:
@@ -122,16 +123,17 @@ def client_tls(settings: Settings) -> bool | grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
-def load_client_settings() -> Settings:
-    """The service settings, for their defaults (address, tokens, data dir)."""
+def load_client_settings() -> ClientSettings:
+    """What client commands read from the environment (address, token, TLS CA,
+    data dir); never the server's own settings."""
     try:
-        return load_settings()
+        return read_client_settings()
     except ConfigError as exc:
         err.print(f"[red]configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
-def first_token(settings: Settings) -> str | None:
+def first_token(settings: Settings | ClientSettings) -> str | None:
     """The first of NEX_COLLECTOR_TOKENS, in the order written."""
     for token in settings.tokens_csv.split(","):
         if token.strip():
@@ -142,7 +144,7 @@ def first_token(settings: Settings) -> str | None:
 def resolve_target(addr: str | None, token: str | None) -> Target:
     """``--addr`` / ``--token``, else the defaults from the environment."""
     settings = load_client_settings()
-    return Target(addr or settings.addr, token or first_token(settings), client_tls(settings))
+    return Target(addr or settings.addr, token or settings.default_token, client_tls(settings))
 
 
 def fail(message: str, details: Iterable[str] = (), *, code: int = 1) -> NoReturn:

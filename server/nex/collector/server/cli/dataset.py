@@ -51,6 +51,7 @@ from .common import (
     LinkEvidenceOpt,
     Target,
     TokenOpt,
+    err,
     fail,
     fmt_bytes,
     fmt_time,
@@ -398,7 +399,7 @@ def drops_table(m: DatasetManifest) -> Table:
     table.add_column("dropped", justify="right")
     table.add_row("", "[dim]runs in the batches[/dim]", f"{c.total:,}")
     for d in c.dropped:
-        dropped = f"[red]-{d.dropped:,}[/red]" if d.dropped else "[dim]0[/dim]"
+        dropped = f"[red]{d.dropped:,}[/red]" if d.dropped else "[dim]0[/dim]"
         table.add_row(str(d.index), escape(d.filter), dropped)
     table.add_row("", "[bold]kept[/bold]", f"[bold green]{c.kept:,}[/bold green]")
     return table
@@ -515,6 +516,13 @@ def build(
         str | None, typer.Option("--context-ref", help="ContextRef id it serves")
     ] = None,
     link_evidence: LinkEvidenceOpt = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="build even when the filters keep no run (else the build fails, version free)",
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option(help="wait for READY and show the summary")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 600.0,
     score: Annotated[str | None, typer.Option(help="score to draw as a histogram")] = None,
@@ -533,6 +541,7 @@ def build(
             context_ref_id=context_ref,
             link_evidence=link_evidence,
             request_id=request_id,
+            allow_empty=allow_empty,
         )
         out.print(f"[green]✓[/green] building dataset [bold]{manifest.id}[/bold]")
         if not wait:
@@ -544,6 +553,8 @@ def build(
         out.print(f"follow it with: nex-collector dataset show {manifest.id}")
         return
     out.print(dataset_view(manifest, score))
+    if manifest.status == DatasetStatus.READY and manifest.counts.kept == 0:
+        err.print("[yellow]warning:[/yellow] the dataset is empty: the filters kept no run")
     if manifest.status == DatasetStatus.FAILED:
         error = manifest.error
         fail(f"the build failed: {error.message if error else 'no reason given'}")

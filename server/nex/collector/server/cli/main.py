@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from nex.collector.server import logs
 from nex.collector.server.cli import batch as batch_cli
@@ -62,16 +64,21 @@ def settings_from(addr: str | None = None, data_dir: Path | None = None) -> Sett
 def _startup_errors() -> Iterator[None]:
     """A process that cannot start says why in one line, not a traceback."""
     from nex.collector.server.bootstrap import StartupError
+    from nex.collector.server.embedded import EmbeddedUnavailableError
 
     try:
         yield
-    except StartupError as exc:
-        console.print(f"[red]cannot start:[/red] {exc}")
+    except (StartupError, EmbeddedUnavailableError) as exc:
+        console.print(f"[red]cannot start:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
 def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
-    from nex.collector.server.runtime import run
+    from nex.collector.server.runtime import PRIVATE_UMASK, run
+
+    # Everything written under DATA_DIR (datasets, embedded PostgreSQL and Redis)
+    # stays private to the service's user and group.
+    os.umask(PRIVATE_UMASK)
 
     def ready(container: object, server: object) -> None:
         where = (
@@ -145,5 +152,26 @@ def migrate(data_dir: DataDirOpt = None) -> None:
     console.print("[green]schema is up to date[/green]")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+# typer vendors click; its usage error is BadParameter's base class.
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+def main() -> None:
+    """The console entry point: a mistyped command gets ``error: …`` like every
+    other failure of the CLI, after click's usage line."""
+    try:
+        code = app(standalone_mode=False)
+    except _UsageError as exc:
+        usage: Any = exc  # click's UsageError: ctx, format_message(), exit_code
+        if usage.ctx is not None:
+            console.print(usage.ctx.get_usage(), markup=False, highlight=False)
+            console.print(
+                f"Try '{usage.ctx.command_path} {usage.ctx.help_option_names[0]}' for help.",
+                markup=False,
+                highlight=False,
+            )
+        console.print(f"[bold red]error:[/bold red] {escape(usage.format_message())}")
+        raise SystemExit(usage.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -135,18 +135,45 @@ class _Build:
             self.writer.write_row_group(self.group.tables())
         self.group = _RowGroup()
 
+    def drops(self) -> list[FilterDrop]:
+        return [
+            FilterDrop(i, describe(f), n)
+            for i, (f, n) in enumerate(zip(self.chain.filters, self.dropped, strict=True))
+        ]
+
     def finish(self, manifest_extra: Mapping[str, Any]) -> BuildResult:
         self.flush()
         return self.writer.commit(
             total=self.total,
             kept=self.kept,
-            dropped=[
-                FilterDrop(i, describe(f), n)
-                for i, (f, n) in enumerate(zip(self.chain.filters, self.dropped, strict=True))
-            ],
+            dropped=self.drops(),
             filters=[filter_to_dict(f) for f in self.chain.filters],
             manifest_extra=manifest_extra,
         )
+
+
+class EmptyDatasetError(Exception):
+    """The filters kept no run, and the build did not allow an empty dataset."""
+
+    def __init__(self, total: int, dropped: Sequence[FilterDrop]) -> None:
+        worst = max(dropped, key=lambda d: d.dropped, default=None)
+        why = f"; {worst.filter} dropped {worst.dropped}" if worst and worst.dropped else ""
+        super().__init__(
+            f"the filters kept 0 of {total} runs{why}; nothing was written and the version "
+            "stays free: loosen the filters, or build with allow_empty"
+        )
+
+
+def _discard(
+    executor: ThreadPoolExecutor, pending: Future[None] | None, writer: DatasetWriter
+) -> None:
+    """After a failed or cancelled build: waits for the chunk in flight, then
+    removes the staging folder. Blocking; runs in a thread."""
+    executor.shutdown(wait=True, cancel_futures=True)
+    if pending is not None and pending.done() and not pending.cancelled():
+        with contextlib.suppress(BaseException):
+            pending.exception()  # retrieved: no "never retrieved" warning
+    writer.abort()
 
 
 def _open_writer(final_dir: Path, clean_stale: bool) -> DatasetWriter:
@@ -176,6 +203,7 @@ async def build_dataset(
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES,
     clean_stale: bool = True,
+    allow_empty: bool = True,
 ) -> BuildResult:
     """Scores and filters the runs of `chunks` (in the order given) and writes
     the dataset into `final_dir`, which appears, complete, only on success.
@@ -185,7 +213,8 @@ async def build_dataset(
     `manifest_extra` uses a key the builder writes itself; on any error
     (including cancellation) the staging folder is removed and the error
     re-raised. `clean_stale` first removes staging folders of earlier,
-    killed attempts at the same `final_dir`.
+    killed attempts at the same `final_dir`. Unless `allow_empty`, a build
+    whose filters keep no run raises EmptyDatasetError and writes nothing.
     """
     if row_group_size < 1 or max_row_group_bytes < 1:
         raise ValueError("row_group_size and max_row_group_bytes must be positive")
@@ -209,14 +238,16 @@ async def build_dataset(
             await asyncio.wrap_future(pending)
             await _report(progress, build)
         pending = None
+        if not allow_empty and build.kept == 0:
+            raise EmptyDatasetError(build.total, build.drops())
         return await asyncio.wrap_future(executor.submit(build.finish, manifest_extra))
     except BaseException:
-        # A chunk may still be in the thread: let it finish before deleting its folder.
-        executor.shutdown(wait=True, cancel_futures=True)
-        if pending is not None and pending.done() and not pending.cancelled():
-            with contextlib.suppress(BaseException):
-                pending.exception()  # retrieved: no "never retrieved" warning
-        writer.abort()
+        # A chunk may still be in the thread: let it finish before deleting its
+        # folder. Both block, so they run in a thread of their own; shielded, so a
+        # second cancellation cannot leave the folder behind.
+        cleanup = asyncio.ensure_future(asyncio.to_thread(_discard, executor, pending, writer))
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(cleanup)
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:  # release the caller's cursor now, not at garbage collection
             with contextlib.suppress(Exception):

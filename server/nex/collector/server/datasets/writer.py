@@ -114,6 +114,24 @@ class BuildResult:
     uri: str
 
 
+# Datasets may hold sensitive prompts and answers: readable by the owner and its
+# group, never by everyone, whatever the process's umask.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+def make_dirs(path: Path) -> None:
+    """Creates `path` and its missing parents with DIR_MODE."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=DIR_MODE)
+            folder.chmod(DIR_MODE)
+
+
 def staging_dir_for(final_dir: Path) -> Path:
     return final_dir.parent / f".{final_dir.name}.tmp-{secrets.token_hex(6)}"
 
@@ -164,7 +182,9 @@ class _HashingSink(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self._file = path.open("xb", buffering=0)
+        self._file = open(  # noqa: SIM115 - closed in close()
+            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb", buffering=0
+        )
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -234,10 +254,11 @@ class DatasetWriter:
     def __init__(self, final_dir: Path) -> None:
         if final_dir.exists():
             raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
-        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(final_dir.parent)
         self.final_dir = final_dir
         self.staging_dir = staging_dir_for(final_dir)
-        self.staging_dir.mkdir()
+        self.staging_dir.mkdir(mode=DIR_MODE)
+        self.staging_dir.chmod(DIR_MODE)
         self._files: dict[str, _TableFile] = {}
         # Encoding, compression and hashing release the GIL: one background thread
         # writes row group n while the caller prepares row group n + 1.
@@ -304,7 +325,8 @@ class DatasetWriter:
             manifest, sort_keys=True, indent=2, ensure_ascii=False, default=json_default
         )
         manifest_path = self.staging_dir / MANIFEST_NAME
-        with manifest_path.open("w", encoding="utf-8") as f:
+        fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())

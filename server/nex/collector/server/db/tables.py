@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -37,6 +38,9 @@ context_refs = Table(
     Column("labels", JSONB, nullable=False),
     Column("request_id", Text, unique=True),
     _created(),
+    # When NEX confirmed the context version (integrated mode); null for a ref
+    # made in standalone mode, which integrated mode confirms before any use.
+    Column("confirm_time", DateTime(timezone=True)),
     UniqueConstraint("nex_context_id", "nex_context_version", name="uq_context_refs_nex"),
 )
 
@@ -162,7 +166,15 @@ datasets = Table(
     Column("ready_time", DateTime(timezone=True)),
     Column("lease_expires", DateTime(timezone=True)),
     Column("evidence_linked", Boolean, nullable=False, server_default="false"),
-    UniqueConstraint("name", "version", name="uq_datasets_name_version"),
+    Column("allow_empty", Boolean, nullable=False, server_default="false"),
+    # One live (building or ready) dataset per version; a failed build leaves it free.
+    Index(
+        "uq_datasets_name_version_live",
+        "name",
+        "version",
+        unique=True,
+        postgresql_where=text("status <> 'failed'"),
+    ),
     Index("ix_datasets_status", "status"),
 )
 

@@ -13,3 +13,6 @@ class ContextRef:
     nex_context_version: str
     labels: dict[str, str]
     create_time: datetime
+    # When NEX confirmed the context version; None for a ref made in
+    # standalone mode, which integrated mode confirms before using it.
+    confirm_time: datetime | None = None

@@ -58,6 +58,7 @@ class Dataset:
     error: RunError | None = None
     context_ref_id: str | None = None
     link_evidence: bool = False
+    allow_empty: bool = False
     ready_time: datetime | None = None
 
 

@@ -13,9 +13,11 @@ class FieldViolation:
 
 
 class DomainError(Exception):
-    """Base: `reason` is a stable UPPER_SNAKE code a caller can switch on."""
+    """Base: `reason` is a stable UPPER_SNAKE code a caller can switch on;
+    `retry_after_s`, when set, tells the caller how long to wait before retrying."""
 
     reason = "ERROR"
+    retry_after_s: float | None = None
 
     def __init__(
         self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
@@ -58,13 +60,31 @@ class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
 
 
-class Unavailable(DomainError):
+class _Retryable(DomainError):
+    """An error the caller may retry, after `retry_after_s` seconds."""
+
+    retry_after_s: float | None = 1.0
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+
+class Unavailable(_Retryable):
     """A dependency (NEX, a teacher) is down; the caller may retry."""
 
     reason = "UNAVAILABLE"
 
 
-class ResourceExhausted(DomainError):
+class ResourceExhausted(_Retryable):
     reason = "RESOURCE_EXHAUSTED"
 
 

@@ -42,11 +42,10 @@ def export(backlog: Backlog) -> None:
 async def export_backlog_forever(
     uow: UnitOfWorkFactory, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Refreshes the backlog gauges every ``interval_s`` until ``stop``."""
+    """Refreshes the backlog gauges every ``interval_s`` until ``stop``. A failed
+    read (the database is away) crashes the loop, which its supervisor logs and
+    restarts; the gauges keep their last values meanwhile."""
     while not stop.is_set():
-        try:
-            export(await read_backlog(uow))
-        except Exception as exc:  # the database is away: keep the last values
-            log.warning("could not read the backlog: %s", exc)
+        export(await read_backlog(uow))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)

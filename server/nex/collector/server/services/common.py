@@ -9,6 +9,7 @@ from typing import TypeVar
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.errors import FailedPrecondition, NotFound, Violations
 from nex.collector.server.domain.pagination import PageRequest, decode_token, encode_token
+from nex.collector.server.domain.sizes import page_cut
 from nex.collector.server.domain.validation import page_size
 
 
@@ -55,12 +56,21 @@ async def list_page(
     page_token: str,
     fetch: Fetch[T],
     v: Violations | None = None,
+    *,
+    size_of: Callable[[T], int] | None = None,
+    id_of: Callable[[T], str] = lambda item: item.id,  # type: ignore[attr-defined]
 ) -> tuple[Sequence[T], str]:
     """One page of a List RPC: validates size and token (with any violations
-    already in `v`), fetches, and issues the next token bound to `key`."""
+    already in `v`), fetches, and issues the next token bound to `key`. With
+    `size_of`, the page also ends once its items reach PAGE_BYTES (pages are
+    keyed by id, so the next one starts after the last item kept)."""
     v = v or Violations()
     page = page_request(v, page_size, page_token, key)
     v.raise_if_any()
     async with uow() as tx:
         items, last = await fetch(tx, page)
+    if size_of is not None:
+        kept = page_cut([size_of(item) for item in items])
+        if kept < len(items):
+            items, last = items[:kept], id_of(items[kept - 1])
     return items, encode_token(last, key) if last else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
@@ -47,25 +48,24 @@ class ContextRefs:
                 nex_context_id=cmd.nex_context_id,
                 nex_context_version=cmd.nex_context_version,
             )
-            if existing:
-                return existing
-        if self._checker is not None and not await self._checker(
-            cmd.nex_context_id, cmd.nex_context_version
-        ):
-            raise FailedPrecondition(
-                f"NEX has no context {cmd.nex_context_id!r} at version {cmd.nex_context_version!r}",
-                reason="NEX_CONTEXT_NOT_FOUND",
-                metadata={
-                    "nex_context_id": cmd.nex_context_id,
-                    "nex_context_version": cmd.nex_context_version,
-                },
-            )
+        if existing and (existing.confirm_time or self._checker is None):
+            return existing
+        confirmed = await self._confirm(
+            existing.nex_context_id if existing else cmd.nex_context_id,
+            existing.nex_context_version if existing else cmd.nex_context_version,
+        )
+        if existing:  # made in standalone mode: NEX has now confirmed it
+            async with self._uow() as tx:
+                await tx.context_refs.confirm(existing.id, now())
+                await tx.commit()
+                return require(await tx.context_refs.get(existing.id), "context_ref", existing.id)
         ref = ContextRef(
             id=new_id("ctx"),
             nex_context_id=cmd.nex_context_id,
             nex_context_version=cmd.nex_context_version,
             labels=dict(cmd.labels),
             create_time=now(),
+            confirm_time=confirmed,
         )
         async with self._uow() as tx:
             if await tx.context_refs.insert(ref, cmd.request_id):
@@ -78,6 +78,22 @@ class ContextRefs:
                 nex_context_version=cmd.nex_context_version,
             )
             return require(winner, "context_ref", cmd.nex_context_id)
+
+    async def _confirm(self, nex_context_id: str, nex_context_version: str) -> datetime | None:
+        """Asks NEX (integrated mode) whether the context version exists; when
+        NEX confirmed it, or None in standalone mode."""
+        if self._checker is None:
+            return None
+        if not await self._checker(nex_context_id, nex_context_version):
+            raise FailedPrecondition(
+                f"NEX has no context {nex_context_id!r} at version {nex_context_version!r}",
+                reason="NEX_CONTEXT_NOT_FOUND",
+                metadata={
+                    "nex_context_id": nex_context_id,
+                    "nex_context_version": nex_context_version,
+                },
+            )
+        return now()
 
     async def get(self, id_: str) -> ContextRef:
         v = Violations()
@@ -96,3 +112,19 @@ class ContextRefs:
             page_token,
             lambda tx, page: tx.context_refs.page(page, nex_context_id=nex_context_id),
         )
+
+
+def usable_ref(ref: ContextRef | None, ref_id: str, *, integrated: bool) -> ContextRef:
+    """The ContextRef a create names in `context_ref_id`: it must exist and, in
+    integrated mode, NEX must have confirmed it (a ref made in standalone mode
+    has not been)."""
+    found = require(ref, "context_ref", ref_id)
+    if integrated and found.confirm_time is None:
+        raise FailedPrecondition(
+            f"context ref {ref_id} was made in standalone mode and NEX has not confirmed "
+            "it: call CreateContextRef for it again (in integrated mode it asks NEX), "
+            "then retry",
+            reason="CONTEXT_REF_UNCONFIRMED",
+            metadata={"context_ref_id": ref_id},
+        )
+    return found

@@ -6,16 +6,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from nex.collector.server import metrics
-from nex.collector.server.datasets.builder import build_dataset
+from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
 from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsError
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     MAX_BATCHES_PER_DATASET,
@@ -39,14 +39,13 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.context_refs import usable_ref
+from nex.collector.server.services.evidence import Evidence
 
 log = logging.getLogger(__name__)
 
 BUILD_LEASE = timedelta(seconds=60)
 _RENEW_EVERY_S = 10.0
-
-# Called with a dataset that just became READY (e.g. to link it as evidence).
-OnReady = Callable[[Dataset], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,7 @@ class NewDataset:
     request_id: str = ""
     context_ref_id: str = ""
     link_evidence: bool = False
+    allow_empty: bool = False
 
 
 class Datasets:
@@ -68,7 +68,7 @@ class Datasets:
         *,
         root: Path,
         metrics: MetricRegistry,
-        on_ready: OnReady | None = None,
+        evidence: Evidence | None = None,
         lease: timedelta = BUILD_LEASE,
         integrated: bool = False,
     ) -> None:
@@ -77,7 +77,7 @@ class Datasets:
         self._queue = queue
         self._root = root
         self._metrics = metrics
-        self._on_ready = on_ready
+        self._evidence = evidence
         self._lease = lease
         self._renew_every_s = min(_RENEW_EVERY_S, lease.total_seconds() / 3)
 
@@ -108,16 +108,14 @@ class Datasets:
             if cmd.request_id and (found := await tx.datasets.find(request_id=cmd.request_id)):
                 return found
             if await tx.datasets.find(name=cmd.name, version=cmd.version):
-                raise AlreadyExists(
-                    f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
-                    reason="DATASET_VERSION_EXISTS",
-                    metadata={"name": cmd.name, "version": cmd.version},
-                )
+                return await self._first_build(tx, cmd)
             for batch_id in cmd.batch_ids:
                 require(await tx.batches.get(batch_id), "batch", batch_id)
             if cmd.context_ref_id:
-                require(
-                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                usable_ref(
+                    await tx.context_refs.get(cmd.context_ref_id),
+                    cmd.context_ref_id,
+                    integrated=self._integrated,
                 )
             dataset = Dataset(
                 id=new_id("ds"),
@@ -130,19 +128,27 @@ class Datasets:
                 create_time=now(),
                 context_ref_id=cmd.context_ref_id or None,
                 link_evidence=cmd.link_evidence,
+                allow_empty=cmd.allow_empty,
             )
             if not await tx.datasets.insert(dataset, cmd.request_id):
                 await tx.rollback()  # a concurrent build of the same version or request id won
-                found = await tx.datasets.find(request_id=cmd.request_id)
-                if found:
-                    return found
-                raise AlreadyExists(
-                    f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
-                    reason="DATASET_VERSION_EXISTS",
-                )
+                return await self._first_build(tx, cmd)
             await tx.commit()
         await self._queue.try_enqueue(BUILD_DATASET, [dataset.id])
         return dataset
+
+    @staticmethod
+    async def _first_build(tx: UnitOfWork, cmd: NewDataset) -> Dataset:
+        """The (name, version) exists: it is this call's own when a call with the
+        same request id made it, possibly one that committed a moment ago (which
+        is why the request id is looked up again here), else ALREADY_EXISTS."""
+        if cmd.request_id and (found := await tx.datasets.find(request_id=cmd.request_id)):
+            return found
+        raise AlreadyExists(
+            f"dataset {cmd.name} version {cmd.version} exists; a version never changes",
+            reason="DATASET_VERSION_EXISTS",
+            metadata={"name": cmd.name, "version": cmd.version},
+        )
 
     async def get(self, id_: str) -> Dataset:
         v = Violations()
@@ -180,8 +186,10 @@ class Datasets:
         except asyncio.CancelledError:
             await asyncio.shield(self._release(dataset_id))
             raise
+        except EmptyDatasetError as exc:
+            return await self._fail(dataset, "EMPTY_DATASET", str(exc))
         except DatasetExistsError:
-            adopted = self._adopt(dataset, final_dir)
+            adopted = await asyncio.to_thread(self._adopt, dataset, final_dir)
             if adopted is None:
                 return await self._fail(
                     dataset,
@@ -203,12 +211,13 @@ class Datasets:
             await tx.datasets.finish(
                 dataset_id, status=DatasetStatus.READY, now=now(), files=files, counts=counts
             )
+            # In the same transaction: READY and its evidence link commit together.
+            links = await self._evidence.link_ready_dataset(tx, dataset) if self._evidence else []
             await tx.commit()
-            ready = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
         metrics.DATASET_BUILDS.labels(DatasetStatus.READY.value).inc()
         metrics.DATASET_RUNS_READ.inc(counts.total)
-        if self._on_ready is not None:
-            await self._on_ready(ready)
+        if self._evidence is not None:
+            await self._evidence.enqueue(links)
         return f"ready: {counts.kept} of {counts.total} runs kept"
 
     async def _write(
@@ -241,13 +250,15 @@ class Datasets:
                     "status": DatasetStatus.READY.value,
                 },
                 progress=progress,
+                allow_empty=dataset.allow_empty,
             )
 
     def _adopt(
         self, dataset: Dataset, final_dir: Path
     ) -> tuple[Sequence[DatasetFile], DatasetCounts] | None:
         """A previous attempt renamed the folder into place and died before
-        recording it: take its manifest when it is this dataset's."""
+        recording it: take its manifest when it is this dataset's. Reads a file:
+        call it in a thread."""
         try:
             manifest = json.loads((final_dir / MANIFEST_NAME).read_text())
         except (OSError, ValueError):

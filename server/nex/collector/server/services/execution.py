@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.providers.base import (
@@ -35,6 +35,7 @@ from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.common import now
+from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.side_loop import SideLoop
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class RunExecutor:
         *,
         policy: RetryPolicy,
         lease: timedelta,
-        on_batches_touched: Callable[[Iterable[str]], Awaitable[None]] | None = None,
+        evidence: Evidence | None = None,
         worker_id: str | None = None,
         answers_uow: UnitOfWorkFactory | None = None,
         answers_loop: SideLoop | None = None,
@@ -87,7 +88,7 @@ class RunExecutor:
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
-        self._on_batches_touched = on_batches_touched
+        self._evidence = evidence
         self._batches: dict[str, Batch] = {}
         self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
             self._claim_many, name="claims"
@@ -257,6 +258,7 @@ class RunExecutor:
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Completed (answer already stored) or failed, with their events."""
         finished_at = now()
+        links: Sequence[str] = ()
         async with self._uow() as tx:
             live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
             done = [o for o in outcomes if o.run_id in live]
@@ -273,19 +275,20 @@ class RunExecutor:
                     if o.run_id in live
                 ]
             )
+            links = await self._link_finished(tx, {o.batch_id for o in outcomes})
             await tx.commit()
-        if self._on_batches_touched is not None:
-            linked = {
-                o.batch_id
-                for o in outcomes
-                if (b := self._batches.get(o.batch_id)) and b.link_evidence
-            }
-            if linked:
-                try:
-                    await self._on_batches_touched(sorted(linked))
-                except Exception:
-                    log.exception("could not link finished batches %s", sorted(linked))
+        if self._evidence is not None:
+            await self._evidence.enqueue(links)
         return [o.run_id in live for o in outcomes]
+
+    async def _link_finished(self, tx: UnitOfWork, batch_ids: Iterable[str]) -> Sequence[str]:
+        """Links, in `tx`, the batches created with link_evidence that `tx` ends."""
+        if self._evidence is None or not self._evidence.enabled:
+            return []
+        linked = [
+            b for b in batch_ids if (batch := self._batches.get(b)) is None or batch.link_evidence
+        ]
+        return await self._evidence.link_finished_batches(tx, linked) if linked else []
 
     async def _release(self, held: Mapping[str, tuple[str, int]]) -> None:
         """Running -> queued for the given runs still at the attempt held."""
@@ -309,11 +312,15 @@ class RunExecutor:
         async with self._uow() as tx:
             batch = await tx.batches.get(batch_id)
             if batch is not None and batch.cancel_time is not None:
+                links: Sequence[str] = ()
                 if await tx.runs.cancel_running(run_id, attempt, now()):
                     await tx.events.append(
                         [NewEvent(run_id, batch_id, RunStatus.CANCELLED, attempt)]
                     )
+                    links = await self._link_finished(tx, [batch_id])
                 await tx.commit()
+                if self._evidence is not None:
+                    await self._evidence.enqueue(links)
                 return False
             if not await tx.runs.next_attempt(run_id, attempt, self._lease, now()):
                 return False

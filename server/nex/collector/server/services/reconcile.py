@@ -97,13 +97,13 @@ class Reconciler:
                 NewEvent(r["id"], r["batch_id"], RunStatus.QUEUED, r["attempt"]) for r in retry
             ]
             await tx.events.append(events)
+            links = await self._evidence.link_finished_batches(
+                tx, {r["batch_id"] for r in answered + give_up}
+            )
             await tx.commit()
+        await self._evidence.enqueue(links)
         if retry:
             await self._queue.release(EXECUTE_RUN, [r["id"] for r in retry], live_workers=live)
-        if answered or give_up:
-            await self._evidence.link_finished_batches(
-                sorted({r["batch_id"] for r in answered + give_up})
-            )
         metrics.RUNS_RECOVERED.labels("lease_expired").inc(len(retry))
         metrics.RUNS_RECOVERED.labels("answer_stored").inc(len(answered))
         return len(rows)

@@ -16,9 +16,22 @@ from nex.collector.server.domain.batches import (
     check_provider,
     check_scores,
 )
-from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgument, Violations
+from nex.collector.server.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    Violations,
+)
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.teacher import GenerationParams, RunStatus
+from nex.collector.server.domain.sizes import (
+    MAX_CALL_INPUT_BYTES,
+    MAX_RUN_INPUT_BYTES,
+    check_output_size,
+    input_bytes,
+    input_size,
+    run_bytes,
+)
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
 from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
@@ -30,6 +43,11 @@ from nex.collector.server.services.common import (
     now,
     require,
 )
+from nex.collector.server.services.context_refs import usable_ref
+from nex.collector.server.services.evidence import Evidence
+
+# Tries of create_runs' transaction before a conflict on request ids is UNAVAILABLE.
+CREATE_RUNS_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +69,20 @@ class NewRun:
     request_id: str = ""
 
 
+def _check_run_size(
+    v: Violations, field: str, variables: Mapping[str, str], messages: Sequence[ChatMessage]
+) -> int:
+    """Adds a violation when one run is too big to return; gives its size."""
+    size = input_bytes(variables, messages)
+    if size > MAX_RUN_INPUT_BYTES:
+        v.add(
+            field,
+            f"the variables and the prompt rendered from them come to {input_size(size)}; "
+            f"a run holds at most {input_size(MAX_RUN_INPUT_BYTES)}",
+        )
+    return size
+
+
 class Teacher:
     def __init__(
         self,
@@ -59,8 +91,10 @@ class Teacher:
         *,
         provider_ready: Mapping[str, str | None] | None = None,
         integrated: bool = False,
+        evidence: Evidence | None = None,
     ) -> None:
         self._uow = uow
+        self._evidence = evidence
         self._queue = queue
         self._integrated = integrated
         # provider -> why it cannot be used here (None: usable)
@@ -75,6 +109,7 @@ class Teacher:
         check_provider(v, "provider", cmd.provider)
         check_required(v, "model", cmd.model)
         check_params(v, "params", cmd.params)
+        check_output_size(v, "params", cmd.params)
         check_labels(v, "labels", cmd.labels)
         check_request_id(v, "request_id", cmd.request_id)
         if cmd.link_evidence and not cmd.context_ref_id:
@@ -91,8 +126,10 @@ class Teacher:
                 return await tx.batches.view(found)
             require(await tx.templates.get(cmd.template_id), "template", cmd.template_id)
             if cmd.context_ref_id:
-                require(
-                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                usable_ref(
+                    await tx.context_refs.get(cmd.context_ref_id),
+                    cmd.context_ref_id,
+                    integrated=self._integrated,
                 )
             batch = Batch(
                 id=new_id("bat"),
@@ -151,7 +188,14 @@ class Teacher:
                         for run_id, attempt in cancelled
                     ]
                 )
+                links = (
+                    await self._evidence.link_finished_batches(tx, [id_])
+                    if self._evidence and cancelled
+                    else []
+                )
                 await tx.commit()
+                if self._evidence is not None:
+                    await self._evidence.enqueue(links)
             return await tx.batches.view(require(await tx.batches.get(id_), "batch", id_))
 
     # -- runs --------------------------------------------------------------------
@@ -179,6 +223,40 @@ class Teacher:
                     )
                 seen_request_ids[item.request_id] = i
         v.raise_if_any()
+        # A concurrent call that takes one of the request ids makes this one start
+        # over (then every request id resolves to that call's runs); bounded, since
+        # each conflict means another call committed.
+        for _ in range(CREATE_RUNS_ATTEMPTS):
+            created = await self._insert_runs(batch_id, inputs, seen_request_ids, single=single)
+            if created is not None:
+                break
+        else:
+            raise Unavailable(
+                f"concurrent calls kept taking the same request ids of batch {batch_id}; "
+                "retry the call",
+                reason="REQUEST_ID_CONFLICT",
+            )
+        new_runs, existing = created
+        await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
+        by_request = {r.request_id: r for r in new_runs if r.request_id}
+        by_request.update(existing)
+        fresh_iter = iter(new_runs)
+        return [
+            by_request[i.request_id] if i.request_id in existing else next(fresh_iter)
+            for i in inputs
+        ]
+
+    async def _insert_runs(
+        self,
+        batch_id: str,
+        inputs: Sequence[NewRun],
+        seen_request_ids: Mapping[str, int],
+        *,
+        single: bool,
+    ) -> tuple[list[Run], Mapping[str, Run]] | None:
+        """One try at create_runs' transaction; None when a concurrent call took
+        one of the request ids first."""
+        v = Violations()
         async with self._uow() as tx:
             batch = require(await tx.batches.get(batch_id, for_share=True), "batch", batch_id)
             existing = await tx.runs.by_request_ids(list(seen_request_ids))
@@ -196,14 +274,16 @@ class Teacher:
             created_at = now()
             ids = new_ids("run", len(fresh))
             new_runs: list[Run] = []
+            call_bytes = 0
             for run_id, (index, item) in zip(ids, fresh, strict=True):
+                prefix = "" if single else f"runs[{index}]."
                 try:
                     messages = render(template, item.variables)
                 except InvalidArgument as exc:
-                    prefix = "" if single else f"runs[{index}]."
                     raise InvalidArgument(
                         [type(x)(f"{prefix}{x.field}", x.description) for x in exc.violations]
                     ) from None
+                call_bytes += _check_run_size(v, f"{prefix}variables", item.variables, messages)
                 new_runs.append(
                     Run(
                         id=run_id,
@@ -216,24 +296,23 @@ class Teacher:
                         create_time=created_at,
                     )
                 )
+            if call_bytes > MAX_CALL_INPUT_BYTES:
+                v.add(
+                    "runs",
+                    f"these runs' variables and rendered prompts come to "
+                    f"{input_size(call_bytes)}; at most {input_size(MAX_CALL_INPUT_BYTES)} "
+                    "per call: split the list",
+                )
+            v.raise_if_any()  # before anything is written: the reply always fits
             inserted = await tx.runs.insert_queued(new_runs)
             if len(inserted) != len(new_runs):
-                # A concurrent call took one of the request ids: start over, then
-                # every request id resolves to that call's runs.
                 await tx.rollback()
-                return await self.create_runs(batch_id, inputs, single=single)
+                return None
             await tx.events.append(
                 [NewEvent(r.id, batch_id, RunStatus.QUEUED, 0) for r in new_runs]
             )
             await tx.commit()
-        await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
-        by_request = {r.request_id: r for r in new_runs if r.request_id}
-        by_request.update(existing)
-        fresh_iter = iter(new_runs)
-        return [
-            by_request[i.request_id] if i.request_id in existing else next(fresh_iter)
-            for i in inputs
-        ]
+        return new_runs, existing
 
     async def get_run(self, id_: str, *, full: bool = True) -> Run:
         v = Violations()
@@ -259,7 +338,7 @@ class Teacher:
             return await tx.runs.page(page, batch_id=batch_id, status=status, full=full)
 
         key = f"runs|{batch_id}|{status or ''}"
-        return await list_page(self._uow, key, page_size, page_token, fetch, v)
+        return await list_page(self._uow, key, page_size, page_token, fetch, v, size_of=run_bytes)
 
     async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> Run:
         v = Violations()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.sizes import template_bytes
 from nex.collector.server.domain.templates import (
     PromptTemplate,
     check_template_source,
@@ -15,6 +16,7 @@ from nex.collector.server.domain.templates import (
 from nex.collector.server.domain.validation import check_request_id, check_required
 from nex.collector.server.ids import new_id
 from nex.collector.server.services.common import check_id, list_page, now, require
+from nex.collector.server.services.context_refs import usable_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +30,9 @@ class NewTemplate:
 
 
 class Templates:
-    def __init__(self, uow: UnitOfWorkFactory) -> None:
+    def __init__(self, uow: UnitOfWorkFactory, *, integrated: bool = False) -> None:
         self._uow = uow
+        self._integrated = integrated
 
     async def create(self, cmd: NewTemplate) -> PromptTemplate:
         v = Violations()
@@ -47,8 +50,10 @@ class Templates:
             if cmd.request_id and (found := await tx.templates.get_by_request_id(cmd.request_id)):
                 return found
             if cmd.context_ref_id:
-                require(
-                    await tx.context_refs.get(cmd.context_ref_id), "context_ref", cmd.context_ref_id
+                usable_ref(
+                    await tx.context_refs.get(cmd.context_ref_id),
+                    cmd.context_ref_id,
+                    integrated=self._integrated,
                 )
             template = PromptTemplate(
                 id=new_id("tpl"),
@@ -84,4 +89,5 @@ class Templates:
             page_size,
             page_token,
             lambda tx, page: tx.templates.page(page, name=name),
+            size_of=template_bytes,
         )

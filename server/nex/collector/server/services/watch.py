@@ -20,6 +20,7 @@ from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunEvent
 from nex.collector.server.domain.errors import Unavailable, Violations
 from nex.collector.server.services.common import check_id, require
+from nex.collector.server.supervisor import supervise
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,13 @@ class EventHub:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
+        self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="event-hub")
+        self._task = supervise("event-listener", self._listen, stop=self._stop)
 
     async def aclose(self) -> None:
+        self._stop.set()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -52,6 +55,10 @@ class EventHub:
 
     async def _listen(self) -> None:
         while True:
+            if self._conn is not None:  # left open by a crash: the supervisor restarted us
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None
             try:
                 lost = asyncio.Event()
                 self._conn = await asyncpg.connect(self._dsn)
@@ -65,7 +72,9 @@ class EventHub:
                     with contextlib.suppress(Exception):
                         await self._conn.close()
                 raise
-            except Exception as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Expected when PostgreSQL restarts; anything else crashes the
+                # task, and its supervisor logs the traceback and restarts it.
                 log.warning("event listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(1)
 
@@ -149,11 +158,15 @@ class RunWatcher:
                     return
                 woken = asyncio.ensure_future(wakeup.wait())
                 closing = asyncio.ensure_future(self._closing.wait())
-                fired, _ = await asyncio.wait(
-                    {woken, closing}, timeout=self._heartbeat, return_when=asyncio.FIRST_COMPLETED
-                )
-                woken.cancel()
-                closing.cancel()
+                try:
+                    fired, _ = await asyncio.wait(
+                        {woken, closing},
+                        timeout=self._heartbeat,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:  # also when the stream closes mid-wait
+                    woken.cancel()
+                    closing.cancel()
                 if not fired:
                     yield Heartbeat()
                 elif not self._closing.is_set():

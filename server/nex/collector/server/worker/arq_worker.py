@@ -82,15 +82,18 @@ class BatchStartWorker(Worker):
             await self.sem.acquire()
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(self._job_ended)
             self.tasks[job_id] = task
 
+    def _job_ended(self, _: object) -> None:
+        """Frees the slot `start_jobs` took (what arq's own start does on completion)."""
+        self.job_counter -= 1
+        self.sem.release()
+
     async def close(self) -> None:
-        """Cancels the jobs in flight, waits until each has ended, closes the pool."""
-        self.handle_sig(signal.SIGUSR1)  # arq's way to cancel its tasks; no signal is sent
-        if not self._pool:
-            return
+        """Cancels the jobs in flight and waits until each has ended, then arq's own
+        close (health-check key, pool), which has no job left to gather."""
+        self.handle_sig(signal.SIGUSR1)  # arq's close does this first; no signal is sent
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        await self.pool.delete(self.health_check_key)
-        await self.pool.close(close_connection_pool=True)
-        self._pool = None
+        self.tasks.clear()
+        await super().close()

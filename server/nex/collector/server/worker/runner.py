@@ -13,6 +13,7 @@ from arq.worker import Worker, func
 
 from nex.collector.server.bootstrap import Container
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, job_timeouts
+from nex.collector.server.supervisor import is_outage, supervise
 from nex.collector.server.worker.arq_worker import BatchStartWorker
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,10 @@ def job_functions(container: Container) -> list[Any]:
 
 
 async def _reconcile_forever(container: Container, stop: asyncio.Event) -> None:
+    """A pass every RECONCILE_INTERVAL_S; a failed pass crashes the loop, which its
+    supervisor logs and restarts."""
     while not stop.is_set():
-        try:
-            await container.reconciler.tick()
-        except Exception as exc:
-            log.warning("reconciler pass failed: %s", exc)
+        await container.reconciler.tick()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), container.settings.reconcile_interval_s)
 
@@ -57,7 +57,7 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
     """Runs arq until `stop`; when arq's loop dies (Redis restarted, network), a new
     one starts while the jobs in flight finish on their own."""
     await container.heartbeat.start()  # alive before taking any job
-    reconciler = asyncio.create_task(_reconcile_forever(container, stop), name="reconciler")
+    reconciler = supervise("reconciler", lambda: _reconcile_forever(container, stop), stop=stop)
     workers: list[Worker] = []
     try:
         while not stop.is_set():
@@ -73,8 +73,14 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if main.done() and not main.cancelled() and main.exception() is not None:
-                log.warning("worker loop stopped (%s); starting a new one", main.exception())
+            crash = main.exception() if main.done() and not main.cancelled() else None
+            if crash is not None:
+                # Redis away is expected (one line); anything else keeps its traceback.
+                log.warning(
+                    "worker loop stopped (%s); starting a new one",
+                    crash,
+                    exc_info=None if is_outage(crash) else crash,
+                )
                 await asyncio.sleep(0.5)
             else:
                 main.cancel()

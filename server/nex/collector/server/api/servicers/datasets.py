@@ -33,6 +33,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                 request_id=request.request_id,
                 context_ref_id=request.context_ref_id,
                 link_evidence=request.link_evidence,
+                allow_empty=request.allow_empty,
             )
         )
         return pb.BuildDatasetResponse(dataset=convert.dataset(dataset))

@@ -79,7 +79,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         runs = await self._teacher.create_runs(
             request.batch_id, [NewRun(dict(r.variables), r.request_id) for r in request.runs]
         )
-        return pb.BatchCreateRunsResponse(runs=[convert.run(r) for r in runs])
+        return pb.BatchCreateRunsResponse(runs=[convert.run_created(r) for r in runs])
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run = await self._teacher.get_run(request.id, full=_full(request.view, True))

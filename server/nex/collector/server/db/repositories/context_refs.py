@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
@@ -19,6 +20,7 @@ def _entity(row: Mapping[Any, Any]) -> ContextRef:
         nex_context_version=row["nex_context_version"],
         labels=dict(row["labels"]),
         create_time=row["create_time"],
+        confirm_time=row["confirm_time"],
     )
 
 
@@ -61,11 +63,19 @@ class ContextRefRepository(Repository):
                 labels=ref.labels,
                 request_id=request_id or None,
                 create_time=ref.create_time,
+                confirm_time=ref.confirm_time,
             )
             .on_conflict_do_nothing()
             .returning(context_refs.c.id)
         )
         return (await self.session.execute(stmt)).first() is not None
+
+    async def confirm(self, id_: str, when: datetime) -> None:
+        await self.session.execute(
+            update(context_refs)
+            .where(context_refs.c.id == id_, context_refs.c.confirm_time.is_(None))
+            .values(confirm_time=when)
+        )
 
     async def page(
         self, page: PageRequest, *, nex_context_id: str = ""

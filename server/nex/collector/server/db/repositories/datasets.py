@@ -55,6 +55,7 @@ def _entity(row: Mapping[Any, Any]) -> Dataset:
         else None,
         context_ref_id=row["context_ref_id"],
         link_evidence=row["link_evidence"],
+        allow_empty=row["allow_empty"],
         ready_time=row["ready_time"],
     )
 
@@ -74,8 +75,12 @@ class DatasetRepository(Repository):
             if row:
                 return _entity(row)
         if name:
-            row = await self._one(
-                select(datasets).where(datasets.c.name == name, datasets.c.version == version)
+            row = await self._one(  # a failed build leaves its version free
+                select(datasets).where(
+                    datasets.c.name == name,
+                    datasets.c.version == version,
+                    datasets.c.status != DatasetStatus.FAILED.value,
+                )
             )
             if row:
                 return _entity(row)
@@ -94,6 +99,7 @@ class DatasetRepository(Repository):
                 filters=[filter_to_dict(f) for f in d.filters],
                 context_ref_id=d.context_ref_id,
                 link_evidence=d.link_evidence,
+                allow_empty=d.allow_empty,
                 request_id=request_id or None,
                 create_time=d.create_time,
             )

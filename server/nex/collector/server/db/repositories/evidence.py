@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -11,6 +11,9 @@ from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import evidence_links
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
 from nex.collector.server.domain.pagination import PageRequest
+
+# The first key of the per-batch linking locks (the second is the batch id's hash).
+LINK_LOCK = 7262003
 
 
 def _entity(row: Mapping[Any, Any]) -> EvidenceLink:
@@ -32,11 +35,8 @@ def _entity(row: Mapping[Any, Any]) -> EvidenceLink:
 class EvidenceRepository(Repository):
     table = evidence_links
 
-    async def get(self, id_: str, *, for_update: bool = False) -> EvidenceLink | None:
-        stmt = select(evidence_links).where(evidence_links.c.id == id_)
-        if for_update:
-            stmt = stmt.with_for_update(skip_locked=True)
-        row = await self._one(stmt)
+    async def get(self, id_: str) -> EvidenceLink | None:
+        row = await self._one(select(evidence_links).where(evidence_links.c.id == id_))
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> EvidenceLink | None:
@@ -74,10 +74,33 @@ class EvidenceRepository(Repository):
         rows, next_key = await self._page(stmt, page, evidence_links.c.id)
         return [_entity(r) for r in rows], next_key
 
+    async def claim(
+        self, id_: str, lease: timedelta, now: datetime
+    ) -> tuple[EvidenceLink, datetime] | None:
+        """Takes a due link for one delivery attempt: it is not due again until the
+        lease ends, so no other worker posts it meanwhile. Returns the link and the
+        lease's end, which `mark_failed` checks (the claim is still this one)."""
+        until = now + lease
+        stmt = (
+            update(evidence_links)
+            .where(
+                evidence_links.c.id == id_,
+                evidence_links.c.status == EvidenceStatus.PENDING.value,
+                evidence_links.c.next_attempt_time <= now,
+            )
+            .values(next_attempt_time=until)
+            .returning(*evidence_links.c)
+        )
+        row = (await self.session.execute(stmt)).mappings().first()
+        return (_entity(row), until) if row else None
+
     async def mark_posted(self, id_: str, now: datetime) -> None:
         await self.session.execute(
             update(evidence_links)
-            .where(evidence_links.c.id == id_)
+            .where(
+                evidence_links.c.id == id_,
+                evidence_links.c.status == EvidenceStatus.PENDING.value,
+            )
             .values(
                 status=EvidenceStatus.POSTED.value,
                 post_time=now,
@@ -87,15 +110,28 @@ class EvidenceRepository(Repository):
             )
         )
 
-    async def mark_failed(self, id_: str, error: str, next_attempt: datetime) -> None:
+    async def mark_failed(
+        self, id_: str, claimed_until: datetime, error: str, next_attempt: datetime
+    ) -> None:
+        """Only while the claim that ends at `claimed_until` is the latest one."""
         await self.session.execute(
             update(evidence_links)
-            .where(evidence_links.c.id == id_)
+            .where(
+                evidence_links.c.id == id_,
+                evidence_links.c.status == EvidenceStatus.PENDING.value,
+                evidence_links.c.next_attempt_time == claimed_until,
+            )
             .values(
                 attempts=evidence_links.c.attempts + 1,
                 last_error=error[:1000],
                 next_attempt_time=next_attempt,
             )
+        )
+
+    async def lock_batch(self, batch_id: str) -> None:
+        """A lock on linking `batch_id`, held until the transaction ends."""
+        await self.session.execute(
+            select(func.pg_advisory_xact_lock(LINK_LOCK, func.hashtext(batch_id)))
         )
 
     async def count_pending(self) -> int:

@@ -4,13 +4,26 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import runs, workers
 from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.sizes import page_cut
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
@@ -74,6 +87,33 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
     )
 
 
+def _text_bytes(column: Any) -> Any:
+    return func.coalesce(func.octet_length(column), 0)
+
+
+def _array_bytes(column: Any) -> Any:
+    """Bytes of a text array's items, plus an allowance per item for its logprob
+    and encoding."""
+    return _text_bytes(func.array_to_string(column, "")) + 32 * func.coalesce(
+        func.cardinality(column), 0
+    )
+
+
+def _stored_bytes(full: bool) -> Any:
+    """About what a run's reply weighs, measured by PostgreSQL (JSON text is at
+    least the size of the strings it holds)."""
+    size = (
+        _text_bytes(cast(runs.c.variables, Text))
+        + _text_bytes(cast(runs.c.messages, Text))
+        + _text_bytes(runs.c.output_text)
+        + _text_bytes(runs.c.error_message)
+        + _text_bytes(cast(runs.c.scores, Text))
+    )
+    if full:
+        size = size + _array_bytes(runs.c.token_texts) + _array_bytes(runs.c.top_tokens)
+    return size.label("bytes")
+
+
 class RunRepository(Repository):
     table = runs
 
@@ -123,10 +163,30 @@ class RunRepository(Repository):
     async def page(
         self, page: PageRequest, *, batch_id: str, status: RunStatus | None, full: bool
     ) -> tuple[Sequence[Run], str | None]:
-        stmt = self._select(full).where(runs.c.batch_id == batch_id)
+        """One page in id order, cut at about PAGE_BYTES: the sizes are read
+        first (PostgreSQL measures, nothing big is sent), then only the runs that
+        fit are fetched, so a page of 1,000 big runs never sits in memory."""
+        where = [runs.c.batch_id == batch_id]
         if status is not None:
-            stmt = stmt.where(runs.c.status == status.value)
-        rows, next_key = await self._page(stmt, page, runs.c.id)
+            where.append(runs.c.status == status.value)
+        if page.after is not None:
+            where.append(runs.c.id > page.after)
+        sized = (
+            select(runs.c.id, _stored_bytes(full))
+            .where(*where)
+            .order_by(runs.c.id)
+            .limit(page.size + 1)
+        )
+        measured = (await self.session.execute(sized)).all()
+        more = len(measured) > page.size
+        measured = measured[: page.size]
+        kept = page_cut([int(row[1]) for row in measured])
+        ids = [row[0] for row in measured[:kept]]
+        if not ids:
+            return [], None
+        stmt = self._select(full).where(runs.c.id.in_(ids)).order_by(runs.c.id)
+        rows = (await self.session.execute(stmt)).mappings().all()
+        next_key = ids[-1] if more or kept < len(measured) else None
         return [run_from_row(r) for r in rows], next_key
 
     async def cancel_queued(self, batch_id: str, when: datetime) -> list[tuple[str, int]]:
