@@ -291,17 +291,27 @@ class RunExecutor:
         return await self._evidence.link_finished_batches(tx, linked) if linked else []
 
     async def _release(self, held: Mapping[str, tuple[str, int]]) -> None:
-        """Running -> queued for the given runs still at the attempt held."""
+        """Running -> queued for the given runs still at the attempt held; those
+        whose answer is already stored -> completed."""
+        keys = [(r, attempt) for r, (_, attempt) in held.items()]
         try:
             async with self._uow() as tx:
-                released = await tx.runs.release([(r, attempt) for r, (_, attempt) in held.items()])
+                released = await tx.runs.release(keys)
+                answered = await tx.runs.complete_answered(keys, now())
                 await tx.events.append(
                     [NewEvent(r, held[r][0], RunStatus.QUEUED, held[r][1]) for r in released]
+                    + [
+                        NewEvent(r["id"], r["batch_id"], RunStatus.COMPLETED, held[r["id"]][1])
+                        for r in answered
+                    ]
                 )
+                links = await self._link_finished(tx, {r["batch_id"] for r in answered})
                 await tx.commit()
-        except Exception as exc:  # the reconciler requeues them when their lease expires
+        except Exception as exc:  # the reconciler takes them back once we are gone
             log.warning("could not hand back %d runs: %s", len(held), exc)
             return
+        if self._evidence is not None:
+            await self._evidence.enqueue(links)
         for run_id in held:
             self._held.pop(run_id, None)
         if released:

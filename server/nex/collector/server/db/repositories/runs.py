@@ -359,6 +359,25 @@ class RunRepository(Repository):
         )
         return [r[0] for r in await self.session.execute(stmt)]
 
+    async def complete_answered(
+        self, keys: Sequence[tuple[str, int]], now: datetime
+    ) -> list[Mapping[Any, Any]]:
+        """Running at the given attempt with the answer stored -> completed (its
+        worker is stopping); returns their id and batch id."""
+        if not keys:
+            return []
+        stmt = (
+            update(runs)
+            .where(
+                tuple_(runs.c.id, runs.c.attempt).in_(list(keys)),
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.answer_time.is_not(None),
+            )
+            .values(status=RunStatus.COMPLETED.value, end_time=now, lease_expires=None)
+            .returning(runs.c.id, runs.c.batch_id)
+        )
+        return list((await self.session.execute(stmt)).mappings())
+
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
             update(runs)
