@@ -270,7 +270,7 @@ def test_chaos_no_run_fails_for_a_dead_worker_and_nothing_is_lost(
     its place), Redis flushed, a teacher failing a fifth of its calls: every run
     completes, none fails because a worker died, no worker logs a traceback, and
     the event log holds each run's completion once, in revision order."""
-    n = 300
+    n = 200
     env = {
         **env,
         "RUN_LEASE_S": "2",
