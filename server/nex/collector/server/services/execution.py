@@ -193,11 +193,10 @@ class RunExecutor:
                 latency_ms=latency_ms,
                 received=received,
             )
-            if not await self._on_answers_loop(self._answers.submit(outcome)):
-                return "discarded: run moved on"
-            _observe_completion(batch.provider, outcome)
+            await self._on_answers_loop(self._answers.submit(outcome))
             if not await self._outcomes.submit(outcome):
-                return "answered; completed by the reconciler"
+                return "discarded: run moved on, or completed by the reconciler"
+            _observe_completion(batch.provider, outcome)
             return "completed"
 
     async def _batch(self, batch_id: str) -> Batch:
@@ -243,17 +242,15 @@ class RunExecutor:
     async def _store_answers(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Step one of a completion: the answer, durable, the run still running."""
         answered_at = now()
+        # Guarded by the statement itself (running, same attempt): no lock round
+        # trip. A run that moved on keeps nothing, and its completion finds it gone.
         async with self._answers_uow() as tx:
-            live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
-            await tx.runs.store_answers(
-                [_answer_row(o, answered_at) for o in outcomes if o.run_id in live]
-            )
+            await tx.runs.store_answers([_answer_row(o, answered_at) for o in outcomes])
             await tx.commit()
         committed = time.perf_counter()
         for o in outcomes:
-            if o.run_id in live:
-                metrics.ANSWER_COMMIT_SECONDS.observe(committed - o.received)
-        return [o.run_id in live for o in outcomes]
+            metrics.ANSWER_COMMIT_SECONDS.observe(committed - o.received)
+        return [True] * len(outcomes)
 
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Completed (answer already stored) or failed, with their events."""
@@ -362,6 +359,7 @@ def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
     assert c is not None
     row: dict[str, Any] = {
         "b_id": o.run_id,
+        "b_attempt": o.attempt,
         "output_text": c.text,
         "finish_reason": c.finish_reason,
         "has_logprobs": c.tokens is not None,

@@ -284,14 +284,19 @@ class RunRepository(Repository):
         )
 
     async def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Stores the teacher's answer of locked running runs, which stay running
-        until `complete` (one executemany). Once stored, an answer is never
-        asked for again: a run holding one is completed, never requeued."""
+        """Stores the teacher's answer of runs still running at the given attempt
+        (`b_attempt`), which stay running until `complete` (one executemany).
+        Once stored, an answer is never asked for again: a run holding one is
+        completed, never requeued."""
         if not rows:
             return
         stmt = (
             update(runs)
-            .where(runs.c.id == bindparam("b_id"))
+            .where(
+                runs.c.id == bindparam("b_id"),
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.attempt == bindparam("b_attempt"),
+            )
             .values(
                 output_text=bindparam("output_text"),
                 finish_reason=bindparam("finish_reason"),
