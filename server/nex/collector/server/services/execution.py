@@ -193,6 +193,8 @@ class RunExecutor:
                 latency_ms=latency_ms,
                 received=received,
             )
+            # Step one: the answer alone, durable at once; step two: completed,
+            # with its event, in revision order (see the module docstring).
             await self._on_answers_loop(self._answers.submit(outcome))
             if not await self._outcomes.submit(outcome):
                 return "discarded: run moved on, or completed by the reconciler"
