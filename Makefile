@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTO_OUT := client
 PROTO_FILES := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: install dev test lint proto proto-check bench clean
+.PHONY: install dev test fuzz lint proto proto-check bench clean
 
 # The client distribution (./client) and the server (.), both editable, in one
 # resolve so the server's `nex-collector-client` requirement is the local one;
@@ -35,6 +35,9 @@ dev: $(STAMP) ## embedded PostgreSQL + Redis, migrations, server and worker
 
 test: $(STAMP) ## the whole suite, starting whatever it needs
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## the fuzz suite with many more examples (a few minutes)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz -p no:cacheprovider $(PYTEST_ARGS)
 
 proto: $(STAMP) ## regenerate the committed code in client/ from proto/
 	rm -f $(PROTO_OUT)/nex/collector/v1/*_pb2*.py $(PROTO_OUT)/nex/collector/v1/*_pb2*.pyi

@@ -3,12 +3,14 @@ a fake teacher at the wire, and a real collector reached through the shipped cli
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from nex.collector.client import Client, connect
 from tests.fakes.teacher_api import FakeTeacherAPI
@@ -16,6 +18,15 @@ from tests.support.backing import Backing, backing_services
 from tests.support.collector import RunningCollector, collector_settings, running_collector
 
 TEACHER_KEY = "sk-test-secret-key-0123456789"
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE: "default" keeps `make test`
+# quick and repeatable (the same examples each run); "fuzz" (`make fuzz`) explores.
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+settings.register_profile(
+    "default", max_examples=12, deadline=None, derandomize=True, suppress_health_check=_SLOW_OK
+)
+settings.register_profile("fuzz", max_examples=200, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def unique(prefix: str) -> str:

@@ -5,6 +5,7 @@ through typer's CliRunner against the real collector, plus their pure parts
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from pathlib import Path
@@ -240,6 +241,43 @@ def test_batch_create_watch_and_show(
     assert "queued 0 runs" in again.output and client.get_batch(batch_id).counts.total == 7
 
 
+def test_quiet_create_commands_print_only_the_new_id(
+    collector: RunningCollector, client: Client, tmp_path: Path
+) -> None:
+    """`ID=$(nex-collector … -q)`: stdout is the id alone, and the next command
+    in the same process prints as usual again."""
+    name = unique("cli-quiet")
+    tpl = invoke(
+        collector, "template", "create", "--name", name, "--user", "Hi {{ x }}", "--var", "x", "-q"
+    )
+    assert tpl.exit_code == 0, tpl.output
+    assert client.get_template(tpl.stdout.strip()).name == name
+    assert tpl.stdout == tpl.stdout.strip() + "\n"
+
+    inputs = _jsonl(tmp_path / "vars.jsonl", [{"x": "a"}, {"x": "b"}])
+    bat = invoke(
+        collector, "batch", "create", "--template", tpl.stdout.strip(), "--inputs", str(inputs),
+        "--quiet",
+    )  # fmt: skip
+    assert bat.exit_code == 0, bat.output
+    batch = client.get_batch(bat.stdout.strip())
+    assert batch.counts.completed == 2  # the id comes once every run has ended
+
+    ds = invoke(
+        collector, "dataset", "build", "--name", name, "--version", "v1",
+        "--batch", batch.id, "-q",
+    )  # fmt: skip
+    assert ds.exit_code == 0, ds.output
+    assert client.get_dataset(ds.stdout.strip()).status == DatasetStatus.READY
+
+    ctx = invoke(collector, "context", "create", name, "1", "-q")
+    assert ctx.exit_code == 0, ctx.output
+    assert client.get_context_ref(ctx.stdout.strip()).nex_context_id == name
+
+    loud = invoke(collector, "batch", "show", batch.id)
+    assert "completed 2" in loud.output
+
+
 def test_a_bad_line_is_named_and_nothing_is_created(
     collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
 ) -> None:
@@ -363,10 +401,23 @@ def test_demo_runs_against_a_running_collector(collector: RunningCollector, clie
     assert "top alternatives" in result.output  # outputs shown with their logprobs
     if datasets:
         assert "every file matches manifest.json" in result.output
-        assert "duckdb -c" in result.output
+        _run_the_try_lines(result.output)
     else:
         assert "does not offer DatasetService" in result.output
     assert "demo complete" in result.output
+
+
+def _run_the_try_lines(output: str) -> None:
+    """The commands the demo suggests run as printed, with what is installed."""
+    import subprocess
+
+    after = output.split("Try (", 1)[1].splitlines()[1:]
+    lines = [line.strip() for line in itertools.takewhile(lambda s: s.startswith("  "), after)]
+    assert len(lines) == 2, output
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+        assert "y_text" in done.stdout, done.stdout
 
 
 def test_client_commands_do_not_read_the_servers_configuration(

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nex.collector.client import Client, GenerationParams, NotFoundError, RunStatus, connect
+from nex.collector.client import (
+    BatchStatus,
+    Client,
+    GenerationParams,
+    NotFoundError,
+    RunStatus,
+    connect,
+)
 from nex.collector.server.config import ConfigError, load_settings
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
@@ -172,6 +179,41 @@ def test_the_backlog_is_read_from_the_database(
         lambda: _backlog(url) == {"queued": 0, "running": 0, "building": 0, "pending": 0},
         f"the backlog did not drain: {_backlog(url)}",
     )
+
+
+def test_a_paused_batch_shows_its_budget_left(
+    metered: tuple[Client, str], fresh_teacher_api: FakeTeacherAPI
+) -> None:
+    client, url = metered
+    before = scrape(url)
+    template = client.create_template(unique("m"), user_template="Say {{ x }}.", variables=["x"])
+    params = GenerationParams(max_tokens=8)
+    rows = [{"x": str(i)} for i in range(8)]
+    worst = client.estimate_batch(template.id, "openai", "gpt-4o-mini", rows, params=params)
+    batch = client.create_batch(
+        unique("b"),
+        template.id,
+        "openai",
+        "gpt-4o-mini",
+        params=params,
+        max_cost_usd=worst.worst_case_cost_usd / 3,
+    )
+    client.create_runs(batch.id, rows)
+    left = ("nex_collector_budget_left_usd", frozenset({("batch_id", batch.id)}))
+    _until(lambda: left in scrape(url), "no budget gauge for the capped batch")
+    _until(
+        lambda: delta(before, scrape(url), "nex_collector_batches_paused_total",
+                      reason="BUDGET_EXHAUSTED") == 1,
+        "the pause was not counted",
+    )  # fmt: skip
+    _until(lambda: client.get_batch(batch.id).status == BatchStatus.PAUSED, "never paused")
+    remaining = client.get_batch(batch.id).budget.remaining_usd
+    assert remaining is not None
+    _until(  # refreshed every RECONCILE_INTERVAL_S
+        lambda: scrape(url)[left] == pytest.approx(remaining), "the gauge missed the spend"
+    )
+    client.cancel_batch(batch.id)
+    _until(lambda: left not in scrape(url), "the gauge outlived the batch's active runs")
 
 
 def test_a_bad_metrics_address_is_a_configuration_error() -> None:

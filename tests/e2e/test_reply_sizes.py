@@ -20,6 +20,7 @@ from nex.collector.client import (
     RunStatus,
     RunView,
 )
+from nex.collector.server.domain.limits import MAX_VARIABLE_VALUE
 from nex.collector.server.domain.sizes import MAX_CALL_INPUT_BYTES, MAX_RUN_INPUT_BYTES, PAGE_BYTES
 from nex.collector.v1 import teacher_pb2, teacher_service_pb2, teacher_service_pb2_grpc
 from tests.conftest import unique
@@ -35,6 +36,17 @@ def amplifying_template(client: Client) -> str:
     return client.create_template(unique("big"), user_template=body, variables=["v"]).id
 
 
+# A variable value may hold at most MAX_VARIABLE_VALUE characters (edge check),
+# so reaching the per-run cap takes a template that repeats it more.
+WIDE_REPEATS = 32
+
+
+@pytest.fixture(scope="module")
+def wide_template(client: Client) -> str:
+    body = "".join("{{ v }}" for _ in range(WIDE_REPEATS))
+    return client.create_template(unique("wide"), user_template=body, variables=["v"]).id
+
+
 def _batch(client: Client, template_id: str) -> str:
     return client.create_batch(unique("big"), template_id, "mock", "mock-1").id
 
@@ -48,11 +60,12 @@ def stub(collector: RunningCollector) -> Iterator[teacher_service_pb2_grpc.Teach
 
 
 def test_a_run_too_big_to_return_is_refused_and_nothing_is_created(
-    client: Client, amplifying_template: str
+    client: Client, wide_template: str
 ) -> None:
-    batch_id = _batch(client, amplifying_template)
+    batch_id = _batch(client, wide_template)
     fine = {"v": "x"}
-    too_big = {"v": "y" * (MAX_RUN_INPUT_BYTES // REPEATS)}  # rendered 8x, plus itself
+    too_big = {"v": "y" * (MAX_RUN_INPUT_BYTES // WIDE_REPEATS)}  # rendered 32x, plus itself
+    assert len(too_big["v"]) <= MAX_VARIABLE_VALUE
     with pytest.raises(InvalidArgumentError) as caught:
         client.create_runs(batch_id, [fine, too_big, fine])
     assert [v.field for v in caught.value.field_violations] == ["runs[1].variables"]
@@ -62,9 +75,9 @@ def test_a_run_too_big_to_return_is_refused_and_nothing_is_created(
     assert [v.field for v in single.value.field_violations] == ["variables"]
     assert client.get_batch(batch_id).counts.total == 0
 
-    largest = {"v": "z" * ((MAX_RUN_INPUT_BYTES - KB) // (REPEATS + 1))}
+    largest = {"v": "z" * ((MAX_RUN_INPUT_BYTES - KB) // (WIDE_REPEATS + 1))}
     run = client.create_run(batch_id, largest)  # the full view comes back
-    assert len(run.messages[0].content) == REPEATS * len(largest["v"])
+    assert len(run.messages[0].content) == WIDE_REPEATS * len(largest["v"])
     assert client.get_run(run.id, view=RunView.FULL).variables == largest
 
 

@@ -270,6 +270,10 @@ class FakeTeacherAPI:
         self.requests_by_path: Counter[str] = Counter()
         self.requests_by_prompt: Counter[str] = Counter()
         self.exchanges: list[Exchange] = []
+        # Money billed, as a provider counts it: model -> (USD per 1M input,
+        # per 1M output tokens) set by a test; each 200 answer bills its usage.
+        self.prices: dict[str, tuple[float, float]] = {}
+        self.spent_usd = 0.0
         self._seed = seed
         self._rng = random.Random(seed)
         self._failures = 0
@@ -318,6 +322,8 @@ class FakeTeacherAPI:
         self.requests_by_path.clear()
         self.requests_by_prompt.clear()
         self.exchanges.clear()
+        self.prices = {}
+        self.spent_usd = 0.0
         self._script.clear()
         self._rng = random.Random(self._seed)
         self._failures = 0
@@ -408,9 +414,20 @@ class FakeTeacherAPI:
             await asyncio.sleep(delay)
 
         status, headers, answer = self._answer(path, request, body, scripted)
+        if status == 200:
+            self._bill(str(body.get("model", "")), answer)
         if self.record:
             self.exchanges.append(Exchange(path, body, status, answer))
         return self._json(path, status, answer, headers)
+
+    def _bill(self, model: str, answer: Any) -> None:
+        price = self.prices.get(model)
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if price is None or not isinstance(usage, dict):
+            return
+        tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        self.spent_usd += (tokens_in * price[0] + tokens_out * price[1]) / 1e6
 
     def _next_scripted(self, path: str) -> Scripted | None:
         for i, item in enumerate(self._script):

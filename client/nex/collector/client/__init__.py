@@ -21,29 +21,19 @@ Every failed call raises a ``CollectorError`` subclass (``NotFoundError``,
 ``InvalidArgumentError`` with ``.field_violations``, ...).
 """
 
-from ._async_client import AsyncClient, Connecting, connect_async
-from ._errors import (
-    AlreadyExistsError,
-    CollectorError,
-    DatasetBuildError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    FieldViolation,
-    InternalError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    RpcCancelledError,
-    UnauthenticatedError,
-    UnavailableError,
-    UnimplementedError,
-)
-from ._sync_client import Client, connect
+import importlib as _importlib
+import typing as _typing
+
+# The data types are plain Python and load at once; the client, its errors and
+# its watch helpers need grpc and protobuf, which cost a few hundred
+# milliseconds to import, so they load on first use (a CLI's --help never pays).
 from ._types import (
+    BatchBudget,
+    BatchPause,
     BatchStatus,
     BooleanFilter,
     ContextRef,
+    CostEstimate,
     DatasetCounts,
     DatasetFile,
     DatasetManifest,
@@ -72,17 +62,85 @@ from ._types import (
     TopLogprob,
     Usage,
 )
-from ._watch import WatchRetry
+
+if _typing.TYPE_CHECKING:
+    from ._async_client import AsyncClient, Connecting, connect_async
+    from ._errors import (
+        AlreadyExistsError,
+        CollectorError,
+        DatasetBuildError,
+        DeadlineExceededError,
+        FailedPreconditionError,
+        FieldViolation,
+        InternalError,
+        InvalidArgumentError,
+        NotFoundError,
+        PermissionDeniedError,
+        ResourceExhaustedError,
+        RpcCancelledError,
+        UnauthenticatedError,
+        UnavailableError,
+        UnimplementedError,
+    )
+    from ._sync_client import Client, connect
+    from ._watch import WatchRetry
+
+_LAZY = {
+    "AsyncClient": "_async_client",
+    "Connecting": "_async_client",
+    "connect_async": "_async_client",
+    "Client": "_sync_client",
+    "connect": "_sync_client",
+    "WatchRetry": "_watch",
+    **dict.fromkeys(
+        (
+            "AlreadyExistsError",
+            "CollectorError",
+            "DatasetBuildError",
+            "DeadlineExceededError",
+            "FailedPreconditionError",
+            "FieldViolation",
+            "InternalError",
+            "InvalidArgumentError",
+            "NotFoundError",
+            "PermissionDeniedError",
+            "ResourceExhaustedError",
+            "RpcCancelledError",
+            "UnauthenticatedError",
+            "UnavailableError",
+            "UnimplementedError",
+        ),
+        "_errors",
+    ),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Loads the grpc-backed names on first access (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AlreadyExistsError",
     "AsyncClient",
+    "BatchBudget",
+    "BatchPause",
     "BatchStatus",
     "BooleanFilter",
     "Client",
     "CollectorError",
     "Connecting",
     "ContextRef",
+    "CostEstimate",
     "DatasetBuildError",
     "DatasetCounts",
     "DatasetFile",

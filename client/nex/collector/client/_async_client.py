@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf import field_mask_pb2
 from grpc import aio
 
 from nex.collector.v1 import (
@@ -36,6 +37,7 @@ from ._errors import (
 )
 from ._types import (
     ContextRef,
+    CostEstimate,
     DatasetManifest,
     DatasetStatus,
     EvidenceLink,
@@ -317,8 +319,11 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         link_evidence: bool = False,
+        max_cost_usd: float | None = None,
     ) -> TeacherBatch:
-        """Creates an empty batch; add runs with ``create_run`` / ``create_runs``."""
+        """Creates an empty batch; add runs with ``create_run`` / ``create_runs``.
+        ``max_cost_usd`` is a hard cap on what its teacher calls may cost (it
+        needs ``params.max_tokens`` and a priced model)."""
         resp = await self._call(
             self._teacher.CreateBatch,
             teacher_service_pb2.CreateBatchRequest(
@@ -331,9 +336,45 @@ class AsyncClient:
                 labels=dict(labels or {}),
                 request_id=_rid(request_id),
                 link_evidence=link_evidence,
+                max_cost_usd=max_cost_usd,
             ),
         )
         return _convert.batch(resp.batch)
+
+    async def update_batch(self, id: str, *, max_cost_usd: float | None) -> TeacherBatch:
+        """Sets (None: removes) the batch's cost cap. Raising the cap of a batch
+        paused with ``BUDGET_EXHAUSTED`` resumes it."""
+        resp = await self._call(
+            self._teacher.UpdateBatch,
+            teacher_service_pb2.UpdateBatchRequest(
+                batch=teacher_pb2.TeacherBatch(id=id, max_cost_usd=max_cost_usd),
+                update_mask=field_mask_pb2.FieldMask(paths=["max_cost_usd"]),
+            ),
+        )
+        return _convert.batch(resp.batch)
+
+    async def estimate_batch(
+        self,
+        template_id: str,
+        provider: str,
+        model: str,
+        runs: Iterable[Mapping[str, str] | RunInput],
+        *,
+        params: GenerationParams | None = None,
+    ) -> CostEstimate:
+        """The worst-case cost of a would-be batch: the server renders each input,
+        creates nothing and calls no teacher."""
+        resp = await self._call(
+            self._teacher.EstimateBatch,
+            teacher_service_pb2.EstimateBatchRequest(
+                template_id=template_id,
+                provider=str(provider),
+                model=model,
+                params=_convert.params_to_proto(params or GenerationParams()),
+                runs=[_convert.run_input(r) for r in runs],
+            ),
+        )
+        return _convert.cost_estimate(resp.estimate)
 
     async def get_batch(self, id: str) -> TeacherBatch:
         resp = await self._call(self._teacher.GetBatch, teacher_service_pb2.GetBatchRequest(id=id))

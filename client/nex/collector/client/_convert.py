@@ -20,9 +20,12 @@ from nex.collector.v1 import (
 )
 
 from ._types import (
+    BatchBudget,
+    BatchPause,
     BatchStatus,
     BooleanFilter,
     ContextRef,
+    CostEstimate,
     DatasetCounts,
     DatasetFile,
     DatasetManifest,
@@ -171,6 +174,33 @@ def batch(msg: teacher_pb2.TeacherBatch) -> TeacherBatch:
         create_time=_time(msg.create_time, msg.HasField("create_time")),
         link_evidence=msg.link_evidence,
         cancel_time=_time(msg.cancel_time, msg.HasField("cancel_time")),
+        max_cost_usd=msg.max_cost_usd if msg.HasField("max_cost_usd") else None,
+        budget=BatchBudget(
+            spent_usd=msg.budget.spent_usd,
+            reserved_usd=msg.budget.reserved_usd,
+            queued_worst_case_usd=msg.budget.queued_worst_case_usd,
+            remaining_usd=msg.budget.remaining_usd
+            if msg.budget.HasField("remaining_usd")
+            else None,
+        ),
+        pause=BatchPause(
+            reason=msg.pause.reason,
+            message=msg.pause.message,
+            metadata=dict(msg.pause.metadata),
+            time=_time(msg.pause.time, msg.pause.HasField("time")),
+        )
+        if msg.HasField("pause")
+        else None,
+    )
+
+
+def cost_estimate(msg: teacher_service_pb2.CostEstimate) -> CostEstimate:
+    return CostEstimate(
+        runs=msg.runs,
+        prompt_tokens_bound=msg.prompt_tokens_bound,
+        output_tokens_bound=msg.output_tokens_bound,
+        worst_case_cost_usd=msg.worst_case_cost_usd,
+        priced=msg.priced,
     )
 
 

@@ -21,6 +21,7 @@ import grpc
 from ._async_client import DEFAULT_TARGET, AsyncClient
 from ._types import (
     ContextRef,
+    CostEstimate,
     DatasetManifest,
     EvidenceLink,
     Filter,
@@ -248,6 +249,7 @@ class Client:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         link_evidence: bool = False,
+        max_cost_usd: float | None = None,
     ) -> TeacherBatch:
         return self._loop.run(
             self._client.create_batch(
@@ -260,7 +262,24 @@ class Client:
                 labels=labels,
                 request_id=request_id,
                 link_evidence=link_evidence,
+                max_cost_usd=max_cost_usd,
             )
+        )
+
+    def update_batch(self, id: str, *, max_cost_usd: float | None) -> TeacherBatch:
+        return self._loop.run(self._client.update_batch(id, max_cost_usd=max_cost_usd))
+
+    def estimate_batch(
+        self,
+        template_id: str,
+        provider: str,
+        model: str,
+        runs: Iterable[Mapping[str, str] | RunInput],
+        *,
+        params: GenerationParams | None = None,
+    ) -> CostEstimate:
+        return self._loop.run(
+            self._client.estimate_batch(template_id, provider, model, list(runs), params=params)
         )
 
     def get_batch(self, id: str) -> TeacherBatch:

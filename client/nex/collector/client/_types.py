@@ -41,6 +41,7 @@ class BatchStatus(enum.IntEnum):
     RUNNING = 2
     COMPLETED = 3
     CANCELLED = 4
+    PAUSED = 5
 
 
 class DatasetStatus(enum.IntEnum):
@@ -153,6 +154,37 @@ class RunCounts:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchBudget:
+    """What a batch's teacher calls cost and may still cost, in USD."""
+
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    queued_worst_case_usd: float = 0.0
+    remaining_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPause:
+    """Why a batch is paused, e.g. ``reason="BUDGET_EXHAUSTED"``."""
+
+    reason: str
+    message: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CostEstimate:
+    """The most a set of runs may cost, known before any call."""
+
+    runs: int = 0
+    prompt_tokens_bound: int = 0
+    output_tokens_bound: int = 0
+    worst_case_cost_usd: float = 0.0
+    priced: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
     """Token usage and cost of a run, or the sum over a batch."""
 
@@ -191,6 +223,9 @@ class TeacherBatch:
     create_time: datetime | None = None
     link_evidence: bool = False
     cancel_time: datetime | None = None
+    max_cost_usd: float | None = None
+    budget: BatchBudget = BatchBudget()
+    pause: BatchPause | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,19 @@ class BatchProgress:
             f"cost ${usage.cost_usd:,.4f}",
             f"status {self.batch.status.name.lower()}",
         )
+        if (cap := self.batch.max_cost_usd) is not None:
+            budget = self.batch.budget
+            used = budget.spent_usd + budget.reserved_usd
+            share = used / cap if cap > 0 else 1.0
+            style = "red" if share >= 0.95 else "yellow" if share >= 0.8 else "green"
+            table.add_row(
+                f"[{style}]budget ${budget.spent_usd:,.4f} spent[/]",
+                f"${budget.reserved_usd:,.4f} reserved",
+                f"of cap ${cap:,.4f} ({share:.0%})",
+                f"queued worst case ${budget.queued_worst_case_usd:,.4f}",
+            )
+        if (pause := self.batch.pause) is not None:
+            table.add_row(f"[red]paused: {pause.reason}[/]", pause.message)
         return table
 
 
@@ -136,8 +149,9 @@ async def watch_batch_progress(
     refresh_interval: float = 1.0,
 ) -> TeacherBatch:
     """Shows a live progress bar of a batch (ended / total runs), its runs per
-    status, runs/s, tokens and cost, until the batch watch ends; returns the
-    final batch. The watch resumes by itself if the server restarts."""
+    status, runs/s, tokens, cost and spend against its cap, until the batch
+    watch ends or (unless ``follow``) the batch is paused; returns the final
+    batch. The watch resumes by itself if the server restarts."""
     console = console or Console()
     state = BatchProgress(batch=await client.get_batch(batch_id))
     progress = Progress(
@@ -157,23 +171,42 @@ async def watch_batch_progress(
         progress.update(task, completed=counts.done, total=counts.total or None)
         return _render(progress, state)
 
-    async def refresh() -> None:
+    async def follow_events() -> None:
+        async for event in client.watch_batch(batch_id, follow=follow):
+            state.apply(event)
+
+    async def refresh(watching: asyncio.Task[None]) -> None:
         while True:
             await asyncio.sleep(refresh_interval)
             with contextlib.suppress(CollectorError):  # the watch handles outages
                 state.batch = await client.get_batch(batch_id)
+            if state.batch.status == BatchStatus.PAUSED and not follow:
+                watching.cancel()  # nothing moves until someone raises the cap
+                return
 
     with Live(console=console, refresh_per_second=8, get_renderable=render) as live:
-        refresher = asyncio.create_task(refresh())
+        watching = asyncio.create_task(follow_events())
+        refresher = asyncio.create_task(refresh(watching))
         try:
-            async for event in client.watch_batch(batch_id, follow=follow):
-                state.apply(event)
+            try:
+                await watching
+            except asyncio.CancelledError:
+                if not refresher.done():  # not stopped for a pause: a Ctrl-C
+                    raise
         finally:
+            watching.cancel()
             refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            for job in (watching, refresher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
         state.batch = await client.get_batch(batch_id)
         live.refresh()
     if state.batch.status == BatchStatus.CANCELLED:
         console.print(f"[yellow]batch {batch_id} was cancelled")
+    if state.batch.status == BatchStatus.PAUSED:
+        reason = state.batch.pause.reason if state.batch.pause else "paused"
+        console.print(
+            f"[red]batch {batch_id} is paused ({reason}); resume it with: "
+            f"nex-collector batch update {batch_id} --max-cost-usd AMOUNT"
+        )
     return state.batch

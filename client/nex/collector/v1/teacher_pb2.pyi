@@ -36,6 +36,10 @@ class _BatchStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchStat
     """Every run has ended."""
     BATCH_STATUS_CANCELLED: _BatchStatus.ValueType  # 4
     """Cancelled: no further teacher calls are made."""
+    BATCH_STATUS_PAUSED: _BatchStatus.ValueType  # 5
+    """Runs are queued but none may start: see `TeacherBatch.pause` (e.g.
+    BUDGET_EXHAUSTED; raising max_cost_usd with UpdateBatch resumes it).
+    """
 
 class BatchStatus(_BatchStatus, metaclass=_BatchStatusEnumTypeWrapper): ...
 
@@ -48,6 +52,10 @@ BATCH_STATUS_COMPLETED: BatchStatus.ValueType  # 3
 """Every run has ended."""
 BATCH_STATUS_CANCELLED: BatchStatus.ValueType  # 4
 """Cancelled: no further teacher calls are made."""
+BATCH_STATUS_PAUSED: BatchStatus.ValueType  # 5
+"""Runs are queued but none may start: see `TeacherBatch.pause` (e.g.
+BUDGET_EXHAUSTED; raising max_cost_usd with UpdateBatch resumes it).
+"""
 Global___BatchStatus: _TypeAlias = BatchStatus  # noqa: Y015
 
 class _RunStatus:
@@ -228,6 +236,9 @@ class TeacherBatch(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LINK_EVIDENCE_FIELD_NUMBER: _builtins.int
     CANCEL_TIME_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    PAUSE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template_id: _builtins.str
@@ -238,6 +249,8 @@ class TeacherBatch(_message.Message):
     status: Global___BatchStatus.ValueType
     link_evidence: _builtins.bool
     """Create an evidence link to context_ref_id when the batch completes."""
+    max_cost_usd: _builtins.float
+    """Hard cap on what the batch's teacher calls may cost, in USD; unset: no cap."""
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
     @_builtins.property
@@ -250,6 +263,14 @@ class TeacherBatch(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def cancel_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def budget(self) -> Global___BatchBudget:
+        """Money spent, reserved by calls in flight, and the worst case of what is queued."""
+
+    @_builtins.property
+    def pause(self) -> Global___BatchPause:
+        """Why the batch is BATCH_STATUS_PAUSED (unset otherwise)."""
+
     def __init__(
         self,
         *,
@@ -267,14 +288,112 @@ class TeacherBatch(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         link_evidence: _builtins.bool = ...,
         cancel_time: _timestamp_pb2.Timestamp | None = ...,
+        max_cost_usd: _builtins.float | None = ...,
+        budget: Global___BatchBudget | None = ...,
+        pause: Global___BatchPause | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "counts", b"counts", "create_time", b"create_time", "params", b"params", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "budget", b"budget", "cancel_time", b"cancel_time", "counts", b"counts", "create_time", b"create_time", "max_cost_usd", b"max_cost_usd", "params", b"params", "pause", b"pause", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "context_ref_id", b"context_ref_id", "counts", b"counts", "create_time", b"create_time", "id", b"id", "labels", b"labels", "link_evidence", b"link_evidence", "model", b"model", "name", b"name", "params", b"params", "provider", b"provider", "status", b"status", "template_id", b"template_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "budget", b"budget", "cancel_time", b"cancel_time", "context_ref_id", b"context_ref_id", "counts", b"counts", "create_time", b"create_time", "id", b"id", "labels", b"labels", "link_evidence", b"link_evidence", "max_cost_usd", b"max_cost_usd", "model", b"model", "name", b"name", "params", b"params", "pause", b"pause", "provider", b"provider", "status", b"status", "template_id", b"template_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
+
+Global___TeacherBatch: _TypeAlias = TeacherBatch  # noqa: Y015
+
+@_typing.final
+class BatchBudget(_message.Message):
+    """What a batch's teacher calls cost and may still cost, in USD."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    RESERVED_USD_FIELD_NUMBER: _builtins.int
+    QUEUED_WORST_CASE_USD_FIELD_NUMBER: _builtins.int
+    REMAINING_USD_FIELD_NUMBER: _builtins.int
+    spent_usd: _builtins.float
+    """Real cost of the calls made, plus the worst case of calls whose worker
+    was lost (a provider may have billed them).
+    """
+    reserved_usd: _builtins.float
+    """Worst-case cost reserved by calls in flight."""
+    queued_worst_case_usd: _builtins.float
+    """Worst-case cost of the queued runs (prompt bytes x input price +
+    max_tokens x output price); 0 when the model has no known price.
+    """
+    remaining_usd: _builtins.float
+    """max_cost_usd - spent_usd - reserved_usd when a cap is set."""
+    def __init__(
+        self,
+        *,
+        spent_usd: _builtins.float = ...,
+        reserved_usd: _builtins.float = ...,
+        queued_worst_case_usd: _builtins.float = ...,
+        remaining_usd: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_usd", b"_remaining_usd", "remaining_usd", b"remaining_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_usd", b"_remaining_usd", "queued_worst_case_usd", b"queued_worst_case_usd", "remaining_usd", b"remaining_usd", "reserved_usd", b"reserved_usd", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__remaining_usd: _TypeAlias = _typing.Literal["remaining_usd"]  # noqa: Y015
+    _WhichOneofArgType__remaining_usd: _TypeAlias = _typing.Literal["_remaining_usd", b"_remaining_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_usd) -> _WhichOneofReturnType__remaining_usd | None: ...
+
+Global___BatchBudget: _TypeAlias = BatchBudget  # noqa: Y015
+
+@_typing.final
+class BatchPause(_message.Message):
+    """Why a batch is paused, shaped like google.rpc.ErrorInfo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """UPPER_SNAKE, e.g. BUDGET_EXHAUSTED."""
+    message: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "metadata", b"metadata", "reason", b"reason", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TeacherBatch: _TypeAlias = TeacherBatch  # noqa: Y015
+Global___BatchPause: _TypeAlias = BatchPause  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -53,6 +54,7 @@ class CreateBatchRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LINK_EVIDENCE_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     template_id: _builtins.str
     provider: _builtins.str
@@ -63,6 +65,10 @@ class CreateBatchRequest(_message.Message):
     link_evidence: _builtins.bool
     """Create an evidence link to context_ref_id when the batch completes
     (integrated mode; standalone answers FAILED_PRECONDITION).
+    """
+    max_cost_usd: _builtins.float
+    """Hard cap in USD on the batch's teacher calls (needs params.max_tokens and
+    a model with a known price).
     """
     @_builtins.property
     def params(self) -> _teacher_pb2.GenerationParams: ...
@@ -80,12 +86,15 @@ class CreateBatchRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         link_evidence: _builtins.bool = ...,
+        max_cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "max_cost_usd", b"max_cost_usd", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_ref_id", b"context_ref_id", "labels", b"labels", "link_evidence", b"link_evidence", "model", b"model", "name", b"name", "params", b"params", "provider", b"provider", "request_id", b"request_id", "template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "context_ref_id", b"context_ref_id", "labels", b"labels", "link_evidence", b"link_evidence", "max_cost_usd", b"max_cost_usd", "model", b"model", "name", b"name", "params", b"params", "provider", b"provider", "request_id", b"request_id", "template_id", b"template_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
 
 Global___CreateBatchRequest: _TypeAlias = CreateBatchRequest  # noqa: Y015
 
@@ -192,6 +201,143 @@ class ListBatchesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBatchesResponse: _TypeAlias = ListBatchesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> _teacher_pb2.TeacherBatch:
+        """`id` names the batch; the fields named in update_mask are taken from it."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths: "max_cost_usd" (unset in `batch`: removes the cap)."""
+
+    def __init__(
+        self,
+        *,
+        batch: _teacher_pb2.TeacherBatch | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateBatchRequest: _TypeAlias = UpdateBatchRequest  # noqa: Y015
+
+@_typing.final
+class UpdateBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> _teacher_pb2.TeacherBatch: ...
+    def __init__(
+        self,
+        *,
+        batch: _teacher_pb2.TeacherBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateBatchResponse: _TypeAlias = UpdateBatchResponse  # noqa: Y015
+
+@_typing.final
+class EstimateBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    provider: _builtins.str
+    model: _builtins.str
+    @_builtins.property
+    def params(self) -> _teacher_pb2.GenerationParams: ...
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunInput]: ...
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        params: _teacher_pb2.GenerationParams | None = ...,
+        runs: _abc.Iterable[Global___RunInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "params", b"params", "provider", b"provider", "runs", b"runs", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateBatchRequest: _TypeAlias = EstimateBatchRequest  # noqa: Y015
+
+@_typing.final
+class EstimateBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def estimate(self) -> Global___CostEstimate: ...
+    def __init__(
+        self,
+        *,
+        estimate: Global___CostEstimate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateBatchResponse: _TypeAlias = EstimateBatchResponse  # noqa: Y015
+
+@_typing.final
+class CostEstimate(_message.Message):
+    """The most a set of runs may cost, known before any call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_BOUND_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_BOUND_FIELD_NUMBER: _builtins.int
+    WORST_CASE_COST_USD_FIELD_NUMBER: _builtins.int
+    PRICED_FIELD_NUMBER: _builtins.int
+    runs: _builtins.int
+    prompt_tokens_bound: _builtins.int
+    """Upper bound on prompt tokens over all runs (UTF-8 bytes + per-message overhead)."""
+    output_tokens_bound: _builtins.int
+    """max_tokens x runs."""
+    worst_case_cost_usd: _builtins.float
+    priced: _builtins.bool
+    """False when the model has no known price (the cost is then 0)."""
+    def __init__(
+        self,
+        *,
+        runs: _builtins.int = ...,
+        prompt_tokens_bound: _builtins.int = ...,
+        output_tokens_bound: _builtins.int = ...,
+        worst_case_cost_usd: _builtins.float = ...,
+        priced: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_tokens_bound", b"output_tokens_bound", "priced", b"priced", "prompt_tokens_bound", b"prompt_tokens_bound", "runs", b"runs", "worst_case_cost_usd", b"worst_case_cost_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostEstimate: _TypeAlias = CostEstimate  # noqa: Y015
 
 @_typing.final
 class CancelBatchRequest(_message.Message):

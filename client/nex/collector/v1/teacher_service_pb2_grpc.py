@@ -50,6 +50,16 @@ class TeacherServiceStub:
                 request_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListBatchesRequest.SerializeToString,
                 response_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListBatchesResponse.FromString,
                 _registered_method=True)
+        self.UpdateBatch = channel.unary_unary(
+                '/nex.collector.v1.TeacherService/UpdateBatch',
+                request_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.UpdateBatchRequest.SerializeToString,
+                response_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.UpdateBatchResponse.FromString,
+                _registered_method=True)
+        self.EstimateBatch = channel.unary_unary(
+                '/nex.collector.v1.TeacherService/EstimateBatch',
+                request_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.EstimateBatchRequest.SerializeToString,
+                response_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.EstimateBatchResponse.FromString,
+                _registered_method=True)
         self.CancelBatch = channel.unary_unary(
                 '/nex.collector.v1.TeacherService/CancelBatch',
                 request_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.CancelBatchRequest.SerializeToString,
@@ -105,6 +115,22 @@ class TeacherServiceServicer:
 
     def ListBatches(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateBatch(self, request, context):
+        """Changes the fields named in update_mask; only `max_cost_usd` for now.
+        Raising the cap of a batch paused by BUDGET_EXHAUSTED resumes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateBatch(self, request, context):
+        """The worst-case cost of a would-be batch: renders the template for each
+        input and creates nothing, calls no teacher.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -174,6 +200,16 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.ListBatches,
                     request_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListBatchesRequest.FromString,
                     response_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListBatchesResponse.SerializeToString,
+            ),
+            'UpdateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBatch,
+                    request_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.UpdateBatchRequest.FromString,
+                    response_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.UpdateBatchResponse.SerializeToString,
+            ),
+            'EstimateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateBatch,
+                    request_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.EstimateBatchRequest.FromString,
+                    response_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.EstimateBatchResponse.SerializeToString,
             ),
             'CancelBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelBatch,
@@ -293,6 +329,60 @@ class TeacherService:
             '/nex.collector.v1.TeacherService/ListBatches',
             nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListBatchesRequest.SerializeToString,
             nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nex.collector.v1.TeacherService/UpdateBatch',
+            nex_dot_collector_dot_v1_dot_teacher__service__pb2.UpdateBatchRequest.SerializeToString,
+            nex_dot_collector_dot_v1_dot_teacher__service__pb2.UpdateBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nex.collector.v1.TeacherService/EstimateBatch',
+            nex_dot_collector_dot_v1_dot_teacher__service__pb2.EstimateBatchRequest.SerializeToString,
+            nex_dot_collector_dot_v1_dot_teacher__service__pb2.EstimateBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

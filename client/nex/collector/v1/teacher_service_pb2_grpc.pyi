@@ -36,6 +36,14 @@ class TeacherServiceStub:
     CreateBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.CreateBatchRequest, _teacher_service_pb2.CreateBatchResponse]
     GetBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.GetBatchRequest, _teacher_service_pb2.GetBatchResponse]
     ListBatches: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.ListBatchesRequest, _teacher_service_pb2.ListBatchesResponse]
+    UpdateBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.UpdateBatchRequest, _teacher_service_pb2.UpdateBatchResponse]
+    """Changes the fields named in update_mask; only `max_cost_usd` for now.
+    Raising the cap of a batch paused by BUDGET_EXHAUSTED resumes it.
+    """
+    EstimateBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.EstimateBatchRequest, _teacher_service_pb2.EstimateBatchResponse]
+    """The worst-case cost of a would-be batch: renders the template for each
+    input and creates nothing, calls no teacher.
+    """
     CancelBatch: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.CancelBatchRequest, _teacher_service_pb2.CancelBatchResponse]
     """Cancels every queued run and stops further teacher calls; a run already
     in the teacher's hands keeps that call's result and is not retried.
@@ -59,6 +67,14 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     CreateBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.CreateBatchRequest, _teacher_service_pb2.CreateBatchResponse]  # type: ignore[assignment]
     GetBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.GetBatchRequest, _teacher_service_pb2.GetBatchResponse]  # type: ignore[assignment]
     ListBatches: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.ListBatchesRequest, _teacher_service_pb2.ListBatchesResponse]  # type: ignore[assignment]
+    UpdateBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.UpdateBatchRequest, _teacher_service_pb2.UpdateBatchResponse]  # type: ignore[assignment]
+    """Changes the fields named in update_mask; only `max_cost_usd` for now.
+    Raising the cap of a batch paused by BUDGET_EXHAUSTED resumes it.
+    """
+    EstimateBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.EstimateBatchRequest, _teacher_service_pb2.EstimateBatchResponse]  # type: ignore[assignment]
+    """The worst-case cost of a would-be batch: renders the template for each
+    input and creates nothing, calls no teacher.
+    """
     CancelBatch: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.CancelBatchRequest, _teacher_service_pb2.CancelBatchResponse]  # type: ignore[assignment]
     """Cancels every queued run and stops further teacher calls; a run already
     in the teacher's hands keeps that call's result and is not retried.
@@ -97,6 +113,26 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _teacher_service_pb2.ListBatchesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_teacher_service_pb2.ListBatchesResponse, _abc.Awaitable[_teacher_service_pb2.ListBatchesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateBatch(
+        self,
+        request: _teacher_service_pb2.UpdateBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_teacher_service_pb2.UpdateBatchResponse, _abc.Awaitable[_teacher_service_pb2.UpdateBatchResponse]]:
+        """Changes the fields named in update_mask; only `max_cost_usd` for now.
+        Raising the cap of a batch paused by BUDGET_EXHAUSTED resumes it.
+        """
+
+    @_abc_1.abstractmethod
+    def EstimateBatch(
+        self,
+        request: _teacher_service_pb2.EstimateBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_teacher_service_pb2.EstimateBatchResponse, _abc.Awaitable[_teacher_service_pb2.EstimateBatchResponse]]:
+        """The worst-case cost of a would-be batch: renders the template for each
+        input and creates nothing, calls no teacher.
+        """
 
     @_abc_1.abstractmethod
     def CancelBatch(

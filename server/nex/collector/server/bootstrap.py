@@ -38,6 +38,7 @@ from nex.collector.server.queue import (
     in_progress_ttl_ms,
     job_timeouts,
 )
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
@@ -230,11 +231,14 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             interval_s=settings.worker_heartbeat_s,
             loop=side_loop,
         )
+        # The teachers file's daily caps plug in here (`daily_cap=`).
+        budgets = Budgets(uow)
         executor = RunExecutor(
             uow,
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=lease,
+            budgets=budgets,
             evidence=evidence,
             worker_id=heartbeat.worker_id,
             answers_uow=UnitOfWorkFactory(
@@ -270,11 +274,17 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
                 queue,
                 provider_ready=provider_problems(settings),
                 integrated=evidence.enabled,
+                budgets=budgets,
                 evidence=evidence,
             ),
             executor=executor,
             reconciler=Reconciler(
-                uow, queue, evidence, max_worker_losses=settings.max_worker_losses, lease=lease
+                uow,
+                queue,
+                evidence,
+                max_worker_losses=settings.max_worker_losses,
+                lease=lease,
+                budgets=budgets,
             ),
             hub=hub,
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 
-from nex.collector.server.api.interceptors import RequestIdFilter
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+"""The id of the gRPC call being handled (set by the server's interceptor)."""
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request id to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):

@@ -107,6 +107,18 @@ EVIDENCE_PENDING = Gauge(
     "Evidence links not yet accepted by NEX (a growing number: NEX is down or refusing).",
 )
 
+BUDGET_LEFT = Gauge(
+    "nex_collector_budget_left_usd",
+    "USD a capped batch with runs queued or running may still spend "
+    "(max_cost_usd - spent - reserved).",
+    ["batch_id"],
+)
+BATCHES_PAUSED = Counter(
+    "nex_collector_batches_paused",
+    "Batches paused, by reason (BUDGET_EXHAUSTED: the next run did not fit under the cap).",
+    ["reason"],
+)
+
 
 def serve(addr: str | None) -> Callable[[], None]:
     """Serves /metrics on `addr` (host:port; nothing if unset) in a background

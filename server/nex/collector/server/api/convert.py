@@ -16,6 +16,7 @@ from nex.collector.server.domain.batches import (
     RunEvent,
     Usage,
 )
+from nex.collector.server.domain.budgets import BatchPause, CostEstimate
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.datasets import Dataset, DatasetStatus
 from nex.collector.server.domain.errors import InvalidArgument
@@ -28,6 +29,7 @@ from nex.collector.v1 import (
     dataset_pb2,
     evidence_pb2,
     teacher_pb2,
+    teacher_service_pb2,
     template_pb2,
 )
 
@@ -78,6 +80,7 @@ _BATCH_STATUS = {
     BatchStatus.RUNNING: teacher_pb2.BATCH_STATUS_RUNNING,
     BatchStatus.COMPLETED: teacher_pb2.BATCH_STATUS_COMPLETED,
     BatchStatus.CANCELLED: teacher_pb2.BATCH_STATUS_CANCELLED,
+    BatchStatus.PAUSED: teacher_pb2.BATCH_STATUS_PAUSED,
 }
 
 
@@ -146,6 +149,35 @@ def batch(view: BatchView) -> teacher_pb2.TeacherBatch:
         create_time=timestamp(b.create_time),
         link_evidence=b.link_evidence,
         cancel_time=timestamp(b.cancel_time),
+        max_cost_usd=b.max_cost_usd,
+        budget=teacher_pb2.BatchBudget(
+            spent_usd=view.budget.spent_usd,
+            reserved_usd=view.budget.reserved_usd,
+            queued_worst_case_usd=view.queued_worst_case_usd,
+            remaining_usd=view.budget.remaining_usd,
+        ),
+        pause=batch_pause(b.pause),
+    )
+
+
+def batch_pause(p: BatchPause | None) -> teacher_pb2.BatchPause | None:
+    if p is None:
+        return None
+    return teacher_pb2.BatchPause(
+        reason=p.reason,
+        message=p.message,
+        metadata={"scope": p.scope} if p.scope else {},
+        time=timestamp(p.time),
+    )
+
+
+def cost_estimate(e: CostEstimate) -> teacher_service_pb2.CostEstimate:
+    return teacher_service_pb2.CostEstimate(
+        runs=e.runs,
+        prompt_tokens_bound=e.prompt_tokens_bound,
+        output_tokens_bound=e.output_tokens_bound,
+        worst_case_cost_usd=e.worst_case_cost_usd,
+        priced=e.priced,
     )
 
 

@@ -13,7 +13,6 @@ this path, so none of them can skip the check.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import logging
 import time
@@ -28,22 +27,14 @@ from nex.collector.server import metrics
 from nex.collector.server.api.errors import rich_status, status_for, trailing_metadata
 from nex.collector.server.api.types import Context, Handler
 from nex.collector.server.domain.errors import DomainError, InvalidArgument
+from nex.collector.server.domain.limits import MAX_REQUEST_ID
+from nex.collector.server.logs import request_id_var
 
 log = logging.getLogger("nex.collector.rpc")
-
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Decode = Callable[[bytes], Any]
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds the current request id to every log record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 def _decoder(handler: Handler, method: str) -> Decode:
@@ -180,7 +171,8 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return _guard(handler, decode, _open_call, _open_stream)
         metadata = tuple(details.invocation_metadata or ())  # type: ignore[attr-defined]
         authorised = self._authorised(metadata)
-        incoming = next((str(v) for k, v in metadata if k == "x-request-id"), None)
+        # Echoed in the trailers: clipped, so a long one cannot overflow them.
+        incoming = next((str(v)[:MAX_REQUEST_ID] for k, v in metadata if k == "x-request-id"), None)
 
         async def before(context: Context) -> None:
             request_id_var.set(incoming or uuid.uuid4().hex[:16])

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
+from nex.collector.server.api.edge import EdgeInterceptor
 from nex.collector.server.api.interceptors import ServerInterceptor
 from nex.collector.server.api.servicers.context_refs import ContextRefServicer
 from nex.collector.server.api.servicers.datasets import DatasetServicer
@@ -78,7 +79,11 @@ class GrpcServer:
         self._container = container
         self._addr = addr
         self._server = aio.server(
-            interceptors=[ServerInterceptor(container.settings.tokens)],
+            # In order, outermost first: the edge check runs after authentication.
+            interceptors=[
+                ServerInterceptor(container.settings.tokens),
+                EdgeInterceptor(SERVICE_NAMES),
+            ],
             options=[
                 # A larger body is RESOURCE_EXHAUSTED from grpc itself, before
                 # any handler (or the auth check) sees it.

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
 import typer
 from rich import box
@@ -34,9 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
-    AsyncClient,
     GenerationParams,
-    InvalidArgumentError,
     PromptTemplate,
     Provider,
     RunInput,
@@ -45,12 +43,16 @@ from nex.collector.client import (
     TeacherBatch,
     TeacherRun,
 )
-from nex.collector.client.progress import watch_batch_progress
+from nex.collector.server.domain.limits import MAX_REQUEST_ID
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient, InvalidArgumentError
 
 from .common import (
     ID_WIDTH,
     AddrOpt,
     LinkEvidenceOpt,
+    QuietOpt,
     TokenOpt,
     err,
     fail,
@@ -59,6 +61,8 @@ from .common import (
     out,
     parse_labels,
     print_collector_error,
+    print_id,
+    quiet_output,
     resolve_target,
     run_style,
     run_with_client,
@@ -79,7 +83,6 @@ __all__ = [
 ]
 
 REQUEST_ID_KEY = "_request_id"
-MAX_REQUEST_ID = 128
 MAX_CHUNK = 5000
 MAX_PROBLEMS_SHOWN = 20
 DEFAULT_MOCK_MODEL = "mock-teacher"
@@ -284,6 +287,8 @@ async def send_runs(
     """BatchCreateRuns in chunks of ``chunk`` (each atomic); returns how many
     runs are new in the batch (resent lines return the runs they created
     before). A rejected chunk exits 1 naming its bad lines; earlier chunks stay."""
+    from nex.collector.client import InvalidArgumentError
+
     keys = dict(zip((i.line for i in lines), derived_request_ids(batch_id, lines), strict=True))
     before = (await client.get_batch(batch_id)).counts.total
     sent = 0
@@ -306,6 +311,8 @@ async def send_runs(
 def _report_rejected_chunk(
     exc: InvalidArgumentError, batch_id: str, part: Sequence[InputLine], sent: int
 ) -> NoReturn:
+    from nex.collector.client import InvalidArgumentError
+
     print_collector_error(
         InvalidArgumentError(exc.code, exc.message, reason=exc.reason, field_violations=())
     )
@@ -375,6 +382,15 @@ def batch_summary(batch: TeacherBatch) -> Table:
         table.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(batch.labels.items())))
     table.add_row("runs", _counts_text(batch))
     table.add_row("usage", fmt_usage(batch.usage))
+    if batch.max_cost_usd is not None:
+        b = batch.budget
+        table.add_row(
+            "budget",
+            f"${b.spent_usd:,.6f} spent + ${b.reserved_usd:,.6f} reserved "
+            f"of ${batch.max_cost_usd:,.6f} (queued worst case ${b.queued_worst_case_usd:,.6f})",
+        )
+    if batch.pause is not None:
+        table.add_row("paused", f"{batch.pause.reason}: {escape(batch.pause.message)}")
     table.add_row("created", fmt_time(batch.create_time))
     return table
 
@@ -409,6 +425,8 @@ async def watch_progress(
     client: AsyncClient, batch_id: str, *, follow: bool = False, refresh: float = 1.0
 ) -> TeacherBatch:
     """The live progress display until the batch watch ends; returns the batch."""
+    from nex.collector.client.progress import watch_batch_progress
+
     batch = await watch_batch_progress(
         client, batch_id, out, follow=follow, refresh_interval=refresh
     )
@@ -509,6 +527,7 @@ def template_create(
     context_ref: Annotated[
         str | None, typer.Option("--context-ref", help="ContextRef id it belongs to")
     ] = None,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -517,6 +536,7 @@ def template_create(
     Every placeholder must be declared with --var, e.g.
     --user 'Explain {{ topic }} in a {{ style }} way' --var topic --var style.
     """
+    quiet_output(quiet)
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> PromptTemplate:
@@ -533,6 +553,7 @@ def template_create(
         f"[green]✓[/green] template [bold]{escape(t.name)}[/bold] v{t.version}: "
         f"[bold]{t.id}[/bold] (variables: {', '.join(t.variables) or 'none'})"
     )
+    print_id(quiet, t.id)
 
 
 @template_app.command("list")
@@ -598,6 +619,21 @@ def batch_create(
         int, typer.Option(min=1, max=MAX_CHUNK, help="runs per BatchCreateRuns call (atomic)")
     ] = 1000,
     watch: Annotated[bool, typer.Option(help="follow the runs with a progress bar")] = True,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost-usd",
+            min=0,
+            help="hard cap on the batch's teacher spend in USD (needs --max-tokens)",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="print the worst-case cost of the file; create nothing, call no one"
+        ),
+    ] = False,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -612,8 +648,13 @@ def batch_create(
     The file is checked first (JSON, variables against the template): any bad
     line is reported with its number and nothing is created. Runs are sent in
     chunks of --chunk; each chunk is all-or-nothing. Then, unless --no-watch,
-    a live progress bar follows the batch until every run has ended.
+    a live progress bar follows the batch until every run has ended
+    (with --quiet, silently: the id is printed once every run has ended).
+
+    With --dry-run the server renders every line and prints the worst-case
+    cost (prompt bytes x input price + max_tokens x output price) instead.
     """
+    quiet_output(quiet)
     target = resolve_target(addr, token)
     runs = Inputs(inputs)
     labels = parse_labels(label or [])
@@ -627,10 +668,13 @@ def batch_create(
         stop=tuple(stop or ()),
     )
 
-    async def action(client: AsyncClient) -> None:
+    async def action(client: AsyncClient) -> str | None:
         tmpl = await client.get_template(template)
         lines = runs.check(tmpl, note=f"template {tmpl.name} v{tmpl.version} declares: "
                            f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
+        if dry_run:
+            await _print_estimate(client, template, provider.value, teacher_model, params, lines)
+            return None  # nothing was created
         batch = await client.create_batch(
             name or _default_name(inputs),
             template,
@@ -641,6 +685,7 @@ def batch_create(
             link_evidence=link_evidence,
             labels=labels,
             request_id=request_id,
+            max_cost_usd=max_cost_usd,
         )
         out.print(
             f"[green]✓[/green] batch [bold]{batch.id}[/bold] ({escape(batch.name)}, "
@@ -648,8 +693,10 @@ def batch_create(
         )
         await send_runs(client, batch.id, lines, chunk)
         await _finish(client, batch.id, watch)
+        return batch.id
 
-    run_with_client(target, action)
+    if (created := run_with_client(target, action)) is not None:
+        print_id(quiet, created)
 
 
 @batch_app.command("add")
@@ -793,7 +840,60 @@ def run_show(
     out.print(run_panel(run_with_client(target, action), tokens))
 
 
+@batch_app.command("update")
+def batch_update(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option("--max-cost-usd", min=0, help="the new cap in USD (raising it resumes)"),
+    ] = None,
+    no_cap: Annotated[bool, typer.Option("--no-cap", help="remove the cap")] = False,
+    addr: AddrOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Change a batch's cost cap; raising it resumes a batch paused for its budget."""
+    if (max_cost_usd is None) == (not no_cap):
+        raise typer.BadParameter("give --max-cost-usd or --no-cap", param_hint="--max-cost-usd")
+    target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> TeacherBatch:
+        return await client.update_batch(batch_id, max_cost_usd=max_cost_usd)
+
+    out.print(batch_summary(run_with_client(target, action)))
+
+
 # ------------------------------------------------------------------ helpers
+
+
+async def _print_estimate(
+    client: AsyncClient,
+    template_id: str,
+    provider: str,
+    model: str,
+    params: GenerationParams,
+    lines: Sequence[InputLine],
+) -> None:
+    """What --dry-run prints: the worst case of every line, nothing created."""
+    runs = prompt = output = 0
+    cost = 0.0
+    priced = True
+    for part in _chunks(lines, MAX_CHUNK):
+        e = await client.estimate_batch(
+            template_id, provider, model, [line.variables for line in part], params=params
+        )
+        runs += e.runs
+        prompt += e.prompt_tokens_bound
+        output += e.output_tokens_bound
+        cost += e.worst_case_cost_usd
+        priced = priced and e.priced
+    out.print(f"dry run: {runs:,} runs of {provider}/{escape(model)}; nothing was created")
+    out.print(f"  prompt tokens   ≤ {prompt:,}")
+    assumed = "" if params.max_tokens else " (no --max-tokens: the provider default, assumed)"
+    out.print(f"  output tokens   ≤ {output:,}{assumed}")
+    if priced:
+        out.print(f"  worst-case cost ≤ [bold]${cost:,.6f}[/bold]")
+    else:
+        out.print(f"  worst-case cost: unknown ({escape(model)} has no known price)")
 
 
 async def _finish(client: AsyncClient, batch_id: str, watch: bool) -> None:

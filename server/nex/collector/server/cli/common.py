@@ -11,31 +11,28 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
-import grpc
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from nex.collector.client import (
-    AsyncClient,
-    BatchStatus,
-    CollectorError,
-    DatasetStatus,
-    RunStatus,
-    UnauthenticatedError,
-    UnavailableError,
-    Usage,
-)
-from nex.collector.server.config import ClientSettings, ConfigError, Settings
-from nex.collector.server.config import load_client_settings as read_client_settings
+# Only plain data types at import time: the client (grpc) and the settings
+# (pydantic-settings) load when a command runs, so that --help starts fast.
+from nex.collector.client import BatchStatus, DatasetStatus, RunStatus, Usage
+
+if TYPE_CHECKING:
+    import grpc
+
+    from nex.collector.client import AsyncClient, CollectorError
+    from nex.collector.server.config import ClientSettings, Settings
 
 __all__ = [
     "ID_WIDTH",
     "AddrOpt",
     "LinkEvidenceOpt",
+    "QuietOpt",
     "Target",
     "TokenOpt",
     "client_tls",
@@ -51,6 +48,8 @@ __all__ = [
     "out",
     "parse_labels",
     "print_collector_error",
+    "print_id",
+    "quiet_output",
     "resolve_target",
     "run_style",
     "run_with_client",
@@ -99,6 +98,26 @@ LinkEvidenceOpt = Annotated[
     ),
 ]
 
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="print only the new id, for scripts: ID=$(nex-collector … -q)",
+    ),
+]
+
+
+def quiet_output(quiet: bool) -> None:
+    """With --quiet, human output (tables, progress) is off; errors still go to stderr."""
+    out.quiet = quiet
+
+
+def print_id(quiet: bool, new_id: str) -> None:
+    """The new id alone on stdout, with --quiet."""
+    if quiet:
+        print(new_id, flush=True)
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -114,6 +133,8 @@ def client_tls(settings: Settings | ClientSettings) -> bool | grpc.ChannelCreden
     trust, or `system` for the system roots; unset: plaintext."""
     if not settings.tls_ca:
         return False
+    import grpc
+
     if settings.tls_ca == "system":
         return True
     try:
@@ -126,6 +147,9 @@ def client_tls(settings: Settings | ClientSettings) -> bool | grpc.ChannelCreden
 def load_client_settings() -> ClientSettings:
     """What client commands read from the environment (address, token, TLS CA,
     data dir); never the server's own settings."""
+    from nex.collector.server.config import ConfigError
+    from nex.collector.server.config import load_client_settings as read_client_settings
+
     try:
         return read_client_settings()
     except ConfigError as exc:
@@ -181,6 +205,8 @@ def headline(exc: CollectorError) -> str:
 
 def print_collector_error(exc: CollectorError, target: Target | None = None) -> None:
     """``error: <message> [REASON]`` and one line per bad field, plus a hint."""
+    from nex.collector.client import UnauthenticatedError, UnavailableError
+
     reason = f" [dim]\\[{escape(exc.reason)}][/dim]" if exc.reason else ""
     err.print(f"[bold red]error:[/bold red] {escape(headline(exc))}{reason}")
     for v in exc.field_violations:
@@ -197,6 +223,8 @@ def print_collector_error(exc: CollectorError, target: Target | None = None) -> 
 @contextlib.contextmanager
 def show_errors(target: Target | None = None) -> Iterator[None]:
     """Turns a ``CollectorError`` into ``error: …`` + exit 1, and Ctrl-C into exit 130."""
+    from nex.collector.client import CollectorError
+
     try:
         yield
     except CollectorError as exc:
@@ -209,6 +237,8 @@ def show_errors(target: Target | None = None) -> Iterator[None]:
 
 async def open_client(target: Target) -> AsyncClient:
     """Connects (waiting at most ``CONNECT_TIMEOUT_S``), then allows longer calls."""
+    from nex.collector.client import AsyncClient
+
     client = await AsyncClient.connect(
         target.addr, target.token, timeout=CONNECT_TIMEOUT_S, tls=target.tls
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -19,20 +19,26 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nex.collector.client import AsyncClient, ContextRef, EvidenceLink, EvidenceStatus
+from nex.collector.client import ContextRef, EvidenceLink, EvidenceStatus
 
 from .common import (
     AddrOpt,
+    QuietOpt,
     TokenOpt,
     err,
     fail,
     fmt_time,
     out,
     parse_labels,
+    print_id,
+    quiet_output,
     resolve_target,
     run_with_client,
     shorten,
 )
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient
 
 __all__ = ["context_app", "evidence_app", "evidence_table"]
 
@@ -59,6 +65,7 @@ def context_create(
     label: Annotated[
         list[str] | None, typer.Option("--label", help="KEY=VALUE (repeat for each)")
     ] = None,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -66,6 +73,7 @@ def context_create(
 
     The same id and version again give the existing reference. In integrated
     mode the collector first asks NEX whether that version exists."""
+    quiet_output(quiet)
     target = resolve_target(addr, token)
     labels = parse_labels(label or [])
 
@@ -77,6 +85,7 @@ def context_create(
         f"[green]✓[/green] context ref [bold]{ref.id}[/bold] → "
         f"{escape(ref.nex_context_id)}@{escape(ref.nex_context_version)}"
     )
+    print_id(quiet, ref.id)
 
 
 @context_app.command("show")
@@ -144,6 +153,7 @@ def evidence_link(
     run: Annotated[str | None, typer.Option("--run", help="run id")] = None,
     kind: Annotated[str, typer.Option("--kind", help="what the link says")] = "evidence",
     note: Annotated[str, typer.Option("--note", help="free text sent to NEX")] = "",
+    quiet: QuietOpt = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="wait until NEX has accepted the link")
     ] = False,
@@ -160,6 +170,7 @@ def evidence_link(
     retried with backoff while NEX is down, until NEX accepts it."""
     if (dataset is None) == (run is None):
         raise typer.BadParameter("give exactly one of --dataset and --run")
+    quiet_output(quiet)
     target = resolve_target(addr, token)
 
     async def action(client: AsyncClient) -> EvidenceLink:
@@ -178,6 +189,7 @@ def evidence_link(
 
     link = run_with_client(target, action)
     out.print(evidence_table(link))
+    print_id(quiet, link.id)
     if wait and link.status != EvidenceStatus.POSTED:
         _still_pending_hint(link.id)
         fail(f"not posted within {timeout:g} s" if timeout is not None else "not posted")

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlparse
 
 import typer
@@ -35,7 +35,6 @@ from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
-    AsyncClient,
     BooleanFilter,
     DatasetManifest,
     DatasetStatus,
@@ -49,6 +48,7 @@ from nex.collector.client import (
 from .common import (
     AddrOpt,
     LinkEvidenceOpt,
+    QuietOpt,
     Target,
     TokenOpt,
     err,
@@ -56,10 +56,15 @@ from .common import (
     fmt_bytes,
     fmt_time,
     out,
+    print_id,
+    quiet_output,
     resolve_target,
     run_with_client,
     status_text,
 )
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient
 
 __all__ = [
     "FILTER_HELP",
@@ -526,9 +531,11 @@ def build(
     wait: Annotated[bool, typer.Option(help="wait for READY and show the summary")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 600.0,
     score: Annotated[str | None, typer.Option(help="score to draw as a histogram")] = None,
+    quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
+    quiet_output(quiet)
     filters = parse_filters(filter_ or [])
     target = resolve_target(addr, token)
 
@@ -549,6 +556,8 @@ def build(
         return await wait_with_progress(client, manifest, timeout)
 
     manifest = run_with_client(target, action)
+    if manifest.status != DatasetStatus.FAILED:
+        print_id(quiet, manifest.id)
     if not wait:
         out.print(f"follow it with: nex-collector dataset show {manifest.id}")
         return

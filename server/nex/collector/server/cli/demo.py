@@ -12,26 +12,26 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import secrets
+import shlex
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import grpc
 import typer
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
-    AsyncClient,
     BooleanFilter,
     DatasetManifest,
     DatasetStatus,
-    FailedPreconditionError,
     Filter,
     GenerationParams,
     LengthFilter,
@@ -40,9 +40,7 @@ from nex.collector.client import (
     RunStatus,
     RunView,
     TeacherBatch,
-    UnimplementedError,
 )
-from nex.collector.server.config import Settings, load_settings
 
 from .batch import DEFAULT_MOCK_MODEL, batch_summary, run_panel, watch_progress
 from .common import (
@@ -61,6 +59,10 @@ from .common import (
     show_errors,
 )
 from .dataset import dataset_view, format_filter, local_dir, verify_view, wait_with_progress
+
+if TYPE_CHECKING:
+    from nex.collector.client import AsyncClient
+    from nex.collector.server.config import Settings
 
 __all__ = ["InProcessCollector", "demo", "demo_prompts", "is_serving"]
 
@@ -102,6 +104,7 @@ def demo_prompts(count: int) -> list[dict[str, str]]:
 
 def is_serving(target: Target, timeout: float = 1.5) -> bool:
     """Whether a collector answers SERVING to a gRPC health check at ``target``."""
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     if target.tls is False:
@@ -210,6 +213,7 @@ def collector_for_demo(target: Target, data_dir: Path | None) -> Iterator[Target
 
 def _demo_settings(data_dir: Path | None) -> Settings:
     from nex.collector.server import logs
+    from nex.collector.server.config import load_settings
 
     base = load_client_settings()
     settings = load_settings(
@@ -252,6 +256,8 @@ async def _context_ref(client: AsyncClient, story: Story) -> str | None:
         "Runs and datasets can point back to the NEX context they serve. The collector "
         "stores the reference (id, version, labels), never the context itself.",
     )
+    from nex.collector.client import FailedPreconditionError
+
     try:
         ref = await client.create_context_ref(
             "demo-context", story.stamp, labels={"source": "nex-collector-demo"}
@@ -352,6 +358,8 @@ async def _dataset(client: AsyncClient, story: Story, batch_id: str) -> DatasetM
         "Completed runs are scored and filtered, then written as Parquet files with a "
         "checksummed manifest. Filters: " + " · ".join(map(format_filter, DEMO_FILTERS)),
     )
+    from nex.collector.client import UnimplementedError
+
     try:
         manifest = await client.build_dataset(
             f"demo-{story.stamp}", "v1", [batch_id], filters=DEMO_FILTERS
@@ -398,19 +406,30 @@ def _verify_and_point(story: Story, manifest: DatasetManifest) -> None:
     out.print("[green]✓ every file matches manifest.json[/green]")
     story.note("files", str(directory))
     d = str(directory)
-    out.print("\nThe Parquet files join on example_id. Try:")
+    python = _this_python()
+    out.print("\nThe Parquet files join on example_id. Try (DuckDB and pyarrow, both installed):")
     out.print(
-        f"  duckdb -c \"SELECT x.teacher_model, t.y_text FROM '{d}/examples.parquet' x "
-        f"JOIN '{d}/targets.parquet' t USING (example_id) LIMIT 5\"",
+        f"  {python} -c \"import duckdb; x = duckdb.read_parquet('{d}/examples.parquet'); "
+        f"t = duckdb.read_parquet('{d}/targets.parquet'); duckdb.sql('SELECT x.teacher_model, "
+        "t.y_text FROM x JOIN t USING (example_id) LIMIT 5').show()\"",
         soft_wrap=True,
         markup=False,
     )
     out.print(
-        f"  python -c \"import pandas as pd; print(pd.read_parquet('{d}/targets.parquet')"
-        '.head())"',
+        f'  {python} -c "import pyarrow.parquet as pq; '
+        f"print(pq.read_table('{d}/targets.parquet', columns=['example_id', 'y_text']))\"",
         soft_wrap=True,
         markup=False,
     )
+
+
+def _this_python() -> str:
+    """This interpreter (it has duckdb and pyarrow), relative when under the
+    current folder (``.venv/bin/python``)."""
+    exe = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(Path(os.path.abspath(exe)).relative_to(Path.cwd())))
+    return shlex.quote(str(exe))
 
 
 def _recap(story: Story) -> None:

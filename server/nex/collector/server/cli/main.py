@@ -9,18 +9,20 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nex.collector.server import logs
 from nex.collector.server.cli import batch as batch_cli
+from nex.collector.server.cli import common
 from nex.collector.server.cli import context as context_cli
 from nex.collector.server.cli import dataset as dataset_cli
 from nex.collector.server.cli.demo import demo
-from nex.collector.server.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from nex.collector.server.config import Settings
 
 app = typer.Typer(
     name="nex-collector",
@@ -29,6 +31,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+@app.callback()
+def _before_each_command() -> None:
+    # --quiet silences the shared console for one command; the next command
+    # run in this process (tests invoke the app many times) talks again.
+    common.out.quiet = False
+
 
 _CLIENT_PANEL = "Client commands (talk to a running collector)"
 app.command(rich_help_panel=_CLIENT_PANEL)(demo)
@@ -46,6 +56,9 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="data direct
 
 
 def settings_from(addr: str | None = None, data_dir: Path | None = None) -> Settings:
+    from nex.collector.server import logs
+    from nex.collector.server.config import ConfigError, load_settings
+
     overrides: dict[str, object] = {}
     if addr:
         overrides["NEX_COLLECTOR_ADDR"] = addr

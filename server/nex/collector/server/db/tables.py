@@ -75,6 +75,12 @@ batches = Table(
     _created(),
     Column("cancel_time", DateTime(timezone=True)),
     Column("evidence_linked", Boolean, nullable=False, server_default="false"),
+    # Why no run of the batch may start (e.g. BUDGET_EXHAUSTED); NULL: not paused.
+    Column("pause_reason", Text),
+    Column("pause_message", Text),
+    Column("pause_time", DateTime(timezone=True)),
+    # The budget scope that could not take the next run (see `budgets`).
+    Column("pause_scope", Text),
 )
 
 runs = Table(
@@ -116,6 +122,8 @@ runs = Table(
     # When the teacher's answer was stored: it is kept even if the worker dies
     # before the run is marked completed.
     Column("answer_time", DateTime(timezone=True)),
+    # domain.estimates.prompt_token_bound of `messages`, for reservations and estimates.
+    Column("prompt_tokens_bound", BigInteger, nullable=False, server_default="0"),
     Index("ix_runs_batch_status", "batch_id", "status"),
     Index("ix_runs_status_lease", "status", "lease_expires"),
 )
@@ -195,4 +203,30 @@ evidence_links = Table(
     Column("post_time", DateTime(timezone=True)),
     Column("next_attempt_time", DateTime(timezone=True)),
     Index("ix_evidence_links_status_next", "status", "next_attempt_time"),
+)
+
+# Money per scope: "batch:<id>" (its cap is the batch's max_cost_usd) or
+# "teacher:<name>:<UTC day>" (a daily cap from the teachers file). A call
+# reserves its worst case in every scope it counts against, with a guarded
+# UPDATE; the run's result settles it to the real cost.
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("max_cost_usd", Double),
+    Column("spent_usd", Double, nullable=False, server_default="0"),
+    Column("reserved_usd", Double, nullable=False, server_default="0"),
+)
+
+# What one run attempt holds in one scope until it is settled (result stored),
+# released (the call failed) or charged (its worker was lost: the provider may
+# have billed it, so the worst case counts as spent).
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("scope", Text, primary_key=True),
+    Column("amount_usd", Double, nullable=False),
+    _created(),
 )

@@ -8,6 +8,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nex.collector.server.db.repositories.batches import BatchRepository
+from nex.collector.server.db.repositories.budgets import BudgetRepository
 from nex.collector.server.db.repositories.context_refs import ContextRefRepository
 from nex.collector.server.db.repositories.datasets import DatasetRepository
 from nex.collector.server.db.repositories.events import EventRepository
@@ -22,6 +23,7 @@ class UnitOfWork:
     context_refs: ContextRefRepository
     templates: TemplateRepository
     batches: BatchRepository
+    budgets: BudgetRepository
     runs: RunRepository
     events: EventRepository
     datasets: DatasetRepository
@@ -36,6 +38,7 @@ class UnitOfWork:
         self.context_refs = ContextRefRepository(self.session)
         self.templates = TemplateRepository(self.session)
         self.batches = BatchRepository(self.session)
+        self.budgets = BudgetRepository(self.session)
         self.runs = RunRepository(self.session)
         self.events = EventRepository(self.session)
         self.datasets = DatasetRepository(self.session)

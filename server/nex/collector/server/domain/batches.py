@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.budgets import BatchPause, Budget
+from nex.collector.server.domain.errors import Violations, key_path, quote
+from nex.collector.server.domain.limits import (
+    MAX_RUNS_PER_CALL,
+    MAX_SCORE_NAME,
+    MAX_SCORES,
+    MAX_STOP_LENGTH,
+    MAX_STOP_SEQUENCES,
+    MAX_TOP_LOGPROBS,
+)
 from nex.collector.server.domain.scoring import BUILTIN_SCORES
 from nex.collector.server.domain.teacher import (
     ChatMessage,
@@ -18,9 +27,7 @@ from nex.collector.server.domain.teacher import (
     TokenLogprobs,
 )
 
-MAX_STOP_SEQUENCES = 4
-MAX_TOP_LOGPROBS = 20
-MAX_RUNS_PER_CALL = 5000
+__all__ = ["MAX_RUNS_PER_CALL", "MAX_STOP_SEQUENCES", "MAX_TOP_LOGPROBS"]
 
 
 class BatchStatus(StrEnum):
@@ -28,6 +35,7 @@ class BatchStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,8 @@ class Batch:
     link_evidence: bool
     create_time: datetime
     cancel_time: datetime | None = None
+    max_cost_usd: float | None = None
+    pause: BatchPause | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,11 @@ class BatchView:
     batch: Batch
     counts: RunCounts
     usage: Usage
+    budget: Budget = field(default_factory=Budget)
+    # Sum of the prompt-token bounds of the queued runs (for the worst case).
+    queued_prompt_tokens_bound: int = 0
+    # Filled in by the service, which knows prices.
+    queued_worst_case_usd: float = 0.0
 
     @property
     def status(self) -> BatchStatus:
@@ -87,6 +102,8 @@ class BatchView:
             return BatchStatus.CANCELLED
         if self.counts.total == 0:
             return BatchStatus.OPEN
+        if self.batch.pause is not None and self.counts.queued and not self.counts.running:
+            return BatchStatus.PAUSED
         return BatchStatus.RUNNING if self.counts.active else BatchStatus.COMPLETED
 
 
@@ -145,23 +162,30 @@ def check_params(v: Violations, field: str, p: GenerationParams) -> None:
         bad("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
     if any(not s for s in p.stop):
         bad("stop", "stop sequences must not be empty")
+    if any(len(s) > MAX_STOP_LENGTH for s in p.stop):
+        bad("stop", f"stop sequences are at most {MAX_STOP_LENGTH} characters")
 
 
 def check_provider(v: Violations, field: str, provider: str) -> None:
     if provider not in {p.value for p in Provider}:
-        v.add(field, f"must be one of {', '.join(p.value for p in Provider)}; got {provider!r}")
+        v.add(
+            field, f"must be one of {', '.join(p.value for p in Provider)}; got {quote(provider)}"
+        )
 
 
 def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None:
     if not scores:
         v.add(field, "give at least one score")
+    if len(scores) > MAX_SCORES:
+        v.add(field, f"at most {MAX_SCORES} scores per call, got {len(scores)}")
+        return
     for name, value in scores.items():
-        if not name or len(name) > 64:
-            v.add(f"{field}[{name!r}]", "score names are 1-64 characters")
+        if not name or len(name) > MAX_SCORE_NAME:
+            v.add(key_path(field, name), f"score names are 1-{MAX_SCORE_NAME} characters")
         if name in BUILTIN_SCORES:
-            v.add(f"{field}[{name!r}]", "is a built-in score (computed by the collector)")
+            v.add(key_path(field, name), "is a built-in score (computed by the collector)")
         if not math.isfinite(value):
-            v.add(f"{field}[{name!r}]", "must be a finite number")
+            v.add(key_path(field, name), "must be a finite number")
 
 
 def _times(n: int) -> str:

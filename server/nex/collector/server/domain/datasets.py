@@ -10,9 +10,10 @@ from enum import StrEnum
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.errors import Violations
 from nex.collector.server.domain.filters import Filter
+from nex.collector.server.domain.limits import MAX_PATH_COMPONENT
 
-MAX_BATCHES_PER_DATASET = 100
-_PATH_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched whole (fullmatch): with `$`, "a\n" would pass and become a folder name.
+_PATH_SAFE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_PATH_COMPONENT - 1}}}")
 
 
 class DatasetStatus(StrEnum):
@@ -66,7 +67,9 @@ def check_path_component(v: Violations, field_name: str, value: str) -> None:
     """Names and versions become folder names: keep them portable and safe."""
     if not value:
         v.add(field_name, "is required")
-    elif not _PATH_SAFE.match(value) or value in (".", ".."):
+    elif not _PATH_SAFE.fullmatch(value) or value in (".", ".."):
         v.add(
-            field_name, "use 1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+            field_name,
+            f"use 1-{MAX_PATH_COMPONENT} characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
         )

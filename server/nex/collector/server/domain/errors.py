@@ -5,6 +5,27 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from nex.collector.server.domain.limits import MAX_QUOTE
+
+ELLIPSIS = "…"
+
+
+def clip(value: str, limit: int = MAX_QUOTE) -> str:
+    """`value` cut to `limit` characters, an ellipsis marking the cut: every error
+    that repeats a caller's input goes through here, so no error grows with it."""
+    return value if len(value) <= limit else value[: max(limit - 1, 0)] + ELLIPSIS
+
+
+def quote(value: str, limit: int = MAX_QUOTE) -> str:
+    """A caller's value as an error quotes it: clipped, then repr'd (so control
+    characters show as escapes)."""
+    return repr(clip(value, limit))
+
+
+def key_path(field: str, key: str) -> str:
+    """The path of a map entry, e.g. ``labels['k']`` or ``runs[1].variables['x']``."""
+    return f"{field}[{quote(key)}]"
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
@@ -47,7 +68,7 @@ class NotFound(DomainError):
 
     def __init__(self, resource: str, id_: str) -> None:
         super().__init__(
-            f"{resource} {id_!r} not found", metadata={"resource": resource, "id": id_}
+            f"{resource} {quote(id_)} not found", metadata={"resource": resource, "id": clip(id_)}
         )
         self.reason = f"{resource.upper()}_NOT_FOUND"
 

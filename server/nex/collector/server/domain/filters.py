@@ -17,7 +17,8 @@ from typing import Any, NamedTuple, TypeAlias
 
 import re2
 
-from nex.collector.server.domain.errors import FieldViolation, InvalidArgument
+from nex.collector.server.domain.errors import FieldViolation, InvalidArgument, clip, quote
+from nex.collector.server.domain.limits import MAX_PATTERN_LENGTH
 from nex.collector.server.domain.scoring import BOOLEAN_PROPERTIES
 from nex.collector.server.domain.teacher import CompletedRun
 
@@ -41,7 +42,6 @@ __all__ = [
     "validate_filters",
 ]
 
-MAX_PATTERN_LENGTH = 4096
 REGEX_MAX_MEM = 8 << 20  # bytes RE2 may use per compiled pattern
 
 
@@ -124,7 +124,7 @@ def compile_pattern(pattern: str) -> Any:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise ValueError(f"not a valid RE2 pattern: {reason}") from None
+        raise ValueError(f"not a valid RE2 pattern: {clip(str(reason))}") from None
 
 
 def _check_bounds(
@@ -172,7 +172,9 @@ def _violations(path: str, f: Filter) -> list[FieldViolation]:
     if isinstance(f, BooleanFilter):
         if f.name not in BOOLEAN_PROPERTIES:
             known = ", ".join(sorted(BOOLEAN_PROPERTIES))
-            return [FieldViolation(f"{path}.name", f"unknown property {f.name!r}; one of {known}")]
+            return [
+                FieldViolation(f"{path}.name", f"unknown property {quote(f.name)}; one of {known}")
+            ]
         return []
     out = []
     if not f.name.strip():

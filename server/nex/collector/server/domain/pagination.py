@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.limits import MAX_PAGE_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ def decode_token(
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         key, fingerprint = data["k"], data["f"]
         if not isinstance(key, str) or not isinstance(fingerprint, str):
+            raise ValueError
+        # A token is caller input too: its key goes to PostgreSQL, which refuses NUL.
+        if "\x00" in key or len(key) > MAX_PAGE_TOKEN:
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         v.add(field, "is not a page token this service issued")

@@ -12,12 +12,11 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from nex.collector.server.domain.errors import FieldViolation, InvalidArgument, Violations
+from nex.collector.server.domain.errors import FieldViolation, InvalidArgument, Violations, quote
+from nex.collector.server.domain.limits import MAX_TEMPLATE_CHARS, MAX_VARIABLES
 from nex.collector.server.domain.teacher import ChatMessage
 
-MAX_TEMPLATE_CHARS = 100_000
-MAX_VARIABLES = 100
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +60,10 @@ def check_variable_names(v: Violations, field: str, names: Sequence[str]) -> Non
         v.add(field, f"at most {MAX_VARIABLES} variables are allowed")
     seen: set[str] = set()
     for i, name in enumerate(names):
-        if not _IDENTIFIER.match(name):
-            v.add(f"{field}[{i}]", f"{name!r} is not an identifier (letters, digits, _)")
+        if not _IDENTIFIER.fullmatch(name):
+            v.add(f"{field}[{i}]", f"{quote(name)} is not an identifier (letters, digits, _)")
         elif name in seen:
-            v.add(f"{field}[{i}]", f"{name!r} is declared twice")
+            v.add(f"{field}[{i}]", f"{quote(name)} is declared twice")
         seen.add(name)
 
 

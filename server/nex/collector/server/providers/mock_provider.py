@@ -11,11 +11,11 @@ from dataclasses import astuple, replace
 
 import orjson
 
+from nex.collector.server.domain.limits import MAX_TOP_LOGPROBS
 from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.providers.base import Completion, GenerationRequest
 
 DEFAULT_TOP_LOGPROBS = 5
-MAX_TOP_LOGPROBS = 20
 
 VOCAB: tuple[str, ...] = (
     "the", "a", "model", "teacher", "student", "learns", "from", "signal", "data",

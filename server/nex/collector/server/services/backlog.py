@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nex.collector.server import metrics
 from nex.collector.server.db.uow import UnitOfWorkFactory
@@ -22,6 +22,8 @@ class Backlog:
     runs_running: int
     datasets_building: int
     evidence_pending: int
+    # batch id -> USD left under its cap, for capped batches with active runs
+    budgets_left: dict[str, float] = field(default_factory=dict)
 
 
 async def read_backlog(uow: UnitOfWorkFactory) -> Backlog:
@@ -29,7 +31,8 @@ async def read_backlog(uow: UnitOfWorkFactory) -> Backlog:
         runs = await tx.runs.count_by_status((RunStatus.QUEUED, RunStatus.RUNNING))
         building = await tx.datasets.count_building()
         pending = await tx.evidence.count_pending()
-    return Backlog(runs[RunStatus.QUEUED], runs[RunStatus.RUNNING], building, pending)
+        left = await tx.budgets.left_of_active_batches()
+    return Backlog(runs[RunStatus.QUEUED], runs[RunStatus.RUNNING], building, pending, left)
 
 
 def export(backlog: Backlog) -> None:
@@ -37,6 +40,9 @@ def export(backlog: Backlog) -> None:
     metrics.RUNS_ACTIVE.labels(RunStatus.RUNNING.value).set(backlog.runs_running)
     metrics.DATASETS_BUILDING.set(backlog.datasets_building)
     metrics.EVIDENCE_PENDING.set(backlog.evidence_pending)
+    metrics.BUDGET_LEFT.clear()
+    for batch_id, left in backlog.budgets_left.items():
+        metrics.BUDGET_LEFT.labels(batch_id).set(left)
 
 
 async def export_backlog_forever(

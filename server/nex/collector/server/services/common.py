@@ -10,7 +10,9 @@ from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.errors import FailedPrecondition, NotFound, Violations
 from nex.collector.server.domain.pagination import PageRequest, decode_token, encode_token
 from nex.collector.server.domain.sizes import page_cut
-from nex.collector.server.domain.validation import page_size
+from nex.collector.server.domain.validation import check_id, page_size
+
+__all__ = ["check_id", "integration_disabled", "list_page", "now", "page_request", "require"]
 
 
 def now() -> datetime:
@@ -37,13 +39,6 @@ def require(value: T | None, resource: str, id_: str) -> T:
     if value is None:
         raise NotFound(resource, id_)
     return value
-
-
-def check_id(v: Violations, field: str, value: str) -> None:
-    if not value:
-        v.add(field, "is required")
-    elif len(value) > 64:
-        v.add(field, "is not an id this service issued")
 
 
 Fetch = Callable[[UnitOfWork, PageRequest], Awaitable[tuple[Sequence[T], str | None]]]

@@ -8,12 +8,13 @@ from datetime import datetime
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
-from nex.collector.server.domain.errors import FailedPrecondition, Violations
+from nex.collector.server.domain.errors import FailedPrecondition, Violations, quote
 from nex.collector.server.domain.validation import (
     MAX_NAME,
     check_labels,
     check_request_id,
     check_required,
+    check_url_segment,
 )
 from nex.collector.server.ids import new_id
 from nex.collector.server.services.common import check_id, list_page, now, require
@@ -39,6 +40,8 @@ class ContextRefs:
         v = Violations()
         check_required(v, "nex_context_id", cmd.nex_context_id, max_len=MAX_NAME)
         check_required(v, "nex_context_version", cmd.nex_context_version, max_len=MAX_NAME)
+        check_url_segment(v, "nex_context_id", cmd.nex_context_id)
+        check_url_segment(v, "nex_context_version", cmd.nex_context_version)
         check_labels(v, "labels", cmd.labels)
         check_request_id(v, "request_id", cmd.request_id)
         v.raise_if_any()
@@ -86,7 +89,8 @@ class ContextRefs:
             return None
         if not await self._checker(nex_context_id, nex_context_version):
             raise FailedPrecondition(
-                f"NEX has no context {nex_context_id!r} at version {nex_context_version!r}",
+                f"NEX has no context {quote(nex_context_id)} "
+                f"at version {quote(nex_context_version)}",
                 reason="NEX_CONTEXT_NOT_FOUND",
                 metadata={
                     "nex_context_id": nex_context_id,

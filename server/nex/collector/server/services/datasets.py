@@ -18,7 +18,6 @@ from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsErr
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
-    MAX_BATCHES_PER_DATASET,
     Dataset,
     DatasetCounts,
     DatasetFile,
@@ -28,6 +27,7 @@ from nex.collector.server.domain.datasets import (
 )
 from nex.collector.server.domain.errors import AlreadyExists, Violations
 from nex.collector.server.domain.filters import Filter, validate_filters
+from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
@@ -98,6 +98,7 @@ class Datasets:
         if len(set(cmd.batch_ids)) != len(cmd.batch_ids):
             v.add("batch_ids", "lists a batch twice")
         v.extend(validate_filters(cmd.filters, "filters"))
+        check_id(v, "context_ref_id", cmd.context_ref_id, required=False)
         check_request_id(v, "request_id", cmd.request_id)
         if cmd.link_evidence and not cmd.context_ref_id:
             v.add("link_evidence", "needs context_ref_id")

@@ -13,6 +13,7 @@ from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.datasets import Dataset
 from nex.collector.server.domain.errors import Unavailable, Violations
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus, retry_delay
+from nex.collector.server.domain.limits import MAX_KIND, MAX_NOTE
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
@@ -29,8 +30,6 @@ from nex.collector.server.services.context_refs import usable_ref
 
 log = logging.getLogger(__name__)
 
-MAX_KIND = 64
-MAX_NOTE = 4000
 # How long a delivery holds its link before another worker may try it.
 DELIVERY_LEASE = timedelta(seconds=60)
 
@@ -74,6 +73,8 @@ class Evidence:
         check_id(v, "context_ref_id", cmd.context_ref_id)
         if bool(cmd.dataset_id) == bool(cmd.run_id):
             v.add("target", "set exactly one of dataset_id and run_id")
+        check_id(v, "dataset_id", cmd.dataset_id, required=False)
+        check_id(v, "run_id", cmd.run_id, required=False)
         if len(cmd.kind) > MAX_KIND:
             v.add("kind", f"must be at most {MAX_KIND} characters")
         if len(cmd.note) > MAX_NOTE:
@@ -125,12 +126,15 @@ class Evidence:
         self, *, context_ref_id: str, page_size: int, page_token: str
     ) -> tuple[Sequence[EvidenceLink], str]:
         self._require_integrated()
+        v = Violations()
+        check_id(v, "context_ref_id", context_ref_id, required=False)
         return await list_page(
             self._uow,
             f"evidence|{context_ref_id}",
             page_size,
             page_token,
             lambda tx, page: tx.evidence.page(page, context_ref_id=context_ref_id),
+            v,
         )
 
     # -- automatic links -------------------------------------------------------------

@@ -20,11 +20,14 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from nex.collector.server import metrics
+from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
+from nex.collector.server.domain.budgets import batch_scope
 from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.providers.base import (
     Completion,
     GenerationRequest,
@@ -34,6 +37,7 @@ from nex.collector.server.providers.base import (
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.side_loop import SideLoop
@@ -63,6 +67,7 @@ class Outcome:
     error: RunError | None = None
     cost_usd: float = 0.0
     latency_ms: int = 0
+    reserved: bool = False  # holds a budget reservation, settled with the result
     received: float = 0.0  # time.perf_counter() when the answer arrived
 
 
@@ -74,7 +79,9 @@ class RunExecutor:
         *,
         policy: RetryPolicy,
         lease: timedelta,
+        budgets: Budgets | None = None,
         evidence: Evidence | None = None,
+        batch_ttl_s: float = 2.0,
         worker_id: str | None = None,
         answers_uow: UnitOfWorkFactory | None = None,
         answers_loop: SideLoop | None = None,
@@ -89,7 +96,11 @@ class RunExecutor:
         self._policy = policy
         self._lease = lease
         self._evidence = evidence
-        self._batches: dict[str, Batch] = {}
+        self._budgets = budgets or Budgets(uow)
+        # batch id -> (batch, when read): re-read every `batch_ttl_s` so that a
+        # cap set or changed by UpdateBatch applies within seconds.
+        self._batches: dict[str, tuple[Batch, float]] = {}
+        self._batch_ttl_s = batch_ttl_s
         self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
             self._claim_many, name="claims"
         )
@@ -155,10 +166,17 @@ class RunExecutor:
         # while calling does not count (see the reconciler).
         failures = claim.teacher_failures
         while True:
+            # Budget: reserve the call's worst case first; the result settles it.
+            hold = await self._budgets.reserve(batch, run_id, attempt, request.messages)
+            if hold.refused:
+                await self._budgets.pause(batch, hold)
+                self._held.pop(run_id, None)
+                return "paused: budget exhausted"
             started = time.perf_counter()
             try:
                 completion = await provider.generate(request)
             except ProviderError as err:
+                await self._budgets.release(hold)  # providers do not bill errors
                 _observe_call(batch.provider, err.code, started)
                 failures += 1
                 if not self._policy.should_retry(failures, err):
@@ -191,6 +209,7 @@ class RunExecutor:
                     batch.provider, batch.model, completion.input_tokens, completion.output_tokens
                 ),
                 latency_ms=latency_ms,
+                reserved=hold.held,
                 received=received,
             )
             # Step one: the answer alone, durable at once; step two: completed,
@@ -202,15 +221,16 @@ class RunExecutor:
             return "completed"
 
     async def _batch(self, batch_id: str) -> Batch:
-        batch = self._batches.get(batch_id)
+        cached = self._batches.get(batch_id)
+        if cached is not None and time.monotonic() - cached[1] < self._batch_ttl_s:
+            return cached[0]
+        async with self._uow() as tx:
+            batch = await tx.batches.get(batch_id)
         if batch is None:
-            async with self._uow() as tx:
-                batch = await tx.batches.get(batch_id)
-            if batch is None:
-                raise LookupError(f"batch {batch_id} vanished")
-            if len(self._batches) > 1000:
-                self._batches.clear()
-            self._batches[batch_id] = batch
+            raise LookupError(f"batch {batch_id} vanished")
+        if len(self._batches) > 1000:
+            self._batches.clear()
+        self._batches[batch_id] = (batch, time.monotonic())
         return batch
 
     async def _claim_many(self, run_ids: Sequence[str]) -> list[Claim | None]:
@@ -267,6 +287,14 @@ class RunExecutor:
             await tx.runs.finish(
                 [_row(o, finished_at) for o in done if o.status is not RunStatus.COMPLETED]
             )
+            await tx.budgets.settle(
+                [
+                    Settlement(o.run_id, o.attempt, batch_scope(o.batch_id), o.cost_usd)
+                    for o in outcomes
+                    if o.run_id in live
+                ],
+                reserved=any(o.reserved for o in outcomes),
+            )
             await tx.events.append(
                 [
                     NewEvent(o.run_id, o.batch_id, o.status, o.attempt, o.error)
@@ -285,7 +313,9 @@ class RunExecutor:
         if self._evidence is None or not self._evidence.enabled:
             return []
         linked = [
-            b for b in batch_ids if (batch := self._batches.get(b)) is None or batch.link_evidence
+            b
+            for b in batch_ids
+            if (cached := self._batches.get(b)) is None or cached[0].link_evidence
         ]
         return await self._evidence.link_finished_batches(tx, linked) if linked else []
 
@@ -297,6 +327,16 @@ class RunExecutor:
             async with self._uow() as tx:
                 released = await tx.runs.release(keys)
                 answered = await tx.runs.complete_answered(keys, now())
+                # Answers stored: their real cost. A call cut off mid-way may have
+                # been billed: its worst case counts.
+                await tx.budgets.settle(
+                    [
+                        Settlement(r["id"], r["attempt"], batch_scope(r["batch_id"]), r["cost_usd"])
+                        for r in answered
+                    ]
+                )
+                done = {r["id"] for r in answered}
+                await tx.budgets.charge([k for k in keys if k[0] not in done])
                 await tx.events.append(
                     [NewEvent(r, held[r][0], RunStatus.QUEUED, held[r][1]) for r in released]
                     + [
@@ -381,9 +421,9 @@ def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
         "b_id": o.run_id,
         "status": o.status.value,
         "error_code": o.error.code if o.error else None,
-        "error_message": o.error.message if o.error else None,
-        "output_text": c.text if c else None,
-        "finish_reason": c.finish_reason if c else None,
+        "error_message": storable_text(o.error.message) if o.error else None,
+        "output_text": storable_text(c.text) if c else None,
+        "finish_reason": storable_text(c.finish_reason) if c else None,
         "has_logprobs": bool(c and c.tokens is not None),
         "input_tokens": c.input_tokens if c else 0,
         "output_tokens": c.output_tokens if c else 0,

@@ -9,11 +9,14 @@ import logging
 from datetime import timedelta
 
 from nex.collector.server import metrics
+from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError, workers_gave_up
+from nex.collector.server.domain.budgets import batch_scope
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, JobQueue
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
 
@@ -31,8 +34,10 @@ class Reconciler:
         lease: timedelta,
         queued_grace: timedelta = timedelta(seconds=5),
         limit: int = 5000,
+        budgets: Budgets | None = None,
     ) -> None:
         self._uow = uow
+        self._budgets = budgets
         self._queue = queue
         self._evidence = evidence
         self._max_losses = max_worker_losses
@@ -47,6 +52,8 @@ class Reconciler:
             await tx.workers.prune(now() - timedelta(hours=1))
             await tx.commit()
         requeued = await self._orphaned(live)
+        if self._budgets is not None and (resumed := await self._budgets.resume_new_day()):
+            await self._queue.enqueue(EXECUTE_RUN, resumed)
         async with self._uow() as tx:
             stale = await tx.runs.stale_queued(now() - self._grace, self._limit)
             builds = await tx.datasets.stale_builds(now(), self._grace)
@@ -93,6 +100,15 @@ class Reconciler:
                 )
             if retry:
                 await tx.runs.requeue_lost([r["id"] for r in retry])
+            # Answers stored: their real cost. The others: the lost worker may have
+            # been billed for its call, so its worst case counts.
+            await tx.budgets.settle(
+                [
+                    Settlement(r["id"], r["attempt"], batch_scope(r["batch_id"]), r["cost_usd"])
+                    for r in answered
+                ]
+            )
+            await tx.budgets.charge([(r["id"], r["attempt"]) for r in lost])
             events += [
                 NewEvent(r["id"], r["batch_id"], RunStatus.QUEUED, r["attempt"]) for r in retry
             ]

@@ -16,6 +16,7 @@ from nex.collector.server.domain.batches import (
     check_provider,
     check_scores,
 )
+from nex.collector.server.domain.budgets import MAX_COST_USD, CostEstimate, check_cap
 from nex.collector.server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -36,6 +37,7 @@ from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import (
     check_id,
     integration_disabled,
@@ -61,6 +63,7 @@ class NewBatch:
     labels: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
     link_evidence: bool = False
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +94,13 @@ class Teacher:
         *,
         provider_ready: Mapping[str, str | None] | None = None,
         integrated: bool = False,
+        budgets: Budgets | None = None,
         evidence: Evidence | None = None,
     ) -> None:
         self._uow = uow
         self._evidence = evidence
         self._queue = queue
+        self._budgets = budgets or Budgets(uow)
         self._integrated = integrated
         # provider -> why it cannot be used here (None: usable)
         self._provider_problem = dict(provider_ready or {})
@@ -111,10 +116,14 @@ class Teacher:
         check_params(v, "params", cmd.params)
         check_output_size(v, "params", cmd.params)
         check_labels(v, "labels", cmd.labels)
+        check_id(v, "context_ref_id", cmd.context_ref_id, required=False)
         check_request_id(v, "request_id", cmd.request_id)
+        check_cap(v, MAX_COST_USD, cmd.max_cost_usd)
         if cmd.link_evidence and not cmd.context_ref_id:
             v.add("link_evidence", "needs context_ref_id")
         v.raise_if_any()
+        if cmd.max_cost_usd is not None:
+            self._budgets.check_cappable(cmd.provider, cmd.model, cmd.params, on_create=True)
         if cmd.link_evidence and not self._integrated:
             raise integration_disabled("evidence links (link_evidence)")
         if problem := self._provider_problem.get(cmd.provider):
@@ -123,7 +132,7 @@ class Teacher:
             )
         async with self._uow() as tx:
             if cmd.request_id and (found := await tx.batches.get_by_request_id(cmd.request_id)):
-                return await tx.batches.view(found)
+                return await self._view(tx, found)
             require(await tx.templates.get(cmd.template_id), "template", cmd.template_id)
             if cmd.context_ref_id:
                 usable_ref(
@@ -142,22 +151,85 @@ class Teacher:
                 labels=dict(cmd.labels),
                 link_evidence=cmd.link_evidence,
                 create_time=now(),
+                max_cost_usd=cmd.max_cost_usd,
             )
             if not await tx.batches.insert(batch, cmd.request_id):
                 await tx.rollback()
                 winner = require(
                     await tx.batches.get_by_request_id(cmd.request_id), "batch", cmd.request_id
                 )
-                return await tx.batches.view(winner)
+                return await self._view(tx, winner)
             await tx.commit()
-            return await tx.batches.view(batch)
+            return await self._view(tx, batch)
 
     async def get_batch(self, id_: str) -> BatchView:
         v = Violations()
         check_id(v, "id", id_)
         v.raise_if_any()
         async with self._uow() as tx:
-            return await tx.batches.view(require(await tx.batches.get(id_), "batch", id_))
+            return await self._view(tx, require(await tx.batches.get(id_), "batch", id_))
+
+    async def _view(self, tx: UnitOfWork, batch: Batch) -> BatchView:
+        return self._budgets.with_estimate(await tx.batches.view(batch))
+
+    async def update_batch(
+        self, id_: str, update_mask: Sequence[str], *, max_cost_usd: float | None
+    ) -> BatchView:
+        """Changes the fields named in `update_mask` (only max_cost_usd for now).
+        Raising the cap of a batch paused for its budget resumes its runs."""
+        v = Violations()
+        check_id(v, "batch.id", id_)
+        if not update_mask:
+            v.add("update_mask", f"name the fields to change; updatable: {MAX_COST_USD}")
+        for i, path in enumerate(update_mask):
+            if path != MAX_COST_USD:
+                v.add(
+                    f"update_mask.paths[{i}]",
+                    f"{path!r} cannot be updated; updatable: {MAX_COST_USD}",
+                )
+        check_cap(v, f"batch.{MAX_COST_USD}", max_cost_usd)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            batch = require(await tx.batches.get(id_), "batch", id_)
+        if batch.cancel_time is not None:
+            raise FailedPrecondition(f"batch {id_} is cancelled", reason="BATCH_CANCELLED")
+        resumed = await self._budgets.set_cap(batch, max_cost_usd)
+        await self._queue.try_enqueue(EXECUTE_RUN, resumed)
+        return await self.get_batch(id_)
+
+    async def estimate_batch(
+        self,
+        *,
+        template_id: str,
+        provider: str,
+        model: str,
+        params: GenerationParams,
+        inputs: Sequence[NewRun],
+    ) -> CostEstimate:
+        """The worst-case cost of a would-be batch: renders every input, stores
+        nothing, calls no teacher."""
+        v = Violations()
+        check_id(v, "template_id", template_id)
+        check_provider(v, "provider", provider)
+        check_required(v, "model", model)
+        check_params(v, "params", params)
+        if len(inputs) > MAX_RUNS_PER_CALL:
+            v.add("runs", f"at most {MAX_RUNS_PER_CALL} runs per call; split the list")
+        v.raise_if_any()
+        async with self._uow() as tx:
+            template = require(await tx.templates.get(template_id), "template", template_id)
+        for i, item in enumerate(inputs):
+            v.extend(check_variables(template, item.variables, f"runs[{i}].variables"))
+        v.raise_if_any()
+        prompts = []
+        for i, item in enumerate(inputs):
+            try:
+                prompts.append(render(template, item.variables))
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    [type(x)(f"runs[{i}].{x.field}", x.description) for x in exc.violations]
+                ) from None
+        return self._budgets.estimate(provider, model, params, prompts)
 
     async def list_batches(
         self, *, page_size: int, page_token: str
@@ -166,7 +238,7 @@ class Teacher:
             tx: UnitOfWork, page: PageRequest
         ) -> tuple[Sequence[BatchView], str | None]:
             items, last = await tx.batches.page(page)
-            return await tx.batches.views(items), last
+            return [self._budgets.with_estimate(v) for v in await tx.batches.views(items)], last
 
         return await list_page(self._uow, "batches", page_size, page_token, fetch)
 
@@ -196,7 +268,7 @@ class Teacher:
                 await tx.commit()
                 if self._evidence is not None:
                     await self._evidence.enqueue(links)
-            return await tx.batches.view(require(await tx.batches.get(id_), "batch", id_))
+            return await self._view(tx, require(await tx.batches.get(id_), "batch", id_))
 
     # -- runs --------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class Templates:
             check_template_source(v, "user_template", cmd.user_template, cmd.variables)
         if cmd.system_template:
             check_template_source(v, "system_template", cmd.system_template, cmd.variables)
+        check_id(v, "context_ref_id", cmd.context_ref_id, required=False)
         check_request_id(v, "request_id", cmd.request_id)
         v.raise_if_any()
         async with self._uow() as tx:

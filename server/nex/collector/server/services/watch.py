@@ -119,11 +119,11 @@ class RunWatcher:
             v.add("target", "set exactly one of batch_id and run_id")
         if after_revision < 0:
             v.add("after_revision", "must not be negative")
+        check_id(v, "batch_id", batch_id, required=False)
+        check_id(v, "run_id", run_id, required=False)
         v.raise_if_any()
         async with self._uow() as tx:
             if run_id:
-                check_id(v, "run_id", run_id)
-                v.raise_if_any()
                 run = require(await tx.runs.get(run_id, full=False), "run", run_id)
                 batch_id = run.batch_id
             else:

@@ -41,9 +41,33 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                 labels=dict(request.labels),
                 request_id=request.request_id,
                 link_evidence=request.link_evidence,
+                max_cost_usd=request.max_cost_usd if request.HasField("max_cost_usd") else None,
             )
         )
         return pb.CreateBatchResponse(batch=convert.batch(view))
+
+    async def UpdateBatch(
+        self, request: pb.UpdateBatchRequest, context: Context
+    ) -> pb.UpdateBatchResponse:
+        b = request.batch
+        view = await self._teacher.update_batch(
+            b.id,
+            list(request.update_mask.paths),
+            max_cost_usd=b.max_cost_usd if b.HasField("max_cost_usd") else None,
+        )
+        return pb.UpdateBatchResponse(batch=convert.batch(view))
+
+    async def EstimateBatch(
+        self, request: pb.EstimateBatchRequest, context: Context
+    ) -> pb.EstimateBatchResponse:
+        estimate = await self._teacher.estimate_batch(
+            template_id=request.template_id,
+            provider=request.provider,
+            model=request.model,
+            params=convert.params_from_pb(request.params),
+            inputs=[NewRun(dict(r.variables), r.request_id) for r in request.runs],
+        )
+        return pb.EstimateBatchResponse(estimate=convert.cost_estimate(estimate))
 
     async def GetBatch(self, request: pb.GetBatchRequest, context: Context) -> pb.GetBatchResponse:
         return pb.GetBatchResponse(batch=convert.batch(await self._teacher.get_batch(request.id)))

@@ -5,14 +5,15 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import batches, runs
+from nex.collector.server.db.tables import batches, budgets, runs
 from nex.collector.server.domain.batches import Batch, BatchView, RunCounts, Usage
+from nex.collector.server.domain.budgets import BatchPause, Budget, batch_scope
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.teacher import GenerationParams
+from nex.collector.server.domain.teacher import GenerationParams, RunStatus
 
 
 def params_to_json(p: GenerationParams) -> dict[str, Any]:
@@ -45,6 +46,22 @@ def _entity(row: Mapping[Any, Any]) -> Batch:
         link_evidence=row["link_evidence"],
         create_time=row["create_time"],
         cancel_time=row["cancel_time"],
+        max_cost_usd=row["max_cost_usd"],
+        pause=BatchPause(
+            row["pause_reason"],
+            row["pause_message"] or "",
+            row["pause_time"],
+            row["pause_scope"] or "",
+        )
+        if row["pause_reason"]
+        else None,
+    )
+
+
+def _select() -> Select[Any]:
+    """A batch row with its cap (kept in its budget scope)."""
+    return select(batches, budgets.c.max_cost_usd).outerjoin(
+        budgets, budgets.c.scope == func.concat("batch:", batches.c.id)
     )
 
 
@@ -56,14 +73,14 @@ class BatchRepository(Repository):
     ) -> Batch | None:
         """`for_share` keeps a concurrent cancel (which takes `for_update`) out
         until the transaction ends."""
-        stmt = select(batches).where(batches.c.id == id_)
+        stmt = _select().where(batches.c.id == id_)
         if for_update or for_share:
-            stmt = stmt.with_for_update(read=for_share and not for_update)
+            stmt = stmt.with_for_update(read=for_share and not for_update, of=batches)
         row = await self._one(stmt)
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> Batch | None:
-        row = await self._one(select(batches).where(batches.c.request_id == request_id))
+        row = await self._one(_select().where(batches.c.request_id == request_id))
         return _entity(row) if row else None
 
     async def insert(self, b: Batch, request_id: str) -> bool:
@@ -85,7 +102,48 @@ class BatchRepository(Repository):
             .on_conflict_do_nothing(index_elements=[batches.c.request_id])
             .returning(batches.c.id)
         )
+        if (await self.session.execute(stmt)).first() is None:
+            return False
+        await self.session.execute(
+            insert(budgets).values(scope=batch_scope(b.id), max_cost_usd=b.max_cost_usd)
+        )
+        return True
+
+    async def pause(
+        self, id_: str, reason: str, message: str, when: datetime, *, scope: str = ""
+    ) -> bool:
+        """Pauses the batch unless it already is; returns whether it did."""
+        stmt = (
+            update(batches)
+            .where(batches.c.id == id_, batches.c.pause_time.is_(None))
+            .values(pause_reason=reason, pause_message=message, pause_time=when, pause_scope=scope)
+            .returning(batches.c.id)
+        )
         return (await self.session.execute(stmt)).first() is not None
+
+    async def resume(self, id_: str) -> bool:
+        stmt = (
+            update(batches)
+            .where(batches.c.id == id_, batches.c.pause_time.is_not(None))
+            .values(pause_reason=None, pause_message=None, pause_time=None, pause_scope=None)
+            .returning(batches.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def resume_paused_in_scopes_before(self, prefix: str, before: datetime) -> list[str]:
+        """Resumes the batches paused before `before` by a scope starting with
+        `prefix`; returns their ids."""
+        stmt = (
+            update(batches)
+            .where(
+                batches.c.pause_scope.startswith(prefix, autoescape=True),
+                batches.c.pause_time < before,
+                batches.c.cancel_time.is_(None),
+            )
+            .values(pause_reason=None, pause_message=None, pause_time=None, pause_scope=None)
+            .returning(batches.c.id)
+        )
+        return [r[0] for r in await self.session.execute(stmt)]
 
     async def mark_cancelled(self, id_: str, when: datetime) -> None:
         await self.session.execute(
@@ -109,6 +167,7 @@ class BatchRepository(Repository):
                 func.coalesce(func.sum(runs.c.input_tokens), 0).label("input_tokens"),
                 func.coalesce(func.sum(runs.c.output_tokens), 0).label("output_tokens"),
                 func.coalesce(func.sum(runs.c.cost_usd), 0.0).label("cost_usd"),
+                func.coalesce(func.sum(runs.c.prompt_tokens_bound), 0).label("prompt_bound"),
             )
             .where(runs.c.batch_id.in_([b.id for b in items]))
             .group_by(runs.c.batch_id, runs.c.status)
@@ -116,24 +175,36 @@ class BatchRepository(Repository):
         per_batch: dict[str, dict[str, Any]] = {}
         for row in (await self.session.execute(stmt)).mappings():
             acc = per_batch.setdefault(
-                row["batch_id"], {"counts": {}, "in": 0, "out": 0, "cost": 0.0}
+                row["batch_id"], {"counts": {}, "in": 0, "out": 0, "cost": 0.0, "bound": 0}
             )
             acc["counts"][row["status"]] = row["n"]
+            if row["status"] == RunStatus.QUEUED.value:
+                acc["bound"] = int(row["prompt_bound"])
             acc["in"] += int(row["input_tokens"])
             acc["out"] += int(row["output_tokens"])
             acc["cost"] += float(row["cost_usd"])
+        money = {
+            r["scope"]: Budget(r["max_cost_usd"], r["spent_usd"], r["reserved_usd"])
+            for r in (
+                await self.session.execute(
+                    select(budgets).where(budgets.c.scope.in_([batch_scope(b.id) for b in items]))
+                )
+            ).mappings()
+        }
         result = []
         for b in items:
-            acc = per_batch.get(b.id, {"counts": {}, "in": 0, "out": 0, "cost": 0.0})
+            acc = per_batch.get(b.id, {"counts": {}, "in": 0, "out": 0, "cost": 0.0, "bound": 0})
             result.append(
                 BatchView(
                     b,
                     RunCounts.from_mapping(acc["counts"]),
                     Usage(acc["in"], acc["out"], round(acc["cost"], 9)),
+                    budget=money.get(batch_scope(b.id), Budget(b.max_cost_usd)),
+                    queued_prompt_tokens_bound=acc["bound"],
                 )
             )
         return result
 
     async def page(self, page: PageRequest) -> tuple[Sequence[Batch], str | None]:
-        rows, next_key = await self._page(select(batches), page, batches.c.id)
+        rows, next_key = await self._page(_select(), page, batches.c.id)
         return [_entity(r) for r in rows], next_key

@@ -20,14 +20,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import runs, workers
+from nex.collector.server.db.tables import batches, runs, workers
 from nex.collector.server.domain.batches import Run, RunError, Usage
+from nex.collector.server.domain.estimates import prompt_token_bound
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.sizes import page_cut
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+from nex.collector.server.domain.validation import storable_texts
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
+# No run of a paused batch starts; the reconciler leaves its queued runs alone.
+_BATCH_NOT_PAUSED = (
+    ~select(batches.c.id)
+    .where(batches.c.id == runs.c.batch_id, batches.c.pause_time.is_not(None))
+    .exists()
+)
 
 
 def messages_to_json(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -54,10 +62,10 @@ def tokens_to_row(tokens: TokenLogprobs | None) -> dict[str, Any]:
     if tokens is None:
         return dict.fromkeys(_TOKEN_COLUMNS)
     return {
-        "token_texts": tokens.tokens,
+        "token_texts": storable_texts(tokens.tokens),
         "token_logprobs": tokens.logprobs,
         "top_counts": tokens.top_counts,
-        "top_tokens": tokens.top_tokens,
+        "top_tokens": storable_texts(tokens.top_tokens),
         "top_logprobs": tokens.top_logprobs,
     }
 
@@ -154,6 +162,7 @@ class RunRepository(Repository):
                 "messages": messages_to_json(r.messages),
                 "request_id": r.request_id or None,
                 "create_time": r.create_time,
+                "prompt_tokens_bound": prompt_token_bound(r.messages),
             }
             for r in items
         ]
@@ -221,7 +230,9 @@ class RunRepository(Repository):
         are simply absent."""
         stmt = (
             update(runs)
-            .where(runs.c.id.in_(list(ids)), runs.c.status == RunStatus.QUEUED.value)
+            .where(
+                runs.c.id.in_(list(ids)), runs.c.status == RunStatus.QUEUED.value, _BATCH_NOT_PAUSED
+            )
             .values(
                 status=RunStatus.RUNNING.value,
                 attempt=runs.c.attempt + 1,
@@ -368,7 +379,7 @@ class RunRepository(Repository):
         self, keys: Sequence[tuple[str, int]], now: datetime
     ) -> list[Mapping[Any, Any]]:
         """Running at the given attempt with the answer stored -> completed (its
-        worker is stopping); returns their id and batch id."""
+        worker is stopping); returns their id, batch id, attempt and cost."""
         if not keys:
             return []
         stmt = (
@@ -379,9 +390,30 @@ class RunRepository(Repository):
                 runs.c.answer_time.is_not(None),
             )
             .values(status=RunStatus.COMPLETED.value, end_time=now, lease_expires=None)
-            .returning(runs.c.id, runs.c.batch_id)
+            .returning(runs.c.id, runs.c.batch_id, runs.c.attempt, runs.c.cost_usd)
         )
         return list((await self.session.execute(stmt)).mappings())
+
+    async def unclaim(self, id_: str, attempt: int) -> bool:
+        """Running at `attempt` -> queued at attempt - 1: the attempt was never
+        made (its batch ran out of budget), so it is given back."""
+        stmt = (
+            update(runs)
+            .where(
+                runs.c.id == id_,
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.attempt == attempt,
+            )
+            .values(status=RunStatus.QUEUED.value, attempt=attempt - 1, lease_expires=None)
+            .returning(runs.c.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def queued_ids(self, batch_id: str) -> list[str]:
+        stmt = select(runs.c.id).where(
+            runs.c.batch_id == batch_id, runs.c.status == RunStatus.QUEUED.value
+        )
+        return [r[0] for r in await self.session.execute(stmt)]
 
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
@@ -413,6 +445,7 @@ class RunRepository(Repository):
                 runs.c.teacher_failures,
                 runs.c.lost_count,
                 runs.c.answer_time,
+                runs.c.cost_usd,
             )
             .where(
                 runs.c.status == RunStatus.RUNNING.value,
@@ -461,7 +494,11 @@ class RunRepository(Repository):
     async def stale_queued(self, older_than: datetime, limit: int) -> list[str]:
         stmt = (
             select(runs.c.id)
-            .where(runs.c.status == RunStatus.QUEUED.value, runs.c.create_time < older_than)
+            .where(
+                runs.c.status == RunStatus.QUEUED.value,
+                runs.c.create_time < older_than,
+                _BATCH_NOT_PAUSED,
+            )
             .order_by(runs.c.id)
             .limit(limit)
         )

@@ -2,7 +2,7 @@
 workers and their teacher failures, and when their answer was stored
 
 Revision ID: 0004
-Revises: 0005
+Revises: 0003
 Create Date: 2026-12-01 16:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0005"  # chained after main's 0005 at merge
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """a failed dataset build leaves its version free; datasets may be built empty
 only when asked; context refs remember whether NEX confirmed them
 
-Revision ID: 0005
+Revision ID: 0002
 Revises: 0001
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
+revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
