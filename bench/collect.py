@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,41 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
+_DELAY = "nex_collector_answer_commit_seconds_bucket"
+
+
+def _delay_buckets(ports: list[int]) -> dict[float, float]:
+    """The workers' answer-received-to-committed histogram: cumulative count per
+    upper bound, summed over the workers."""
+    buckets: dict[float, float] = {}
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for line in text.splitlines():
+            if line.startswith(_DELAY + "{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                le = float("inf") if bound == "+Inf" else float(bound)
+                buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """The q-quantile (seconds) of what was observed between two scrapes,
+    interpolated within its bucket as Prometheus' histogram_quantile does."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank, lower, below = q * counts[-1], 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
 def measure(
     latency_ms: float,
     n: int,
@@ -123,9 +159,10 @@ def measure(
     database_url: str,
     redis_url: str,
     logs: Path,
-) -> tuple[list[float], list[float], float, float]:
+) -> tuple[list[float], list[float], float, float, tuple[float, float]]:
     """Alternates baseline and collector `repeats` times (the machine's noise hits
-    both alike); returns their runs/s and CPU ms per run (collector: server + worker)."""
+    both alike); returns their runs/s, CPU ms per run (collector: server +
+    worker), and the p50 and p99 of answer received -> committed in the workers (s)."""
     topics = prompts(n)
     baseline: list[float] = []
     collector: list[float] = []
@@ -148,13 +185,21 @@ def measure(
                 process([*cli, "serve", "--migrate"], env, logs / "server.log")
             )
             wait_port(port)
+            metric_ports = [free_port() for _ in range(workers)]
             procs = [server] + [
-                stack.enter_context(process([*cli, "worker"], env, logs / f"worker{i}.log"))
+                stack.enter_context(
+                    process(
+                        [*cli, "worker"],
+                        {**env, "METRICS_ADDR": f"127.0.0.1:{metric_ports[i]}"},
+                        logs / f"worker{i}.log",
+                    )
+                )
                 for i in range(workers)
             ]
             time.sleep(1.0)
             asyncio.run(through_collector(f"127.0.0.1:{port}", prompts(50)))  # warm up both
             asyncio.run(bare_sdk(base_url, prompts(50)))
+            delays_before = _delay_buckets(metric_ports)
             for _ in range(repeats):
                 before = time.process_time()
                 baseline.append(asyncio.run(bare_sdk(base_url, topics)))
@@ -162,9 +207,11 @@ def measure(
                 before = _cpu_s([p.pid for p in procs])
                 collector.append(asyncio.run(through_collector(f"127.0.0.1:{port}", topics)))
                 cpu_coll += _cpu_s([p.pid for p in procs]) - before
+            delays_after = _delay_buckets(metric_ports)
+            p50, p99 = (_quantile(q, delays_before, delays_after) for q in (0.5, 0.99))
             print(asyncio.run(_in_flight(database_url)), flush=True)
     runs = n * repeats
-    return baseline, collector, cpu_base / runs * 1000, cpu_coll / runs * 1000
+    return baseline, collector, cpu_base / runs * 1000, cpu_coll / runs * 1000, (p50, p99)
 
 
 def main() -> None:
@@ -177,7 +224,7 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory(prefix="nexc-bench-logs-") as tmp, backing() as (db, redis):
         for latency in (float(x) for x in args.latencies.split(",")):
-            base, coll, cpu_b, cpu_c = measure(
+            base, coll, cpu_b, cpu_c, (p50, p99) = measure(
                 latency, args.runs, args.workers, args.repeats, db, redis, Path(tmp)
             )
             b, c = statistics.median(base), statistics.median(coll)
@@ -186,7 +233,9 @@ def main() -> None:
                 f"latency {latency:>4.0f} ms  N={args.runs} x{args.repeats}  "
                 f"bare SDK loop {b:7.1f} runs/s ({_spread(base)})  "
                 f"collector {c:7.1f} runs/s ({_spread(coll)})  ratio {c / b:4.2f}x  "
-                f"| CPU per run: SDK loop {cpu_b:.1f} ms, collector {cpu_c:.1f} ms (server+worker)",
+                f"| CPU per run: SDK loop {cpu_b:.1f} ms, collector {cpu_c:.1f} ms (server+worker) "
+                f"| answer received -> committed p50 {p50 * 1000:.0f} ms, "
+                f"p99 {p99 * 1000:.0f} ms",
                 flush=True,
             )
     verdict = "met" if all(r >= 1.0 for r in ratios) else "NOT met"

@@ -138,9 +138,10 @@ def test_worker_killed_mid_run_loses_nothing(
         _assert_nothing_resent(fresh_teacher_api)
     finally:
         second.stop()
-    # The runs the killed worker held were taken again: one more attempt each.
+    # The runs the killed worker held were taken again (one more attempt each), or
+    # completed from the answer it had already stored (no attempt more).
     attempts = Counter(chaos_client.get_run(r).attempt for r in run_ids)
-    assert set(attempts) <= {1, 2} and attempts[2] > 0
+    assert set(attempts) <= {1, 2}
 
 
 def test_a_stopped_worker_hands_back_every_run_it_held(

@@ -44,7 +44,9 @@ from nex.collector.server.services.context_refs import ContextRefs
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
+from nex.collector.server.services.liveness import Heartbeat, new_worker_id
 from nex.collector.server.services.reconcile import Reconciler
+from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.templates import Templates
 from nex.collector.server.services.watch import EventHub, RunWatcher
@@ -76,6 +78,7 @@ class Container:
     datasets: Datasets
     evidence: Evidence
     sandbox: TemplateSandbox
+    heartbeat: Heartbeat
     embedded: EmbeddedServices | None = None
 
 
@@ -192,6 +195,13 @@ async def open_container(
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
+    # The heartbeat and teachers' answers run on connections and a loop of their
+    # own (engines used there only): a pool busy with claims queued for the
+    # run-events lock, or a main loop busy with hundreds of jobs, must neither
+    # make a live worker look dead nor keep a paid answer from being stored.
+    heartbeat_engine = make_engine(database_url, pool_size=1, max_overflow=1)
+    answers_engine = make_engine(database_url, pool_size=4, max_overflow=4)
+    side_loop = SideLoop("heartbeat-answers")
     closers: list[Any] = []
     try:
         await check_database(engine, migrate=migrate)
@@ -224,15 +234,30 @@ async def open_container(
             # Outlives the delivery job, so a live delivery is never taken twice.
             lease=timedelta(seconds=job_timeouts(settings)[DELIVER_EVIDENCE] + 10),
         )
+        lease = timedelta(seconds=settings.run_lease_s)
+        heartbeat = Heartbeat(
+            UnitOfWorkFactory(
+                async_sessionmaker(heartbeat_engine, expire_on_commit=False, class_=AsyncSession)
+            ),
+            new_worker_id(),
+            lease=lease,
+            interval_s=settings.worker_heartbeat_s,
+            loop=side_loop,
+        )
         # The teachers file's daily caps plug in here (`daily_cap=`).
         budgets = Budgets(uow)
         executor = RunExecutor(
             uow,
             providers.get,
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
-            lease=timedelta(seconds=settings.run_lease_s),
+            lease=lease,
             budgets=budgets,
             evidence=evidence,
+            worker_id=heartbeat.worker_id,
+            answers_uow=UnitOfWorkFactory(
+                async_sessionmaker(answers_engine, expire_on_commit=False, class_=AsyncSession)
+            ),
+            answers_loop=side_loop,
         )
         datasets = Datasets(
             uow,
@@ -278,7 +303,8 @@ async def open_container(
                 uow,
                 queue,
                 evidence,
-                max_attempts=settings.teacher_max_attempts,
+                max_worker_losses=settings.max_worker_losses,
+                lease=lease,
                 budgets=budgets,
             ),
             hub=hub,
@@ -286,6 +312,7 @@ async def open_container(
             datasets=datasets,
             evidence=evidence,
             sandbox=sandbox,
+            heartbeat=heartbeat,
             embedded=embedded,
         )
         yield container
@@ -294,5 +321,9 @@ async def open_container(
             with contextlib.suppress(Exception):
                 await close()
         await engine.dispose()
+        for side_engine in (heartbeat_engine, answers_engine):
+            with contextlib.suppress(Exception):
+                await side_loop.run(side_engine.dispose())
+        await side_loop.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -63,7 +63,10 @@ class Settings(BaseSettings):
     template_processes: int = Field(default=2, validation_alias="TEMPLATE_PROCESSES", ge=1, le=64)
 
     worker_max_jobs: int = Field(default=256, validation_alias="WORKER_MAX_JOBS", ge=1)
-    run_lease_s: float = Field(default=300.0, validation_alias="RUN_LEASE_S", gt=0)
+    # How long a worker may stay silent before its runs and jobs are taken back
+    # (its heartbeat renews it several times per lease).
+    run_lease_s: float = Field(default=30.0, validation_alias="RUN_LEASE_S", gt=0)
+    max_worker_losses: int = Field(default=10, validation_alias="MAX_WORKER_LOSSES", ge=1)
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
     dataset_lease_s: float = Field(default=60.0, validation_alias="DATASET_LEASE_S", gt=0)
     watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
@@ -108,6 +111,11 @@ class Settings(BaseSettings):
     def tokens(self) -> frozenset[str]:
         """Accepted bearer tokens; empty means authentication is off."""
         return frozenset(t.strip() for t in self.tokens_csv.split(",") if t.strip())
+
+    @property
+    def worker_heartbeat_s(self) -> float:
+        """How often a worker renews its lease: a few beats per lease."""
+        return min(5.0, self.run_lease_s / 4)
 
     @property
     def anonymous_exposure(self) -> str | None:

@@ -49,6 +49,15 @@ TEACHER_COST = Counter(
     "Estimated cost of completed teacher calls in USD (the price table), by provider.",
     ["provider"],
 )
+ANSWER_COMMIT_SECONDS = Histogram(
+    "nex_collector_answer_commit_seconds",
+    "Time from a teacher's answer arriving to its being committed to PostgreSQL "
+    "(a worker killed in between loses an answer already paid for).",
+    buckets=(
+        0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+        0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0,
+    ),
+)  # fmt: skip
 RUNS_FINISHED = Counter(
     "nex_collector_runs_finished",
     "Runs this worker brought to a final state, by status (completed, failed).",
@@ -56,8 +65,9 @@ RUNS_FINISHED = Counter(
 )
 RUNS_RECOVERED = Counter(
     "nex_collector_runs_recovered",
-    "Runs the reconciler put back in the queue, by reason "
-    "(lease_expired: their worker died; job_lost: Redis lost their job).",
+    "Runs the reconciler took back, by reason (lease_expired: their worker died, "
+    "queued again; answer_stored: their worker died after storing the answer, "
+    "completed; job_lost: Redis lost their job).",
     ["reason"],
 )
 DATASET_BUILDS = Counter(

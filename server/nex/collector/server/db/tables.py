@@ -114,10 +114,28 @@ runs = Table(
     Column("start_time", DateTime(timezone=True)),
     Column("end_time", DateTime(timezone=True)),
     Column("lease_expires", DateTime(timezone=True)),
+    # The worker process running it (see `workers`); calls that ended with a
+    # teacher error, and workers that died holding it, counted apart.
+    Column("worker_id", Text),
+    Column("teacher_failures", Integer, nullable=False, server_default="0"),
+    Column("lost_count", Integer, nullable=False, server_default="0"),
+    # When the teacher's answer was stored: it is kept even if the worker dies
+    # before the run is marked completed.
+    Column("answer_time", DateTime(timezone=True)),
     # domain.estimates.prompt_token_bound of `messages`, for reservations and estimates.
     Column("prompt_tokens_bound", BigInteger, nullable=False, server_default="0"),
     Index("ix_runs_batch_status", "batch_id", "status"),
     Index("ix_runs_status_lease", "status", "lease_expires"),
+)
+
+# Worker processes that are alive: each renews its row (a heartbeat) well before
+# `expires_at`; runs and jobs of a worker whose row expired are taken back.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("start_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 run_events = Table(

@@ -16,6 +16,7 @@ from nex.collector.server.db.repositories.events import EventRepository
 from nex.collector.server.db.repositories.evidence import EvidenceRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
+from nex.collector.server.db.repositories.workers import WorkerRepository
 from nex.collector.server.domain.errors import Unavailable
 
 # PostgreSQL's answers for two transactions that got in each other's way
@@ -41,6 +42,7 @@ class UnitOfWork:
     events: EventRepository
     datasets: DatasetRepository
     evidence: EvidenceRepository
+    workers: WorkerRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -55,6 +57,7 @@ class UnitOfWork:
         self.events = EventRepository(self.session)
         self.datasets = DatasetRepository(self.session)
         self.evidence = EvidenceRepository(self.session)
+        self.workers = WorkerRepository(self.session)
         return self
 
     async def __aexit__(

@@ -186,3 +186,22 @@ def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None
             v.add(key_path(field, name), "is a built-in score (computed by the collector)")
         if not math.isfinite(value):
             v.add(key_path(field, name), "must be a finite number")
+
+
+def _times(n: int) -> str:
+    return f"{n} time" if n == 1 else f"{n} times"
+
+
+def teacher_gave_up(message: str, teacher_failures: int, workers_lost: int) -> str:
+    """A failed run's message: the last teacher error, and how often the teacher
+    failed and workers died when it was not the first call that failed."""
+    if teacher_failures <= 1 and workers_lost == 0:
+        return message
+    text = f"teacher failed {_times(teacher_failures)} (last: {message})"
+    return text + (f"; worker lost {_times(workers_lost)}" if workers_lost else "")
+
+
+def workers_gave_up(workers_lost: int, teacher_failures: int) -> str:
+    """The message of a run failed because the workers running it kept dying."""
+    text = f"worker lost {_times(workers_lost)} while running this run"
+    return text + (f"; teacher failed {_times(teacher_failures)}" if teacher_failures else "")

@@ -47,12 +47,17 @@ class MicroBatcher(Generic[T, R]):
 
     async def _loop(self) -> None:
         while self._pending:
+            # A free slot first, then the chunk: what arrived while every slot was
+            # busy goes in the next transaction instead of waiting behind it.
+            await self._slots.acquire()
             if len(self._pending) < self._max_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._linger)
+                if self._linger > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self._linger)
+                else:
+                    await asyncio.sleep(0)  # submits of this loop iteration join
             self._wakeup.clear()
             chunk, self._pending = self._pending[: self._max_size], self._pending[self._max_size :]
-            await self._slots.acquire()
             task = asyncio.create_task(self._flush(chunk))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)

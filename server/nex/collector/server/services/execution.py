@@ -1,23 +1,30 @@
 """Executing one run: claim it, call the teacher with retries, store the result.
 Every state change is a guarded transition, so a duplicate or late job does
-nothing; claims and results of concurrent runs share transactions."""
+nothing; claims and results of concurrent runs share transactions.
+
+A teacher's answer is stored in two steps. First the answer alone, at once, on
+connections of its own and without the run-events lock that orders every
+status change: a paid answer is durable within milliseconds, however busy the
+event log is. Then the run becomes completed with its event, in revision order.
+A run whose answer is stored is never asked for again: if its worker dies in
+between, the reconciler completes it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.batches import Batch, RunError
+from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
 from nex.collector.server.domain.budgets import batch_scope
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.domain.validation import storable_text
@@ -33,8 +40,11 @@ from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.side_loop import SideLoop
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,8 @@ class Claim:
     batch_id: str
     attempt: int
     messages: list[Any]
+    teacher_failures: int = 0
+    workers_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,7 @@ class Outcome:
     cost_usd: float = 0.0
     latency_ms: int = 0
     reserved: bool = False  # holds a budget reservation, settled with the result
+    received: float = 0.0  # time.perf_counter() when the answer arrived
 
 
 class RunExecutor:
@@ -69,8 +82,16 @@ class RunExecutor:
         budgets: Budgets | None = None,
         evidence: Evidence | None = None,
         batch_ttl_s: float = 2.0,
+        worker_id: str | None = None,
+        answers_uow: UnitOfWorkFactory | None = None,
+        answers_loop: SideLoop | None = None,
     ) -> None:
         self._uow = uow
+        # Answers are stored through `answers_uow`, on `answers_loop` when given
+        # (then `answers_uow` must be used there only).
+        self._answers_uow = answers_uow or uow
+        self._answers_loop = answers_loop
+        self._worker_id = worker_id
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
@@ -82,6 +103,11 @@ class RunExecutor:
         self._batch_ttl_s = batch_ttl_s
         self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
             self._claim_many, name="claims"
+        )
+        # No linger: an answer is written as soon as a connection is free; answers
+        # arriving while all are busy share the next transaction.
+        self._answers: MicroBatcher[Outcome, bool] = MicroBatcher(
+            self._store_answers, name="answers", max_size=64, linger_s=0.0, concurrency=4
         )
         self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(
             self._finish_many, name="results"
@@ -96,6 +122,7 @@ class RunExecutor:
         """Once the jobs have ended: hands back every run still held, so the next
         worker takes them at once instead of when their lease runs out."""
         await self._claims.aclose()
+        await self._on_answers_loop(self._answers.aclose())
         await self._outcomes.aclose()
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
@@ -135,6 +162,9 @@ class RunExecutor:
         request: GenerationRequest,
     ) -> str:
         attempt = claim.attempt
+        # Teacher calls that failed, this run's whole life long: a worker that died
+        # while calling does not count (see the reconciler).
+        failures = claim.teacher_failures
         while True:
             # Budget: reserve the call's worst case first; the result settles it.
             hold = await self._budgets.reserve(batch, run_id, attempt, request.messages)
@@ -148,23 +178,27 @@ class RunExecutor:
             except ProviderError as err:
                 await self._budgets.release(hold)  # providers do not bill errors
                 _observe_call(batch.provider, err.code, started)
-                if not self._policy.should_retry(attempt, err):
+                failures += 1
+                if not self._policy.should_retry(failures, err):
+                    message = teacher_gave_up(err.message, failures, claim.workers_lost)
                     outcome = Outcome(
                         run_id,
                         batch.id,
                         attempt,
                         RunStatus.FAILED,
-                        error=RunError(err.code, err.message),
+                        error=RunError(err.code, message),
                     )
                     if await self._outcomes.submit(outcome):
                         metrics.RUNS_FINISHED.labels(RunStatus.FAILED.value).inc()
                     return f"failed: {err.code}"
-                await asyncio.sleep(self._policy.delay(attempt, err))
+                await asyncio.sleep(self._policy.delay(failures, err))
                 if not await self._next_attempt(run_id, batch.id, attempt):
                     return "stopped: cancelled or lease lost"
                 attempt += 1
                 continue
-            latency_ms = int(_observe_call(batch.provider, "ok", started) * 1000)
+            received = time.perf_counter()
+            latency_ms = int((received - started) * 1000)
+            _observe_call(batch.provider, "ok", started)
             outcome = Outcome(
                 run_id,
                 batch.id,
@@ -176,9 +210,13 @@ class RunExecutor:
                 ),
                 latency_ms=latency_ms,
                 reserved=hold.held,
+                received=received,
             )
+            # Step one: the answer alone, durable at once; step two: completed,
+            # with its event, in revision order (see the module docstring).
+            await self._on_answers_loop(self._answers.submit(outcome))
             if not await self._outcomes.submit(outcome):
-                return "discarded: run moved on"
+                return "discarded: run moved on, or completed by the reconciler"
             _observe_completion(batch.provider, outcome)
             return "completed"
 
@@ -197,22 +235,58 @@ class RunExecutor:
 
     async def _claim_many(self, run_ids: Sequence[str]) -> list[Claim | None]:
         async with self._uow() as tx:
-            rows = await tx.runs.claim(list(dict.fromkeys(run_ids)), self._lease, now())
+            rows = await tx.runs.claim(
+                list(dict.fromkeys(run_ids)), self._lease, now(), self._worker_id
+            )
             await tx.events.append(
                 [NewEvent(r["id"], r["batch_id"], RunStatus.RUNNING, r["attempt"]) for r in rows]
             )
             await tx.commit()
-        claims = {r["id"]: Claim(r["id"], r["batch_id"], r["attempt"], r["messages"]) for r in rows}
+        claims = {
+            r["id"]: Claim(
+                r["id"],
+                r["batch_id"],
+                r["attempt"],
+                r["messages"],
+                r["teacher_failures"],
+                r["lost_count"],
+            )
+            for r in rows
+        }
         self._held.update({c.run_id: (c.batch_id, c.attempt) for c in claims.values()})
         return [claims.pop(run_id, None) for run_id in run_ids]
 
+    async def _on_answers_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._answers_loop is None:
+            return await coro
+        return await self._answers_loop.run(coro)
+
+    async def _store_answers(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Step one of a completion: the answer, durable, the run still running."""
+        answered_at = now()
+        # Guarded by the statement itself (running, same attempt): no lock round
+        # trip. A run that moved on keeps nothing, and its completion finds it gone.
+        async with self._answers_uow() as tx:
+            await tx.runs.store_answers([_answer_row(o, answered_at) for o in outcomes])
+            await tx.commit()
+        committed = time.perf_counter()
+        for o in outcomes:
+            metrics.ANSWER_COMMIT_SECONDS.observe(committed - o.received)
+        return [True] * len(outcomes)
+
     async def _finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Completed (answer already stored) or failed, with their events."""
         finished_at = now()
         links: Sequence[str] = ()
         async with self._uow() as tx:
             live = await tx.runs.lock_running([(o.run_id, o.attempt) for o in outcomes])
-            rows = [_row(o, finished_at) for o in outcomes if o.run_id in live]
-            await tx.runs.finish(rows)
+            done = [o for o in outcomes if o.run_id in live]
+            await tx.runs.complete(
+                [o.run_id for o in done if o.status is RunStatus.COMPLETED], finished_at
+            )
+            await tx.runs.finish(
+                [_row(o, finished_at) for o in done if o.status is not RunStatus.COMPLETED]
+            )
             await tx.budgets.settle(
                 [
                     Settlement(o.run_id, o.attempt, batch_scope(o.batch_id), o.cost_usd)
@@ -246,20 +320,37 @@ class RunExecutor:
         return await self._evidence.link_finished_batches(tx, linked) if linked else []
 
     async def _release(self, held: Mapping[str, tuple[str, int]]) -> None:
-        """Running -> queued for the given runs still at the attempt held."""
+        """Running -> queued for the given runs still at the attempt held; those
+        whose answer is already stored -> completed."""
+        keys = [(r, attempt) for r, (_, attempt) in held.items()]
         try:
             async with self._uow() as tx:
-                keys = [(r, attempt) for r, (_, attempt) in held.items()]
                 released = await tx.runs.release(keys)
-                # A call cut off mid-way may have been billed: its worst case counts.
-                await tx.budgets.charge(keys)
+                answered = await tx.runs.complete_answered(keys, now())
+                # Answers stored: their real cost. A call cut off mid-way may have
+                # been billed: its worst case counts.
+                await tx.budgets.settle(
+                    [
+                        Settlement(r["id"], r["attempt"], batch_scope(r["batch_id"]), r["cost_usd"])
+                        for r in answered
+                    ]
+                )
+                done = {r["id"] for r in answered}
+                await tx.budgets.charge([k for k in keys if k[0] not in done])
                 await tx.events.append(
                     [NewEvent(r, held[r][0], RunStatus.QUEUED, held[r][1]) for r in released]
+                    + [
+                        NewEvent(r["id"], r["batch_id"], RunStatus.COMPLETED, held[r["id"]][1])
+                        for r in answered
+                    ]
                 )
+                links = await self._link_finished(tx, {r["batch_id"] for r in answered})
                 await tx.commit()
-        except Exception as exc:  # the reconciler requeues them when their lease expires
+        except Exception as exc:  # the reconciler takes them back once we are gone
             log.warning("could not hand back %d runs: %s", len(held), exc)
             return
+        if self._evidence is not None:
+            await self._evidence.enqueue(links)
         for run_id in held:
             self._held.pop(run_id, None)
         if released:
@@ -303,6 +394,25 @@ def _observe_completion(provider: str, o: Outcome) -> None:
         metrics.TEACHER_TOKENS.labels(provider, "output").inc(o.completion.output_tokens)
     if o.cost_usd:
         metrics.TEACHER_COST.labels(provider).inc(o.cost_usd)
+
+
+def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
+    c = o.completion
+    assert c is not None
+    row: dict[str, Any] = {
+        "b_id": o.run_id,
+        "b_attempt": o.attempt,
+        "output_text": c.text,
+        "finish_reason": c.finish_reason,
+        "has_logprobs": c.tokens is not None,
+        "input_tokens": c.input_tokens,
+        "output_tokens": c.output_tokens,
+        "cost_usd": o.cost_usd,
+        "latency_ms": o.latency_ms,
+        "answer_time": answered_at,
+    }
+    row.update(tokens_to_row(c.tokens))
+    return row
 
 
 def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:

@@ -5,7 +5,10 @@ trips, and the queue's head keeps the jobs already running, so a busy worker
 spends its time re-checking them: starts cap near a hundred jobs a second. Here
 one Lua script scans the head of the queue inside Redis and does the same
 checks and marks (same keys, same semantics) for as many jobs as there are
-free slots.
+free slots. Its in-progress markers hold the worker's id instead of arq's "1",
+so that the reconciler frees a job only when the worker that started it is
+dead; and a job this worker is already running is never started a second time
+(arq keeps one task per job id: a second would overwrite the first's).
 
 Its `close` waits for every job it cancels: arq's own gathers them without
 `return_exceptions`, so it re-raises the first job's CancelledError and
@@ -14,6 +17,7 @@ returns while the other jobs are still handing their runs back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import Any
 
@@ -21,9 +25,12 @@ from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
-# KEYS[1] = queue. ARGV = now_ms, in-progress ttl ms, free slots, how far to scan, prefix.
+log = logging.getLogger(__name__)
+
+# KEYS[1] = queue. ARGV = now_ms, in-progress ttl ms, free slots, how far to scan,
+# prefix, owner (the marker's value).
 _START = """
-local now, ttl, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[5]
+local now, ttl, prefix, owner = tonumber(ARGV[1]), ARGV[2], ARGV[5], ARGV[6]
 local free, scan = tonumber(ARGV[3]), tonumber(ARGV[4])
 local started = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, scan)
@@ -31,7 +38,7 @@ for i = 1, #ids, 2 do
   if #started >= 2 * free then break end
   local id = ids[i]
   if redis.call('EXISTS', prefix .. id) == 0 then
-    redis.call('PSETEX', prefix .. id, ttl, '1')
+    redis.call('PSETEX', prefix .. id, ttl, owner)
     table.insert(started, id)
     table.insert(started, ids[i + 1])
   end
@@ -41,8 +48,9 @@ return started
 
 
 class BatchStartWorker(Worker):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, owner: str = "1", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._owner = owner
         # arq reads this many ids just to learn whether the queue has any: the
         # script below looks further itself.
         self._scan = max(self.queue_read_limit, self.max_jobs * 4)
@@ -61,10 +69,16 @@ class BatchStartWorker(Worker):
             free,
             self._scan,
             in_progress_key_prefix,
+            self._owner,
         ]
         started = await self._start_script(keys=[self.queue_name], args=args)
         for i in range(0, len(started), 2):
             job_id, score = started[i].decode(), int(float(started[i + 1]))
+            running = self.tasks.get(job_id)
+            if running is not None and not running.done():
+                # Freed while we run it (Redis lost its marker, or a bug): not twice.
+                log.warning("job %s is already running here: not started twice", job_id)
+                continue
             await self.sem.acquire()
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))

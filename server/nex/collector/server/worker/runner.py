@@ -56,6 +56,7 @@ async def _reconcile_forever(container: Container, stop: asyncio.Event) -> None:
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
     """Runs arq until `stop`; when arq's loop dies (Redis restarted, network), a new
     one starts while the jobs in flight finish on their own."""
+    await container.heartbeat.start()  # alive before taking any job
     reconciler = supervise("reconciler", lambda: _reconcile_forever(container, stop), stop=stop)
     workers: list[Worker] = []
     try:
@@ -94,6 +95,7 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reconciler
         await container.executor.aclose()
+        await container.heartbeat.aclose()
 
 
 async def _new_worker(container: Container) -> Worker:
@@ -108,4 +110,5 @@ async def _new_worker(container: Container) -> Worker:
         keep_result=0,
         max_tries=20,
         handle_signals=False,
+        owner=container.heartbeat.worker_id,
     )

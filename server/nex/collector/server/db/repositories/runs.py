@@ -4,11 +4,23 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, bindparam, cast, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import batches, runs
+from nex.collector.server.db.tables import batches, runs, workers
 from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.estimates import prompt_token_bound
 from nex.collector.server.domain.pagination import PageRequest
@@ -211,10 +223,11 @@ class RunRepository(Repository):
     # -- the worker's hot path ---------------------------------------------------
 
     async def claim(
-        self, ids: Sequence[str], lease: timedelta, now: datetime
+        self, ids: Sequence[str], lease: timedelta, now: datetime, worker_id: str | None = None
     ) -> list[Mapping[Any, Any]]:
-        """Queued -> running for the given runs (attempt + 1, a lease); rows of
-        runs that are not queued (done, cancelled, taken) are simply absent."""
+        """Queued -> running for the given runs (attempt + 1, a lease, owned by
+        `worker_id`); rows of runs that are not queued (done, cancelled, taken)
+        are simply absent."""
         stmt = (
             update(runs)
             .where(
@@ -225,8 +238,16 @@ class RunRepository(Repository):
                 attempt=runs.c.attempt + 1,
                 start_time=func.coalesce(runs.c.start_time, now),
                 lease_expires=now + lease,
+                worker_id=worker_id,
             )
-            .returning(runs.c.id, runs.c.batch_id, runs.c.attempt, runs.c.messages)
+            .returning(
+                runs.c.id,
+                runs.c.batch_id,
+                runs.c.attempt,
+                runs.c.messages,
+                runs.c.teacher_failures,
+                runs.c.lost_count,
+            )
         )
         return list((await self.session.execute(stmt)).mappings())
 
@@ -273,8 +294,53 @@ class RunRepository(Repository):
             stmt, list(rows), execution_options={"synchronize_session": False}
         )
 
+    async def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Stores the teacher's answer of runs still running at the given attempt
+        (`b_attempt`), which stay running until `complete` (one executemany).
+        Once stored, an answer is never asked for again: a run holding one is
+        completed, never requeued."""
+        if not rows:
+            return
+        stmt = (
+            update(runs)
+            .where(
+                runs.c.id == bindparam("b_id"),
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.attempt == bindparam("b_attempt"),
+            )
+            .values(
+                output_text=bindparam("output_text"),
+                finish_reason=bindparam("finish_reason"),
+                has_logprobs=bindparam("has_logprobs"),
+                token_texts=bindparam("token_texts"),
+                token_logprobs=bindparam("token_logprobs"),
+                top_counts=bindparam("top_counts"),
+                top_tokens=bindparam("top_tokens"),
+                top_logprobs=bindparam("top_logprobs"),
+                input_tokens=bindparam("input_tokens"),
+                output_tokens=bindparam("output_tokens"),
+                cost_usd=bindparam("cost_usd"),
+                latency_ms=bindparam("latency_ms"),
+                answer_time=bindparam("answer_time"),
+            )
+        )
+        await self.session.execute(
+            stmt, list(rows), execution_options={"synchronize_session": False}
+        )
+
+    async def complete(self, ids: Sequence[str], now: datetime) -> None:
+        """Running -> completed for runs whose answer is stored."""
+        if not ids:
+            return
+        await self.session.execute(
+            update(runs)
+            .where(runs.c.id.in_(list(ids)))
+            .values(status=RunStatus.COMPLETED.value, end_time=now, lease_expires=None)
+        )
+
     async def next_attempt(self, id_: str, attempt: int, lease: timedelta, now: datetime) -> bool:
-        """Running at `attempt` -> running at attempt + 1 with a fresh lease."""
+        """Running at `attempt`, whose teacher call failed -> running at attempt + 1
+        with a fresh lease, one more teacher failure counted."""
         stmt = (
             update(runs)
             .where(
@@ -282,14 +348,19 @@ class RunRepository(Repository):
                 runs.c.status == RunStatus.RUNNING.value,
                 runs.c.attempt == attempt,
             )
-            .values(attempt=attempt + 1, lease_expires=now + lease)
+            .values(
+                attempt=attempt + 1,
+                lease_expires=now + lease,
+                teacher_failures=runs.c.teacher_failures + 1,
+            )
             .returning(runs.c.id)
         )
         return (await self.session.execute(stmt)).first() is not None
 
     async def release(self, keys: Sequence[tuple[str, int]]) -> list[str]:
         """Running at the given attempt -> queued (its worker is stopping), the
-        attempt kept; returns the ids released."""
+        attempt kept; returns the ids released. A run whose answer is stored stays
+        running: the reconciler completes it."""
         if not keys:
             return []
         stmt = (
@@ -297,11 +368,31 @@ class RunRepository(Repository):
             .where(
                 tuple_(runs.c.id, runs.c.attempt).in_(list(keys)),
                 runs.c.status == RunStatus.RUNNING.value,
+                runs.c.answer_time.is_(None),
             )
             .values(status=RunStatus.QUEUED.value, lease_expires=None)
             .returning(runs.c.id)
         )
         return [r[0] for r in await self.session.execute(stmt)]
+
+    async def complete_answered(
+        self, keys: Sequence[tuple[str, int]], now: datetime
+    ) -> list[Mapping[Any, Any]]:
+        """Running at the given attempt with the answer stored -> completed (its
+        worker is stopping); returns their id, batch id, attempt and cost."""
+        if not keys:
+            return []
+        stmt = (
+            update(runs)
+            .where(
+                tuple_(runs.c.id, runs.c.attempt).in_(list(keys)),
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.answer_time.is_not(None),
+            )
+            .values(status=RunStatus.COMPLETED.value, end_time=now, lease_expires=None)
+            .returning(runs.c.id, runs.c.batch_id, runs.c.attempt, runs.c.cost_usd)
+        )
+        return list((await self.session.execute(stmt)).mappings())
 
     async def unclaim(self, id_: str, attempt: int) -> bool:
         """Running at `attempt` -> queued at attempt - 1: the attempt was never
@@ -339,28 +430,59 @@ class RunRepository(Repository):
 
     # -- the reconciler ----------------------------------------------------------
 
-    async def expired_leases(self, now: datetime, limit: int) -> list[Mapping[Any, Any]]:
+    async def orphaned(
+        self, now: datetime, answered_before: datetime, limit: int
+    ) -> list[Mapping[Any, Any]]:
+        """Running runs nobody will finish: their worker's heartbeat expired (or,
+        claimed with no owner, their lease did), or their answer was stored long
+        ago and never marked completed."""
+        owner_alive = exists().where(workers.c.id == runs.c.worker_id, workers.c.expires_at > now)
         stmt = (
-            select(runs.c.id, runs.c.batch_id, runs.c.attempt)
-            .where(runs.c.status == RunStatus.RUNNING.value, runs.c.lease_expires < now)
-            .order_by(runs.c.lease_expires)
+            select(
+                runs.c.id,
+                runs.c.batch_id,
+                runs.c.attempt,
+                runs.c.teacher_failures,
+                runs.c.lost_count,
+                runs.c.answer_time,
+                runs.c.cost_usd,
+            )
+            .where(
+                runs.c.status == RunStatus.RUNNING.value,
+                or_(
+                    and_(runs.c.worker_id.is_(None), runs.c.lease_expires < now),
+                    and_(runs.c.worker_id.is_not(None), ~owner_alive),
+                    runs.c.answer_time < answered_before,
+                ),
+            )
+            .order_by(runs.c.id)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=runs, skip_locked=True)
         )
         return list((await self.session.execute(stmt)).mappings())
 
-    async def requeue(self, ids: Sequence[str]) -> None:
-        await self.session.execute(
-            update(runs)
-            .where(runs.c.id.in_(list(ids)))
-            .values(status=RunStatus.QUEUED.value, lease_expires=None)
-        )
-
-    async def fail_many(self, ids: Sequence[str], code: str, message: str, now: datetime) -> None:
+    async def requeue_lost(self, ids: Sequence[str]) -> None:
+        """Running -> queued after their worker died: one more loss counted."""
         await self.session.execute(
             update(runs)
             .where(runs.c.id.in_(list(ids)))
             .values(
+                status=RunStatus.QUEUED.value,
+                lease_expires=None,
+                worker_id=None,
+                lost_count=runs.c.lost_count + 1,
+            )
+        )
+
+    async def fail_many(
+        self, ids: Sequence[str], code: str, message: str, now: datetime, *, lost: bool = False
+    ) -> None:
+        """Running -> failed; `lost`: their worker died once more."""
+        await self.session.execute(
+            update(runs)
+            .where(runs.c.id.in_(list(ids)))
+            .values(
+                lost_count=runs.c.lost_count + (1 if lost else 0),
                 status=RunStatus.FAILED.value,
                 error_code=code,
                 error_message=message,
