@@ -22,13 +22,22 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from nex.collector.server.config import IntegrationMode, Settings
+from nex.collector.server.config import (
+    ConfigError,
+    IntegrationMode,
+    Settings,
+    load_teachers,
+    teacher_credentials,
+)
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.teacher import Provider
+from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
+from nex.collector.server.limiter import RateLimiter
+from nex.collector.server.providers import pricing
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import JobQueue, in_progress_ttl_ms
@@ -38,7 +47,9 @@ from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.teacher import Teacher
+from nex.collector.server.services.teachers import TeacherEndpoints
 from nex.collector.server.services.templates import Templates
+from nex.collector.server.services.throttle import CallGate
 from nex.collector.server.services.watch import EventHub, RunWatcher
 
 log = logging.getLogger(__name__)
@@ -67,6 +78,8 @@ class Container:
     watcher: RunWatcher
     datasets: Datasets
     evidence: Evidence
+    teachers: TeacherDirectory
+    teacher_endpoints: TeacherEndpoints
     embedded: EmbeddedServices | None = None
 
 
@@ -145,6 +158,17 @@ def provider_problems(settings: Settings) -> dict[str, str | None]:
     }
 
 
+def read_teachers(settings: Settings) -> TeacherDirectory:
+    """The deployment's teachers (TEACHERS_FILE); prices follow them. A bad
+    file stops start-up with one line."""
+    try:
+        teachers = load_teachers(settings)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    pricing.use_teachers(teachers)
+    return teachers
+
+
 def plain_dsn(database_url: str) -> str:
     """The asyncpg DSN of a SQLAlchemy URL (for LISTEN/NOTIFY)."""
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -165,6 +189,7 @@ async def migrate_database(settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Container]:
     """Everything a process needs; closes all of it on the way out."""
+    teachers = read_teachers(settings)
     database_url, redis_url, embedded = resolve_urls(settings)
     engine = make_engine(database_url)
     closers: list[Any] = []
@@ -182,8 +207,11 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             anthropic_api_key=_secret(settings.anthropic_api_key),
             anthropic_base_url=settings.anthropic_base_url,
             timeout=settings.teacher_timeout_s,
+            teachers=teachers,
+            credentials=lambda teacher: teacher_credentials(settings, teacher),
         )
         closers.append(providers.aclose)
+        limiter = RateLimiter(redis, lease_s=settings.teacher_timeout_s + 30)
         nex = None
         if settings.mode is IntegrationMode.INTEGRATED:
             nex = NexClient(
@@ -199,6 +227,7 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             policy=RetryPolicy(max_attempts=settings.teacher_max_attempts),
             lease=timedelta(seconds=settings.run_lease_s),
             on_batches_touched=evidence.link_finished_batches,
+            gate=CallGate(limiter, teachers),
         )
         datasets = Datasets(
             uow,
@@ -223,15 +252,15 @@ async def open_container(settings: Settings, *, migrate: bool = False) -> AsyncI
             redis=redis,
             queue=queue,
             providers=providers,
-            teacher=Teacher(
-                uow, queue, provider_ready=provider_problems(settings), integrated=evidence.enabled
-            ),
+            teacher=Teacher(uow, queue, teachers=teachers, integrated=evidence.enabled),
             executor=executor,
             reconciler=Reconciler(uow, queue, evidence, max_attempts=settings.teacher_max_attempts),
             hub=hub,
             watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
             datasets=datasets,
             evidence=evidence,
+            teachers=teachers,
+            teacher_endpoints=TeacherEndpoints(teachers, limiter),
             embedded=embedded,
         )
         yield container

@@ -24,10 +24,12 @@ from nex.collector.server.providers.base import (
     ProviderError,
     TeacherProvider,
 )
+from nex.collector.server.providers.errors import RATE_LIMITED
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.common import now
+from nex.collector.server.services.throttle import CallGate, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,10 @@ class RunExecutor:
         policy: RetryPolicy,
         lease: timedelta,
         on_batches_touched: Callable[[Iterable[str]], Awaitable[None]] | None = None,
+        gate: CallGate | None = None,
     ) -> None:
         self._uow = uow
+        self._gate = gate
         self._provider_for = provider_for
         self._policy = policy
         self._lease = lease
@@ -102,6 +106,10 @@ class RunExecutor:
                 batch.model, messages_from_json(claim.messages), batch.params
             )
             result = await self._attempts(claim, run_id, batch, provider, request)
+        except Throttled as throttled:
+            if not await self._hand_back_throttled(run_id, throttled):
+                return "stopped: cancelled or lease lost"
+            raise
         except asyncio.CancelledError:
             # Stopping, or arq's job timeout: hand the run back now rather than
             # when its lease runs out.
@@ -124,11 +132,16 @@ class RunExecutor:
     ) -> str:
         attempt = claim.attempt
         while True:
+            ticket = await self._gate.enter(batch.provider, run_id, request) if self._gate else None
             started = time.perf_counter()
             try:
                 completion = await provider.generate(request)
             except ProviderError as err:
                 _observe_call(batch.provider, err.code, started)
+                if self._gate is not None:
+                    await self._gate.leave(ticket, error=err)
+                if ticket is not None and err.code == RATE_LIMITED:
+                    continue  # not an attempt: the limiter now holds every worker off
                 if not self._policy.should_retry(attempt, err):
                     outcome = Outcome(
                         run_id,
@@ -146,6 +159,8 @@ class RunExecutor:
                 attempt += 1
                 continue
             latency_ms = int(_observe_call(batch.provider, "ok", started) * 1000)
+            if self._gate is not None:
+                await self._gate.leave(ticket, completion=completion)
             outcome = Outcome(
                 run_id,
                 batch.id,
@@ -228,6 +243,29 @@ class RunExecutor:
             self._held.pop(run_id, None)
         if released:
             log.info("handed back %d runs", len(released))
+
+    async def _hand_back_throttled(self, run_id: str, throttled: Throttled) -> bool:
+        """Running -> queued for a run whose call never started, its attempt
+        given back; the event tells watchers why (error code THROTTLED)."""
+        held = self._held.get(run_id)
+        if held is None:
+            return False
+        batch_id, attempt = held
+        reason = RunError(
+            "THROTTLED",
+            f"waiting for teacher {throttled.teacher!r} capacity ({throttled.reason}); "
+            f"next try in {throttled.delay_s:.1f}s",
+        )
+        async with self._uow() as tx:
+            released = await tx.runs.release([(run_id, attempt)], give_back_attempt=True)
+            await tx.events.append(
+                [NewEvent(r, batch_id, RunStatus.QUEUED, attempt - 1, reason) for r in released]
+            )
+            await tx.commit()
+        self._held.pop(run_id, None)
+        if released:
+            metrics.RUNS_THROTTLED.labels(throttled.teacher).inc()
+        return bool(released)
 
     async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:
         """Before a retry: stop when the batch was cancelled, else attempt + 1."""

@@ -19,6 +19,7 @@ from nex.collector.server.domain.batches import (
 from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgument, Violations
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus
+from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.domain.templates import check_variables, render
 from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
 from nex.collector.server.ids import new_id, new_ids
@@ -58,13 +59,17 @@ class Teacher:
         queue: JobQueue,
         *,
         provider_ready: Mapping[str, str | None] | None = None,
+        teachers: TeacherDirectory | None = None,
         integrated: bool = False,
     ) -> None:
         self._uow = uow
         self._queue = queue
         self._integrated = integrated
+        self._teachers = teachers
         # provider -> why it cannot be used here (None: usable)
         self._provider_problem = dict(provider_ready or {})
+        if teachers is not None:
+            self._provider_problem.update({t.name: t.problem for t in teachers})
 
     # -- batches -----------------------------------------------------------------
 
@@ -72,7 +77,10 @@ class Teacher:
         v = Violations()
         check_required(v, "name", cmd.name)
         check_id(v, "template_id", cmd.template_id)
-        check_provider(v, "provider", cmd.provider)
+        if self._teachers is not None:
+            self._teachers.check(v, "provider", cmd.provider, cmd.params.top_logprobs)
+        else:
+            check_provider(v, "provider", cmd.provider)
         check_required(v, "model", cmd.model)
         check_params(v, "params", cmd.params)
         check_labels(v, "labels", cmd.labels)
