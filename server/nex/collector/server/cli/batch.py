@@ -523,7 +523,12 @@ def template_list(
 
 
 ProviderOpt = Annotated[
-    Provider, typer.Option("--provider", help="the teacher", case_sensitive=False)
+    str,
+    typer.Option(
+        "--provider",
+        help="the teacher: openai, anthropic, mock, or a TEACHERS_FILE name "
+        "(see `nex-collector teachers`)",
+    ),
 ]
 
 
@@ -533,7 +538,7 @@ def batch_create(
     inputs: Annotated[
         str, typer.Option("--inputs", help="JSONL file of variables, one run per line ('-': stdin)")
     ],
-    provider: ProviderOpt = Provider.MOCK,
+    provider: ProviderOpt = Provider.MOCK.value,
     model: Annotated[
         str | None,
         typer.Option("--model", help=f"teacher model (default for mock: {DEFAULT_MOCK_MODEL})"),
@@ -599,7 +604,7 @@ def batch_create(
         batch = await client.create_batch(
             name or _default_name(inputs),
             template,
-            provider.value,
+            provider,
             teacher_model,
             params=params,
             context_ref_id=context_ref,
@@ -779,12 +784,12 @@ async def _finish(client: AsyncClient, batch_id: str, watch: bool) -> None:
         out.print(f"watch it with: nex-collector batch watch {batch_id}")
 
 
-def _model_for(provider: Provider, model: str | None) -> str:
+def _model_for(provider: str, model: str | None) -> str:
     if model:
         return model
     if provider == Provider.MOCK:
         return DEFAULT_MOCK_MODEL
-    raise typer.BadParameter(f"give the {provider.value} model to call", param_hint="--model")
+    raise typer.BadParameter(f"give the {provider} model to call", param_hint="--model")
 
 
 def _default_name(path: str) -> str:

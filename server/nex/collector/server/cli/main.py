@@ -18,6 +18,7 @@ from nex.collector.server.cli import batch as batch_cli
 from nex.collector.server.cli import context as context_cli
 from nex.collector.server.cli import dataset as dataset_cli
 from nex.collector.server.cli.demo import demo
+from nex.collector.server.cli.teachers import teachers
 from nex.collector.server.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ console = Console(stderr=True)
 
 _CLIENT_PANEL = "Client commands (talk to a running collector)"
 app.command(rich_help_panel=_CLIENT_PANEL)(demo)
+app.command(rich_help_panel=_CLIENT_PANEL)(teachers)
 app.add_typer(batch_cli.template_app, name="template", rich_help_panel=_CLIENT_PANEL)
 app.add_typer(batch_cli.batch_app, name="batch", rich_help_panel=_CLIENT_PANEL)
 app.add_typer(batch_cli.run_app, name="run", rich_help_panel=_CLIENT_PANEL)
