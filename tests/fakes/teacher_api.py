@@ -44,6 +44,7 @@ from aiohttp import web
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+STATS_PATH = "/stats"  # the fake's own counts, for benchmarks in another process
 
 DEFAULT_MAX_TOKENS = 1024
 MAX_TOP_LOGPROBS = 20
@@ -397,6 +398,7 @@ class FakeTeacherAPI:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post(OPENAI_PATH, self._handle)
         app.router.add_post(ANTHROPIC_PATH, self._handle)
+        app.router.add_get(STATS_PATH, self._stats)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=2048, reuse_address=True)
@@ -558,6 +560,15 @@ class FakeTeacherAPI:
             headers["x-ratelimit-remaining-tokens"] = str(max(max_tokens - w.tokens, 0))
             headers["x-ratelimit-reset-tokens"] = reset
         return headers
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats = {
+            "served": self.served,
+            "rate_limited": self.rate_limited,
+            "tokens_served": self.tokens_served,
+            "requests": self.total_requests,
+        }
+        return web.Response(body=orjson.dumps(stats), content_type="application/json")
 
     def _next_scripted(self, path: str) -> Scripted | None:
         for i, item in enumerate(self._script):

@@ -35,19 +35,20 @@ PREFIX = "nexc:rl:"
 MARGIN = 0.95
 PROBE_IN_FLIGHT = 4
 STATE_TTL_MS = 15 * 60 * 1000  # learned limits are forgotten after 15 idle minutes
-IN_FLIGHT_RETRY_MS = 100
+IN_FLIGHT_RETRY_MS = 250
+STALE_BOOKING_MS = 500
 USAGE_SLOT_MS = 10_000
 
 # KEYS: bucket hash, in-flight zset, waiting zset, reservation key.
 # ARGV: cfg rpm, cfg tpm, cfg in flight, cost tokens, lease id, lease ms, margin,
-#       probe in flight, state ttl ms, in-flight retry ms.
+#       probe in flight, state ttl ms, in-flight retry ms, stale booking ms.
 # Returns {granted, wait_ms, reason}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cfg_rpm, cfg_tpm, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, id, lease, margin = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = redis.call('HMGET', KEYS[1], 'lrpm', 'ltpm', 'tat_r', 'tat_t', 'blocked', 'learned')
+local s = redis.call('HMGET', KEYS[1], 'lrpm', 'ltpm', 'tat_r', 'tat_t', 'blocked', 'learned', 'shift')
 local function limit(cfg, learned)
   learned = tonumber(learned) or 0
   if learned > 0 and (cfg == 0 or learned < cfg) then return learned end
@@ -55,32 +56,38 @@ local function limit(cfg, learned)
 end
 local rpm, tpm = limit(cfg_rpm, s[1]), limit(cfg_tpm, s[2])
 local tat_r, tat_t = tonumber(s[3]) or 0, tonumber(s[4]) or 0
-local blocked = tonumber(s[5]) or 0
+local blocked, shift = tonumber(s[5]) or 0, tonumber(s[7]) or 0
 local function wait(ms, why)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   redis.call('ZADD', KEYS[3], now + ms + 30000, id)
   redis.call('PEXPIRE', KEYS[3], math.ceil(ms) + 60000)
   return {0, math.ceil(ms), why}
 end
-if blocked > now then
-  redis.call('DEL', KEYS[4])
-  return wait(blocked - now, 'blocked')
-end
+-- A booked slot, moved by every block since (shift); one missed by more
+-- than the tolerance is given up: using it late would burst.
 local start = tonumber(redis.call('GET', KEYS[4]))
+if start then
+  start = start + shift
+  if start < now - tonumber(ARGV[11]) then start = nil end
+end
 local why = 'requests'
 if not start then
-  start = now
-  if rpm > 0 then start = math.max(start, tat_r) end
+  start = math.max(now, blocked)
+  if blocked > now then why = 'blocked' end
+  if rpm > 0 and tat_r > start then start = tat_r; why = 'requests' end
   if tpm > 0 and tat_t > start then start = tat_t; why = 'tokens' end
   if rpm > 0 or tpm > 0 then
     if rpm > 0 then tat_r = start + 60000 / (rpm * margin) end
     if tpm > 0 then tat_t = start + cost * 60000 / (tpm * margin) end
     redis.call('HSET', KEYS[1], 'tat_r', tat_r, 'tat_t', tat_t)
     redis.call('PEXPIRE', KEYS[1], ARGV[9])
+    if start > now then
+      redis.call('SET', KEYS[4], start - shift, 'PX', math.ceil(start - now) + 120000)
+    end
   end
-  if start > now then
-    redis.call('SET', KEYS[4], start, 'PX', math.ceil(start - now) + 120000)
-  end
+elseif blocked > start then
+  start = blocked
+  why = 'blocked'
 end
 if start > now then return wait(start - now, why) end
 if cap == 0 and cfg_rpm == 0 and cfg_tpm == 0 and not s[6] then cap = tonumber(ARGV[8]) end
@@ -120,9 +127,16 @@ if tpm > 0 and reserved > used and tat_t > now then
   redis.call('HSET', KEYS[1], 'tat_t', tat_t)
 end
 if block > 0 then
-  local stop = now + block
-  if stop > (tonumber(s[4]) or 0) then redis.call('HSET', KEYS[1], 'blocked', stop) end
-  redis.call('HSET', KEYS[1], 'tat_r', math.max(tat_r, stop), 'tat_t', math.max(tat_t, stop))
+  -- Everyone holds off until `stop`; every booked slot moves by the same gap,
+  -- so the schedule resumes as it was instead of all at once.
+  local stop, old = now + block, tonumber(s[4]) or 0
+  if stop > old then
+    local gap = stop - math.max(now, old)
+    redis.call('HSET', KEYS[1], 'blocked', stop)
+    redis.call('HINCRBYFLOAT', KEYS[1], 'shift', gap)
+    tat_r, tat_t = math.max(tat_r, now) + gap, math.max(tat_t, now) + gap
+    redis.call('HSET', KEYS[1], 'tat_r', tat_r, 'tat_t', tat_t)
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[11])
 local slot = math.floor(now / 10000)
@@ -231,6 +245,7 @@ class RateLimiter:
             PROBE_IN_FLIGHT,
             STATE_TTL_MS,
             IN_FLIGHT_RETRY_MS + random.randrange(IN_FLIGHT_RETRY_MS),
+            STALE_BOOKING_MS,
         ]
         try:
             granted, wait_ms, reason = await self._acquire(
@@ -262,9 +277,11 @@ class RateLimiter:
         learns from what the provider said. Returns the teacher's usage."""
         bucket, in_flight, _, usage = self._keys(teacher, model)
         snap = snapshot or RateSnapshot()
-        block_s = snap.block_s
-        if rate_limited and block_s <= 0:
-            block_s = 1.0  # a 429 that does not say how long: hold off one second
+        # Only a 429 blocks: a window with nothing remaining is already paced
+        # by the learned limit, and blocking on it would stall the schedule.
+        block_s = 0.0
+        if rate_limited:
+            block_s = snap.block_s or 1.0  # a 429 that does not say: hold off a second
         args = [
             run_id,
             reserved_tokens,

@@ -78,6 +78,9 @@ class RunExecutor:
         self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(
             self._finish_many, name="results"
         )
+        self._handbacks: MicroBatcher[tuple[str, str, int, RunError], bool] = MicroBatcher(
+            self._hand_back_many, name="handbacks"
+        )
         # Runs this process has claimed and not finished: run id -> (batch id,
         # attempt). A job cancelled at any point (even while its claim was being
         # committed) leaves its run here, and the run is handed back.
@@ -89,6 +92,7 @@ class RunExecutor:
         worker takes them at once instead of when their lease runs out."""
         await self._claims.aclose()
         await self._outcomes.aclose()
+        await self._handbacks.aclose()
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
         if self._held:
@@ -247,25 +251,33 @@ class RunExecutor:
     async def _hand_back_throttled(self, run_id: str, throttled: Throttled) -> bool:
         """Running -> queued for a run whose call never started, its attempt
         given back; the event tells watchers why (error code THROTTLED)."""
-        held = self._held.get(run_id)
+        held = self._held.pop(run_id, None)
         if held is None:
             return False
-        batch_id, attempt = held
         reason = RunError(
             "THROTTLED",
             f"waiting for teacher {throttled.teacher!r} capacity ({throttled.reason}); "
             f"next try in {throttled.delay_s:.1f}s",
         )
+        if not await self._handbacks.submit((run_id, held[0], held[1], reason)):
+            return False
+        metrics.RUNS_THROTTLED.labels(throttled.teacher).inc()
+        return True
+
+    async def _hand_back_many(self, items: Sequence[tuple[str, str, int, RunError]]) -> list[bool]:
         async with self._uow() as tx:
-            released = await tx.runs.release([(run_id, attempt)], give_back_attempt=True)
+            released = set(
+                await tx.runs.release([(r, a) for r, _, a, _ in items], give_back_attempt=True)
+            )
             await tx.events.append(
-                [NewEvent(r, batch_id, RunStatus.QUEUED, attempt - 1, reason) for r in released]
+                [
+                    NewEvent(r, b, RunStatus.QUEUED, a - 1, e)
+                    for r, b, a, e in items
+                    if r in released
+                ]
             )
             await tx.commit()
-        self._held.pop(run_id, None)
-        if released:
-            metrics.RUNS_THROTTLED.labels(throttled.teacher).inc()
-        return bool(released)
+        return [r in released for r, _, _, _ in items]
 
     async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:
         """Before a retry: stop when the batch was cancelled, else attempt + 1."""

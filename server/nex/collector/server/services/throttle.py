@@ -19,9 +19,9 @@ from nex.collector.server.providers.base import Completion, GenerationRequest, P
 from nex.collector.server.providers.errors import RATE_LIMITED
 
 # Longest wait a run sleeps through while it is held as running.
-HOLD_S = 2.0
+HOLD_S = 1.5
 # A handed-back run comes back this much before its booked slot.
-LEAD_S = 0.3
+LEAD_S = 1.0
 
 
 class Throttled(Exception):
@@ -80,6 +80,11 @@ class CallGate:
                     metrics.LIMITER_WAIT_SECONDS.labels(teacher_name).observe(elapsed)
                 return ticket
             metrics.LIMITER_WAITS.labels(teacher_name, grant.reason).inc()
+            import logging
+
+            logging.getLogger("dbg").info(
+                "DBG %s wait %.3f %s waited %.2f", run_id[-6:], grant.wait_s, grant.reason, waited
+            )
             if waited + grant.wait_s > self._hold_s:
                 raise Throttled(
                     teacher_name, _come_back_in(grant.wait_s, grant.reason), grant.reason
