@@ -140,8 +140,12 @@ def test_a_batch_far_past_a_configured_limit_fails_nothing(
 ) -> None:
     teachers = tmp_path / "teachers.toml"
     teachers.write_text(
-        f'[teachers.limited]\nkind = "openai-compatible"\nbase_url = "{limited_api.openai_base_url}"\n'
-        f'api_key_env = "{KEY_ENV}"\n[teachers.limited.limits]\nrequests_per_min = {RPM}\n'
+        "[teachers.limited]\n"
+        'kind = "openai-compatible"\n'
+        f'base_url = "{limited_api.openai_base_url}"\n'
+        f'api_key_env = "{KEY_ENV}"\n'
+        "[teachers.limited.limits]\n"
+        f"requests_per_min = {RPM}\n"
     )
     env = _env(own_backing, redis, limited_api, tmp_path) | {"TEACHERS_FILE": str(teachers)}
     deployment = Deployment(env, own_backing, tmp_path)

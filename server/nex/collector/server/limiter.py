@@ -48,7 +48,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cfg_rpm, cfg_tpm, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, id, lease, margin = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = redis.call('HMGET', KEYS[1], 'lrpm', 'ltpm', 'tat_r', 'tat_t', 'blocked', 'learned', 'shift')
+local s = redis.call(
+  'HMGET', KEYS[1], 'lrpm', 'ltpm', 'tat_r', 'tat_t', 'blocked', 'learned', 'shift')
 local function limit(cfg, learned)
   learned = tonumber(learned) or 0
   if learned > 0 and (cfg == 0 or learned < cfg) then return learned end

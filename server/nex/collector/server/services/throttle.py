@@ -80,11 +80,6 @@ class CallGate:
                     metrics.LIMITER_WAIT_SECONDS.labels(teacher_name).observe(elapsed)
                 return ticket
             metrics.LIMITER_WAITS.labels(teacher_name, grant.reason).inc()
-            import logging
-
-            logging.getLogger("dbg").info(
-                "DBG %s wait %.3f %s waited %.2f", run_id[-6:], grant.wait_s, grant.reason, waited
-            )
             if waited + grant.wait_s > self._hold_s:
                 raise Throttled(
                     teacher_name, _come_back_in(grant.wait_s, grant.reason), grant.reason
