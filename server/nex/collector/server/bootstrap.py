@@ -32,7 +32,6 @@ from nex.collector.server.config import (
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
-from nex.collector.server.domain.teacher import Provider
 from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
@@ -143,19 +142,6 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
-
-
-def provider_problems(settings: Settings) -> dict[str, str | None]:
-    """Why a provider cannot be used on this server (None: it can)."""
-    return {
-        Provider.OPENAI.value: None
-        if settings.openai_api_key
-        else "the server has no OPENAI_API_KEY; set it to use provider 'openai'",
-        Provider.ANTHROPIC.value: None
-        if settings.anthropic_api_key
-        else "the server has no ANTHROPIC_API_KEY; set it to use provider 'anthropic'",
-        Provider.MOCK.value: None,
-    }
 
 
 def read_teachers(settings: Settings) -> TeacherDirectory:
