@@ -36,7 +36,7 @@ MARGIN = 0.95
 PROBE_IN_FLIGHT = 4
 STATE_TTL_MS = 15 * 60 * 1000  # learned limits are forgotten after 15 idle minutes
 IN_FLIGHT_RETRY_MS = 250
-STALE_BOOKING_MS = 500
+STALE_BOOKING_MS = 750
 USAGE_SLOT_MS = 10_000
 
 # KEYS: bucket hash, in-flight zset, waiting zset, reservation key.

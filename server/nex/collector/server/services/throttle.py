@@ -19,9 +19,9 @@ from nex.collector.server.providers.base import Completion, GenerationRequest, P
 from nex.collector.server.providers.errors import RATE_LIMITED
 
 # Longest wait a run sleeps through while it is held as running.
-HOLD_S = 1.5
+HOLD_S = 2.0
 # A handed-back run comes back this much before its booked slot.
-LEAD_S = 1.0
+LEAD_S = 1.5
 
 
 class Throttled(Exception):
