@@ -1,18 +1,22 @@
 """One rate limit per teacher, shared by every worker process through Redis.
 
-Each (teacher, model) bucket is a GCRA schedule: a call books the next start
-time, one request every 60 s / requests_per_min and its tokens (prompt bound +
-max_tokens) at tokens_per_min, run slightly under the limit (`MARGIN`) so that
-a provider counting in one-second windows never sees one too many. A booking
-that lies in the future is kept under the run's id, so the run can hand itself
-back to the queue and come back for exactly that slot. Requests in flight are a
-sorted set of leases that expire, so a killed worker leaks nothing.
+Each (teacher, model) bucket is a sliding one-second window of the calls
+granted (a sorted set, members `run|tokens`): a call is granted only while
+the last second holds fewer than requests_per_min / 60 calls and
+tokens_per_min / 60 tokens (prompt bound + max_tokens, corrected to the usage
+after the call), run slightly under the limit (`MARGIN`). A provider counting
+in one-second windows (OpenAI) then never sees one too many, however late a
+busy worker comes back: the grant is taken when the call goes out, not booked
+ahead. A caller told to wait gets a time spread by the backlog (runs waiting
+for this teacher / calls per second), so waiters do not all return at once.
+Requests in flight are a sorted set of leases that expire, so a killed
+worker leaks nothing.
 
 With nothing configured the limiter learns: the limits from the answers'
-rate-limit headers, and a 429's retry-after (or a window with nothing
-remaining) blocks the bucket for every worker at once. Until the first answer
-of a bucket arrives, only `PROBE_IN_FLIGHT` calls go out. Everything here can
-vanish (FLUSHDB, a restart): the limiter starts learning again.
+rate-limit headers, and a 429's retry-after blocks the bucket for every
+worker at once. Until the first answer of a bucket arrives, only
+`PROBE_IN_FLIGHT` calls go out. Everything here can vanish (FLUSHDB, a
+restart): the limiter starts learning again.
 
 Every acquire and every settle is one script, one round trip.
 """
@@ -36,74 +40,81 @@ MARGIN = 0.95
 PROBE_IN_FLIGHT = 4
 STATE_TTL_MS = 15 * 60 * 1000  # learned limits are forgotten after 15 idle minutes
 IN_FLIGHT_RETRY_MS = 250
-STALE_BOOKING_MS = 750
 USAGE_SLOT_MS = 10_000
 
-# KEYS: bucket hash, in-flight zset, waiting zset, reservation key.
+# KEYS: bucket hash, in-flight zset, waiting zset, window zset.
 # ARGV: cfg rpm, cfg tpm, cfg in flight, cost tokens, lease id, lease ms, margin,
-#       probe in flight, state ttl ms, in-flight retry ms, stale booking ms.
+#       probe in flight, state ttl ms, in-flight retry ms.
 # Returns {granted, wait_ms, reason}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cfg_rpm, cfg_tpm, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, id, lease, margin = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = redis.call(
-  'HMGET', KEYS[1], 'lrpm', 'ltpm', 'tat_r', 'tat_t', 'blocked', 'learned', 'shift')
+local s = redis.call('HMGET', KEYS[1], 'lrpm', 'ltpm', 'blocked', 'learned', 'wtokens')
 local function limit(cfg, learned)
   learned = tonumber(learned) or 0
   if learned > 0 and (cfg == 0 or learned < cfg) then return learned end
   return cfg
 end
 local rpm, tpm = limit(cfg_rpm, s[1]), limit(cfg_tpm, s[2])
-local tat_r, tat_t = tonumber(s[3]) or 0, tonumber(s[4]) or 0
-local blocked, shift = tonumber(s[5]) or 0, tonumber(s[7]) or 0
-local function wait(ms, why)
+local blocked, wtokens = tonumber(s[3]) or 0, tonumber(s[5]) or 0
+local function wait(ms, why, per_s)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if per_s and per_s > 0 then
+    -- spread the waiters out: roughly when their turn comes
+    local backlog = redis.call('ZCARD', KEYS[3])
+    ms = math.max(ms, backlog * 1000 / per_s)
+  end
   redis.call('ZADD', KEYS[3], now + ms + 30000, id)
   redis.call('PEXPIRE', KEYS[3], math.ceil(ms) + 60000)
   return {0, math.ceil(ms), why}
 end
--- A booked slot, moved by every block since (shift); one missed by more
--- than the tolerance is given up: using it late would burst.
-local start = tonumber(redis.call('GET', KEYS[4]))
-if start then
-  start = start + shift
-  if start < now - tonumber(ARGV[11]) then start = nil end
-end
-local why = 'requests'
-if not start then
-  start = math.max(now, blocked)
-  if blocked > now then why = 'blocked' end
-  if rpm > 0 and tat_r > start then start = tat_r; why = 'requests' end
-  if tpm > 0 and tat_t > start then start = tat_t; why = 'tokens' end
-  if rpm > 0 or tpm > 0 then
-    if rpm > 0 then tat_r = start + 60000 / (rpm * margin) end
-    if tpm > 0 then tat_t = start + cost * 60000 / (tpm * margin) end
-    redis.call('HSET', KEYS[1], 'tat_r', tat_r, 'tat_t', tat_t)
-    redis.call('PEXPIRE', KEYS[1], ARGV[9])
-    if start > now then
-      redis.call('SET', KEYS[4], start - shift, 'PX', math.ceil(start - now) + 120000)
+if blocked > now then return wait(blocked - now, 'blocked', nil) end
+-- The calls of the last second (members 'id|tokens'); never more than the
+-- limit's share of a second in any second, however late a caller comes.
+local cap_r = 0
+if rpm > 0 then cap_r = math.max(1, math.floor(rpm / 60 * margin)) end
+local cap_t = 0
+if tpm > 0 then cap_t = math.max(1, math.floor(tpm / 60 * margin)) end
+if rpm > 0 or tpm > 0 then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - 1000)
+  if #expired > 0 then
+    for _, m in ipairs(expired) do
+      wtokens = wtokens - (tonumber(string.match(m, '|(%d+)$')) or 0)
     end
+    if wtokens < 0 then wtokens = 0 end
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 1000)
+    redis.call('HSET', KEYS[1], 'wtokens', wtokens)
   end
-elseif blocked > start then
-  start = blocked
-  why = 'blocked'
+  local count = redis.call('ZCARD', KEYS[4])
+  if cap_r > 0 and count >= cap_r then
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    return wait(tonumber(oldest[2]) + 1000 - now + 1, 'requests', cap_r)
+  end
+  if cap_t > 0 and wtokens > 0 and wtokens + cost > cap_t then
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    return wait(tonumber(oldest[2]) + 1000 - now + 1, 'tokens', cap_t / math.max(cost, 1))
+  end
 end
-if start > now then return wait(start - now, why) end
-if cap == 0 and cfg_rpm == 0 and cfg_tpm == 0 and not s[6] then cap = tonumber(ARGV[8]) end
+if cap == 0 and cfg_rpm == 0 and cfg_tpm == 0 and not s[4] then cap = tonumber(ARGV[8]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then
-  return wait(tonumber(ARGV[10]), 'in_flight')
+  return wait(tonumber(ARGV[10]), 'in_flight', nil)
+end
+if rpm > 0 or tpm > 0 then
+  redis.call('ZADD', KEYS[4], now, id .. '|' .. cost)
+  redis.call('PEXPIRE', KEYS[4], 5000)
+  redis.call('HSET', KEYS[1], 'wtokens', wtokens + cost)
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
 end
 redis.call('ZADD', KEYS[2], now + lease, id)
 redis.call('PEXPIRE', KEYS[2], lease + 60000)
-redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], id)
 return {1, 0, ''}
 """
 
-# KEYS: bucket hash, in-flight zset, usage key prefix.
+# KEYS: bucket hash, in-flight zset, usage key prefix, window zset.
 # ARGV: lease id, reserved tokens, used tokens, cfg tpm, margin, learned rpm,
 #       learned tpm, block ms, answered (1: any answer came back), rate limited
 #       (1: a 429), state ttl ms.
@@ -111,32 +122,25 @@ return {1, 0, ''}
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREM', KEYS[2], ARGV[1])
+local id = ARGV[1]
+redis.call('ZREM', KEYS[2], id)
 local reserved, used = tonumber(ARGV[2]), tonumber(ARGV[3])
-local cfg_tpm, margin = tonumber(ARGV[4]), tonumber(ARGV[5])
 local lrpm, ltpm, block = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local s = redis.call('HMGET', KEYS[1], 'ltpm', 'tat_r', 'tat_t', 'blocked')
 if lrpm > 0 then redis.call('HSET', KEYS[1], 'lrpm', lrpm) end
 if ltpm > 0 then redis.call('HSET', KEYS[1], 'ltpm', ltpm) end
 if ARGV[9] == '1' then redis.call('HSET', KEYS[1], 'learned', 1) end
-local tpm = cfg_tpm
-local known = ltpm > 0 and ltpm or (tonumber(s[1]) or 0)
-if known > 0 and (tpm == 0 or known < tpm) then tpm = known end
-local tat_r, tat_t = tonumber(s[2]) or 0, tonumber(s[3]) or 0
-if tpm > 0 and reserved > used and tat_t > now then
-  tat_t = math.max(now, tat_t - (reserved - used) * 60000 / (tpm * margin))
-  redis.call('HSET', KEYS[1], 'tat_t', tat_t)
+-- correct the call's tokens to what it used, if it is still in the window
+local member = id .. '|' .. reserved
+local at = redis.call('ZSCORE', KEYS[4], member)
+if at and used ~= reserved then
+  redis.call('ZREM', KEYS[4], member)
+  redis.call('ZADD', KEYS[4], at, id .. '|' .. used)
+  redis.call('HINCRBY', KEYS[1], 'wtokens', used - reserved)
 end
 if block > 0 then
-  -- Everyone holds off until `stop`; every booked slot moves by the same gap,
-  -- so the schedule resumes as it was instead of all at once.
-  local stop, old = now + block, tonumber(s[4]) or 0
-  if stop > old then
-    local gap = stop - math.max(now, old)
+  local stop = now + block
+  if stop > (tonumber(redis.call('HGET', KEYS[1], 'blocked')) or 0) then
     redis.call('HSET', KEYS[1], 'blocked', stop)
-    redis.call('HINCRBYFLOAT', KEYS[1], 'shift', gap)
-    tat_r, tat_t = math.max(tat_r, now) + gap, math.max(tat_t, now) + gap
-    redis.call('HSET', KEYS[1], 'tat_r', tat_r, 'tat_t', tat_t)
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[11])
@@ -220,12 +224,13 @@ class RateLimiter:
         self._usage: Any = redis.register_script(_USAGE)
 
     @staticmethod
-    def _keys(teacher: str, model: str) -> tuple[str, str, str, str]:
+    def _keys(teacher: str, model: str) -> tuple[str, str, str, str, str]:
         return (
             f"{PREFIX}b:{teacher}:{model}",
             f"{PREFIX}inflight:{teacher}",
             f"{PREFIX}waiting:{teacher}",
             f"{PREFIX}usage:{teacher}:",
+            f"{PREFIX}w:{teacher}:{model}",
         )
 
     async def acquire(
@@ -234,7 +239,7 @@ class RateLimiter:
         """Takes a slot for one call now, or books the next one and says how
         long to wait for it. Redis unreachable: the call goes ahead (the job
         queue is down too; the provider's 429s still slow it)."""
-        bucket, in_flight, waiting, _ = self._keys(teacher, model)
+        bucket, in_flight, waiting, _, window = self._keys(teacher, model)
         args = [
             limits.requests_per_min,
             limits.tokens_per_min,
@@ -246,11 +251,10 @@ class RateLimiter:
             PROBE_IN_FLIGHT,
             STATE_TTL_MS,
             IN_FLIGHT_RETRY_MS + random.randrange(IN_FLIGHT_RETRY_MS),
-            STALE_BOOKING_MS,
         ]
         try:
             granted, wait_ms, reason = await self._acquire(
-                keys=[bucket, in_flight, waiting, f"{PREFIX}resv:{run_id}"], args=args
+                keys=[bucket, in_flight, waiting, window], args=args
             )
         except RedisError as exc:
             log.warning("rate limiter unavailable (%s); calling without it", exc)
@@ -276,7 +280,7 @@ class RateLimiter:
     ) -> Usage | None:
         """Frees the call's slot, corrects its tokens to the real usage and
         learns from what the provider said. Returns the teacher's usage."""
-        bucket, in_flight, _, usage = self._keys(teacher, model)
+        bucket, in_flight, _, usage, window = self._keys(teacher, model)
         snap = snapshot or RateSnapshot()
         # Only a 429 blocks: a window with nothing remaining is already paced
         # by the learned limit, and blocking on it would stall the schedule.
@@ -297,14 +301,16 @@ class RateLimiter:
             STATE_TTL_MS,
         ]
         try:
-            calls, tokens, limited = await self._settle(keys=[bucket, in_flight, usage], args=args)
+            calls, tokens, limited = await self._settle(
+                keys=[bucket, in_flight, usage, window], args=args
+            )
         except RedisError as exc:
             log.warning("rate limiter unavailable (%s); slot not settled", exc)
             return None
         return Usage(int(calls), int(tokens), int(limited))
 
     async def usage(self, teacher: str) -> Usage:
-        _, in_flight, waiting, usage = self._keys(teacher, "")
+        _, in_flight, waiting, usage, _ = self._keys(teacher, "")
         try:
             flying, queued, calls, tokens, limited = await self._usage(
                 keys=[in_flight, waiting, usage], args=[]

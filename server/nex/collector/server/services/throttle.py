@@ -20,8 +20,6 @@ from nex.collector.server.providers.errors import RATE_LIMITED
 
 # Longest wait a run sleeps through while it is held as running.
 HOLD_S = 2.0
-# A handed-back run comes back this much before its booked slot.
-LEAD_S = 1.5
 
 
 class Throttled(Exception):
@@ -128,9 +126,7 @@ class CallGate:
 
 
 def _come_back_in(wait_s: float, reason: str) -> float:
-    """When a handed-back run should try again: just before its booked slot;
-    spread out when it waits for a free slot or for a block to pass (nothing
-    is booked then, and they must not all come back at once)."""
-    if reason in ("in_flight", "blocked"):
-        return wait_s + random.uniform(0.2, 1.5)
-    return max(wait_s - LEAD_S, 0.05)
+    """When a handed-back run should ask again: a little before its estimated
+    turn (the limiter spreads the estimates by the backlog), jittered so that
+    runs told the same do not return together."""
+    return max(wait_s * random.uniform(0.6, 1.0), 0.05)
