@@ -102,7 +102,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then
   return wait(tonumber(ARGV[10]), 'in_flight', nil)
 end
-if rpm > 0 or tpm > 0 then
+if rpm > 0 or tpm > 0 or not s[4] then  -- probes count too, once limits are learned
   redis.call('ZADD', KEYS[4], now, id .. '|' .. cost)
   redis.call('PEXPIRE', KEYS[4], 5000)
   redis.call('HSET', KEYS[1], 'wtokens', wtokens + cost)
