@@ -70,7 +70,9 @@ class TeacherEndpoint:
         return self.kind is not TeacherKind.MOCK or self.limits.any
 
 
-_ANTHROPIC_CAPABILITIES = Capabilities(logprobs=False, max_top_logprobs=0)
+# Anthropic returns no logprobs; a batch asking for them is accepted as it
+# always was (its runs have no tokens), not refused.
+_ANTHROPIC_CAPABILITIES = Capabilities(logprobs=False, max_top_logprobs=20)
 
 
 def builtin_teachers(
@@ -125,12 +127,7 @@ class TeacherDirectory:
             return
         if top_logprobs:
             caps = teacher.capabilities
-            if not caps.logprobs:
-                v.add(
-                    "params.top_logprobs",
-                    f"teacher {name!r} returns no logprobs; allowed: 0 (or unset)",
-                )
-            elif top_logprobs > caps.max_top_logprobs:
+            if top_logprobs > caps.max_top_logprobs:
                 v.add(
                     "params.top_logprobs",
                     f"teacher {name!r} accepts at most {caps.max_top_logprobs}; "
