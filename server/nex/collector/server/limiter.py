@@ -92,6 +92,11 @@ if rpm > 0 or tpm > 0 then
     local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
     return wait(tonumber(oldest[2]) + 1000 - now + 1, 'requests', cap_r)
   end
+  -- and no burst: at most twice the average rate in any tenth of a second, so
+  -- calls that leave a busy worker late do not land in one provider second
+  if cap_r >= 10 and redis.call('ZCOUNT', KEYS[4], now - 100, '+inf') >= math.ceil(cap_r / 5) then
+    return wait(20 + math.random(0, 30), 'requests', nil)
+  end
   if cap_t > 0 and wtokens > 0 and wtokens + cost > cap_t then
     local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
     return wait(tonumber(oldest[2]) + 1000 - now + 1, 'tokens', cap_t / math.max(cost, 1))
