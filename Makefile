@@ -72,6 +72,7 @@ lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 
 bench: $(STAMP) ## benchmarks, printed as ratios against a same-run baseline
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/limited.py
 	$(BIN)/python bench/dataset.py --sizes 50000,200000
 
 clean:

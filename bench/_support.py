@@ -51,8 +51,9 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 @contextlib.contextmanager
-def fake_teacher(latency_ms: float, log: Path) -> Iterator[str]:
-    """The fake OpenAI/Anthropic server in its own process; yields its base URL."""
+def fake_teacher(latency_ms: float, log: Path, *extra: str) -> Iterator[str]:
+    """The fake OpenAI/Anthropic server in its own process (`extra`: more of its
+    options, e.g. --rpm); yields its base URL."""
     port = free_port()
     args = [
         sys.executable,
@@ -62,6 +63,7 @@ def fake_teacher(latency_ms: float, log: Path) -> Iterator[str]:
         str(port),
         "--latency-ms",
         str(latency_ms),
+        *extra,
     ]
     with process(args, {}, log):
         wait_port(port)

@@ -228,11 +228,32 @@ class BashSession:
 
 
 def check_teachers_file(doc: dict[str, Any], text: str) -> None:
-    """A teachers file in the docs must load with the collector's own loader.
+    """A teachers file in the docs must load with the collector's own loader,
+    with the key variables it names set (as an operator would have them)."""
+    from nex.collector.server.config import ConfigError, load_settings, load_teachers
 
-    Hook: call the real loader here (e.g. ``load_teachers(text)``) once it
-    exists; until then such a block fails loudly rather than pass unchecked."""
-    raise DocsError("a [teachers.*] TOML block: hook the real loader into check_teachers_file")
+    names = {
+        str(t.get("api_key_env") or {"openai": "OPENAI_API_KEY"}.get(t.get("kind", ""), ""))
+        for t in doc["teachers"].values()
+    } - {""}
+    with tempfile.TemporaryDirectory(prefix="nexc-docs-teachers-") as tmp:
+        path = Path(tmp) / "teachers.toml"
+        path.write_text(text)
+        saved = {n: os.environ.get(n) for n in names}
+        os.environ.update(dict.fromkeys(names, "sk-docs-example"))
+        try:
+            loaded = load_teachers(load_settings(TEACHERS_FILE=path))
+        except ConfigError as exc:
+            raise DocsError(f"the teachers file does not load: {exc}") from None
+        finally:
+            for n, value in saved.items():
+                if value is None:
+                    os.environ.pop(n, None)
+                else:
+                    os.environ[n] = value
+    missing = set(doc["teachers"]) - set(loaded.names)
+    if missing:
+        raise DocsError(f"teachers {sorted(missing)} of the file were not loaded")
 
 
 def _for_the_test_collector(source: str, address: str) -> str:

@@ -136,7 +136,7 @@ def test_anthropic_runs_have_no_logprobs(
     assert exchange.request["system"] == "You are a patient teacher."
 
 
-def test_retries_honour_retry_after(
+def test_429s_honour_retry_after_without_using_attempts(
     client: Client, template: PromptTemplate, fresh_teacher_api: FakeTeacherAPI
 ) -> None:
     fresh_teacher_api.fail_next(429, times=2, retry_after="1")
@@ -145,14 +145,25 @@ def test_retries_honour_retry_after(
     started = time.monotonic()
     events = list(client.watch_run(run.id))
     assert time.monotonic() - started >= 2.0  # two Retry-After: 1 waits
+    # Attempts are for real failures: a 429 is a wait, not an attempt.
     assert [(e.status, e.attempt) for e in events] == [
         (RunStatus.QUEUED, 0),
         (RunStatus.RUNNING, 1),
-        (RunStatus.RUNNING, 2),
-        (RunStatus.RUNNING, 3),
-        (RunStatus.COMPLETED, 3),
+        (RunStatus.COMPLETED, 1),
     ]
-    assert client.get_run(run.id).attempt == 3
+    assert client.get_run(run.id).attempt == 1
+    assert fresh_teacher_api.total_requests == 3
+
+
+def test_server_errors_still_use_attempts(
+    client: Client, template: PromptTemplate, fresh_teacher_api: FakeTeacherAPI
+) -> None:
+    fresh_teacher_api.fail_next(500, times=2)
+    batch = _batch(client, template, "openai")
+    run = client.create_run(batch.id, _vars(5))
+    list(client.watch_run(run.id))
+    done = client.get_run(run.id)
+    assert (done.status, done.attempt) == (RunStatus.COMPLETED, 3)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,13 @@ In a test::
 For a benchmark (another process)::
 
     python -m tests.fakes.teacher_api --port 8999 --latency-ms 200
+
+Limits are enforced the way OpenAI does it: `requests_per_min` and
+`tokens_per_min` are granted per one-second window (a 60th each), a request
+counts its prompt tokens plus its max_tokens when it arrives, and one past the
+limit gets a 429 with `retry-after-ms`, `retry-after` and the rate-limit
+headers (`x-ratelimit-*`, or `anthropic-ratelimit-*` on the Messages route),
+which every answer carries while a limit is set.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import math
 import random
 import signal
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import orjson
@@ -35,6 +44,7 @@ from aiohttp import web
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+STATS_PATH = "/stats"  # the fake's own counts, for benchmarks in another process
 
 DEFAULT_MAX_TOKENS = 1024
 MAX_TOP_LOGPROBS = 20
@@ -116,7 +126,12 @@ def _text_of(content: Any) -> str:
 
 
 def generate(
-    model: str, messages: list[dict[str, Any]], system: str, max_tokens: int, top_k: int
+    model: str,
+    messages: list[dict[str, Any]],
+    system: str,
+    max_tokens: int,
+    top_k: int,
+    length: int | None = None,
 ) -> tuple[list[Position], bool]:
     """Deterministic output for a prompt: its positions and whether it was cut
     by `max_tokens`. Each position has the `top_k` likeliest of 20 alternatives
@@ -126,6 +141,8 @@ def generate(
     seed_bytes = orjson.dumps([model, system, messages], option=orjson.OPT_SORT_KEYS)
     rng = random.Random(hashlib.sha256(seed_bytes).digest())
     natural = 8 + rng.randrange(25)
+    if length is not None:
+        natural = length
     count = min(natural, max(max_tokens, 0))
     size = len(VOCAB)
     positions: list[Position] = []
@@ -153,14 +170,14 @@ def _utf8(token: str) -> list[int]:
     return list(token.encode())
 
 
-def openai_completion(request: dict[str, Any]) -> dict[str, Any]:
+def openai_completion(request: dict[str, Any], length: int | None = None) -> dict[str, Any]:
     """The chat-completions answer for a request body, in OpenAI's exact shape."""
     model = str(request.get("model", ""))
     messages = list(request.get("messages") or [])
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     want_logprobs = bool(request.get("logprobs"))
     top_k = min(int(request.get("top_logprobs") or 0), MAX_TOP_LOGPROBS) if want_logprobs else 0
-    positions, cut = generate(model, messages, "", max_tokens or DEFAULT_MAX_TOKENS, top_k)
+    positions, cut = generate(model, messages, "", max_tokens or DEFAULT_MAX_TOKENS, top_k, length)
     logprobs = None
     if want_logprobs:
         logprobs = {
@@ -177,7 +194,7 @@ def openai_completion(request: dict[str, Any]) -> dict[str, Any]:
             ],
             "refusal": None,
         }
-    prompt_tokens = sum(len(_text_of(m.get("content")).split()) + 3 for m in messages)
+    prompt_tokens = openai_prompt_tokens(messages)
     digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return {
         "id": f"chatcmpl-{digest[:24]}",
@@ -207,13 +224,35 @@ def openai_completion(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def anthropic_message(request: dict[str, Any]) -> dict[str, Any]:
+def openai_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(_text_of(m.get("content")).split()) + 3 for m in messages)
+
+
+def request_tokens(path: str, body: dict[str, Any]) -> int:
+    """What a request counts against tokens/min when it arrives: its prompt
+    tokens plus the most it may generate (as OpenAI counts it)."""
+    messages = list(body.get("messages") or [])
+    prompt = openai_prompt_tokens(messages) + len(_text_of(body.get("system")).split())
+    most = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    return prompt + int(most)
+
+
+@dataclass
+class Window:
+    """Requests and tokens granted in the current one-second window."""
+
+    second: int = 0
+    requests: int = 0
+    tokens: int = 0
+
+
+def anthropic_message(request: dict[str, Any], length: int | None = None) -> dict[str, Any]:
     """The Messages answer for a request body, in Anthropic's exact shape."""
     model = str(request.get("model", ""))
     messages = list(request.get("messages") or [])
     system = _text_of(request.get("system"))
     max_tokens = int(request.get("max_tokens") or 0)
-    positions, cut = generate(model, messages, system, max_tokens, 0)
+    positions, cut = generate(model, messages, system, max_tokens, 0, length)
     input_tokens = len(system.split()) + sum(
         len(_text_of(m.get("content")).split()) + 3 for m in messages
     )
@@ -259,8 +298,18 @@ class FakeTeacherAPI:
         seed: int = 0,
         api_key: str | None = None,
         record: bool = True,
+        requests_per_min: int | None = None,
+        tokens_per_min: int | None = None,
+        answer_tokens: int | None = None,
     ) -> None:
         self.host = host
+        self.requests_per_min = requests_per_min
+        self.tokens_per_min = tokens_per_min
+        self.answer_tokens = answer_tokens
+        self.served = 0
+        self.rate_limited = 0
+        self.tokens_served = 0
+        self._window = Window()
         self.port = port
         self.latency_s = latency_s
         self.failure_rate = failure_rate
@@ -327,6 +376,23 @@ class FakeTeacherAPI:
         self._script.clear()
         self._rng = random.Random(self._seed)
         self._failures = 0
+        self.served = 0
+        self.rate_limited = 0
+        self.tokens_served = 0
+        self._window = Window()
+
+    def limit(
+        self,
+        requests_per_min: int | None = None,
+        tokens_per_min: int | None = None,
+        *,
+        answer_tokens: int | None = None,
+    ) -> None:
+        """Enforces these limits from now on (None: unlimited)."""
+        self.requests_per_min = requests_per_min
+        self.tokens_per_min = tokens_per_min
+        self.answer_tokens = answer_tokens
+        self._window = Window()
 
     @property
     def total_requests(self) -> int:
@@ -338,6 +404,7 @@ class FakeTeacherAPI:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post(OPENAI_PATH, self._handle)
         app.router.add_post(ANTHROPIC_PATH, self._handle)
+        app.router.add_get(STATS_PATH, self._stats)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=2048, reuse_address=True)
@@ -408,6 +475,9 @@ class FakeTeacherAPI:
         self.requests_by_path[path] += 1
         self.requests_by_prompt[prompt_key(list(body.get("messages") or []))] += 1
 
+        limited = self._admit(path, body)
+        if limited is not None:
+            return limited
         scripted = self._next_scripted(path)
         delay = self.latency_s + (scripted.delay_s if scripted else 0.0)
         if delay > 0:
@@ -416,6 +486,13 @@ class FakeTeacherAPI:
         status, headers, answer = self._answer(path, request, body, scripted)
         if status == 200:
             self._bill(str(body.get("model", "")), answer)
+            self.served += 1
+            usage = answer.get("usage") or {}
+            self.tokens_served += sum(
+                int(usage.get(k) or 0)
+                for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+            )
+            headers = {**self._limit_headers(path), **headers}
         if self.record:
             self.exchanges.append(Exchange(path, body, status, answer))
         return self._json(path, status, answer, headers)
@@ -428,6 +505,86 @@ class FakeTeacherAPI:
         tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         self.spent_usd += (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+
+    # -- limits ---------------------------------------------------------------
+
+    def _capacity(self) -> tuple[int | None, int | None]:
+        rpm, tpm = self.requests_per_min, self.tokens_per_min
+        return (
+            max(rpm // 60, 1) if rpm else None,
+            max(tpm // 60, 1) if tpm else None,
+        )
+
+    def _admit(self, path: str, body: dict[str, Any]) -> web.Response | None:
+        """Counts the request in this second's window; a 429 when it does not fit."""
+        max_requests, max_tokens = self._capacity()
+        if max_requests is None and max_tokens is None:
+            return None
+        now = time.time()
+        second = int(now)
+        if self._window.second != second:
+            self._window = Window(second)
+        w = self._window
+        cost = request_tokens(path, body)
+        over_requests = max_requests is not None and w.requests >= max_requests
+        over_tokens = max_tokens is not None and w.tokens > 0 and w.tokens + cost > max_tokens
+        if not (over_requests or over_tokens):
+            w.requests += 1
+            w.tokens += cost
+            return None
+        self.rate_limited += 1
+        wait_ms = max(int((second + 1 - now) * 1000), 1)
+        headers = {
+            **self._limit_headers(path),
+            "retry-after-ms": str(wait_ms),
+            "retry-after": str(math.ceil(wait_ms / 1000)),
+        }
+        what = "requests" if over_requests else "tokens"
+        answer = error_body(path, 429, f"Rate limit reached for {what} per min. Please try again.")
+        if self.record:
+            self.exchanges.append(Exchange(path, body, 429, answer))
+        return self._json(path, 429, answer, headers)
+
+    def _limit_headers(self, path: str) -> dict[str, str]:
+        max_requests, max_tokens = self._capacity()
+        if max_requests is None and max_tokens is None:
+            return {}
+        now = time.time()
+        w = self._window if self._window.second == int(now) else Window(int(now))
+        reset_s = int(now) + 1 - now
+        headers: dict[str, str] = {}
+        if path == ANTHROPIC_PATH:
+            reset = datetime.fromtimestamp(int(now) + 1, UTC).isoformat().replace("+00:00", "Z")
+            if max_requests is not None:
+                headers["anthropic-ratelimit-requests-limit"] = str(self.requests_per_min)
+                headers["anthropic-ratelimit-requests-remaining"] = str(
+                    max(max_requests - w.requests, 0)
+                )
+                headers["anthropic-ratelimit-requests-reset"] = reset
+            if max_tokens is not None:
+                headers["anthropic-ratelimit-tokens-limit"] = str(self.tokens_per_min)
+                headers["anthropic-ratelimit-tokens-remaining"] = str(max(max_tokens - w.tokens, 0))
+                headers["anthropic-ratelimit-tokens-reset"] = reset
+            return headers
+        reset = f"{max(int(reset_s * 1000), 1)}ms"
+        if max_requests is not None:
+            headers["x-ratelimit-limit-requests"] = str(self.requests_per_min)
+            headers["x-ratelimit-remaining-requests"] = str(max(max_requests - w.requests, 0))
+            headers["x-ratelimit-reset-requests"] = reset
+        if max_tokens is not None:
+            headers["x-ratelimit-limit-tokens"] = str(self.tokens_per_min)
+            headers["x-ratelimit-remaining-tokens"] = str(max(max_tokens - w.tokens, 0))
+            headers["x-ratelimit-reset-tokens"] = reset
+        return headers
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats = {
+            "served": self.served,
+            "rate_limited": self.rate_limited,
+            "tokens_served": self.tokens_served,
+            "requests": self.total_requests,
+        }
+        return web.Response(body=orjson.dumps(stats), content_type="application/json")
 
     def _next_scripted(self, path: str) -> Scripted | None:
         for i, item in enumerate(self._script):
@@ -460,8 +617,8 @@ class FakeTeacherAPI:
         if path == ANTHROPIC_PATH:
             if not body.get("max_tokens"):
                 return 400, {}, error_body(path, 400, "max_tokens: Field required")
-            return 200, headers, anthropic_message(body)
-        return 200, headers, openai_completion(body)
+            return 200, headers, anthropic_message(body, self.answer_tokens)
+        return 200, headers, openai_completion(body, self.answer_tokens)
 
     @staticmethod
     def _json(path: str, status: int, answer: Any, headers: dict[str, str]) -> web.Response:
@@ -501,6 +658,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--api-key", default=None, help="reject other keys with 401")
+    parser.add_argument("--rpm", type=int, default=None, help="requests/min, per-second windows")
+    parser.add_argument("--tpm", type=int, default=None, help="tokens/min, per-second windows")
+    parser.add_argument("--answer-tokens", type=int, default=None, help="tokens per answer")
     args = parser.parse_args(argv)
     api = FakeTeacherAPI(
         host=args.host,
@@ -510,6 +670,9 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         api_key=args.api_key,
         record=False,
+        requests_per_min=args.rpm,
+        tokens_per_min=args.tpm,
+        answer_tokens=args.answer_tokens,
     )
     asyncio.run(_serve_forever(api))
 

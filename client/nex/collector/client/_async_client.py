@@ -49,6 +49,7 @@ from ._types import (
     RunStatus,
     RunView,
     TeacherBatch,
+    TeacherEndpoint,
     TeacherRun,
 )
 from ._watch import WatchRetry, is_transient
@@ -462,6 +463,14 @@ class AsyncClient:
             teacher_service_pb2.SetRunScoresRequest(run_id=run_id, scores=dict(scores)),
         )
         return _convert.run(resp.run)
+
+    async def list_teachers(self) -> list[TeacherEndpoint]:
+        """The teachers a batch's ``provider`` may name, with their limits,
+        prices and live usage (never a key)."""
+        resp = await self._call(
+            self._teacher.ListTeachers, teacher_service_pb2.ListTeachersRequest()
+        )
+        return [_convert.teacher_endpoint(t) for t in resp.teachers]
 
     # --------------------------------------------------------------- watches
 

@@ -14,6 +14,7 @@ from nex.collector.v1 import (
     context_ref_pb2,
     dataset_pb2,
     evidence_pb2,
+    teacher_endpoint_pb2,
     teacher_pb2,
     teacher_service_pb2,
     template_pb2,
@@ -47,7 +48,13 @@ from ._types import (
     RunStatus,
     ScoreFilter,
     TeacherBatch,
+    TeacherCapabilities,
+    TeacherEndpoint,
+    TeacherKind,
+    TeacherLimits,
+    TeacherModelPrice,
     TeacherRun,
+    TeacherUsage,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -353,4 +360,37 @@ def evidence_link(msg: evidence_pb2.EvidenceLink) -> EvidenceLink:
         last_error=_opt(msg.last_error),
         create_time=_time(msg.create_time, msg.HasField("create_time")),
         post_time=_time(msg.post_time, msg.HasField("post_time")),
+    )
+
+
+def teacher_endpoint(msg: teacher_endpoint_pb2.TeacherEndpoint) -> TeacherEndpoint:
+    lim, caps, use = msg.limits, msg.capabilities, msg.usage
+    return TeacherEndpoint(
+        name=msg.name,
+        kind=_enum(TeacherKind, msg.kind),
+        base_url=_opt(msg.base_url),
+        api_key_env=_opt(msg.api_key_env),
+        limits=TeacherLimits(
+            requests_per_min=lim.requests_per_min if lim.HasField("requests_per_min") else None,
+            tokens_per_min=lim.tokens_per_min if lim.HasField("tokens_per_min") else None,
+            max_in_flight=lim.max_in_flight if lim.HasField("max_in_flight") else None,
+        ),
+        capabilities=TeacherCapabilities(
+            logprobs=caps.logprobs, max_top_logprobs=caps.max_top_logprobs
+        ),
+        prices=tuple(
+            TeacherModelPrice(
+                model=p.model, input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok
+            )
+            for p in msg.prices
+        ),
+        usage=TeacherUsage(
+            calls_per_min=use.calls_per_min,
+            tokens_per_min=use.tokens_per_min,
+            rate_limited_per_min=use.rate_limited_per_min,
+            in_flight=use.in_flight,
+            waiting_runs=use.waiting_runs,
+        ),
+        problem=_opt(msg.problem),
+        daily_max_cost_usd=msg.daily_max_cost_usd if msg.HasField("daily_max_cost_usd") else None,
     )

@@ -32,6 +32,7 @@ from ._types import (
     RunStatus,
     RunView,
     TeacherBatch,
+    TeacherEndpoint,
     TeacherRun,
 )
 from ._watch import WatchRetry
@@ -320,6 +321,11 @@ class Client:
 
     def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> TeacherRun:
         return self._loop.run(self._client.set_run_scores(run_id, scores))
+
+    def list_teachers(self) -> list[TeacherEndpoint]:
+        """The teachers a batch's ``provider`` may name, with their limits,
+        prices and live usage (never a key)."""
+        return self._loop.run(self._client.list_teachers())
 
     # --------------------------------------------------------------- watches
 

@@ -84,6 +84,71 @@ class Provider(enum.StrEnum):
     MOCK = "mock"
 
 
+class TeacherKind(enum.IntEnum):
+    """What a teacher endpoint speaks."""
+
+    UNSPECIFIED = 0
+    OPENAI = 1
+    ANTHROPIC = 2
+    OPENAI_COMPATIBLE = 3
+    MOCK = 4
+
+
+# -------------------------------------------------------------------- teachers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TeacherLimits:
+    """Configured limits of a teacher; None: learned from the provider."""
+
+    requests_per_min: int | None = None
+    tokens_per_min: int | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TeacherCapabilities:
+    logprobs: bool = True
+    max_top_logprobs: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TeacherModelPrice:
+    """USD per 1M input / output tokens of one model."""
+
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TeacherUsage:
+    """A teacher's load over the last minute, over every worker."""
+
+    calls_per_min: int = 0
+    tokens_per_min: int = 0
+    rate_limited_per_min: int = 0
+    in_flight: int = 0
+    waiting_runs: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TeacherEndpoint:
+    """A named teacher a batch's ``provider`` may name. Never holds a key:
+    ``api_key_env`` is the name of the server's variable that does."""
+
+    name: str
+    kind: TeacherKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    limits: TeacherLimits = TeacherLimits()
+    capabilities: TeacherCapabilities = TeacherCapabilities()
+    prices: tuple[TeacherModelPrice, ...] = ()
+    usage: TeacherUsage = TeacherUsage()
+    problem: str | None = None
+    daily_max_cost_usd: float | None = None
+
+
 # ---------------------------------------------------------------- context refs
 
 

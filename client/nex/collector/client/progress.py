@@ -2,7 +2,9 @@
 
 Optional: imports ``rich``. Run statuses come from the (resumable) event
 stream; usage and cost, which events do not carry, are refreshed from
-``get_batch`` every ``refresh_interval`` seconds.
+``get_batch`` every ``refresh_interval`` seconds. A run handed back to the
+queue to wait for teacher capacity (a QUEUED event with error code
+``THROTTLED``) shows as throttling, with the reason, until runs move again.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 try:
     from rich.console import Console, Group, RenderableType
@@ -33,7 +35,12 @@ from ._async_client import AsyncClient
 from ._errors import CollectorError
 from ._types import BatchStatus, RunCounts, RunEvent, RunStatus, TeacherBatch
 
-__all__ = ["BatchProgress", "watch_batch_progress"]
+__all__ = ["THROTTLED", "BatchProgress", "watch_batch_progress"]
+
+THROTTLED = "THROTTLED"
+"""Error code of a QUEUED run event: the run waits for teacher capacity."""
+# How long after its last THROTTLED event a batch still shows as throttled.
+_THROTTLE_SHOWN = timedelta(seconds=5)
 
 _STYLE = {
     RunStatus.QUEUED: "grey62",
@@ -60,6 +67,10 @@ class BatchProgress:
     last_done_time: datetime | None = None
     last_revision: int = 0
     _per: dict[RunStatus, int] = field(default_factory=lambda: dict.fromkeys(RunStatus, 0))
+    throttled_runs: int = 0  # THROTTLED events seen (a run may wait more than once)
+    last_throttle_time: datetime | None = None
+    last_throttle: str = ""
+    last_time: datetime | None = None
 
     def apply(self, event: RunEvent) -> None:
         before = self.statuses.get(event.run_id)
@@ -68,6 +79,12 @@ class BatchProgress:
         self._per[event.status] += 1
         self.statuses[event.run_id] = event.status
         self.last_revision = max(self.last_revision, event.revision)
+        if event.time is not None and (self.last_time is None or event.time > self.last_time):
+            self.last_time = event.time
+        if event.status == RunStatus.QUEUED and event.error and event.error.code == THROTTLED:
+            self.throttled_runs += 1
+            self.last_throttle_time = event.time
+            self.last_throttle = event.error.message
         if event.time is not None:
             if self.first_time is None or event.time < self.first_time:
                 self.first_time = event.time
@@ -106,6 +123,14 @@ class BatchProgress:
         span = (self.last_done_time - self.first_time).total_seconds()
         return self.event_counts.done / span if span > 0 else None
 
+    @property
+    def throttled(self) -> bool:
+        """Whether runs are waiting for teacher capacity right now (a recent
+        THROTTLED event, in the stream's own time)."""
+        if self.last_throttle_time is None or self.last_time is None:
+            return False
+        return self.last_time - self.last_throttle_time <= _THROTTLE_SHOWN
+
     def summary(self) -> Table:
         counts, usage = self.counts, self.batch.usage
         table = Table.grid(padding=(0, 2))
@@ -133,6 +158,9 @@ class BatchProgress:
             )
         if (pause := self.batch.pause) is not None:
             table.add_row(f"[red]paused: {pause.reason}[/]", pause.message)
+        if self.throttled:
+            reason = self.last_throttle.split(";")[0]
+            table.add_row(f"[yellow]throttled[/] {self.throttled_runs:,} waits", reason)
         return table
 
 

@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from nex.collector.v1 import teacher_endpoint_pb2 as _teacher_endpoint_pb2
 from nex.collector.v1 import teacher_pb2 as _teacher_pb2
 import builtins as _builtins
 import sys
@@ -58,7 +59,9 @@ class CreateBatchRequest(_message.Message):
     name: _builtins.str
     template_id: _builtins.str
     provider: _builtins.str
-    """"openai", "anthropic" or "mock"."""
+    """A teacher's name: "openai", "anthropic", "mock", or one of TEACHERS_FILE
+    (see ListTeachers).
+    """
     model: _builtins.str
     context_ref_id: _builtins.str
     request_id: _builtins.str
@@ -780,3 +783,49 @@ class SetRunScoresResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetRunScoresResponse: _TypeAlias = SetRunScoresResponse  # noqa: Y015
+
+@_typing.final
+class ListTeachersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Every teacher fits one page; accepted for the List convention."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTeachersRequest: _TypeAlias = ListTeachersRequest  # noqa: Y015
+
+@_typing.final
+class ListTeachersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEACHERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def teachers(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_endpoint_pb2.TeacherEndpoint]: ...
+    def __init__(
+        self,
+        *,
+        teachers: _abc.Iterable[_teacher_endpoint_pb2.TeacherEndpoint] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "teachers", b"teachers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTeachersResponse: _TypeAlias = ListTeachersResponse  # noqa: Y015

@@ -95,6 +95,11 @@ class TeacherServiceStub:
                 request_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.SetRunScoresRequest.SerializeToString,
                 response_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.SetRunScoresResponse.FromString,
                 _registered_method=True)
+        self.ListTeachers = channel.unary_unary(
+                '/nex.collector.v1.TeacherService/ListTeachers',
+                request_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListTeachersRequest.SerializeToString,
+                response_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListTeachersResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -183,6 +188,13 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTeachers(self, request, context):
+        """The teacher endpoints a batch's `provider` may name, with live usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -245,6 +257,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.SetRunScores,
                     request_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.SetRunScoresRequest.FromString,
                     response_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.SetRunScoresResponse.SerializeToString,
+            ),
+            'ListTeachers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeachers,
+                    request_deserializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListTeachersRequest.FromString,
+                    response_serializer=nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListTeachersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +589,33 @@ class TeacherService:
             '/nex.collector.v1.TeacherService/SetRunScores',
             nex_dot_collector_dot_v1_dot_teacher__service__pb2.SetRunScoresRequest.SerializeToString,
             nex_dot_collector_dot_v1_dot_teacher__service__pb2.SetRunScoresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeachers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nex.collector.v1.TeacherService/ListTeachers',
+            nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListTeachersRequest.SerializeToString,
+            nex_dot_collector_dot_v1_dot_teacher__service__pb2.ListTeachersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class TeacherServiceStub:
     """Replays every event after after_revision, then follows live ones."""
     SetRunScores: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.SetRunScoresRequest, _teacher_service_pb2.SetRunScoresResponse]
     """Attaches named scores to a completed run (e.g. from a judge)."""
+    ListTeachers: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.ListTeachersRequest, _teacher_service_pb2.ListTeachersResponse]
+    """The teacher endpoints a batch's `provider` may name, with live usage."""
 
 @_typing.type_check_only
 class TeacherServiceAsyncStub(TeacherServiceStub):
@@ -89,6 +91,8 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     """Replays every event after after_revision, then follows live ones."""
     SetRunScores: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.SetRunScoresRequest, _teacher_service_pb2.SetRunScoresResponse]  # type: ignore[assignment]
     """Attaches named scores to a completed run (e.g. from a judge)."""
+    ListTeachers: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.ListTeachersRequest, _teacher_service_pb2.ListTeachersResponse]  # type: ignore[assignment]
+    """The teacher endpoints a batch's `provider` may name, with live usage."""
 
 class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
     """Batches of teacher runs."""
@@ -189,5 +193,13 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_teacher_service_pb2.SetRunScoresResponse, _abc.Awaitable[_teacher_service_pb2.SetRunScoresResponse]]:
         """Attaches named scores to a completed run (e.g. from a judge)."""
+
+    @_abc_1.abstractmethod
+    def ListTeachers(
+        self,
+        request: _teacher_service_pb2.ListTeachersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_teacher_service_pb2.ListTeachersResponse, _abc.Awaitable[_teacher_service_pb2.ListTeachersResponse]]:
+        """The teacher endpoints a batch's `provider` may name, with live usage."""
 
 def add_TeacherServiceServicer_to_server(servicer: TeacherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,13 +23,21 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from nex.collector.server.config import IntegrationMode, Settings
+from nex.collector.server.config import (
+    ConfigError,
+    IntegrationMode,
+    Settings,
+    load_teachers,
+    teacher_credentials,
+)
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
-from nex.collector.server.domain.teacher import Provider
+from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
+from nex.collector.server.limiter import RateLimiter
+from nex.collector.server.providers import pricing
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import (
@@ -48,7 +56,9 @@ from nex.collector.server.services.liveness import Heartbeat, new_worker_id
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.teacher import Teacher
+from nex.collector.server.services.teachers import TeacherEndpoints
 from nex.collector.server.services.templates import Templates
+from nex.collector.server.services.throttle import CallGate
 from nex.collector.server.services.watch import EventHub, RunWatcher
 
 log = logging.getLogger(__name__)
@@ -79,6 +89,8 @@ class Container:
     evidence: Evidence
     sandbox: TemplateSandbox
     heartbeat: Heartbeat
+    teachers: TeacherDirectory
+    teacher_endpoints: TeacherEndpoints
     embedded: EmbeddedServices | None = None
 
 
@@ -145,17 +157,15 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def provider_problems(settings: Settings) -> dict[str, str | None]:
-    """Why a provider cannot be used on this server (None: it can)."""
-    return {
-        Provider.OPENAI.value: None
-        if settings.openai_api_key
-        else "the server has no OPENAI_API_KEY; set it to use provider 'openai'",
-        Provider.ANTHROPIC.value: None
-        if settings.anthropic_api_key
-        else "the server has no ANTHROPIC_API_KEY; set it to use provider 'anthropic'",
-        Provider.MOCK.value: None,
-    }
+def read_teachers(settings: Settings) -> TeacherDirectory:
+    """The deployment's teachers (TEACHERS_FILE); prices follow them. A bad
+    file stops start-up with one line."""
+    try:
+        teachers = load_teachers(settings)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    pricing.use_teachers(teachers)
+    return teachers
 
 
 def plain_dsn(database_url: str) -> str:
@@ -189,6 +199,7 @@ async def open_container(
 ) -> AsyncIterator[Container]:
     """Everything a process needs; closes all of it on the way out. A process
     that does not `serve` RPCs never renders, so it starts no template sandbox."""
+    teachers = read_teachers(settings)
     database_url, redis_url, embedded = await resolve_urls(settings)
     engine = make_engine(
         database_url,
@@ -217,8 +228,11 @@ async def open_container(
             anthropic_api_key=_secret(settings.anthropic_api_key),
             anthropic_base_url=settings.anthropic_base_url,
             timeout=settings.teacher_timeout_s,
+            teachers=teachers,
+            credentials=lambda teacher: teacher_credentials(settings, teacher),
         )
         closers.append(providers.aclose)
+        limiter = RateLimiter(redis, lease_s=settings.teacher_timeout_s + 30)
         nex = None
         if settings.mode is IntegrationMode.INTEGRATED:
             nex = NexClient(
@@ -244,8 +258,7 @@ async def open_container(
             interval_s=settings.worker_heartbeat_s,
             loop=side_loop,
         )
-        # The teachers file's daily caps plug in here (`daily_cap=`).
-        budgets = Budgets(uow)
+        budgets = Budgets(uow, daily_cap=teachers.daily_cap)
         executor = RunExecutor(
             uow,
             providers.get,
@@ -258,6 +271,7 @@ async def open_container(
                 async_sessionmaker(answers_engine, expire_on_commit=False, class_=AsyncSession)
             ),
             answers_loop=side_loop,
+            gate=CallGate(limiter, teachers),
         )
         datasets = Datasets(
             uow,
@@ -293,7 +307,7 @@ async def open_container(
                 uow,
                 queue,
                 sandbox,
-                provider_ready=provider_problems(settings),
+                teachers=teachers,
                 integrated=evidence.enabled,
                 budgets=budgets,
                 evidence=evidence,
@@ -313,6 +327,8 @@ async def open_container(
             evidence=evidence,
             sandbox=sandbox,
             heartbeat=heartbeat,
+            teachers=teachers,
+            teacher_endpoints=TeacherEndpoints(teachers, limiter),
             embedded=embedded,
         )
         yield container

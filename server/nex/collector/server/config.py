@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nex.collector.server.domain.teachers import (
+    Capabilities,
+    Price,
+    TeacherDirectory,
+    TeacherEndpoint,
+    TeacherKind,
+    TeacherLimits,
+    builtin_teachers,
+    default_capabilities,
+)
 
 
 class IntegrationMode(StrEnum):
@@ -55,6 +68,7 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
     teacher_timeout_s: float = Field(default=60.0, validation_alias="TEACHER_TIMEOUT_S", gt=0)
     teacher_max_attempts: int = Field(default=4, validation_alias="TEACHER_MAX_ATTEMPTS", ge=1)
+    teachers_file: Path | None = Field(default=None, validation_alias="TEACHERS_FILE")
 
     template_cpu_s: float = Field(default=5.0, validation_alias="TEMPLATE_CPU_S", gt=0, le=300)
     template_memory_mb: int = Field(
@@ -198,3 +212,143 @@ def _load(kind: type[_S], overrides: dict[str, object]) -> _S:
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(problems) from None
+
+
+# -- TEACHERS_FILE ---------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _LimitsSpec(_Strict):
+    requests_per_min: int | None = Field(default=None, gt=0)
+    tokens_per_min: int | None = Field(default=None, gt=0)
+    max_in_flight: int | None = Field(default=None, gt=0)
+
+
+class _CapabilitiesSpec(_Strict):
+    logprobs: bool | None = None
+    max_top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class _PriceSpec(_Strict):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class _TeacherSpec(_Strict):
+    kind: Literal["openai", "anthropic", "openai-compatible", "mock"]
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    limits: _LimitsSpec = _LimitsSpec()
+    capabilities: _CapabilitiesSpec = _CapabilitiesSpec()
+    prices: dict[str, _PriceSpec] = {}
+    daily_max_cost_usd: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _compatible_needs_url(self) -> _TeacherSpec:
+        if self.kind == "openai-compatible" and not self.base_url:
+            raise ValueError(
+                "kind openai-compatible needs base_url (e.g. http://127.0.0.1:8000/v1)"
+            )
+        return self
+
+
+class _TeachersFileSpec(_Strict):
+    teachers: dict[str, _TeacherSpec]
+
+
+_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_TEACHER_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+def _builtins(settings: Settings) -> dict[str, TeacherEndpoint]:
+    return builtin_teachers(
+        openai_problem=None
+        if settings.openai_api_key
+        else "the server has no OPENAI_API_KEY; set it to use provider 'openai'",
+        anthropic_problem=None
+        if settings.anthropic_api_key
+        else "the server has no ANTHROPIC_API_KEY; set it to use provider 'anthropic'",
+    )
+
+
+def load_teachers(settings: Settings) -> TeacherDirectory:
+    """The deployment's teachers: the built-in three, overridden or joined by
+    those of TEACHERS_FILE. A file that cannot be read or parsed, or that
+    names a key variable that is not set, is a ConfigError (one line)."""
+    import re
+
+    from pydantic import ValidationError
+
+    teachers = _builtins(settings)
+    path = settings.teachers_file
+    if path is None:
+        return TeacherDirectory(teachers)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"TEACHERS_FILE {path}: cannot read it ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"TEACHERS_FILE {path}: not valid TOML ({exc})") from None
+    try:
+        spec = _TeachersFileSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"TEACHERS_FILE {path}: {where}: {first['msg']}") from None
+    for name, t in spec.teachers.items():
+        if not re.match(_TEACHER_NAME, name):
+            raise ConfigError(
+                f"TEACHERS_FILE {path}: teachers.{name}: a teacher name is 1-63 of a-z 0-9 . _ -"
+            )
+        kind = TeacherKind(t.kind)
+        key_env = t.api_key_env or _DEFAULT_KEY_ENV.get(t.kind)
+        if key_env and not os.environ.get(key_env):
+            raise ConfigError(
+                f"TEACHERS_FILE {path}: teachers.{name}.api_key_env names {key_env}, which is "
+                "not set; export it (the key itself never goes in the file)"
+            )
+        caps = default_capabilities(kind)
+        teachers[name] = TeacherEndpoint(
+            name=name,
+            kind=kind,
+            base_url=t.base_url,
+            api_key_env=key_env,
+            limits=TeacherLimits(**t.limits.model_dump()),
+            capabilities=Capabilities(
+                logprobs=caps.logprobs
+                if t.capabilities.logprobs is None
+                else t.capabilities.logprobs,
+                max_top_logprobs=caps.max_top_logprobs
+                if t.capabilities.max_top_logprobs is None
+                else t.capabilities.max_top_logprobs,
+            ),
+            prices={m: Price(p.input_per_mtok, p.output_per_mtok) for m, p in t.prices.items()},
+            daily_max_cost_usd=t.daily_max_cost_usd,
+        )
+    return TeacherDirectory(teachers)
+
+
+def teacher_credentials(
+    settings: Settings, teacher: TeacherEndpoint
+) -> tuple[str | None, str | None]:
+    """(api key, base URL) for a teacher's SDK client. The built-in `openai` and
+    `anthropic` keep reading OPENAI_* / ANTHROPIC_* through Settings."""
+    if (
+        teacher.name == "openai"
+        and teacher.base_url is None
+        and teacher.api_key_env == "OPENAI_API_KEY"
+    ):
+        key = settings.openai_api_key
+        return (key.get_secret_value() if key else None), settings.openai_base_url
+    if (
+        teacher.name == "anthropic"
+        and teacher.base_url is None
+        and teacher.api_key_env == "ANTHROPIC_API_KEY"
+    ):
+        key = settings.anthropic_api_key
+        return (key.get_secret_value() if key else None), settings.anthropic_base_url
+    key_value = os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
+    return key_value, teacher.base_url

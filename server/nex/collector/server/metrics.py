@@ -58,6 +58,38 @@ ANSWER_COMMIT_SECONDS = Histogram(
         0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0,
     ),
 )  # fmt: skip
+LIMITER_WAITS = Counter(
+    "nex_collector_limiter_waits",
+    "Times a teacher call had to wait for the shared rate limit, by teacher and reason "
+    "(requests, tokens, in_flight, blocked: after a 429).",
+    ["teacher", "reason"],
+)
+LIMITER_WAIT_SECONDS = Histogram(
+    "nex_collector_limiter_wait_seconds",
+    "Time a call waited in this worker for the shared rate limit before it started.",
+    ["teacher"],
+    buckets=_SECONDS,
+)
+RUNS_THROTTLED = Counter(
+    "nex_collector_runs_throttled",
+    "Runs handed back to the queue to wait for teacher capacity (attempts not used).",
+    ["teacher"],
+)
+TEACHER_RATE_LIMITED = Counter(
+    "nex_collector_teacher_rate_limited",
+    "429 answers (rate limited) from a teacher, by teacher.",
+    ["teacher"],
+)
+TEACHER_TOKENS_PER_MIN = Gauge(
+    "nex_collector_teacher_tokens_per_minute",
+    "Tokens a teacher served over the last minute, over every worker (from the limiter).",
+    ["teacher"],
+)
+TEACHER_CALLS_PER_MIN = Gauge(
+    "nex_collector_teacher_calls_per_minute",
+    "Calls a teacher served over the last minute, over every worker (from the limiter).",
+    ["teacher"],
+)
 RUNS_FINISHED = Counter(
     "nex_collector_runs_finished",
     "Runs this worker brought to a final state, by status (completed, failed).",

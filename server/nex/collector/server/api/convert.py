@@ -22,12 +22,15 @@ from nex.collector.server.domain.datasets import Dataset, DatasetStatus
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus, TokenLogprobs
+from nex.collector.server.domain.teachers import TeacherKind
 from nex.collector.server.domain.templates import PromptTemplate
+from nex.collector.server.services.teachers import TeacherView
 from nex.collector.v1 import (
     common_pb2,
     context_ref_pb2,
     dataset_pb2,
     evidence_pb2,
+    teacher_endpoint_pb2,
     teacher_pb2,
     teacher_service_pb2,
     template_pb2,
@@ -336,4 +339,46 @@ def evidence_link(link: EvidenceLink) -> evidence_pb2.EvidenceLink:
         last_error=link.last_error or "",
         create_time=timestamp(link.create_time),
         post_time=timestamp(link.post_time),
+    )
+
+
+_TEACHER_KINDS = {
+    TeacherKind.OPENAI: teacher_endpoint_pb2.TEACHER_KIND_OPENAI,
+    TeacherKind.ANTHROPIC: teacher_endpoint_pb2.TEACHER_KIND_ANTHROPIC,
+    TeacherKind.OPENAI_COMPATIBLE: teacher_endpoint_pb2.TEACHER_KIND_OPENAI_COMPATIBLE,
+    TeacherKind.MOCK: teacher_endpoint_pb2.TEACHER_KIND_MOCK,
+}
+
+
+def teacher_endpoint(view: TeacherView) -> teacher_endpoint_pb2.TeacherEndpoint:
+    """A teacher as ListTeachers shows it: never its key, only the key's variable name."""
+    t, u = view.teacher, view.usage
+    return teacher_endpoint_pb2.TeacherEndpoint(
+        name=t.name,
+        kind=_TEACHER_KINDS[t.kind],
+        base_url=t.base_url or "",
+        api_key_env=t.api_key_env or "",
+        limits=teacher_endpoint_pb2.TeacherLimits(
+            requests_per_min=t.limits.requests_per_min,
+            tokens_per_min=t.limits.tokens_per_min,
+            max_in_flight=t.limits.max_in_flight,
+        ),
+        capabilities=teacher_endpoint_pb2.TeacherCapabilities(
+            logprobs=t.capabilities.logprobs, max_top_logprobs=t.capabilities.max_top_logprobs
+        ),
+        prices=[
+            teacher_endpoint_pb2.TeacherModelPrice(
+                model=model, input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok
+            )
+            for model, p in sorted(view.prices.items())
+        ],
+        usage=teacher_endpoint_pb2.TeacherUsage(
+            calls_per_min=u.calls_per_min,
+            tokens_per_min=u.tokens_per_min,
+            rate_limited_per_min=u.rate_limited_per_min,
+            in_flight=u.in_flight,
+            waiting_runs=u.waiting,
+        ),
+        problem=t.problem or "",
+        daily_max_cost_usd=t.daily_max_cost_usd,
     )

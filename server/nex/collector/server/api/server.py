@@ -109,7 +109,7 @@ class GrpcServer:
             TemplateServicer(c.templates), self._server
         )
         teacher_service_pb2_grpc.add_TeacherServiceServicer_to_server(
-            TeacherServicer(c.teacher, c.watcher),
+            TeacherServicer(c.teacher, c.watcher, c.teacher_endpoints),
             self._server,
         )
         dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(

@@ -581,7 +581,12 @@ def template_list(
 
 
 ProviderOpt = Annotated[
-    Provider, typer.Option("--provider", help="the teacher", case_sensitive=False)
+    str,
+    typer.Option(
+        "--provider",
+        help="the teacher: openai, anthropic, mock, or a TEACHERS_FILE name "
+        "(see `nex-collector teachers`)",
+    ),
 ]
 
 
@@ -591,7 +596,7 @@ def batch_create(
     inputs: Annotated[
         str, typer.Option("--inputs", help="JSONL file of variables, one run per line ('-': stdin)")
     ],
-    provider: ProviderOpt = Provider.MOCK,
+    provider: ProviderOpt = Provider.MOCK.value,
     model: Annotated[
         str | None,
         typer.Option("--model", help=f"teacher model (default for mock: {DEFAULT_MOCK_MODEL})"),
@@ -673,12 +678,12 @@ def batch_create(
         lines = runs.check(tmpl, note=f"template {tmpl.name} v{tmpl.version} declares: "
                            f"{', '.join(tmpl.variables) or 'no variables'}")  # fmt: skip
         if dry_run:
-            await _print_estimate(client, template, provider.value, teacher_model, params, lines)
+            await _print_estimate(client, template, provider, teacher_model, params, lines)
             return None  # nothing was created
         batch = await client.create_batch(
             name or _default_name(inputs),
             template,
-            provider.value,
+            provider,
             teacher_model,
             params=params,
             context_ref_id=context_ref,
@@ -911,12 +916,12 @@ async def _finish(client: AsyncClient, batch_id: str, watch: bool) -> None:
         out.print(f"watch it with: nex-collector batch watch {batch_id}")
 
 
-def _model_for(provider: Provider, model: str | None) -> str:
+def _model_for(provider: str, model: str | None) -> str:
     if model:
         return model
     if provider == Provider.MOCK:
         return DEFAULT_MOCK_MODEL
-    raise typer.BadParameter(f"give the {provider.value} model to call", param_hint="--model")
+    raise typer.BadParameter(f"give the {provider} model to call", param_hint="--model")
 
 
 def _default_name(path: str) -> str:

@@ -20,6 +20,7 @@ from nex.collector.server.cli import common
 from nex.collector.server.cli import context as context_cli
 from nex.collector.server.cli import dataset as dataset_cli
 from nex.collector.server.cli.demo import demo
+from nex.collector.server.cli.teachers import teachers
 
 if TYPE_CHECKING:
     from nex.collector.server.config import Settings
@@ -42,6 +43,7 @@ def _before_each_command() -> None:
 
 _CLIENT_PANEL = "Client commands (talk to a running collector)"
 app.command(rich_help_panel=_CLIENT_PANEL)(demo)
+app.command(rich_help_panel=_CLIENT_PANEL)(teachers)
 app.add_typer(batch_cli.template_app, name="template", rich_help_panel=_CLIENT_PANEL)
 app.add_typer(batch_cli.batch_app, name="batch", rich_help_panel=_CLIENT_PANEL)
 app.add_typer(batch_cli.run_app, name="run", rich_help_panel=_CLIENT_PANEL)

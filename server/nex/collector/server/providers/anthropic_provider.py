@@ -8,6 +8,7 @@ params are not sent; nor are `seed` and `top_logprobs`, which the API lacks.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 import anthropic
@@ -15,7 +16,7 @@ import httpx2
 import orjson
 from anthropic.types import MessageParam
 
-from nex.collector.server.providers.base import Completion, GenerationRequest
+from nex.collector.server.providers.base import Completion, GenerationRequest, rate_headers
 from nex.collector.server.providers.errors import provider_errors
 
 DEFAULT_MAX_TOKENS = 1024  # the API requires max_tokens
@@ -44,7 +45,9 @@ class AnthropicProvider:
         timeout: float = 60.0,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        name: str = "anthropic",
     ) -> None:
+        self.name = name
         limits = httpx2.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
@@ -74,7 +77,11 @@ class AnthropicProvider:
                 system=system or anthropic.omit,
                 stop_sequences=list(params.stop) if params.stop else anthropic.omit,
             )
-            return parse_message(orjson.loads(await raw.read()))
+            completion = parse_message(orjson.loads(await raw.read()))
+            headers = rate_headers(raw.headers)
+            if headers is None:
+                return completion
+            return dataclasses.replace(completion, rate_headers=headers)
 
     async def aclose(self) -> None:
         await self._client.close()

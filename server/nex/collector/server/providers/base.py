@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +23,9 @@ class Completion:
     tokens: TokenLogprobs | None  # None when the provider returns no logprobs
     input_tokens: int
     output_tokens: int
+    # The answer's rate-limit headers (x-ratelimit-*, anthropic-ratelimit-*),
+    # lower-cased, for the shared limiter to learn from; None: none sent.
+    rate_headers: Mapping[str, str] | None = None
 
 
 class ProviderError(Exception):
@@ -30,13 +33,31 @@ class ProviderError(Exception):
     `retry_after` seconds (from the provider's Retry-After, when it sent one)."""
 
     def __init__(
-        self, code: str, message: str, *, retryable: bool, retry_after: float | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        rate_headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.rate_headers = rate_headers
+
+
+def rate_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The rate-limit headers of an answer, lower-cased (None when there are none)."""
+    found = {
+        k.lower(): v
+        for k, v in headers.items()
+        if k[:2] in ("x-", "X-", "an", "An", "re", "Re")
+        and k.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-", "retry-after"))
+    }
+    return found or None
 
 
 class TeacherProvider(Protocol):

@@ -18,9 +18,11 @@ import anthropic
 import httpx2
 import openai
 
-from nex.collector.server.providers.base import ProviderError
+from nex.collector.server.providers.base import ProviderError, rate_headers
 
 RATE_LIMITED = "PROVIDER_RATE_LIMITED"
+# A 429 that waiting does not cure (OpenAI's `insufficient_quota`: no credit left).
+QUOTA_EXHAUSTED = "PROVIDER_QUOTA_EXHAUSTED"
 UNAVAILABLE = "PROVIDER_UNAVAILABLE"
 TIMEOUT = "PROVIDER_TIMEOUT"
 CONNECTION = "PROVIDER_CONNECTION"
@@ -99,7 +101,15 @@ def from_status(
     text = f"HTTP {status}: {scrub(message, secrets)[:_MAX_MESSAGE]}"
     retry_after = parse_retry_after(headers) if headers is not None else None
     if status == 429:
-        return ProviderError(RATE_LIMITED, text, retryable=True, retry_after=retry_after)
+        if "quota" in message.lower() and "exceeded your current quota" in message.lower():
+            return ProviderError(QUOTA_EXHAUSTED, text, retryable=False)
+        return ProviderError(
+            RATE_LIMITED,
+            text,
+            retryable=True,
+            retry_after=retry_after,
+            rate_headers=rate_headers(headers) if headers is not None else None,
+        )
     if status >= 500:  # includes Anthropic's 529 "overloaded"
         return ProviderError(UNAVAILABLE, text, retryable=True, retry_after=retry_after)
     if status == 408:

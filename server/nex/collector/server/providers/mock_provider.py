@@ -33,8 +33,9 @@ class MockProvider:
     name = "mock"
     supports_logprobs = True
 
-    def __init__(self, latency_s: float = 0.0) -> None:
+    def __init__(self, latency_s: float = 0.0, *, name: str = "mock") -> None:
         self.latency_s = latency_s
+        self.name = name
 
     async def generate(self, request: GenerationRequest) -> Completion:
         if self.latency_s > 0:

@@ -11,6 +11,7 @@ TokenLogprobs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx2
@@ -18,7 +19,7 @@ import openai
 import orjson
 
 from nex.collector.server.domain.teacher import TokenLogprobs
-from nex.collector.server.providers.base import Completion, GenerationRequest
+from nex.collector.server.providers.base import Completion, GenerationRequest, rate_headers
 from nex.collector.server.providers.errors import provider_errors
 
 DEFAULT_MAX_CONNECTIONS = 512
@@ -50,7 +51,9 @@ class OpenAIProvider:
         timeout: float = 60.0,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        name: str = "openai",
     ) -> None:
+        self.name = name
         self._secrets: tuple[str | None, ...] = (api_key,)
         limits = httpx2.Limits(
             max_connections=max_connections,
@@ -86,7 +89,11 @@ class OpenAIProvider:
                         raise
                     quirks = self._quirks[request.model] = quirks | {quirk}
                     continue
-                return parse_chat_completion(orjson.loads(response.content))
+                completion = parse_chat_completion(orjson.loads(response.content))
+                headers = rate_headers(response.headers)
+                if headers is None:
+                    return completion
+                return dataclasses.replace(completion, rate_headers=headers)
 
     async def aclose(self) -> None:
         await self._client.close()

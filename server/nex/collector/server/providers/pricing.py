@@ -10,7 +10,10 @@ suffix; other suffixes ("-mini", "-codex") are other models, never guessed.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from nex.collector.server.domain.teachers import TeacherEndpoint, TeacherKind
 
 # "-latest", "-chat-latest", "-0" (Anthropic aliases), "-0613", "-2024-07-18", "-20250514".
 _SNAPSHOT = re.compile(r"-(?:latest|chat-latest|0|\d{4}|\d{4}-\d{2}-\d{2}|\d{8})$")
@@ -68,9 +71,32 @@ PRICES: dict[str, dict[str, ModelPrice]] = {
 }
 
 
+# Teacher name -> (its own prices from TEACHERS_FILE, the built-in table it
+# falls back to). Set once per process by `use_teachers` (bootstrap).
+_TEACHERS: dict[str, tuple[dict[str, ModelPrice], str | None]] = {}
+
+
+def use_teachers(teachers: Iterable[TeacherEndpoint]) -> None:
+    """Makes `price_for` answer for the deployment's named teachers: a price
+    in the teachers file wins; an `openai` / `anthropic` kind falls back to
+    the vendor's list price; an `openai-compatible` one has no other price."""
+    _TEACHERS.clear()
+    for t in teachers:
+        fallback = t.kind.value if t.kind in (TeacherKind.OPENAI, TeacherKind.ANTHROPIC) else None
+        own = {m: ModelPrice(p.input_per_mtok, p.output_per_mtok) for m, p in t.prices.items()}
+        _TEACHERS[t.name] = (own, fallback)
+
+
 def price_for(provider: str, model: str) -> ModelPrice | None:
-    """The price of `model` at `provider`: its own entry, else the entry of
-    its name without a snapshot suffix."""
+    """The price of `model` at teacher `provider`: its own entry, else the
+    entry of its name without a snapshot suffix."""
+    teacher = _TEACHERS.get(provider)
+    if teacher is not None:
+        own, fallback = teacher
+        price = own.get(model) or own.get(_SNAPSHOT.sub("", model))
+        if price is not None or fallback is None:
+            return price
+        provider = fallback
     table = PRICES.get(provider)
     if not table:
         return None

@@ -4,8 +4,10 @@ name for a process (bootstrap owns it and closes it on shutdown)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from nex.collector.server.domain.teacher import Provider
+from nex.collector.server.domain.teachers import TeacherDirectory, TeacherEndpoint, TeacherKind
 from nex.collector.server.providers.anthropic_provider import AnthropicProvider
 from nex.collector.server.providers.base import TeacherProvider
 from nex.collector.server.providers.mock_provider import MockProvider
@@ -37,6 +39,28 @@ def build_provider(
     raise ValueError(f"unknown teacher provider {name!r}; expected one of {PROVIDER_NAMES}")
 
 
+def build_teacher(
+    teacher: TeacherEndpoint, api_key: str | None, base_url: str | None, *, timeout: float
+) -> TeacherProvider:
+    """The provider for a named teacher; its `name` is the teacher's (for
+    metrics and limits). An openai-compatible server without a key gets a
+    placeholder (vLLM and most local servers ignore it; the SDK needs one)."""
+    if teacher.kind in (TeacherKind.OPENAI, TeacherKind.OPENAI_COMPATIBLE):
+        if teacher.kind is TeacherKind.OPENAI_COMPATIBLE and not api_key:
+            api_key = "EMPTY"
+        return OpenAIProvider(
+            api_key=api_key, base_url=base_url, timeout=timeout, name=teacher.name
+        )
+    if teacher.kind is TeacherKind.ANTHROPIC:
+        return AnthropicProvider(
+            api_key=api_key, base_url=base_url, timeout=timeout, name=teacher.name
+        )
+    return MockProvider(name=teacher.name)
+
+
+Credentials = Callable[[TeacherEndpoint], tuple[str | None, str | None]]
+
+
 class ProviderSet:
     """Creates each provider on first use and shares it (one connection pool
     per provider per process)."""
@@ -49,7 +73,11 @@ class ProviderSet:
         anthropic_api_key: str | None = None,
         anthropic_base_url: str | None = None,
         timeout: float = 60.0,
+        teachers: TeacherDirectory | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        self._teachers = teachers
+        self._credentials = credentials
         self._settings = {
             "openai_api_key": openai_api_key,
             "openai_base_url": openai_base_url,
@@ -62,7 +90,12 @@ class ProviderSet:
     def get(self, name: str) -> TeacherProvider:
         provider = self._providers.get(name)
         if provider is None:
-            provider = build_provider(name, timeout=self._timeout, **self._settings)
+            teacher = self._teachers.get(name) if self._teachers is not None else None
+            if teacher is not None and self._credentials is not None:
+                key, url = self._credentials(teacher)
+                provider = build_teacher(teacher, key, url, timeout=self._timeout)
+            else:
+                provider = build_provider(name, timeout=self._timeout, **self._settings)
             self._providers[str(name)] = provider
         return provider
 

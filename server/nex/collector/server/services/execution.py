@@ -34,6 +34,7 @@ from nex.collector.server.providers.base import (
     ProviderError,
     TeacherProvider,
 )
+from nex.collector.server.providers.errors import RATE_LIMITED
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.batching import MicroBatcher
@@ -41,6 +42,7 @@ from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.side_loop import SideLoop
+from nex.collector.server.services.throttle import CallGate, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,10 @@ class RunExecutor:
         worker_id: str | None = None,
         answers_uow: UnitOfWorkFactory | None = None,
         answers_loop: SideLoop | None = None,
+        gate: CallGate | None = None,
     ) -> None:
         self._uow = uow
+        self._gate = gate
         # Answers are stored through `answers_uow`, on `answers_loop` when given
         # (then `answers_uow` must be used there only).
         self._answers_uow = answers_uow or uow
@@ -112,6 +116,9 @@ class RunExecutor:
         self._outcomes: MicroBatcher[Outcome, bool] = MicroBatcher(
             self._finish_many, name="results"
         )
+        self._handbacks: MicroBatcher[tuple[str, str, int, RunError], bool] = MicroBatcher(
+            self._hand_back_many, name="handbacks"
+        )
         # Runs this process has claimed and not finished: run id -> (batch id,
         # attempt). A job cancelled at any point (even while its claim was being
         # committed) leaves its run here, and the run is handed back.
@@ -124,6 +131,7 @@ class RunExecutor:
         await self._claims.aclose()
         await self._on_answers_loop(self._answers.aclose())
         await self._outcomes.aclose()
+        await self._handbacks.aclose()
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
         if self._held:
@@ -141,6 +149,10 @@ class RunExecutor:
                 batch.model, messages_from_json(claim.messages), batch.params
             )
             result = await self._attempts(claim, run_id, batch, provider, request)
+        except Throttled as throttled:
+            if not await self._hand_back_throttled(run_id, throttled):
+                return "stopped: cancelled or lease lost"
+            raise
         except asyncio.CancelledError:
             # Stopping, or arq's job timeout: hand the run back now rather than
             # when its lease runs out.
@@ -166,9 +178,13 @@ class RunExecutor:
         # while calling does not count (see the reconciler).
         failures = claim.teacher_failures
         while True:
-            # Budget: reserve the call's worst case first; the result settles it.
+            # Capacity first (a run waiting for it holds no budget), then the
+            # budget: the call's worst case is reserved; the result settles it.
+            ticket = await self._gate.enter(batch.provider, run_id, request) if self._gate else None
             hold = await self._budgets.reserve(batch, run_id, attempt, request.messages)
             if hold.refused:
+                if self._gate is not None:
+                    await self._gate.leave(ticket)
                 await self._budgets.pause(batch, hold)
                 self._held.pop(run_id, None)
                 return "paused: budget exhausted"
@@ -178,6 +194,10 @@ class RunExecutor:
             except ProviderError as err:
                 await self._budgets.release(hold)  # providers do not bill errors
                 _observe_call(batch.provider, err.code, started)
+                if self._gate is not None:
+                    await self._gate.leave(ticket, error=err)
+                if ticket is not None and err.code == RATE_LIMITED:
+                    continue  # not an attempt: the limiter now holds every worker off
                 failures += 1
                 if not self._policy.should_retry(failures, err):
                     message = teacher_gave_up(err.message, failures, claim.workers_lost)
@@ -199,6 +219,8 @@ class RunExecutor:
             received = time.perf_counter()
             latency_ms = int((received - started) * 1000)
             _observe_call(batch.provider, "ok", started)
+            if self._gate is not None:
+                await self._gate.leave(ticket, completion=completion)
             outcome = Outcome(
                 run_id,
                 batch.id,
@@ -355,6 +377,37 @@ class RunExecutor:
             self._held.pop(run_id, None)
         if released:
             log.info("handed back %d runs", len(released))
+
+    async def _hand_back_throttled(self, run_id: str, throttled: Throttled) -> bool:
+        """Running -> queued for a run whose call never started, its attempt
+        given back; the event tells watchers why (error code THROTTLED)."""
+        held = self._held.pop(run_id, None)
+        if held is None:
+            return False
+        reason = RunError(
+            "THROTTLED",
+            f"waiting for teacher {throttled.teacher!r} capacity ({throttled.reason}); "
+            f"next try in {throttled.delay_s:.1f}s",
+        )
+        if not await self._handbacks.submit((run_id, held[0], held[1], reason)):
+            return False
+        metrics.RUNS_THROTTLED.labels(throttled.teacher).inc()
+        return True
+
+    async def _hand_back_many(self, items: Sequence[tuple[str, str, int, RunError]]) -> list[bool]:
+        async with self._uow() as tx:
+            released = set(
+                await tx.runs.release([(r, a) for r, _, a, _ in items], give_back_attempt=True)
+            )
+            await tx.events.append(
+                [
+                    NewEvent(r, b, RunStatus.QUEUED, a - 1, e)
+                    for r, b, a, e in items
+                    if r in released
+                ]
+            )
+            await tx.commit()
+        return [r in released for r, _, _, _ in items]
 
     async def _next_attempt(self, run_id: str, batch_id: str, attempt: int) -> bool:
         """Before a retry: stop when the batch was cancelled, else attempt + 1."""

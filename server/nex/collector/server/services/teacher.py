@@ -33,6 +33,7 @@ from nex.collector.server.domain.sizes import (
     run_bytes,
 )
 from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
+from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.domain.templates import (
     PromptTemplate,
     RenderFailed,
@@ -101,6 +102,7 @@ class Teacher:
         engine: TemplateEngine,
         *,
         provider_ready: Mapping[str, str | None] | None = None,
+        teachers: TeacherDirectory | None = None,
         integrated: bool = False,
         budgets: Budgets | None = None,
         evidence: Evidence | None = None,
@@ -111,8 +113,18 @@ class Teacher:
         self._budgets = budgets or Budgets(uow)
         self._engine = engine
         self._integrated = integrated
+        self._teachers = teachers
         # provider -> why it cannot be used here (None: usable)
         self._provider_problem = dict(provider_ready or {})
+        if teachers is not None:
+            self._provider_problem.update({t.name: t.problem for t in teachers})
+
+    def _check_teacher(self, v: Violations, provider: str, params: GenerationParams) -> None:
+        """`provider` names a known teacher that accepts the params' top_logprobs."""
+        if self._teachers is not None:
+            self._teachers.check(v, "provider", provider, params.top_logprobs)
+        else:
+            check_provider(v, "provider", provider)
 
     # -- batches -----------------------------------------------------------------
 
@@ -120,7 +132,7 @@ class Teacher:
         v = Violations()
         check_required(v, "name", cmd.name)
         check_id(v, "template_id", cmd.template_id)
-        check_provider(v, "provider", cmd.provider)
+        self._check_teacher(v, cmd.provider, cmd.params)
         check_required(v, "model", cmd.model)
         check_params(v, "params", cmd.params)
         check_output_size(v, "params", cmd.params)
@@ -219,7 +231,7 @@ class Teacher:
         nothing, calls no teacher."""
         v = Violations()
         check_id(v, "template_id", template_id)
-        check_provider(v, "provider", provider)
+        self._check_teacher(v, provider, params)
         check_required(v, "model", model)
         check_params(v, "params", params)
         if len(inputs) > MAX_RUNS_PER_CALL:

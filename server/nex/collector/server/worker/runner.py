@@ -9,10 +9,11 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 
 from nex.collector.server.bootstrap import Container
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, job_timeouts
+from nex.collector.server.services.throttle import Throttled
 from nex.collector.server.supervisor import is_outage, supervise
 from nex.collector.server.worker.arq_worker import BatchStartWorker
 
@@ -23,7 +24,10 @@ def job_functions(container: Container) -> list[Any]:
     s = container.settings
 
     async def execute_run(ctx: dict[str, Any], run_id: str) -> str:
-        return await container.executor.execute(run_id)
+        try:
+            return await container.executor.execute(run_id)
+        except Throttled as throttled:  # the run is queued again; so is its job, deferred
+            raise Retry(defer=throttled.delay_s) from None
 
     async def build_dataset(ctx: dict[str, Any], dataset_id: str) -> str:
         return await container.datasets.run_build(dataset_id)

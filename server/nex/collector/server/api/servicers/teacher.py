@@ -8,6 +8,7 @@ from nex.collector.server.api import convert
 from nex.collector.server.api.types import Context
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.services.teacher import NewBatch, NewRun, Teacher
+from nex.collector.server.services.teachers import TeacherEndpoints
 from nex.collector.server.services.watch import Heartbeat, RunWatcher
 from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
@@ -23,9 +24,12 @@ def _full(view: int, default: bool) -> bool:
 
 
 class TeacherServicer(pb_grpc.TeacherServiceServicer):
-    def __init__(self, teacher: Teacher, watcher: RunWatcher) -> None:
+    def __init__(
+        self, teacher: Teacher, watcher: RunWatcher, endpoints: TeacherEndpoints | None = None
+    ) -> None:
         self._teacher = teacher
         self._watcher = watcher
+        self._endpoints = endpoints
 
     async def CreateBatch(
         self, request: pb.CreateBatchRequest, context: Context
@@ -140,3 +144,9 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     ) -> pb.SetRunScoresResponse:
         run = await self._teacher.set_run_scores(request.run_id, dict(request.scores))
         return pb.SetRunScoresResponse(run=convert.run(run))
+
+    async def ListTeachers(
+        self, request: pb.ListTeachersRequest, context: Context
+    ) -> pb.ListTeachersResponse:
+        views = await self._endpoints.list_teachers() if self._endpoints else []
+        return pb.ListTeachersResponse(teachers=[convert.teacher_endpoint(v) for v in views])

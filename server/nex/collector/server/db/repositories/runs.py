@@ -357,12 +357,16 @@ class RunRepository(Repository):
         )
         return (await self.session.execute(stmt)).first() is not None
 
-    async def release(self, keys: Sequence[tuple[str, int]]) -> list[str]:
+    async def release(
+        self, keys: Sequence[tuple[str, int]], *, give_back_attempt: bool = False
+    ) -> list[str]:
         """Running at the given attempt -> queued (its worker is stopping), the
-        attempt kept; returns the ids released. A run whose answer is stored stays
-        running: the reconciler completes it."""
+        attempt kept, or given back when no call was made (throttled); returns
+        the ids released. A run whose answer is stored stays running: the
+        reconciler completes it."""
         if not keys:
             return []
+        attempt = runs.c.attempt - 1 if give_back_attempt else runs.c.attempt
         stmt = (
             update(runs)
             .where(
@@ -370,7 +374,7 @@ class RunRepository(Repository):
                 runs.c.status == RunStatus.RUNNING.value,
                 runs.c.answer_time.is_(None),
             )
-            .values(status=RunStatus.QUEUED.value, lease_expires=None)
+            .values(status=RunStatus.QUEUED.value, lease_expires=None, attempt=attempt)
             .returning(runs.c.id)
         )
         return [r[0] for r in await self.session.execute(stmt)]

