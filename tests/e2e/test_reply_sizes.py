@@ -22,6 +22,7 @@ from nex.collector.client import (
 )
 from nex.collector.server.domain.limits import MAX_VARIABLE_VALUE
 from nex.collector.server.domain.sizes import MAX_CALL_INPUT_BYTES, MAX_RUN_INPUT_BYTES, PAGE_BYTES
+from nex.collector.server.domain.templates import MAX_RENDERED_CHARS
 from nex.collector.v1 import teacher_pb2, teacher_service_pb2, teacher_service_pb2_grpc
 from tests.conftest import unique
 from tests.support.collector import RunningCollector
@@ -36,15 +37,24 @@ def amplifying_template(client: Client) -> str:
     return client.create_template(unique("big"), user_template=body, variables=["v"]).id
 
 
-# A variable value may hold at most MAX_VARIABLE_VALUE characters (edge check),
-# so reaching the per-run cap takes a template that repeats it more.
-WIDE_REPEATS = 32
+# A variable value holds at most MAX_VARIABLE_VALUE characters (edge check) and a
+# rendered message at most MAX_RENDERED_CHARS (sandbox): reaching the per-run cap
+# takes several variables, each rendered twice into both messages.
+WIDE_VARS = ["a", "b", "c", "d", "e"]
+WIDE_REPEATS = 2  # per message
+WIDE_FACTOR = len(WIDE_VARS) * (1 + 2 * WIDE_REPEATS)  # stored chars per char of a value
 
 
 @pytest.fixture(scope="module")
 def wide_template(client: Client) -> str:
-    body = "".join("{{ v }}" for _ in range(WIDE_REPEATS))
-    return client.create_template(unique("wide"), user_template=body, variables=["v"]).id
+    body = "".join("{{ " + v + " }}" for v in WIDE_VARS) * WIDE_REPEATS
+    return client.create_template(
+        unique("wide"), system_template=body, user_template=body, variables=WIDE_VARS
+    ).id
+
+
+def _wide(char: str, length: int) -> dict[str, str]:
+    return {v: char * length for v in WIDE_VARS}
 
 
 def _batch(client: Client, template_id: str) -> str:
@@ -63,9 +73,10 @@ def test_a_run_too_big_to_return_is_refused_and_nothing_is_created(
     client: Client, wide_template: str
 ) -> None:
     batch_id = _batch(client, wide_template)
-    fine = {"v": "x"}
-    too_big = {"v": "y" * (MAX_RUN_INPUT_BYTES // WIDE_REPEATS)}  # rendered 32x, plus itself
-    assert len(too_big["v"]) <= MAX_VARIABLE_VALUE
+    fine = _wide("x", 1)
+    too_big = _wide("y", MAX_RUN_INPUT_BYTES // WIDE_FACTOR + 2000)
+    assert len(too_big["a"]) <= MAX_VARIABLE_VALUE
+    assert len(WIDE_VARS) * WIDE_REPEATS * len(too_big["a"]) <= MAX_RENDERED_CHARS
     with pytest.raises(InvalidArgumentError) as caught:
         client.create_runs(batch_id, [fine, too_big, fine])
     assert [v.field for v in caught.value.field_violations] == ["runs[1].variables"]
@@ -75,10 +86,11 @@ def test_a_run_too_big_to_return_is_refused_and_nothing_is_created(
     assert [v.field for v in single.value.field_violations] == ["variables"]
     assert client.get_batch(batch_id).counts.total == 0
 
-    largest = {"v": "z" * ((MAX_RUN_INPUT_BYTES - KB) // (WIDE_REPEATS + 1))}
-    run = client.create_run(batch_id, largest)  # the full view comes back
-    assert len(run.messages[0].content) == WIDE_REPEATS * len(largest["v"])
-    assert client.get_run(run.id, view=RunView.FULL).variables == largest
+    largest = _wide("z", (MAX_RUN_INPUT_BYTES - KB) // WIDE_FACTOR)
+    run = client.get_run(client.create_run(batch_id, largest).id, view=RunView.FULL)
+    per_message = len(WIDE_VARS) * WIDE_REPEATS * len(largest["a"])
+    assert [len(m.content) for m in run.messages] == [per_message, per_message]
+    assert run.variables == largest
 
 
 def test_a_call_too_big_in_total_is_refused_and_nothing_is_created(

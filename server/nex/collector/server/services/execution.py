@@ -455,8 +455,8 @@ def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
     row: dict[str, Any] = {
         "b_id": o.run_id,
         "b_attempt": o.attempt,
-        "output_text": c.text,
-        "finish_reason": c.finish_reason,
+        "output_text": storable_text(c.text),
+        "finish_reason": storable_text(c.finish_reason),
         "has_logprobs": c.tokens is not None,
         "input_tokens": c.input_tokens,
         "output_tokens": c.output_tokens,
