@@ -16,6 +16,7 @@ from nex.collector.client import Client, connect
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing, backing_services
 from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.processes import RedisProcess
 
 TEACHER_KEY = "sk-test-secret-key-0123456789"
 
@@ -87,3 +88,21 @@ def client(collector: RunningCollector) -> Iterator[Client]:
     """The shipped blocking client, authenticated."""
     with connect(collector.address, token=collector.token) as c:
         yield c
+
+
+@pytest.fixture
+def own_backing(backing: Backing) -> Iterator[Backing]:
+    """A database and Redis database of this test's own (for collectors and
+    worker processes that must not share jobs with the session's)."""
+    with backing.isolated() as own:
+        yield own
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis server process of this test's own, to stop, flush or kill."""
+    server = RedisProcess(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -35,15 +35,6 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
 def limited_api() -> Iterator[FakeTeacherAPI]:
     api = FakeTeacherAPI(
         api_key=TEACHER_KEY, latency_s=0.1, requests_per_min=RPM, answer_tokens=200, record=False
@@ -52,12 +43,6 @@ def limited_api() -> Iterator[FakeTeacherAPI]:
         yield api
     finally:
         api.stop_thread()
-
-
-@pytest.fixture
-def own_backing(backing: Backing) -> Iterator[Backing]:
-    with backing.isolated() as own:
-        yield own
 
 
 def _env(own: Backing, redis: RedisProcess, api: FakeTeacherAPI, tmp: Path) -> dict[str, str]:

@@ -34,21 +34,6 @@ from tests.support.processes import RedisProcess, WorkerProcess
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def own_backing(backing: Backing) -> Iterator[Backing]:
-    with backing.isolated() as own:
-        yield own
-
-
-@pytest.fixture
 def env(
     own_backing: Backing, fresh_teacher_api: FakeTeacherAPI, redis: RedisProcess, tmp_path: Path
 ) -> dict[str, str]:

@@ -43,12 +43,6 @@ WORKERS = 2
 
 
 @pytest.fixture
-def own_backing(backing: Backing) -> Iterator[Backing]:
-    with backing.isolated() as own:
-        yield own
-
-
-@pytest.fixture
 def worker_env(
     own_backing: Backing, fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
 ) -> dict[str, str]:

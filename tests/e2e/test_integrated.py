@@ -32,6 +32,7 @@ from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import integrated_collector as start_integrated
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,10 @@ def integrated_collector(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningCollector]:
     """A collector in integrated mode, on its own database, talking to the fake NEX."""
-    with backing.isolated() as own:
-        settings = collector_settings(
-            own,
-            Path(tmp_path_factory.mktemp("integrated")),
-            MODE_INTEGRATION="integrated",
-            NEX_BASE_URL=nex.base_url,
-            NEX_API_TOKEN=nex.token,
-            NEX_TIMEOUT_S=1.0,
-            **teacher_settings(teacher_api),
-        )
-        with running_collector(settings) as running:
-            yield running
+    with start_integrated(
+        backing, nex, tmp_path_factory.mktemp("integrated"), **teacher_settings(teacher_api)
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

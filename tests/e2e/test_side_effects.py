@@ -34,7 +34,10 @@ from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import (
+    RunningCollector,
+    integrated_collector,
+)
 from tests.support.db import execute, fetch_all
 
 
@@ -54,20 +57,16 @@ def collector_(
     teacher_api: FakeTeacherAPI,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningCollector]:
-    with backing.isolated() as own:
-        settings = collector_settings(
-            own,
-            Path(tmp_path_factory.mktemp("side-effects")),
-            MODE_INTEGRATION="integrated",
-            NEX_BASE_URL=nex.base_url,
-            NEX_API_TOKEN=nex.token,
-            NEX_TIMEOUT_S=10.0,
-            DATABASE_POOL_SIZE=6,
-            DATABASE_MAX_OVERFLOW=3,
-            **teacher_settings(teacher_api),
-        )
-        with running_collector(settings) as running:
-            yield running
+    with integrated_collector(
+        backing,
+        nex,
+        tmp_path_factory.mktemp("side-effects"),
+        NEX_TIMEOUT_S=10.0,
+        DATABASE_POOL_SIZE=6,
+        DATABASE_MAX_OVERFLOW=3,
+        **teacher_settings(teacher_api),
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,7 +17,10 @@ from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.fuzz.strategies import Pools
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import (
+    RunningCollector,
+    integrated_collector,
+)
 
 
 @dataclass
@@ -47,18 +49,10 @@ def fuzz_collector(
     teacher_api: FakeTeacherAPI,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningCollector]:
-    with backing.isolated() as own:
-        settings = collector_settings(
-            own,
-            Path(tmp_path_factory.mktemp("fuzz")),
-            MODE_INTEGRATION="integrated",
-            NEX_BASE_URL=fuzz_nex.base_url,
-            NEX_API_TOKEN=fuzz_nex.token,
-            NEX_TIMEOUT_S=1.0,
-            **teacher_settings(teacher_api),
-        )
-        with running_collector(settings) as running:
-            yield running
+    with integrated_collector(
+        backing, fuzz_nex, tmp_path_factory.mktemp("fuzz"), **teacher_settings(teacher_api)
+    ) as running:
+        yield running
 
 
 def _seed(client: Client) -> tuple[Pools, str]:

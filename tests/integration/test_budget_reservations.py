@@ -5,9 +5,7 @@ the books straight."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from nex.collector.server.db.migrate import upgrade_to_head
@@ -15,12 +13,6 @@ from nex.collector.server.db.repositories.budgets import Hold, Settlement
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.budgets import Budget
 from tests.support.backing import Backing
-
-
-@pytest.fixture
-def own_backing(backing: Backing) -> Iterator[Backing]:
-    with backing.isolated() as own:
-        yield own
 
 
 async def _reserve(uow: UnitOfWorkFactory, run_id: str, holds: list[Hold]) -> bool:

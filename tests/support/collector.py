@@ -78,3 +78,22 @@ def running_collector(
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(60)
+
+
+@contextmanager
+def integrated_collector(
+    backing: Backing, nex: Any, data_dir: Path, **overrides: Any
+) -> Iterator[RunningCollector]:
+    """A collector in integrated mode talking to a fake NEX (`nex`: a FakeNex),
+    on a database and Redis database of its own."""
+    with backing.isolated() as own:
+        settings = collector_settings(
+            own,
+            data_dir,
+            MODE_INTEGRATION="integrated",
+            NEX_BASE_URL=nex.base_url,
+            NEX_API_TOKEN=nex.token,
+            **{"NEX_TIMEOUT_S": 1.0, **overrides},
+        )
+        with running_collector(settings) as running:
+            yield running

@@ -76,6 +76,8 @@ async def test_the_embedded_services_start_off_the_event_loop(
         )
 
     monkeypatch.setattr(bootstrap, "start_embedded", start)
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # CI runs the suite with them set too
+    monkeypatch.delenv("REDIS_URL", raising=False)
     urls = await bootstrap.resolve_urls(load_settings(DATA_DIR=tmp_path))
     assert urls[:2] == ("postgresql+asyncpg://x/y", "redis://x/0")
     assert started_in and started_in[0] is not loop_thread
