@@ -36,8 +36,9 @@ dev: $(STAMP) ## embedded PostgreSQL + Redis, migrations, server and worker
 test: $(STAMP) ## the whole suite, starting whatever it needs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-fuzz: $(STAMP) ## the fuzz suite with many more examples (a few minutes)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz -p no:cacheprovider $(PYTEST_ARGS)
+fuzz: $(STAMP) ## the property tests with many more examples (a few minutes)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz tests/e2e/test_template_sandbox.py \
+	  -p no:cacheprovider --timeout 1800 $(PYTEST_ARGS)
 
 proto: $(STAMP) ## regenerate the committed code in client/ from proto/
 	rm -f $(PROTO_OUT)/nex/collector/v1/*_pb2*.py $(PROTO_OUT)/nex/collector/v1/*_pb2*.pyi
