@@ -79,12 +79,15 @@ def teachers_client(
     path.write_text(teachers_toml(teacher_api.openai_base_url, local_api.openai_base_url))
     os.environ[KEY_ENV] = TEACHER_KEY
     try:
-        settings = collector_settings(backing, data, TEACHERS_FILE=str(path), TEACHER_TIMEOUT_S=5)
-        with (
-            running_collector(settings) as running,
-            connect(running.address, token=running.token) as client,
-        ):
-            yield client
+        # A database and Redis database of its own: another collector's worker
+        # knows no teacher 'local' and must never take these runs.
+        with backing.isolated() as own:
+            settings = collector_settings(own, data, TEACHERS_FILE=str(path), TEACHER_TIMEOUT_S=5)
+            with (
+                running_collector(settings) as running,
+                connect(running.address, token=running.token) as client,
+            ):
+                yield client
     finally:
         os.environ.pop(KEY_ENV, None)
 
