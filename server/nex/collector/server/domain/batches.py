@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from nex.collector.server.domain.budgets import BatchPause, Budget
-from nex.collector.server.domain.errors import Violations, key_path, quote
+from nex.collector.server.domain.errors import Violations, key_path
 from nex.collector.server.domain.limits import (
     MAX_RUNS_PER_CALL,
     MAX_SCORE_NAME,
@@ -22,7 +22,6 @@ from nex.collector.server.domain.scoring import BUILTIN_SCORES
 from nex.collector.server.domain.teacher import (
     ChatMessage,
     GenerationParams,
-    Provider,
     RunStatus,
     TokenLogprobs,
 )
@@ -164,13 +163,6 @@ def check_params(v: Violations, field: str, p: GenerationParams) -> None:
         bad("stop", "stop sequences must not be empty")
     if any(len(s) > MAX_STOP_LENGTH for s in p.stop):
         bad("stop", f"stop sequences are at most {MAX_STOP_LENGTH} characters")
-
-
-def check_provider(v: Violations, field: str, provider: str) -> None:
-    if provider not in {p.value for p in Provider}:
-        v.add(
-            field, f"must be one of {', '.join(p.value for p in Provider)}; got {quote(provider)}"
-        )
 
 
 def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None:

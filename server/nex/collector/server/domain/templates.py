@@ -243,12 +243,6 @@ def compile_template(source: str) -> jinja2.Template:
     return _environment().from_string(source)
 
 
-def check_template_source(v: Violations, field: str, source: str, declared: Sequence[str]) -> None:
-    """Adds a violation for each problem of `source` (see template_problems)."""
-    for problem in template_problems(source, declared):
-        v.add(field, problem)
-
-
 def check_variable_names(v: Violations, field: str, names: Sequence[str]) -> None:
     if len(names) > MAX_VARIABLES:
         v.add(field, f"at most {MAX_VARIABLES} variables are allowed")

@@ -13,7 +13,6 @@ from nex.collector.server.domain.batches import (
     BatchView,
     Run,
     check_params,
-    check_provider,
     check_scores,
 )
 from nex.collector.server.domain.budgets import MAX_COST_USD, CostEstimate, check_cap
@@ -101,8 +100,7 @@ class Teacher:
         queue: JobQueue,
         engine: TemplateEngine,
         *,
-        provider_ready: Mapping[str, str | None] | None = None,
-        teachers: TeacherDirectory | None = None,
+        teachers: TeacherDirectory,
         integrated: bool = False,
         budgets: Budgets | None = None,
         evidence: Evidence | None = None,
@@ -114,17 +112,12 @@ class Teacher:
         self._engine = engine
         self._integrated = integrated
         self._teachers = teachers
-        # provider -> why it cannot be used here (None: usable)
-        self._provider_problem = dict(provider_ready or {})
-        if teachers is not None:
-            self._provider_problem.update({t.name: t.problem for t in teachers})
+        # teacher -> why it cannot be used here (None: usable)
+        self._provider_problem = {t.name: t.problem for t in teachers}
 
     def _check_teacher(self, v: Violations, provider: str, params: GenerationParams) -> None:
         """`provider` names a known teacher that accepts the params' top_logprobs."""
-        if self._teachers is not None:
-            self._teachers.check(v, "provider", provider, params.top_logprobs)
-        else:
-            check_provider(v, "provider", provider)
+        self._teachers.check(v, "provider", provider, params.top_logprobs)
 
     # -- batches -----------------------------------------------------------------
 
