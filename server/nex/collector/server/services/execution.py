@@ -449,32 +449,11 @@ def _observe_completion(provider: str, o: Outcome) -> None:
         metrics.TEACHER_COST.labels(provider).inc(o.cost_usd)
 
 
-def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
-    c = o.completion
-    assert c is not None
-    row: dict[str, Any] = {
-        "b_id": o.run_id,
-        "b_attempt": o.attempt,
-        "output_text": storable_text(c.text),
-        "finish_reason": storable_text(c.finish_reason),
-        "has_logprobs": c.tokens is not None,
-        "input_tokens": c.input_tokens,
-        "output_tokens": c.output_tokens,
-        "cost_usd": o.cost_usd,
-        "latency_ms": o.latency_ms,
-        "answer_time": answered_at,
-    }
-    row.update(tokens_to_row(c.tokens))
-    return row
-
-
-def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
+def _answer(o: Outcome) -> dict[str, Any]:
+    """The columns of what the teacher answered (none for a failed call), as
+    PostgreSQL can store them."""
     c = o.completion
     row: dict[str, Any] = {
-        "b_id": o.run_id,
-        "status": o.status.value,
-        "error_code": o.error.code if o.error else None,
-        "error_message": storable_text(o.error.message) if o.error else None,
         "output_text": storable_text(c.text) if c else None,
         "finish_reason": storable_text(c.finish_reason) if c else None,
         "has_logprobs": bool(c and c.tokens is not None),
@@ -482,7 +461,22 @@ def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
         "output_tokens": c.output_tokens if c else 0,
         "cost_usd": o.cost_usd,
         "latency_ms": o.latency_ms,
-        "end_time": finished_at,
     }
     row.update(tokens_to_row(c.tokens if c else None))
     return row
+
+
+def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
+    assert o.completion is not None
+    return {"b_id": o.run_id, "b_attempt": o.attempt, "answer_time": answered_at, **_answer(o)}
+
+
+def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
+    return {
+        "b_id": o.run_id,
+        "status": o.status.value,
+        "error_code": o.error.code if o.error else None,
+        "error_message": storable_text(o.error.message) if o.error else None,
+        "end_time": finished_at,
+        **_answer(o),
+    }

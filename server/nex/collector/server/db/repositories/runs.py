@@ -30,6 +30,20 @@ from nex.collector.server.domain.validation import storable_texts
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
+# What a teacher's answer sets on its run, bound by name (one executemany).
+_ANSWER_VALUES: dict[str, Any] = {
+    name: bindparam(name)
+    for name in (
+        "output_text",
+        "finish_reason",
+        "has_logprobs",
+        *_TOKEN_COLUMNS,
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "latency_ms",
+    )
+}
 # No run of a paused batch starts; the reconciler leaves its queued runs alone.
 _BATCH_NOT_PAUSED = (
     ~select(batches.c.id)
@@ -274,20 +288,9 @@ class RunRepository(Repository):
                 status=bindparam("status"),
                 error_code=bindparam("error_code"),
                 error_message=bindparam("error_message"),
-                output_text=bindparam("output_text"),
-                finish_reason=bindparam("finish_reason"),
-                has_logprobs=bindparam("has_logprobs"),
-                token_texts=bindparam("token_texts"),
-                token_logprobs=bindparam("token_logprobs"),
-                top_counts=bindparam("top_counts"),
-                top_tokens=bindparam("top_tokens"),
-                top_logprobs=bindparam("top_logprobs"),
-                input_tokens=bindparam("input_tokens"),
-                output_tokens=bindparam("output_tokens"),
-                cost_usd=bindparam("cost_usd"),
-                latency_ms=bindparam("latency_ms"),
                 end_time=bindparam("end_time"),
                 lease_expires=None,
+                **_ANSWER_VALUES,
             )
         )
         await self.session.execute(
@@ -309,19 +312,8 @@ class RunRepository(Repository):
                 runs.c.attempt == bindparam("b_attempt"),
             )
             .values(
-                output_text=bindparam("output_text"),
-                finish_reason=bindparam("finish_reason"),
-                has_logprobs=bindparam("has_logprobs"),
-                token_texts=bindparam("token_texts"),
-                token_logprobs=bindparam("token_logprobs"),
-                top_counts=bindparam("top_counts"),
-                top_tokens=bindparam("top_tokens"),
-                top_logprobs=bindparam("top_logprobs"),
-                input_tokens=bindparam("input_tokens"),
-                output_tokens=bindparam("output_tokens"),
-                cost_usd=bindparam("cost_usd"),
-                latency_ms=bindparam("latency_ms"),
                 answer_time=bindparam("answer_time"),
+                **_ANSWER_VALUES,
             )
         )
         await self.session.execute(
