@@ -52,6 +52,19 @@ async def test_configured_requests_stay_within_any_second(redis: aioredis.Redis)
     assert 0.5 < grants[5].wait_s <= 1.05
 
 
+async def test_waiters_queue_in_turn_and_keep_their_turn(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(requests_per_min=540)  # 9 in any second
+    assert all([(await limiter.acquire("t", "m", f"r{i}", 10, limits)).granted for i in range(9)])
+    waits = [(await limiter.acquire("t", "m", f"w{i}", 10, limits)).wait_s for i in range(30)]
+    # one call's share of a second apart, in the order they asked
+    assert waits == sorted(waits) and waits[-1] - waits[0] >= 29 / 9 - 0.05
+    # asking again keeps the place in the queue instead of going to the back
+    again = await limiter.acquire("t", "m", "w0", 10, limits)
+    assert not again.granted and again.wait_s <= waits[0] + 0.05
+    assert (await limiter.usage("t")).waiting == 30
+
+
 async def test_high_limits_allow_no_burst(redis: aioredis.Redis) -> None:
     limiter = RateLimiter(redis, lease_s=60, margin=1.0)
     limits = BucketLimits(requests_per_min=6000)  # 100 a second, at most 20 in 100 ms

@@ -7,8 +7,10 @@ tokens_per_min / 60 tokens (prompt bound + max_tokens, corrected to the usage
 after the call), run slightly under the limit (`MARGIN`). A provider counting
 in one-second windows (OpenAI) then never sees one too many, however late a
 busy worker comes back: the grant is taken when the call goes out, not booked
-ahead. A caller told to wait gets a time spread by the backlog (runs waiting
-for this teacher / calls per second), so waiters do not all return at once.
+ahead. A caller told to wait is given a turn at the back of one queue per
+teacher (one call's share of a second after the last turn), and keeps it when
+it asks again: waiters do not all return at once, and none is overtaken for
+coming back.
 Requests in flight are a sorted set of leases that expire, so a killed
 worker leaks nothing.
 
@@ -60,13 +62,21 @@ end
 local rpm, tpm = limit(cfg_rpm, s[1]), limit(cfg_tpm, s[2])
 local blocked, wtokens = tonumber(s[3]) or 0, tonumber(s[5]) or 0
 local function wait(ms, why, per_s)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if per_s and per_s > 0 then
-    -- spread the waiters out: roughly when their turn comes
-    local backlog = redis.call('ZCARD', KEYS[3])
-    ms = math.max(ms, backlog * 1000 / per_s)
+  -- The waiting runs form one queue, by turn (the zset's score): a run keeps
+  -- its turn when it asks again, so coming back never sends it to the back.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 30000)
+  local turn = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  if turn then
+    ms = math.max(ms, turn - now)
+  elseif per_s and per_s > 0 then
+    local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+    local tail = now
+    if #last > 0 then tail = math.max(now, tonumber(last[2])) end
+    ms = math.max(ms, tail + 1000 / per_s - now)
+    redis.call('ZADD', KEYS[3], now + ms, id)
+  else
+    redis.call('ZADD', KEYS[3], now + ms, id)
   end
-  redis.call('ZADD', KEYS[3], now + ms + 30000, id)
   redis.call('PEXPIRE', KEYS[3], math.ceil(ms) + 60000)
   return {0, math.ceil(ms), why}
 end
@@ -175,7 +185,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local slot = math.floor(now / 10000)
 local out = {redis.call('ZCOUNT', KEYS[1], now, '+inf'), 0, 0, 0, 0}
-out[2] = redis.call('ZCOUNT', KEYS[2], now, '+inf')
+out[2] = redis.call('ZCOUNT', KEYS[2], now - 30000, '+inf')
 for i = 0, 5 do
   local v = redis.call('HMGET', KEYS[3] .. (slot - i), 'calls', 'tokens', 'limited')
   out[3] = out[3] + (tonumber(v[1]) or 0)
