@@ -1,0 +1,302 @@
+"""What follow watchers cost: one batch of N runs through `nex-collector serve` and
+`nex-collector worker` (separate processes) against the fake OpenAI server, with
+W watchers following the batch from another process, for each W in --watchers.
+
+For each W it prints:
+- pace: runs per second from the first submit to the last event committed,
+  and its ratio to the first W (one watcher);
+- server CPU (the `serve` process only) per extra event delivered: its CPU time
+  over the batch, minus the first W's, over the extra events sent;
+- commit -> delivery latency (p50, p99) over every event every watcher got,
+  from the event's stored time (the appending transaction's start, so a few ms
+  early) to when the watcher's client yielded it;
+- whether every watcher got every event of the batch in order exactly once
+  (checked against the stored log).
+
+    python bench/watch.py [--runs 2000] [--watchers 1,200,1000] [--latency-ms 0]
+
+The watchers use the shipped AsyncClient (`watch_batch(..., follow=True)`),
+all in one process; the machine's other work (worker, PostgreSQL, the
+watchers' own client) shares its cores, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from bench._support import backing, fake_teacher, free_port, process, wait_port  # noqa: E402
+
+KEY = "sk-bench"
+TOKEN = "bench"
+USER = "Write a short paragraph about {{ topic }}."
+# Latency histogram upper bounds, seconds (log-spaced, 1 ms .. ~18 min).
+BOUNDS = [0.001 * 1.25**i for i in range(60)]
+MOD = (1 << 61) - 1
+LEAK = "Task was destroyed but it is pending"
+
+
+def _fold(h: int, revision: int) -> int:
+    return (h * 1_000_003 + revision) % MOD
+
+
+# ------------------------------------------------------------------ the crowd
+
+
+async def _crowd(address: str, batch_id: str, watchers: int, runs: int) -> None:
+    """W watchers of one batch; prints `ready` once each has its first event,
+    then one JSON line of results when each has seen `runs` COMPLETED events."""
+    from nex.collector.client import AsyncClient, RunStatus
+
+    hist = [0] * (len(BOUNDS) + 1)
+    results: list[tuple[int, int, bool]] = []
+    started = 0
+
+    async with AsyncClient.connect(address, token=TOKEN) as client:
+
+        async def one() -> None:
+            nonlocal started
+            n = h = last = completed = 0
+            ordered = True
+            async for event in client.watch_batch(batch_id, follow=True):
+                if n == 0:
+                    started += 1
+                    if started == watchers:
+                        print("ready", flush=True)
+                elif event.time is not None:
+                    hist[bisect.bisect_left(BOUNDS, time.time() - event.time.timestamp())] += 1
+                ordered = ordered and event.revision > last
+                last = event.revision
+                n += 1
+                h = _fold(h, event.revision)
+                if event.status == RunStatus.COMPLETED:
+                    completed += 1
+                    if completed == runs:
+                        break
+            results.append((n, h, ordered))
+
+        await asyncio.gather(*(one() for _ in range(watchers)))
+    print(json.dumps({"results": results, "hist": hist}), flush=True)
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def _quantile(hist: list[int], q: float) -> float:
+    total = sum(hist)
+    if not total:
+        return float("nan")
+    rank, seen = q * total, 0
+    for i, count in enumerate(hist):
+        seen += count
+        if seen >= rank:
+            return BOUNDS[i] if i < len(BOUNDS) else float("inf")
+    return float("inf")
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+async def _stored(database_url: str, batch_id: str) -> tuple[int, int, float]:
+    """The batch's stored log: (events, fold of revisions, last event's time)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT revision, time FROM run_events WHERE batch_id = $1 ORDER BY revision",
+            batch_id,
+        )
+    finally:
+        await conn.close()
+    h = 0
+    for r in rows:
+        h = _fold(h, r["revision"])
+    return len(rows), h, rows[-1]["time"].timestamp()
+
+
+async def _new_batch(address: str) -> str:
+    from nex.collector.client import AsyncClient, GenerationParams
+
+    async with AsyncClient.connect(address, token=TOKEN) as client:
+        template = await client.create_template(
+            f"watch-{time.time_ns()}", user_template=USER, variables=["topic"]
+        )
+        batch = await client.create_batch(
+            "watch-bench",
+            template.id,
+            "openai",
+            "gpt-4o-mini",
+            params=GenerationParams(top_logprobs=5, max_tokens=64),
+        )
+        await client.create_runs(batch.id, [{"topic": "subject 0"}])  # the crowd's first event
+        return batch.id
+
+
+async def _create_rest(address: str, batch_id: str, runs: int) -> None:
+    from nex.collector.client import AsyncClient
+
+    async with AsyncClient.connect(address, token=TOKEN) as client:
+        for i in range(1, runs, 1000):
+            chunk = [{"topic": f"subject {j}"} for j in range(i, min(runs, i + 1000))]
+            await client.create_runs(batch_id, chunk)
+
+
+def measure(
+    address: str, server: int, worker: int, database_url: str, runs: int, watchers: int, logs: Path
+) -> dict[str, float | bool | int]:
+    batch_id = asyncio.run(_new_batch(address))
+    with (logs / "crowd.log").open("ab") as err:
+        crowd = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--crowd",
+                address,
+                batch_id,
+                str(watchers),
+                str(runs),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=ROOT,
+        )
+    assert crowd.stdout is not None
+    try:
+        line = crowd.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the watchers did not start (see {logs / 'crowd.log'})")
+        cpu0, wcpu0, ccpu0 = _cpu(server), _cpu(worker), _cpu(crowd.pid)
+        started = time.time()
+        asyncio.run(_create_rest(address, batch_id, runs))
+        report = json.loads(crowd.stdout.readline())
+        delivered_at = time.time()
+        cpu, wcpu, ccpu = (
+            _cpu(server) - cpu0,
+            _cpu(worker) - wcpu0,
+            _cpu(crowd.pid) - ccpu0,
+        )
+        crowd.wait(60)
+    finally:
+        if crowd.poll() is None:
+            crowd.kill()
+    events, fold, last_committed = asyncio.run(_stored(database_url, batch_id))
+    exact = all(n == events and h == fold and ok for n, h, ok in report["results"])
+    exact = exact and len(report["results"]) == watchers
+    return {
+        "pace": runs / (last_committed - started),
+        "server_cpu": cpu,
+        "worker_cpu": wcpu,
+        "crowd_cpu": ccpu,
+        "events": events,
+        "p50": _quantile(report["hist"], 0.5),
+        "p99": _quantile(report["hist"], 0.99),
+        "exact": exact,
+        "all_delivered_s": delivered_at - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--watchers", default="1,200,1000", help="the first is the baseline")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--crowd", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.crowd:
+        address, batch_id, watchers, runs = args.crowd
+        asyncio.run(_crowd(address, batch_id, int(watchers), int(runs)))
+        return
+    counts = [int(x) for x in args.watchers.split(",")]
+    with (
+        tempfile.TemporaryDirectory(prefix="nexc-bench-logs-") as tmp,
+        backing() as (db, redis),
+        fake_teacher(args.latency_ms, Path(tmp) / "fake.log") as base_url,
+    ):
+        logs = Path(tmp)
+        port = free_port()
+        env = {
+            "DATABASE_URL": db,
+            "REDIS_URL": redis,
+            "DATA_DIR": str(logs / "data"),
+            "NEX_COLLECTOR_ADDR": f"127.0.0.1:{port}",
+            "NEX_COLLECTOR_TOKENS": TOKEN,
+            "OPENAI_BASE_URL": f"{base_url}/v1",
+            "OPENAI_API_KEY": KEY,
+            "LOG_LEVEL": "WARNING",
+        }
+        cli = [sys.executable, "-m", "nex.collector.server.cli"]
+        address = f"127.0.0.1:{port}"
+        rows = []
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(
+                process([*cli, "serve", "--migrate"], env, logs / "server.log")
+            )
+            wait_port(port)
+            worker = stack.enter_context(process([*cli, "worker"], env, logs / "worker.log"))
+            time.sleep(1.0)
+            measure(address, server.pid, worker.pid, db, 50, 1, logs)  # warm up
+            for w in counts:
+                row = measure(address, server.pid, worker.pid, db, args.runs, w, logs)
+                rows.append((w, row))
+                _print(args.runs, w, row, rows[0][1])
+        leaks = sum(
+            (logs / name).read_text(errors="replace").count(LEAK)
+            for name in ("server.log", "crowd.log")
+        )
+    print(f"'{LEAK}' logged {leaks} times (server and watchers)")
+    _verdict(rows)
+
+
+def _print(runs: int, w: int, row: dict[str, float | bool | int], base: dict[str, float | bool | int]) -> None:
+    extra = (w - 1) * int(row["events"])
+    per_event = (
+        f"{(float(row['server_cpu']) - float(base['server_cpu'])) / extra * 1e6:6.1f} us"
+        if extra > 0
+        else "     -   "
+    )
+    print(
+        f"N={runs} watchers {w:5d}  pace {row['pace']:6.1f} runs/s "
+        f"({float(row['pace']) / float(base['pace']):4.2f}x)  "
+        f"server CPU {row['server_cpu']:6.2f} s, {per_event} per extra event delivered  "
+        f"commit->delivery p50 {float(row['p50']) * 1000:7.0f} ms p99 {float(row['p99']) * 1000:7.0f} ms  "
+        f"all delivered {row['all_delivered_s']:6.1f} s  "
+        f"every event once, in order: {'yes' if row['exact'] else 'NO'}  "
+        f"(worker CPU {row['worker_cpu']:.1f} s, watchers' client CPU {row['crowd_cpu']:.1f} s)",
+        flush=True,
+    )
+
+
+def _verdict(rows: list[tuple[int, dict[str, float | bool | int]]]) -> None:
+    base = rows[0][1]
+    ok = True
+    for w, row in rows[1:]:
+        extra = (w - 1) * int(row["events"])
+        cpu = (float(row["server_cpu"]) - float(base["server_cpu"])) / extra * 1e6
+        ok = ok and float(row["pace"]) / float(base["pace"]) >= 0.8 and cpu <= 20
+        if w <= 200:
+            ok = ok and float(row["p99"]) < 2.0
+    ok = ok and all(row["exact"] for _, row in rows)
+    print(
+        "targets (pace >= 0.8x one watcher, <= 20 us server CPU per extra event, "
+        f"p99 < 2 s up to 200 watchers, every event once in order): {'met' if ok else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
