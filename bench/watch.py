@@ -15,9 +15,13 @@ For each W it prints:
 
     python bench/watch.py [--runs 2000] [--watchers 1,200,1000] [--latency-ms 0]
 
-The watchers use the shipped AsyncClient (`watch_batch(..., follow=True)`),
-all in one process; the machine's other work (worker, PostgreSQL, the
-watchers' own client) shares its cores, so read the ratios.
+The watchers run in one process of their own. By default (`--client lean`)
+they ask for batches and read the messages' fields directly, resuming by
+revision on ABORTED/UNAVAILABLE like the shipped client: the Python client's
+own cost per event (building a RunEvent dataclass, ~10-25 us) would otherwise
+dominate a 2-core box at 1,000 watchers. `--client shipped` uses
+`AsyncClient.watch_batch(..., follow=True)`. Everything (server, worker,
+PostgreSQL, the watchers) shares the machine's cores, so read the ratios.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,6 +52,7 @@ USER = "Write a short paragraph about {{ topic }}."
 BOUNDS = [0.001 * 1.25**i for i in range(60)]
 MOD = (1 << 61) - 1
 LEAK = "Task was destroyed but it is pending"
+Row = dict[str, Any]
 
 
 def _fold(h: int, revision: int) -> int:
@@ -56,39 +62,102 @@ def _fold(h: int, revision: int) -> int:
 # ------------------------------------------------------------------ the crowd
 
 
-async def _crowd(address: str, batch_id: str, watchers: int, runs: int) -> None:
+async def _crowd(address: str, batch_id: str, watchers: int, runs: int, client: str) -> None:
     """W watchers of one batch; prints `ready` once each has its first event,
     then one JSON line of results when each has seen `runs` COMPLETED events."""
-    from nex.collector.client import AsyncClient, RunStatus
-
     hist = [0] * (len(BOUNDS) + 1)
     results: list[tuple[int, int, bool]] = []
     started = 0
 
-    async with AsyncClient.connect(address, token=TOKEN) as client:
+    class Watcher:
+        def __init__(self) -> None:
+            self.n = self.h = self.last = self.completed = 0
+            self.ordered = True
 
-        async def one() -> None:
+        def saw(self, revision: int, completed: bool, stamp: float) -> bool:
+            """Records one event; True once the batch is complete."""
             nonlocal started
-            n = h = last = completed = 0
-            ordered = True
-            async for event in client.watch_batch(batch_id, follow=True):
-                if n == 0:
-                    started += 1
-                    if started == watchers:
-                        print("ready", flush=True)
-                elif event.time is not None:
-                    hist[bisect.bisect_left(BOUNDS, time.time() - event.time.timestamp())] += 1
-                ordered = ordered and event.revision > last
-                last = event.revision
-                n += 1
-                h = _fold(h, event.revision)
-                if event.status == RunStatus.COMPLETED:
-                    completed += 1
-                    if completed == runs:
-                        break
-            results.append((n, h, ordered))
+            if self.n == 0:
+                started += 1
+                if started == watchers:
+                    print("ready", flush=True)
+            else:
+                hist[bisect.bisect_left(BOUNDS, time.time() - stamp)] += 1
+            self.ordered = self.ordered and revision > self.last
+            self.last = revision
+            self.n += 1
+            self.h = _fold(self.h, revision)
+            self.completed += completed
+            return self.completed == runs
 
-        await asyncio.gather(*(one() for _ in range(watchers)))
+    async def shipped() -> None:
+        from nex.collector.client import AsyncClient, RunStatus
+
+        async with AsyncClient.connect(address, token=TOKEN) as c:
+
+            async def one() -> None:
+                w = Watcher()
+                async for e in c.watch_batch(batch_id, follow=True):
+                    stamp = e.time.timestamp() if e.time else 0.0
+                    if w.saw(e.revision, e.status == RunStatus.COMPLETED, stamp):
+                        break
+                results.append((w.n, w.h, w.ordered))
+
+            await asyncio.gather(*(one() for _ in range(watchers)))
+
+    async def lean() -> None:
+        """Reads the messages without building the client's RunEvent objects
+        (what a compiled client would cost), resuming like the shipped one."""
+        import grpc
+
+        from nex.collector.v1 import teacher_pb2
+        from nex.collector.v1 import teacher_service_pb2 as pb
+        from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
+
+        completed = teacher_pb2.RUN_STATUS_COMPLETED
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            stub = pb_grpc.TeacherServiceStub(channel)
+
+            async def one() -> None:
+                w = Watcher()
+                done = False
+                while not done:
+                    request = pb.WatchRunsRequest(
+                        batch_id=batch_id,
+                        after_revision=w.last,
+                        follow=True,
+                        max_events_per_message=1000,
+                    )
+                    try:
+                        async for msg in stub.WatchRuns(request, metadata=metadata):
+                            kind = msg.WhichOneof("kind")
+                            events = (
+                                (msg.event,)
+                                if kind == "event"
+                                else msg.events.events
+                                if kind == "events"
+                                else ()
+                            )
+                            for e in events:
+                                stamp = e.time.seconds + e.time.nanos / 1e9
+                                if e.revision > w.last and w.saw(
+                                    e.revision, e.status == completed, stamp
+                                ):
+                                    done = True
+                                    break
+                            if done:
+                                break
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() not in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
+                            raise
+                        print(f"resuming after {err.code().name}", file=sys.stderr, flush=True)
+                results.append((w.n, w.h, w.ordered))
+
+            await asyncio.gather(*(one() for _ in range(watchers)))
+
+    await (shipped() if client == "shipped" else lean())
     print(json.dumps({"results": results, "hist": hist}), flush=True)
 
 
@@ -158,8 +227,15 @@ async def _create_rest(address: str, batch_id: str, runs: int) -> None:
 
 
 def measure(
-    address: str, server: int, worker: int, database_url: str, runs: int, watchers: int, logs: Path
-) -> dict[str, float | bool | int]:
+    address: str,
+    server: int,
+    worker: int,
+    database_url: str,
+    runs: int,
+    watchers: int,
+    client: str,
+    logs: Path,
+) -> Row:
     batch_id = asyncio.run(_new_batch(address))
     with (logs / "crowd.log").open("ab") as err:
         crowd = subprocess.Popen(
@@ -171,6 +247,7 @@ def measure(
                 batch_id,
                 str(watchers),
                 str(runs),
+                client,
             ],
             stdout=subprocess.PIPE,
             stderr=err,
@@ -216,11 +293,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--watchers", default="1,200,1000", help="the first is the baseline")
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--crowd", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--client",
+        choices=("lean", "shipped"),
+        default="lean",
+        help="lean: the watchers read the messages' fields directly (the server's cost, "
+        "without the Python client's per-event objects); shipped: AsyncClient.watch_batch",
+    )
+    parser.add_argument("--crowd", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.crowd:
-        address, batch_id, watchers, runs = args.crowd
-        asyncio.run(_crowd(address, batch_id, int(watchers), int(runs)))
+        address, batch_id, watchers, runs, client = args.crowd
+        asyncio.run(_crowd(address, batch_id, int(watchers), int(runs), client))
         return
     counts = [int(x) for x in args.watchers.split(",")]
     with (
@@ -250,9 +334,9 @@ def main() -> None:
             wait_port(port)
             worker = stack.enter_context(process([*cli, "worker"], env, logs / "worker.log"))
             time.sleep(1.0)
-            measure(address, server.pid, worker.pid, db, 50, 1, logs)  # warm up
+            measure(address, server.pid, worker.pid, db, 50, 1, args.client, logs)  # warm up
             for w in counts:
-                row = measure(address, server.pid, worker.pid, db, args.runs, w, logs)
+                row = measure(address, server.pid, worker.pid, db, args.runs, w, args.client, logs)
                 rows.append((w, row))
                 _print(args.runs, w, row, rows[0][1])
         leaks = sum(
@@ -263,7 +347,7 @@ def main() -> None:
     _verdict(rows)
 
 
-def _print(runs: int, w: int, row: dict[str, float | bool | int], base: dict[str, float | bool | int]) -> None:
+def _print(runs: int, w: int, row: Row, base: Row) -> None:
     extra = (w - 1) * int(row["events"])
     per_event = (
         f"{(float(row['server_cpu']) - float(base['server_cpu'])) / extra * 1e6:6.1f} us"
@@ -274,7 +358,7 @@ def _print(runs: int, w: int, row: dict[str, float | bool | int], base: dict[str
         f"N={runs} watchers {w:5d}  pace {row['pace']:6.1f} runs/s "
         f"({float(row['pace']) / float(base['pace']):4.2f}x)  "
         f"server CPU {row['server_cpu']:6.2f} s, {per_event} per extra event delivered  "
-        f"commit->delivery p50 {float(row['p50']) * 1000:7.0f} ms p99 {float(row['p99']) * 1000:7.0f} ms  "
+        f"commit->delivery p50 {row['p50'] * 1000:7.0f} ms p99 {row['p99'] * 1000:7.0f} ms  "
         f"all delivered {row['all_delivered_s']:6.1f} s  "
         f"every event once, in order: {'yes' if row['exact'] else 'NO'}  "
         f"(worker CPU {row['worker_cpu']:.1f} s, watchers' client CPU {row['crowd_cpu']:.1f} s)",
@@ -282,7 +366,7 @@ def _print(runs: int, w: int, row: dict[str, float | bool | int], base: dict[str
     )
 
 
-def _verdict(rows: list[tuple[int, dict[str, float | bool | int]]]) -> None:
+def _verdict(rows: list[tuple[int, Row]]) -> None:
     base = rows[0][1]
     ok = True
     for w, row in rows[1:]:
