@@ -8,12 +8,13 @@ For each W it prints:
 - server CPU (the `serve` process only) per extra event delivered: its CPU time
   over the batch, minus the first W's, over the extra events sent;
 - commit -> delivery latency (p50, p99) over every event every watcher got,
-  from the event's stored time (the appending transaction's start, so a few ms
-  early) to when the watcher's client yielded it;
+  from its commit (seen by a LISTEN of the bench's own, see `Commits`) to
+  when the watcher read it;
 - whether every watcher got every event of the batch in order exactly once
   (checked against the stored log).
 
     python bench/watch.py [--runs 2000] [--watchers 1,200,1000] [--latency-ms 0]
+                          [--repeats 1] [--client lean|shipped]
 
 The watchers run in one process of their own. By default (`--client lean`)
 they ask for batches and read the messages' fields directly, resuming by
@@ -27,13 +28,16 @@ PostgreSQL, the watchers) shares the machine's cores, so read the ratios.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import bisect
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,27 +66,30 @@ def _fold(h: int, revision: int) -> int:
 # ------------------------------------------------------------------ the crowd
 
 
-async def _crowd(address: str, batch_id: str, watchers: int, runs: int, client: str) -> None:
-    """W watchers of one batch; prints `ready` once each has its first event,
-    then one JSON line of results when each has seen `runs` COMPLETED events."""
-    hist = [0] * (len(BOUNDS) + 1)
+async def _crowd(
+    address: str, batch_id: str, watchers: int, runs: int, client: str
+) -> tuple[list[tuple[int, int, bool]], list[array.array[float]]]:
+    """W watchers of one batch; prints `ready` once each has its first event;
+    returns once each has seen `runs` COMPLETED events: per watcher, (events,
+    fold of revisions, in order) and when it got each event."""
     results: list[tuple[int, int, bool]] = []
+    received: list[array.array[float]] = []
     started = 0
 
     class Watcher:
         def __init__(self) -> None:
             self.n = self.h = self.last = self.completed = 0
             self.ordered = True
+            self.times = array.array("d")
 
-        def saw(self, revision: int, completed: bool, stamp: float) -> bool:
+        def saw(self, revision: int, completed: bool) -> bool:
             """Records one event; True once the batch is complete."""
             nonlocal started
+            self.times.append(time.time())
             if self.n == 0:
                 started += 1
                 if started == watchers:
                     print("ready", flush=True)
-            else:
-                hist[bisect.bisect_left(BOUNDS, time.time() - stamp)] += 1
             self.ordered = self.ordered and revision > self.last
             self.last = revision
             self.n += 1
@@ -98,10 +105,10 @@ async def _crowd(address: str, batch_id: str, watchers: int, runs: int, client: 
             async def one() -> None:
                 w = Watcher()
                 async for e in c.watch_batch(batch_id, follow=True):
-                    stamp = e.time.timestamp() if e.time else 0.0
-                    if w.saw(e.revision, e.status == RunStatus.COMPLETED, stamp):
+                    if w.saw(e.revision, e.status == RunStatus.COMPLETED):
                         break
                 results.append((w.n, w.h, w.ordered))
+                received.append(w.times)
 
             await asyncio.gather(*(one() for _ in range(watchers)))
 
@@ -141,10 +148,7 @@ async def _crowd(address: str, batch_id: str, watchers: int, runs: int, client: 
                                 else ()
                             )
                             for e in events:
-                                stamp = e.time.seconds + e.time.nanos / 1e9
-                                if e.revision > w.last and w.saw(
-                                    e.revision, e.status == completed, stamp
-                                ):
+                                if e.revision > w.last and w.saw(e.revision, e.status == completed):
                                     done = True
                                     break
                             if done:
@@ -154,11 +158,12 @@ async def _crowd(address: str, batch_id: str, watchers: int, runs: int, client: 
                             raise
                         print(f"resuming after {err.code().name}", file=sys.stderr, flush=True)
                 results.append((w.n, w.h, w.ordered))
+                received.append(w.times)
 
             await asyncio.gather(*(one() for _ in range(watchers)))
 
     await (shipped() if client == "shipped" else lean())
-    print(json.dumps({"results": results, "hist": hist}), flush=True)
+    return results, received
 
 
 # ------------------------------------------------------------------ the driver
@@ -181,14 +186,14 @@ def _cpu(pid: int) -> float:
     return float(t.user + t.system)
 
 
-async def _stored(database_url: str, batch_id: str) -> tuple[int, int, float]:
-    """The batch's stored log: (events, fold of revisions, last event's time)."""
+async def _stored(database_url: str, batch_id: str) -> tuple[list[int], int]:
+    """The batch's stored log: its revisions, and their fold."""
     import asyncpg
 
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         rows = await conn.fetch(
-            "SELECT revision, time FROM run_events WHERE batch_id = $1 ORDER BY revision",
+            "SELECT revision FROM run_events WHERE batch_id = $1 ORDER BY revision",
             batch_id,
         )
     finally:
@@ -196,7 +201,7 @@ async def _stored(database_url: str, batch_id: str) -> tuple[int, int, float]:
     h = 0
     for r in rows:
         h = _fold(h, r["revision"])
-    return len(rows), h, rows[-1]["time"].timestamp()
+    return [r["revision"] for r in rows], h
 
 
 async def _new_batch(address: str) -> str:
@@ -226,6 +231,69 @@ async def _create_rest(address: str, batch_id: str, runs: int) -> None:
             await client.create_runs(batch_id, chunk)
 
 
+class Commits:
+    """When events were committed, as seen from outside: a LISTEN on the
+    collector's notification channel (sent at commit), each notification paired
+    with the batch's largest revision read right after it. An event's commit
+    time is that of the first notification whose revision covers it (a few ms
+    early at worst, so latencies err on the long side)."""
+
+    def __init__(self, database_url: str, batch_id: str) -> None:
+        self._dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+        self._batch = batch_id
+        self.seen: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Commits:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        listener = await asyncpg.connect(self._dsn)
+        reader = await asyncpg.connect(self._dsn)
+        pending: asyncio.Queue[float] = asyncio.Queue()
+
+        def notified(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            if payload == self._batch:
+                pending.put_nowait(time.time())
+
+        await listener.add_listener("nex_run_events", notified)
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                try:
+                    at = await asyncio.wait_for(pending.get(), 0.2)
+                except TimeoutError:
+                    continue
+                while not pending.empty():  # a burst: the first time, the last revision
+                    pending.get_nowait()
+                top = await reader.fetchval(
+                    "SELECT max(revision) FROM run_events WHERE batch_id = $1", self._batch
+                )
+                self.seen.append((at, int(top or 0)))
+        finally:
+            await listener.close()
+            await reader.close()
+
+    def committed(self, revisions: list[int]) -> list[float]:
+        """Commit time per revision (nan: before the LISTEN began)."""
+        tops = [top for _, top in self.seen]
+        out = []
+        for r in revisions:
+            i = bisect.bisect_left(tops, r)
+            out.append(self.seen[i][0] if i < len(tops) else float("nan"))
+        return out
+
+
 def measure(
     address: str,
     server: int,
@@ -248,6 +316,7 @@ def measure(
                 str(watchers),
                 str(runs),
                 client,
+                str(logs / "times.bin"),
             ],
             stdout=subprocess.PIPE,
             stderr=err,
@@ -258,11 +327,12 @@ def measure(
         line = crowd.stdout.readline()
         if line.strip() != b"ready":
             raise RuntimeError(f"the watchers did not start (see {logs / 'crowd.log'})")
-        cpu0, wcpu0, ccpu0 = _cpu(server), _cpu(worker), _cpu(crowd.pid)
-        started = time.time()
-        asyncio.run(_create_rest(address, batch_id, runs))
-        report = json.loads(crowd.stdout.readline())
-        delivered_at = time.time()
+        with Commits(database_url, batch_id) as commits:
+            cpu0, wcpu0, ccpu0 = _cpu(server), _cpu(worker), _cpu(crowd.pid)
+            started = time.time()
+            asyncio.run(_create_rest(address, batch_id, runs))
+            report = json.loads(crowd.stdout.readline())
+            delivered_at = time.time()
         cpu, wcpu, ccpu = (
             _cpu(server) - cpu0,
             _cpu(worker) - wcpu0,
@@ -272,17 +342,28 @@ def measure(
     finally:
         if crowd.poll() is None:
             crowd.kill()
-    events, fold, last_committed = asyncio.run(_stored(database_url, batch_id))
+    revisions, fold = asyncio.run(_stored(database_url, batch_id))
+    events = len(revisions)
     exact = all(n == events and h == fold and ok for n, h, ok in report["results"])
     exact = exact and len(report["results"]) == watchers
+    committed = commits.committed(revisions)
+    hist = [0] * (len(BOUNDS) + 1)
+    times = array.array("d")
+    with (logs / "times.bin").open("rb") as f:
+        times.frombytes(f.read())
+    if exact:  # every watcher got the log itself: position i is revision i
+        for w in range(watchers):
+            for i in range(events):
+                if committed[i] >= started:  # not the first run's, before the LISTEN
+                    hist[bisect.bisect_left(BOUNDS, times[w * events + i] - committed[i])] += 1
     return {
-        "pace": runs / (last_committed - started),
+        "pace": runs / (committed[-1] - started),
         "server_cpu": cpu,
         "worker_cpu": wcpu,
         "crowd_cpu": ccpu,
         "events": events,
-        "p50": _quantile(report["hist"], 0.5),
-        "p99": _quantile(report["hist"], 0.99),
+        "p50": _quantile(hist, 0.5),
+        "p99": _quantile(hist, 0.99),
         "exact": exact,
         "all_delivered_s": delivered_at - started,
     }
@@ -293,6 +374,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--watchers", default="1,200,1000", help="the first is the baseline")
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--client",
         choices=("lean", "shipped"),
@@ -300,11 +382,15 @@ def main() -> None:
         help="lean: the watchers read the messages' fields directly (the server's cost, "
         "without the Python client's per-event objects); shipped: AsyncClient.watch_batch",
     )
-    parser.add_argument("--crowd", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--crowd", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.crowd:
-        address, batch_id, watchers, runs, client = args.crowd
-        asyncio.run(_crowd(address, batch_id, int(watchers), int(runs), client))
+        address, batch_id, watchers, runs, client, times_file = args.crowd
+        results, received = asyncio.run(_crowd(address, batch_id, int(watchers), int(runs), client))
+        with open(times_file, "wb") as out:  # doubles, watcher after watcher
+            for times in received:
+                times.tofile(out)
+        print(json.dumps({"results": results}), flush=True)
         return
     counts = [int(x) for x in args.watchers.split(",")]
     with (
@@ -335,16 +421,32 @@ def main() -> None:
             worker = stack.enter_context(process([*cli, "worker"], env, logs / "worker.log"))
             time.sleep(1.0)
             measure(address, server.pid, worker.pid, db, 50, 1, args.client, logs)  # warm up
-            for w in counts:
-                row = measure(address, server.pid, worker.pid, db, args.runs, w, args.client, logs)
-                rows.append((w, row))
-                _print(args.runs, w, row, rows[0][1])
+            # The counts in turn, `repeats` times: the machine's noise hits them alike.
+            for _ in range(args.repeats):
+                for w in counts:
+                    row = measure(
+                        address, server.pid, worker.pid, db, args.runs, w, args.client, logs
+                    )
+                    rows.append((w, row))
+                    _print(args.runs, w, row, rows[0][1])
         leaks = sum(
             (logs / name).read_text(errors="replace").count(LEAK)
             for name in ("server.log", "crowd.log")
         )
+    medians = [(w, _median([r for c, r in rows if c == w])) for w in counts]
+    if args.repeats > 1:
+        print("medians:")
+        for w, row in medians:
+            _print(args.runs, w, row, medians[0][1])
     print(f"'{LEAK}' logged {leaks} times (server and watchers)")
-    _verdict(rows)
+    _verdict(medians)
+
+
+def _median(rows: list[Row]) -> Row:
+    out: Row = {k: statistics.median(float(r[k]) for r in rows) for k in rows[0]}
+    out["exact"] = all(r["exact"] for r in rows)
+    out["events"] = rows[0]["events"]
+    return out
 
 
 def _print(runs: int, w: int, row: Row, base: Row) -> None:

@@ -144,6 +144,14 @@ async def test_a_client_that_knows_only_single_events_gets_them_one_by_one(
                 metadata=metadata,
             )
         ]
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            async for _ in stub.WatchRuns(
+                pb.WatchRunsRequest(batch_id=batch_id, max_events_per_message=-1),
+                metadata=metadata,
+            ):
+                pass
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_events_per_message" in (bad.value.details() or "")
     assert {m.WhichOneof("kind") for m in old} == {"event"}
     assert [m.event.revision for m in old] == [e.revision for e in log]
     # A client that asks gets the same events in fewer messages.

@@ -355,8 +355,9 @@ class RunWatcher:
             if pos >= feed.floor:
                 break
             # The buffer moved past what we have: read on from the table.
-        since = feed.reads
         # Live: from the feed's buffer only.
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         while True:
             changed = feed.changed
             if self._closing.is_set():
@@ -390,6 +391,7 @@ class RunWatcher:
                     pos = taken[-1].event.revision
                 last = taken[-1].event.revision
                 yield taken
+                quiet_since = loop.time()
                 if run_id and taken[-1].event.status.terminal:
                     return
                 continue
@@ -403,10 +405,13 @@ class RunWatcher:
             ):
                 return
             try:
-                async with asyncio.timeout(self._heartbeat):
+                # A run watch may wake often for others' events: the heartbeat
+                # counts from what it last sent, not from the last wake-up.
+                async with asyncio.timeout_at(quiet_since + self._heartbeat):
                     await changed.wait()
             except TimeoutError:
                 yield Heartbeat()
+                quiet_since = loop.time()
 
     @staticmethod
     def _shutting_down() -> Unavailable:
