@@ -71,6 +71,11 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+# A watch asks for many events per message: a server that batches sends a
+# watcher that is behind its events in a few messages instead of one each.
+_EVENTS_PER_MESSAGE = 1000
+
+
 class _Page(Protocol):
     @property
     def next_page_token(self) -> str: ...
@@ -553,7 +558,9 @@ class AsyncClient:
         outage_since: float | None = None
         idle = retry.idle_timeout if retry else None
         while True:
-            request = teacher_service_pb2.WatchRunsRequest(after_revision=last, follow=follow)
+            request = teacher_service_pb2.WatchRunsRequest(
+                after_revision=last, follow=follow, max_events_per_message=_EVENTS_PER_MESSAGE
+            )
             if run_id is not None:
                 request.run_id = run_id
             elif batch_id is not None:
@@ -570,13 +577,19 @@ class AsyncClient:
                     if not isinstance(msg, teacher_service_pb2.WatchRunsResponse):
                         break  # EOF: the server ended the stream normally
                     failures, outage_since = 0, None  # the server is alive
-                    if msg.WhichOneof("kind") != "event":
+                    kind = msg.WhichOneof("kind")
+                    if kind == "event":
+                        received: Iterable[teacher_pb2.RunEvent] = (msg.event,)
+                    elif kind == "events":  # many at once, from a server that batches
+                        received = msg.events.events
+                    else:
                         continue
-                    event = _convert.run_event(msg.event)
-                    if event.revision <= last:
-                        continue  # never yield an event twice
-                    last = event.revision
-                    yield event
+                    for item in received:
+                        if item.revision <= last:
+                            continue  # never yield an event twice
+                        event = _convert.run_event(item)
+                        last = event.revision
+                        yield event
                     # A run watch ends after the run's terminal event: the server
                     # closes the stream with OK right after it, read below.
                 # The server ended the stream with OK: the watch is over, except a

@@ -175,7 +175,10 @@ class TeacherServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRuns(self, request, context):
-        """Replays every event after after_revision, then follows live ones.
+        """Replays every event after after_revision, then follows live ones. A watch
+        that falls too far behind the live events (it reads more slowly than they
+        come) ends with ABORTED, reason WATCH_TOO_SLOW and a RetryInfo: resume
+        with after_revision set to the last revision received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,11 @@ class TeacherServiceStub:
     GetRun: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.GetRunRequest, _teacher_service_pb2.GetRunResponse]
     ListRuns: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.ListRunsRequest, _teacher_service_pb2.ListRunsResponse]
     WatchRuns: _grpc.UnaryStreamMultiCallable[_teacher_service_pb2.WatchRunsRequest, _teacher_service_pb2.WatchRunsResponse]
-    """Replays every event after after_revision, then follows live ones."""
+    """Replays every event after after_revision, then follows live ones. A watch
+    that falls too far behind the live events (it reads more slowly than they
+    come) ends with ABORTED, reason WATCH_TOO_SLOW and a RetryInfo: resume
+    with after_revision set to the last revision received.
+    """
     SetRunScores: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.SetRunScoresRequest, _teacher_service_pb2.SetRunScoresResponse]
     """Attaches named scores to a completed run (e.g. from a judge)."""
     ListTeachers: _grpc.UnaryUnaryMultiCallable[_teacher_service_pb2.ListTeachersRequest, _teacher_service_pb2.ListTeachersResponse]
@@ -88,7 +92,11 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     GetRun: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.GetRunRequest, _teacher_service_pb2.GetRunResponse]  # type: ignore[assignment]
     ListRuns: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.ListRunsRequest, _teacher_service_pb2.ListRunsResponse]  # type: ignore[assignment]
     WatchRuns: _aio.UnaryStreamMultiCallable[_teacher_service_pb2.WatchRunsRequest, _teacher_service_pb2.WatchRunsResponse]  # type: ignore[assignment]
-    """Replays every event after after_revision, then follows live ones."""
+    """Replays every event after after_revision, then follows live ones. A watch
+    that falls too far behind the live events (it reads more slowly than they
+    come) ends with ABORTED, reason WATCH_TOO_SLOW and a RetryInfo: resume
+    with after_revision set to the last revision received.
+    """
     SetRunScores: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.SetRunScoresRequest, _teacher_service_pb2.SetRunScoresResponse]  # type: ignore[assignment]
     """Attaches named scores to a completed run (e.g. from a judge)."""
     ListTeachers: _aio.UnaryUnaryMultiCallable[_teacher_service_pb2.ListTeachersRequest, _teacher_service_pb2.ListTeachersResponse]  # type: ignore[assignment]
@@ -184,7 +192,11 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _teacher_service_pb2.WatchRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_teacher_service_pb2.WatchRunsResponse], _abc.AsyncIterator[_teacher_service_pb2.WatchRunsResponse]]:
-        """Replays every event after after_revision, then follows live ones."""
+        """Replays every event after after_revision, then follows live ones. A watch
+        that falls too far behind the live events (it reads more slowly than they
+        come) ends with ABORTED, reason WATCH_TOO_SLOW and a RetryInfo: resume
+        with after_revision set to the last revision received.
+        """
 
     @_abc_1.abstractmethod
     def SetRunScores(

@@ -292,6 +292,13 @@ async def open_container(
         hub = EventHub(plain_dsn(database_url))
         await hub.start()
         closers.append(hub.aclose)
+        watcher = RunWatcher(
+            uow,
+            hub,
+            heartbeat_s=settings.watch_heartbeat_s,
+            buffer_events=settings.watch_buffer_events,
+        )
+        closers.append(watcher.aclose)
         container = Container(
             settings=settings,
             database_url=database_url,
@@ -322,7 +329,7 @@ async def open_container(
                 budgets=budgets,
             ),
             hub=hub,
-            watcher=RunWatcher(uow, hub, heartbeat_s=settings.watch_heartbeat_s),
+            watcher=watcher,
             datasets=datasets,
             evidence=evidence,
             sandbox=sandbox,

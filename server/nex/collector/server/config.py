@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
     dataset_lease_s: float = Field(default=60.0, validation_alias="DATASET_LEASE_S", gt=0)
     watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
+    # Live events each server process keeps per watched batch; a watcher that
+    # falls further behind is ended with ABORTED and resumes by revision.
+    watch_buffer_events: int = Field(
+        default=10_000, validation_alias="WATCH_BUFFER_EVENTS", ge=100, le=10_000_000
+    )
     metrics_addr: str | None = Field(default=None, validation_alias="METRICS_ADDR")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(default=False, validation_alias="LOG_JSON")

@@ -245,6 +245,33 @@ def run_event(e: RunEvent) -> teacher_pb2.RunEvent:
     )
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Field 1, length-delimited: both WatchRunsResponse.event and RunEventBatch.events.
+_EVENT_TAG = b"\x0a"
+_EVENTS_TAG = b"\x1a"  # WatchRunsResponse.events (field 3, length-delimited)
+
+
+def run_event_field(e: RunEvent) -> bytes:
+    """The event encoded as field 1 holding a RunEvent: on its own, a whole
+    WatchRunsResponse (`event`); concatenated, the body of a RunEventBatch."""
+    body = run_event(e).SerializeToString()
+    return _EVENT_TAG + _varint(len(body)) + body
+
+
+def events_response(fields: list[bytes]) -> bytes:
+    """A WatchRunsResponse (`events`) encoded from `run_event_field` pieces."""
+    body = b"".join(fields)
+    return _EVENTS_TAG + _varint(len(body)) + body
+
+
 # -- datasets --------------------------------------------------------------------
 
 _DATASET_STATUS = {

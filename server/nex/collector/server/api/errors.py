@@ -29,11 +29,14 @@ _STATUS: list[tuple[type[domain.DomainError], grpc.StatusCode]] = [
     (domain.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (domain.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (domain.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (domain.Aborted, grpc.StatusCode.ABORTED),
 ]
 
 
 # Codes a caller may retry: their status carries google.rpc.RetryInfo.
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+)
 DEFAULT_RETRY_DELAY_S = 1.0
 
 
@@ -103,7 +106,7 @@ def rich_status(
     retry_after_s: float | None = None,
 ) -> status_pb2.Status:
     """A google.rpc.Status with ErrorInfo; BadRequest for bad input; RetryInfo for
-    UNAVAILABLE and RESOURCE_EXHAUSTED (the delay given, else a default).
+    UNAVAILABLE, RESOURCE_EXHAUSTED and ABORTED (the delay given, else a default).
 
     Whatever a caller sent, the status stays small: the message, each field
     violation and each metadata value are clipped, and violations are dropped

@@ -69,10 +69,25 @@ UnaryCall = Callable[[Any, Any, Context], Awaitable[Any]]
 StreamCall = Callable[[Any, Any, Context], AsyncIterator[Any]]
 
 
+def _passing_bytes(
+    serialize: Callable[[Any], bytes] | None,
+) -> Callable[[Any], bytes] | None:
+    if serialize is None:
+        return None
+    inner = serialize
+
+    def encode(message: Any) -> bytes:
+        return message if type(message) is bytes else inner(message)
+
+    return encode
+
+
 def _guard(handler: Handler, decode: Decode, call: UnaryCall, stream: StreamCall) -> Handler:
     """A copy of `handler` that takes raw bytes and runs `call` / `stream` on the
-    decoded request. Every kind is covered: an unknown kind is refused."""
-    serialize = handler.response_serializer
+    decoded request. Every kind is covered: an unknown kind is refused. A
+    handler may return or yield a message already encoded (`bytes`): it goes out
+    as it is."""
+    serialize = _passing_bytes(handler.response_serializer)
     if handler.unary_unary is not None:
         uu = handler.unary_unary
 

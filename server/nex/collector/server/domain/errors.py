@@ -105,6 +105,13 @@ class Unavailable(_Retryable):
     reason = "UNAVAILABLE"
 
 
+class Aborted(_Retryable):
+    """The operation was cut short and may be resumed (e.g. a watch that fell
+    too far behind resumes from its last revision)."""
+
+    reason = "ABORTED"
+
+
 class ResourceExhausted(_Retryable):
     reason = "RESOURCE_EXHAUSTED"
 

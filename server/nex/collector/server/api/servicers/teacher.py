@@ -14,6 +14,16 @@ from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
 
+# Most events, and most bytes of them, in one WatchRunsResponse (well within
+# the 4 MiB every gRPC client accepts by default).
+MAX_EVENTS_PER_MESSAGE = 1000
+MAX_EVENTS_BYTES = 1024 * 1024
+
+
+def _events_message(fields: list[bytes]) -> bytes:
+    """One event alone as `event` (the shape every client knows), more as `events`."""
+    return fields[0] if len(fields) == 1 else convert.events_response(fields)
+
 
 def _full(view: int, default: bool) -> bool:
     if view == teacher_pb2.RUN_VIEW_UNSPECIFIED:
@@ -123,21 +133,35 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         )
         return pb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=token)
 
-    async def WatchRuns(
+    async def WatchRuns(  # type: ignore[override]  # also yields encoded messages
         self, request: pb.WatchRunsRequest, context: Context
-    ) -> AsyncIterator[pb.WatchRunsResponse]:
+    ) -> AsyncIterator[pb.WatchRunsResponse | bytes]:
+        # Messages go out already encoded (bytes): each event is encoded once per
+        # server process and the encoding shared by every watcher it reaches.
         async for item in self._watcher.watch(
             batch_id=request.batch_id,
             run_id=request.run_id,
             after_revision=request.after_revision,
             follow=request.follow,
+            max_events=min(request.max_events_per_message, MAX_EVENTS_PER_MESSAGE),
         ):
             if isinstance(item, Heartbeat):
                 now = Timestamp()
                 now.GetCurrentTime()
                 yield pb.WatchRunsResponse(heartbeat=pb.Heartbeat(time=now))
-            else:
-                yield pb.WatchRunsResponse(event=convert.run_event(item))
+                continue
+            fields: list[bytes] = []
+            size = 0
+            for entry in item:
+                wire = entry.wire
+                if wire is None:
+                    wire = entry.wire = convert.run_event_field(entry.event)
+                if size + len(wire) > MAX_EVENTS_BYTES and fields:
+                    yield _events_message(fields)
+                    fields, size = [], 0
+                fields.append(wire)
+                size += len(wire)
+            yield _events_message(fields)
 
     async def SetRunScores(
         self, request: pb.SetRunScoresRequest, context: Context

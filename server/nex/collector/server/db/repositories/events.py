@@ -69,6 +69,12 @@ class EventRepository:
         for batch_id in sorted({e.batch_id for e in events}):
             await self.session.execute(select(func.pg_notify(NOTIFY_CHANNEL, batch_id)))
 
+    async def last_revision(self) -> int:
+        """The largest committed revision (0: none). Every event committed later
+        has a larger one (see EVENTS_LOCK)."""
+        stmt = select(func.coalesce(func.max(run_events.c.revision), 0))
+        return int((await self.session.execute(stmt)).scalar_one())
+
     async def after(
         self, *, revision: int, batch_id: str = "", run_id: str = "", limit: int = 1000
     ) -> list[RunEvent]:
