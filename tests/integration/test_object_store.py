@@ -129,7 +129,7 @@ async def test_rows_stream_from_s3_as_arrow_ipc(store: DatasetStore) -> None:
     entry = next(f for f in result.files if f.name == "targets.parquet")
     opened = open_file(where, "ds-1", entry.name, entry.sha256)
     try:
-        messages = list(ipc_messages(opened, ["example_id", "y_text"], 50, 100, 4096))
+        messages = [m for m, _ in ipc_messages(opened, ["example_id", "y_text"], 50, 100, 4096)]
     finally:
         opened.close()
     schema = pa.ipc.read_schema(pa.py_buffer(messages[0]))

@@ -111,12 +111,12 @@ def _leaf_indices(parquet: pq.ParquetFile, columns: Sequence[str]) -> list[int]:
     return [i for i in range(len(schema)) if schema.column(i).path.split(".")[0] in wanted]
 
 
-def _fit(batch: pa.RecordBatch, budget: int) -> Iterator[bytes]:
+def _fit(batch: pa.RecordBatch, budget: int) -> Iterator[tuple[bytes, int]]:
     """`batch` as IPC messages of at most `budget` bytes each (a single row
     larger than that goes alone)."""
     message = batch.serialize()
     if message.size <= budget or batch.num_rows <= 1:
-        yield message.to_pybytes()
+        yield message.to_pybytes(), batch.num_rows
         return
     half = batch.num_rows // 2
     yield from _fit(batch.slice(0, half), budget)
@@ -129,14 +129,14 @@ def ipc_messages(
     offset: int,
     limit: int,
     budget: int,
-) -> Iterator[bytes]:
-    """The schema message, then record batch messages of rows [offset,
+) -> Iterator[tuple[bytes, int]]:
+    """(message, rows): the schema message (0 rows), then record batch messages of rows [offset,
     offset + limit) (limit 0: to the end) of `columns` (empty: all), each at
     most `budget` bytes unless a single row is larger."""
     parquet = file.parquet
     names = list(columns) or list(file.schema.names)
     schema = pa.schema([file.schema.field(n) for n in names], metadata=None)
-    yield schema.serialize().to_pybytes()
+    yield schema.serialize().to_pybytes(), 0
     end = file.rows if not limit else min(file.rows, offset + limit)
     leaves = _leaf_indices(parquet, names)
     start = 0

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import pyarrow as pa
+
 from nex.collector.server import metrics
 from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
 from nex.collector.server.datasets.reader import (
@@ -221,8 +223,8 @@ class Datasets:
         offset: int,
         limit: int,
         budget: int = READ_MESSAGE_BYTES,
-    ) -> AsyncIterator[bytes]:
-        """Arrow IPC messages of rows [offset, offset + limit) of one file of a
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """(Arrow IPC message, rows in it) of rows [offset, offset + limit) of one file of a
         READY dataset (see datasets.reader); the file is read a row group at a
         time, in a thread. Every check happens before the first message."""
         v = Violations()
@@ -250,12 +252,8 @@ class Datasets:
             opened = await asyncio.to_thread(
                 open_file, location, dataset.id, entry.name, entry.sha256
             )
-        except (ManifestMismatch, FileNotFoundError) as exc:
-            raise FailedPrecondition(
-                f"dataset {dataset_id}: {exc}",
-                reason="DATASET_FILES_MISMATCH",
-                metadata={"id": dataset_id, "uri": dataset.uri},
-            ) from None
+        except (ManifestMismatch, OSError, pa.ArrowException) as exc:
+            raise _files_mismatch(dataset, exc) from None
         try:
             v = Violations()
             known = set(opened.schema.names)
@@ -271,7 +269,10 @@ class Datasets:
             v.raise_if_any()
             messages = ipc_messages(opened, list(columns), offset, limit, budget)
             while True:
-                message = await asyncio.to_thread(_next, messages)
+                try:
+                    message = await asyncio.to_thread(_next, messages)
+                except (OSError, pa.ArrowException) as exc:
+                    raise _files_mismatch(dataset, exc) from None
                 if message is None:
                     return
                 yield message
@@ -415,7 +416,16 @@ class Datasets:
             await tx.commit()
 
 
-def _next(messages: Iterator[bytes]) -> bytes | None:
+def _files_mismatch(dataset: Dataset, exc: BaseException) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"dataset {dataset.id}: its files do not match its manifest ({exc}); "
+        "`nex-collector dataset verify` says what differs",
+        reason="DATASET_FILES_MISMATCH",
+        metadata={"id": dataset.id, "uri": dataset.uri},
+    )
+
+
+def _next(messages: Iterator[tuple[bytes, int]]) -> tuple[bytes, int] | None:
     return next(messages, None)
 
 
