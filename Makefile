@@ -75,6 +75,7 @@ bench: $(STAMP) ## benchmarks, printed as ratios against a same-run baseline
 	$(BIN)/python bench/collect.py
 	$(BIN)/python bench/limited.py
 	$(BIN)/python bench/dataset.py --sizes 50000,200000
+	$(BIN)/python bench/read.py --sizes 20000,100000
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
