@@ -76,6 +76,7 @@ bench: $(STAMP) ## benchmarks, printed as ratios against a same-run baseline
 	$(BIN)/python bench/limited.py
 	$(BIN)/python bench/dataset.py --sizes 50000,200000
 	$(BIN)/python bench/watch.py --runs 2000 --watchers 1,200,1000
+	$(BIN)/python bench/read.py --sizes 20000,100000
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \

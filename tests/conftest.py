@@ -17,6 +17,7 @@ from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing, backing_services
 from tests.support.collector import RunningCollector, collector_settings, running_collector
 from tests.support.processes import RedisProcess
+from tests.support.s3 import S3Server, s3_server
 
 TEACHER_KEY = "sk-test-secret-key-0123456789"
 
@@ -88,6 +89,13 @@ def client(collector: RunningCollector) -> Iterator[Client]:
     """The shipped blocking client, authenticated."""
     with connect(collector.address, token=collector.token) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto's) on a free loopback port."""
+    with s3_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from rich.console import Console
 
+import nex.collector.server.cli.dataset as cli_dataset
 from nex.collector.client import (
     BooleanFilter,
     Client,
@@ -389,6 +390,36 @@ def test_dataset_build_show_and_verify(
     broken = invoke(None, "dataset", "verify", str(copy))
     no_traceback(broken)
     assert broken.exit_code == 1 and "targets.parquet" in broken.output
+
+
+def test_dataset_show_and_verify_need_no_access_to_the_files(
+    collector: RunningCollector,
+    client: Client,
+    template_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This CLI reads scores and verifies through gRPC: it works the same when
+    # nothing under the dataset's uri can be opened from here (another machine,
+    # a bucket it has no credentials for).
+    if not _datasets_offered(client):
+        pytest.skip("this collector answers UNIMPLEMENTED for BuildDataset")
+    batch = client.create_batch(
+        unique("cli-rd"), template_id, "mock", "m", params=GenerationParams(top_logprobs=3)
+    )
+    client.create_runs(batch.id, [{"topic": f"t{i}", "style": "s"} for i in range(5)])
+    for _ in client.watch_batch(batch.id):
+        pass
+    ready = client.wait_dataset(client.build_dataset(unique("cli-rd"), "v1", [batch.id]).id)
+    # The CLI's only way to the files: a file:// uri that is a folder here.
+    monkeypatch.setattr(cli_dataset, "local_dir", lambda uri: None)
+    shown = invoke(collector, "dataset", "show", ready.id, "--score", "length_chars")
+    verified = invoke(collector, "dataset", "verify", ready.id)
+    monkeypatch.undo()
+    assert shown.exit_code == 0, shown.output
+    assert "score quantiles" in shown.output and "length_chars: 5 values" in shown.output
+    assert verified.exit_code == 0, verified.output
+    assert "every file matches manifest.json" in verified.output
+    assert ready.uri in verified.output.replace("\n", "")
 
 
 def test_demo_runs_against_a_running_collector(collector: RunningCollector, client: Client) -> None:

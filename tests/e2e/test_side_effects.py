@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -27,6 +26,7 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.bootstrap import plain_dsn
+from nex.collector.server.datasets.storage import Location
 from nex.collector.server.domain.datasets import Dataset, DatasetCounts, DatasetFile
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.reconcile import Reconciler
@@ -328,7 +328,7 @@ def test_adopting_a_built_folder_reads_its_manifest_off_the_event_loop(
     read_in: list[threading.Thread] = []
 
     def adopt(
-        dataset: Dataset, final_dir: Path
+        dataset: Dataset, final_dir: Location
     ) -> tuple[Sequence[DatasetFile], DatasetCounts] | None:
         read_in.append(threading.current_thread())
         return real_adopt(dataset, final_dir)

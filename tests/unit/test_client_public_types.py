@@ -8,6 +8,7 @@ import inspect
 import typing
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pytest
 
 import nex.collector.client as client_pkg
@@ -52,8 +53,10 @@ def _client_types_mentioned() -> Iterator[tuple[str, type]]:
             continue
         for where, obj in _annotated(value):
             module = inspect.getmodule(obj)
+            # `pa`: the optional pyarrow the dataset readers name (imported only
+            # when type checking, so not in the module's globals).
             hints = typing.get_type_hints(
-                obj, globalns=vars(module) if module else None, localns=public
+                obj, globalns=vars(module) if module else None, localns={**public, "pa": pa}
             )
             for hint in hints.values():
                 for cls in _types_in(hint):

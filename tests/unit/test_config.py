@@ -3,6 +3,8 @@ that cannot work stops the process with a message that says what to change."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -90,4 +92,25 @@ def test_the_request_size_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings().max_request_bytes == 1048576
     monkeypatch.setenv("MAX_REQUEST_BYTES", "10")
     with pytest.raises(ConfigError, match="MAX_REQUEST_BYTES"):
+        load_settings()
+
+
+def test_datasets_live_under_data_dir_unless_datasets_uri_says_where(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from nex.collector.server.bootstrap import open_dataset_store
+
+    monkeypatch.delenv("DATASETS_URI", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    store = open_dataset_store(load_settings())
+    assert store.is_local and store.uri == (tmp_path / "datasets").resolve().as_uri()
+    monkeypatch.setenv("DATASETS_URI", "s3://team-bucket/nex/datasets")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    store = open_dataset_store(load_settings())
+    assert store.uri == "s3://team-bucket/nex/datasets"
+    assert store.location("a", "v1").uri == "s3://team-bucket/nex/datasets/a/v1"
+    monkeypatch.setenv("DATASETS_URI", "gs://bucket")
+    with pytest.raises(ConfigError, match="DATASETS_URI"):
         load_settings()

@@ -22,6 +22,7 @@ from nex.collector.server.datasets import (
     build_dataset,
     verify_dataset,
 )
+from nex.collector.server.datasets.storage import Location
 from nex.collector.server.datasets.writer import _DICTIONARY_COLUMNS, _STATISTICS_COLUMNS
 from nex.collector.server.domain.filters import (
     BooleanFilter,
@@ -49,7 +50,7 @@ async def chunked(
 
 async def build(
     runs: Sequence[CompletedRun],
-    out: Path,
+    out: Path | Location,
     *,
     filters: Sequence[Filter] = (),
     chunk: int = 1000,

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -26,7 +26,7 @@ from nex.collector.v1 import (
     template_service_pb2_grpc,
 )
 
-from . import _convert
+from . import _arrow, _convert
 from ._auth import bearer_token_interceptors
 from ._errors import (
     CollectorError,
@@ -40,6 +40,7 @@ from ._types import (
     CostEstimate,
     DatasetManifest,
     DatasetStatus,
+    DatasetVerification,
     EvidenceLink,
     Filter,
     GenerationParams,
@@ -53,6 +54,9 @@ from ._types import (
     TeacherRun,
 )
 from ._watch import WatchRetry, is_transient
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -697,6 +701,85 @@ class AsyncClient:
                 if manifest.status.is_terminal:
                     return manifest
                 await asyncio.sleep(poll_interval)
+
+    async def iter_dataset_batches(
+        self,
+        dataset_id: str,
+        *,
+        file: str,
+        columns: Iterable[str] = (),
+        offset: int = 0,
+        limit: int = 0,
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """Streams rows of one file of a READY dataset (``"targets.parquet"`` or
+        ``"targets"``) as ``pyarrow.RecordBatch`` es, read by the server from
+        wherever the dataset is stored: no file system or bucket access needed.
+        ``columns``: those, in that order (default all); rows ``[offset, offset +
+        limit)`` (``limit`` 0: to the end). Needs pyarrow (the ``[arrow]``
+        extra). The stream has no deadline; memory holds one batch at a time."""
+        _arrow.require_pyarrow()
+        request = dataset_service_pb2.ReadDatasetRequest(
+            dataset_id=dataset_id, file=file, columns=list(columns), offset=offset, limit=limit
+        )
+        call = self._datasets.ReadDataset(request)
+        schema = None
+        try:
+            while True:
+                try:
+                    msg = await call.read()
+                except grpc.RpcError as err:
+                    raise from_rpc_error(err) from err
+                if not isinstance(msg, dataset_service_pb2.ReadDatasetResponse):
+                    return  # EOF
+                if schema is None:
+                    schema = _arrow.schema_from_message(msg.arrow_ipc)
+                    continue
+                yield _arrow.batch_from_message(msg.arrow_ipc, schema)
+        finally:
+            call.cancel()
+
+    async def read_dataset(
+        self,
+        dataset_id: str,
+        *,
+        file: str,
+        columns: Iterable[str] = (),
+        offset: int = 0,
+        limit: int = 0,
+    ) -> pa.Table:
+        """One file of a READY dataset (or the rows and columns asked for) as a
+        ``pyarrow.Table``; see ``iter_dataset_batches``, which holds less in memory."""
+        pa = _arrow.require_pyarrow()
+        request = dataset_service_pb2.ReadDatasetRequest(
+            dataset_id=dataset_id, file=file, columns=list(columns), offset=offset, limit=limit
+        )
+        schema = None
+        batches = []
+        with map_errors():
+            async for msg in self._datasets.ReadDataset(request):
+                if schema is None:
+                    schema = _arrow.schema_from_message(msg.arrow_ipc)
+                else:
+                    batches.append(_arrow.batch_from_message(msg.arrow_ipc, schema))
+        return pa.Table.from_batches(batches, schema=schema)
+
+    async def verify_dataset(
+        self,
+        id: str,
+        *,
+        timeout: float | None = 600,  # noqa: ASYNC109
+    ) -> DatasetVerification:
+        """Has the server recompute every file's sha256, size, rows and schema
+        where the files are stored and compare them with the manifest; the
+        ``problems`` found (empty: intact). It reads every byte of the dataset:
+        ``timeout`` (seconds, None: none) is this call's own."""
+        with map_errors():
+            resp = await self._datasets.VerifyDataset(
+                dataset_service_pb2.VerifyDatasetRequest(id=id), timeout=timeout
+            )
+        return DatasetVerification(
+            dataset=_convert.dataset(resp.dataset), problems=tuple(resp.problems)
+        )
 
     # -------------------------------------------------------------- evidence
 

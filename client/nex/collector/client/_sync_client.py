@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -23,6 +23,7 @@ from ._types import (
     ContextRef,
     CostEstimate,
     DatasetManifest,
+    DatasetVerification,
     EvidenceLink,
     Filter,
     GenerationParams,
@@ -36,6 +37,9 @@ from ._types import (
     TeacherRun,
 )
 from ._watch import WatchRetry
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _T = TypeVar("_T")
 
@@ -422,6 +426,42 @@ class Client:
                 raise_on_failure=raise_on_failure,
             )
         )
+
+    def iter_dataset_batches(
+        self,
+        dataset_id: str,
+        *,
+        file: str,
+        columns: Iterable[str] = (),
+        offset: int = 0,
+        limit: int = 0,
+    ) -> Iterator[pa.RecordBatch]:
+        """See ``AsyncClient.iter_dataset_batches``."""
+        return self._loop.iterate(
+            self._client.iter_dataset_batches(
+                dataset_id, file=file, columns=list(columns), offset=offset, limit=limit
+            )
+        )
+
+    def read_dataset(
+        self,
+        dataset_id: str,
+        *,
+        file: str,
+        columns: Iterable[str] = (),
+        offset: int = 0,
+        limit: int = 0,
+    ) -> pa.Table:
+        """See ``AsyncClient.read_dataset``."""
+        return self._loop.run(
+            self._client.read_dataset(
+                dataset_id, file=file, columns=list(columns), offset=offset, limit=limit
+            )
+        )
+
+    def verify_dataset(self, id: str, *, timeout: float | None = 600) -> DatasetVerification:
+        """See ``AsyncClient.verify_dataset``."""
+        return self._loop.run(self._client.verify_dataset(id, timeout=timeout))
 
     # -------------------------------------------------------------- evidence
 

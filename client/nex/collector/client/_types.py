@@ -456,6 +456,19 @@ class DatasetManifest:
     link_evidence: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetVerification:
+    """What ``verify_dataset`` found: the server recomputed every file's sha256,
+    size, rows and schema where the files are stored."""
+
+    dataset: DatasetManifest
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 # ------------------------------------------------------------------ evidence
 
 

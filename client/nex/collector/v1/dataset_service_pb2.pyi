@@ -175,3 +175,113 @@ class ListDatasetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDatasetsResponse: _TypeAlias = ListDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class ReadDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    file: _builtins.str
+    """One of the dataset's files: "targets.parquet", or just "targets"."""
+    offset: _builtins.int
+    """First row to read (0-based)."""
+    limit: _builtins.int
+    """Rows to read at most; 0: to the end of the file."""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Columns to read, in this order; empty: every column."""
+
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+        file: _builtins.str = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "dataset_id", b"dataset_id", "file", b"file", "limit", b"limit", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDatasetRequest: _TypeAlias = ReadDatasetRequest  # noqa: Y015
+
+@_typing.final
+class ReadDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARROW_IPC_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    arrow_ipc: _builtins.bytes
+    """One encapsulated Arrow IPC message (continuation marker, length,
+    flatbuffer metadata, body): the schema in the first response, a record
+    batch in every other. Concatenated, followed by the end-of-stream marker
+    (0xFFFFFFFF 0x00000000), they form an Arrow IPC stream.
+    """
+    rows: _builtins.int
+    """Rows in this record batch (0 for the schema)."""
+    def __init__(
+        self,
+        *,
+        arrow_ipc: _builtins.bytes = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_ipc", b"arrow_ipc", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDatasetResponse: _TypeAlias = ReadDatasetResponse  # noqa: Y015
+
+@_typing.final
+class VerifyDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyDatasetRequest: _TypeAlias = VerifyDatasetRequest  # noqa: Y015
+
+@_typing.final
+class VerifyDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> _dataset_pb2.DatasetManifest: ...
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What does not match, one sentence each (a file's name first); empty: intact."""
+
+    def __init__(
+        self,
+        *,
+        dataset: _dataset_pb2.DatasetManifest | None = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "problems", b"problems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyDatasetResponse: _TypeAlias = VerifyDatasetResponse  # noqa: Y015

@@ -50,6 +50,16 @@ class DatasetServiceStub:
                 request_serializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
+        self.ReadDataset = channel.unary_stream(
+                '/nex.collector.v1.DatasetService/ReadDataset',
+                request_serializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ReadDatasetRequest.SerializeToString,
+                response_deserializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ReadDatasetResponse.FromString,
+                _registered_method=True)
+        self.VerifyDataset = channel.unary_unary(
+                '/nex.collector.v1.DatasetService/VerifyDataset',
+                request_serializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.VerifyDatasetRequest.SerializeToString,
+                response_deserializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.VerifyDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetServiceServicer:
@@ -75,6 +85,24 @@ class DatasetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadDataset(self, request, context):
+        """Streams rows of one file of a READY dataset as Arrow IPC messages, read
+        from wherever the dataset is stored (disk or object store): the caller
+        needs no file system or bucket access. The first response holds the
+        schema, each further one a record batch (see docs/dataset-format.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyDataset(self, request, context):
+        """Recomputes every file's sha256, size, rows and schema where the files are
+        stored, against manifest.json and the files recorded when it was built.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +120,16 @@ def add_DatasetServiceServicer_to_server(servicer, server):
                     servicer.ListDatasets,
                     request_deserializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ListDatasetsRequest.FromString,
                     response_serializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'ReadDataset': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadDataset,
+                    request_deserializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ReadDatasetRequest.FromString,
+                    response_serializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.ReadDatasetResponse.SerializeToString,
+            ),
+            'VerifyDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyDataset,
+                    request_deserializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.VerifyDatasetRequest.FromString,
+                    response_serializer=nex_dot_collector_dot_v1_dot_dataset__service__pb2.VerifyDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +214,60 @@ class DatasetService:
             '/nex.collector.v1.DatasetService/ListDatasets',
             nex_dot_collector_dot_v1_dot_dataset__service__pb2.ListDatasetsRequest.SerializeToString,
             nex_dot_collector_dot_v1_dot_dataset__service__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nex.collector.v1.DatasetService/ReadDataset',
+            nex_dot_collector_dot_v1_dot_dataset__service__pb2.ReadDatasetRequest.SerializeToString,
+            nex_dot_collector_dot_v1_dot_dataset__service__pb2.ReadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nex.collector.v1.DatasetService/VerifyDataset',
+            nex_dot_collector_dot_v1_dot_dataset__service__pb2.VerifyDatasetRequest.SerializeToString,
+            nex_dot_collector_dot_v1_dot_dataset__service__pb2.VerifyDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,16 @@ class DatasetServiceStub:
     """Validates, stores the manifest as BUILDING and returns; a worker builds it."""
     GetDataset: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.GetDatasetRequest, _dataset_service_pb2.GetDatasetResponse]
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.ListDatasetsRequest, _dataset_service_pb2.ListDatasetsResponse]
+    ReadDataset: _grpc.UnaryStreamMultiCallable[_dataset_service_pb2.ReadDatasetRequest, _dataset_service_pb2.ReadDatasetResponse]
+    """Streams rows of one file of a READY dataset as Arrow IPC messages, read
+    from wherever the dataset is stored (disk or object store): the caller
+    needs no file system or bucket access. The first response holds the
+    schema, each further one a record batch (see docs/dataset-format.md).
+    """
+    VerifyDataset: _grpc.UnaryUnaryMultiCallable[_dataset_service_pb2.VerifyDatasetRequest, _dataset_service_pb2.VerifyDatasetResponse]
+    """Recomputes every file's sha256, size, rows and schema where the files are
+    stored, against manifest.json and the files recorded when it was built.
+    """
 
 @_typing.type_check_only
 class DatasetServiceAsyncStub(DatasetServiceStub):
@@ -47,6 +57,16 @@ class DatasetServiceAsyncStub(DatasetServiceStub):
     """Validates, stores the manifest as BUILDING and returns; a worker builds it."""
     GetDataset: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.GetDatasetRequest, _dataset_service_pb2.GetDatasetResponse]  # type: ignore[assignment]
     ListDatasets: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.ListDatasetsRequest, _dataset_service_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    ReadDataset: _aio.UnaryStreamMultiCallable[_dataset_service_pb2.ReadDatasetRequest, _dataset_service_pb2.ReadDatasetResponse]  # type: ignore[assignment]
+    """Streams rows of one file of a READY dataset as Arrow IPC messages, read
+    from wherever the dataset is stored (disk or object store): the caller
+    needs no file system or bucket access. The first response holds the
+    schema, each further one a record batch (see docs/dataset-format.md).
+    """
+    VerifyDataset: _aio.UnaryUnaryMultiCallable[_dataset_service_pb2.VerifyDatasetRequest, _dataset_service_pb2.VerifyDatasetResponse]  # type: ignore[assignment]
+    """Recomputes every file's sha256, size, rows and schema where the files are
+    stored, against manifest.json and the files recorded when it was built.
+    """
 
 class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
     """Distilled datasets built from completed runs."""
@@ -72,5 +92,27 @@ class DatasetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dataset_service_pb2.ListDatasetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_service_pb2.ListDatasetsResponse, _abc.Awaitable[_dataset_service_pb2.ListDatasetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadDataset(
+        self,
+        request: _dataset_service_pb2.ReadDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dataset_service_pb2.ReadDatasetResponse], _abc.AsyncIterator[_dataset_service_pb2.ReadDatasetResponse]]:
+        """Streams rows of one file of a READY dataset as Arrow IPC messages, read
+        from wherever the dataset is stored (disk or object store): the caller
+        needs no file system or bucket access. The first response holds the
+        schema, each further one a record batch (see docs/dataset-format.md).
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyDataset(
+        self,
+        request: _dataset_service_pb2.VerifyDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataset_service_pb2.VerifyDatasetResponse, _abc.Awaitable[_dataset_service_pb2.VerifyDatasetResponse]]:
+        """Recomputes every file's sha256, size, rows and schema where the files are
+        stored, against manifest.json and the files recorded when it was built.
+        """
 
 def add_DatasetServiceServicer_to_server(servicer: DatasetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,6 +30,7 @@ from nex.collector.server.config import (
     load_teachers,
     teacher_credentials,
 )
+from nex.collector.server.datasets.storage import DatasetStore, StorageConfigError
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
@@ -168,6 +169,19 @@ def read_teachers(settings: Settings) -> TeacherDirectory:
     return teachers
 
 
+def open_dataset_store(settings: Settings) -> DatasetStore:
+    """Where datasets live (DATASETS_URI); a setting that cannot work stops
+    start-up with one line."""
+    try:
+        return DatasetStore.from_uri(
+            settings.datasets_location,
+            endpoint_url=settings.datasets_s3_endpoint,
+            env=settings.storage_env(),
+        )
+    except (StorageConfigError, OSError, ValueError) as exc:
+        raise StartupError(f"DATASETS_URI: {exc}") from None
+
+
 def plain_dsn(database_url: str) -> str:
     """The asyncpg DSN of a SQLAlchemy URL (for LISTEN/NOTIFY)."""
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -276,7 +290,7 @@ async def open_container(
         datasets = Datasets(
             uow,
             queue,
-            root=settings.datasets_dir,
+            store=open_dataset_store(settings),
             metrics=MetricRegistry.from_entry_points(),
             evidence=evidence,
             lease=timedelta(seconds=settings.dataset_lease_s),

@@ -45,6 +45,21 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, validation_alias="DATABASE_POOL_SIZE", ge=1)
     database_max_overflow: int = Field(default=10, validation_alias="DATABASE_MAX_OVERFLOW", ge=0)
     data_dir: Path = Field(default=Path(".data"), validation_alias="DATA_DIR")
+    # Where datasets live: file:///abs/path or s3://bucket/prefix (any
+    # S3-compatible store); unset: DATA_DIR/datasets on the local disk.
+    datasets_uri: str | None = Field(default=None, validation_alias="DATASETS_URI")
+    # The S3 endpoint (MinIO, Ceph, R2, moto: http(s)://host:port); unset: the
+    # AWS SDK's variables below, else AWS itself.
+    datasets_s3_endpoint: str | None = Field(default=None, validation_alias="DATASETS_S3_ENDPOINT")
+    aws_endpoint_url: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL")
+    aws_endpoint_url_s3: str | None = Field(default=None, validation_alias="AWS_ENDPOINT_URL_S3")
+    aws_access_key_id: str | None = Field(default=None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias="AWS_SECRET_ACCESS_KEY"
+    )
+    aws_session_token: SecretStr | None = Field(default=None, validation_alias="AWS_SESSION_TOKEN")
+    aws_region: str | None = Field(default=None, validation_alias="AWS_REGION")
+    aws_default_region: str | None = Field(default=None, validation_alias="AWS_DEFAULT_REGION")
     addr: str = Field(default="127.0.0.1:50051", validation_alias="NEX_COLLECTOR_ADDR")
     tokens_csv: str = Field(default="", validation_alias="NEX_COLLECTOR_TOKENS")
     allow_anonymous: bool = Field(default=False, validation_alias="NEX_COLLECTOR_ALLOW_ANONYMOUS")
@@ -103,6 +118,16 @@ class Settings(BaseSettings):
             raise ValueError(f"must be host:port (e.g. 0.0.0.0:9464), got {value!r}")
         return value
 
+    @field_validator("datasets_uri")
+    @classmethod
+    def _datasets_uri(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError(f"must be file:///absolute/path or s3://bucket/prefix, got {value!r}")
+        return value
+
     @field_validator("allow_anonymous", mode="before")
     @classmethod
     def _empty_is_false(cls, value: object) -> object:
@@ -158,6 +183,28 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def datasets_location(self) -> str:
+        """DATASETS_URI, or the file:// uri of DATA_DIR/datasets."""
+        return self.datasets_uri or self.datasets_dir.resolve().as_uri()
+
+    def storage_env(self) -> dict[str, str]:
+        """The AWS variables the object store reads, as set (secrets revealed)."""
+        values = {
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.aws_endpoint_url_s3,
+            "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key.get_secret_value()
+            if self.aws_secret_access_key
+            else None,
+            "AWS_SESSION_TOKEN": self.aws_session_token.get_secret_value()
+            if self.aws_session_token
+            else None,
+            "AWS_REGION": self.aws_region,
+            "AWS_DEFAULT_REGION": self.aws_default_region,
+        }
+        return {k: v for k, v in values.items() if v}
 
 
 def is_loopback(addr: str) -> bool:

@@ -38,6 +38,7 @@ from nex.collector.client import (
     BooleanFilter,
     DatasetManifest,
     DatasetStatus,
+    DatasetVerification,
     EntropyFilter,
     Filter,
     LengthFilter,
@@ -71,12 +72,15 @@ __all__ = [
     "FilterSyntaxError",
     "app",
     "dataset_view",
+    "fetch_scores",
     "format_filter",
     "histogram",
     "local_dir",
     "parse_filter",
     "quantiles",
     "read_scores",
+    "remote_verify_view",
+    "scores_of",
     "verify_view",
     "wait_with_progress",
 ]
@@ -263,10 +267,23 @@ def read_scores(directory: Path) -> dict[str, list[float]]:
     """Finite values per score name from scores.parquet, sorted by name. Reads
     the long layout (example_id, name, value, …) and a wide one (one nullable
     numeric column per score) alike."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(directory / "scores.parquet")
+    return scores_of(pq.read_table(directory / "scores.parquet"))
+
+
+async def fetch_scores(client: AsyncClient, m: DatasetManifest) -> dict[str, list[float]] | None:
+    """The scores of a READY dataset, read through the server (ReadDataset), so
+    from any machine; None for a dataset that is not ready."""
+    if m.status != DatasetStatus.READY:
+        return None
+    return scores_of(await client.read_dataset(m.id, file="scores", columns=["name", "value"]))
+
+
+def scores_of(table: Any) -> dict[str, list[float]]:
+    """Finite values per score name of a scores table (a pyarrow Table)."""
+    import pyarrow as pa
+
     result: dict[str, list[float]] = {}
     if {"name", "value"} <= set(table.column_names):
         pairs = zip(
@@ -410,18 +427,25 @@ def drops_table(m: DatasetManifest) -> Table:
     return table
 
 
-def dataset_view(m: DatasetManifest, score: str | None = None, bins: int = 16) -> RenderableType:
+def dataset_view(
+    m: DatasetManifest,
+    score: str | None = None,
+    bins: int = 16,
+    scores: Mapping[str, Sequence[float]] | None = None,
+) -> RenderableType:
     """Everything ``dataset show`` prints: summary, files, drops, score
-    quantiles and a histogram (the last two when the files are local)."""
+    quantiles and a histogram (the last two from `scores`, see
+    ``fetch_scores``, else from the files when they are on this machine)."""
     parts: list[RenderableType] = [summary_table(m)]
     if m.status != DatasetStatus.READY:
         return Group(*parts)
     parts += [files_table(m), drops_table(m)]
-    directory = local_dir(m.uri)
-    if directory is None:
-        parts.append(Text(f"the files are not on this machine ({m.uri}): no score view", "dim"))
-        return Group(*parts)
-    scores = read_scores(directory)
+    if scores is None:
+        directory = local_dir(m.uri)
+        if directory is None:
+            parts.append(Text(f"the files are not on this machine ({m.uri}): no score view", "dim"))
+            return Group(*parts)
+        scores = read_scores(directory)
     if not scores:
         parts.append(Text("no scores (the dataset is empty)", style="dim"))
         return Group(*parts)
@@ -495,6 +519,23 @@ def verify_view(directory: Path) -> tuple[RenderableType, list[str]]:
     return table, problems
 
 
+def remote_verify_view(v: DatasetVerification) -> RenderableType:
+    """The files of a dataset the server verified where they are stored."""
+    table = Table(title=v.dataset.uri or v.dataset.id, title_justify="left")
+    for column in ("file", "rows", "size", "sha256", "check"):
+        table.add_column(column, justify="right" if column in ("rows", "size") else "left")
+    for f in v.dataset.files:
+        bad = any(p.startswith(f"{f.name}:") for p in v.problems)
+        table.add_row(
+            f.name,
+            f"{f.rows:,}",
+            fmt_bytes(f.bytes),
+            f.sha256[:16] + "…",
+            Text("✗ mismatch", "red") if bad else Text("✓ ok", "green"),
+        )
+    return table
+
+
 # ----------------------------------------------------------------- commands
 
 
@@ -539,7 +580,9 @@ def build(
     filters = parse_filters(filter_ or [])
     target = resolve_target(addr, token)
 
-    async def action(client: AsyncClient) -> DatasetManifest:
+    async def action(
+        client: AsyncClient,
+    ) -> tuple[DatasetManifest, dict[str, list[float]] | None]:
         manifest = await client.build_dataset(
             name,
             version,
@@ -552,16 +595,17 @@ def build(
         )
         out.print(f"[green]✓[/green] building dataset [bold]{manifest.id}[/bold]")
         if not wait:
-            return manifest
-        return await wait_with_progress(client, manifest, timeout)
+            return manifest, None
+        manifest = await wait_with_progress(client, manifest, timeout)
+        return manifest, await fetch_scores(client, manifest)
 
-    manifest = run_with_client(target, action)
+    manifest, scores = run_with_client(target, action)
     if manifest.status != DatasetStatus.FAILED:
         print_id(quiet, manifest.id)
     if not wait:
         out.print(f"follow it with: nex-collector dataset show {manifest.id}")
         return
-    out.print(dataset_view(manifest, score))
+    out.print(dataset_view(manifest, score, scores=scores))
     if manifest.status == DatasetStatus.READY and manifest.counts.kept == 0:
         err.print("[yellow]warning:[/yellow] the dataset is empty: the filters kept no run")
     if manifest.status == DatasetStatus.FAILED:
@@ -587,14 +631,18 @@ def show(
 
     The summary holds status, uri and rows per file; then the runs kept and
     dropped per filter, the p0 p25 p50 p75 p100 of every score, and a
-    histogram of one score. Quantiles and histogram read scores.parquet, so
-    they need the dataset's folder on this machine."""
+    histogram of one score. Quantiles and histogram read scores.parquet
+    through the server (ReadDataset): no access to the files is needed."""
     target = resolve_target(addr, token)
 
-    async def action(client: AsyncClient) -> DatasetManifest:
-        return await client.get_dataset(dataset_id)
+    async def action(
+        client: AsyncClient,
+    ) -> tuple[DatasetManifest, dict[str, list[float]] | None]:
+        manifest = await client.get_dataset(dataset_id)
+        return manifest, await fetch_scores(client, manifest)
 
-    out.print(dataset_view(run_with_client(target, action), score, bins))
+    manifest, scores = run_with_client(target, action)
+    out.print(dataset_view(manifest, score, bins, scores=scores))
 
 
 @app.command("list")
@@ -621,8 +669,8 @@ def list_(
     out.print(table)
 
 
-def _dataset_dir(ref: str, addr: str | None, token: str | None) -> Path:
-    """A dataset folder from a path, a file:// uri, or a dataset id (asked of the server)."""
+def _local_dataset_dir(ref: str) -> Path | None:
+    """A dataset folder named by a path or a file:// uri, or None for an id."""
     path = Path(ref)
     if path.name == "manifest.json" and path.is_file():
         return path.parent
@@ -633,18 +681,7 @@ def _dataset_dir(ref: str, addr: str | None, token: str | None) -> Path:
         if directory is None:
             fail(f"no such folder: {ref}")
         return directory
-    target: Target = resolve_target(addr, token)
-
-    async def action(client: AsyncClient) -> DatasetManifest:
-        return await client.get_dataset(ref)
-
-    manifest = run_with_client(target, action)
-    if manifest.status != DatasetStatus.READY:
-        fail(f"dataset {ref} is {manifest.status.name.lower()}, not ready: nothing to verify")
-    directory = local_dir(manifest.uri)
-    if directory is None:
-        fail(f"the files of {ref} are not on this machine: {manifest.uri}")
-    return directory
+    return None
 
 
 @app.command("verify")
@@ -652,16 +689,36 @@ def verify(
     ref: Annotated[
         str, typer.Argument(metavar="ID|PATH", help="dataset id, folder, or its manifest.json")
     ],
+    timeout: Annotated[
+        float, typer.Option(help="seconds the server may take to check an id's files")
+    ] = 600.0,
     addr: AddrOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Check a dataset's files against its manifest.json (exit 1 on a mismatch).
 
-    Recomputes every file's sha256, size, row count and schema. A PATH (the
-    folder or its manifest.json) needs no server."""
-    directory = _dataset_dir(ref, addr, token)
-    table, problems = verify_view(directory)
-    out.print(table)
-    if problems:
-        fail(f"{len(problems)} problem(s) in {directory}", problems)
+    Recomputes every file's sha256, size, row count and schema. For an ID the
+    server does it where the files are stored (disk or object store), so it
+    works from any machine; a PATH (the folder or its manifest.json) is
+    checked here and needs no server."""
+    directory = _local_dataset_dir(ref)
+    if directory is not None:
+        table, problems = verify_view(directory)
+        out.print(table)
+        if problems:
+            fail(f"{len(problems)} problem(s) in {directory}", problems)
+        out.print("[green]✓ every file matches manifest.json[/green] (sha256, size, rows, schema)")
+        return
+    target: Target = resolve_target(addr, token)
+
+    async def action(client: AsyncClient) -> DatasetVerification:
+        return await client.verify_dataset(ref, timeout=timeout)
+
+    verification = run_with_client(target, action)
+    out.print(remote_verify_view(verification))
+    if verification.problems:
+        fail(
+            f"{len(verification.problems)} problem(s) in {verification.dataset.uri}",
+            list(verification.problems),
+        )
     out.print("[green]✓ every file matches manifest.json[/green] (sha256, size, rows, schema)")

@@ -10,9 +10,14 @@ from nex.collector.server.datasets.builder import (
     build_dataset,
 )
 from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
+from nex.collector.server.datasets.storage import (
+    MANIFEST_NAME,
+    DatasetStore,
+    Location,
+    StorageConfigError,
+)
 from nex.collector.server.datasets.verify import verify_dataset
 from nex.collector.server.datasets.writer import (
-    MANIFEST_NAME,
     BuildResult,
     DatasetExistsError,
     DatasetFileInfo,
@@ -30,8 +35,11 @@ __all__ = [
     "BuildResult",
     "DatasetExistsError",
     "DatasetFileInfo",
+    "DatasetStore",
     "FilterDrop",
+    "Location",
     "Progress",
+    "StorageConfigError",
     "build_dataset",
     "remove_stale_staging",
     "verify_dataset",

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from nex.collector.server.datasets.columns import ChunkTables, LogprobColumns, estimated_bytes
 from nex.collector.server.datasets.schema import SCHEMAS
+from nex.collector.server.datasets.storage import Location
 from nex.collector.server.datasets.writer import (
     RESERVED_MANIFEST_KEYS,
     BuildResult,
@@ -176,12 +177,12 @@ def _discard(
     writer.abort()
 
 
-def _open_writer(final_dir: Path, clean_stale: bool) -> DatasetWriter:
-    if final_dir.exists():
-        raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
+def _open_writer(final: Location, clean_stale: bool) -> DatasetWriter:
+    if final.store.committed(final.path):
+        raise DatasetExistsError(f"dataset {final.uri} exists; a version never changes")
     if clean_stale:
-        remove_stale_staging(final_dir)
-    return DatasetWriter(final_dir)
+        remove_stale_staging(final)
+    return DatasetWriter(final)
 
 
 async def _report(progress: Progress | None, build: _Build) -> None:
@@ -197,7 +198,7 @@ async def build_dataset(
     *,
     filters: Sequence[Filter],
     metrics: MetricRegistry,
-    final_dir: Path,
+    final_dir: Path | Location,
     manifest_extra: Mapping[str, Any],
     progress: Progress | None = None,
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
@@ -206,7 +207,8 @@ async def build_dataset(
     allow_empty: bool = True,
 ) -> BuildResult:
     """Scores and filters the runs of `chunks` (in the order given) and writes
-    the dataset into `final_dir`, which appears, complete, only on success.
+    the dataset into `final_dir` (a local folder, or a Location in any store),
+    which appears, complete, only on success (its manifest last).
 
     Raises InvalidFiltersError before touching the disk if a filter is
     invalid, DatasetExistsError if `final_dir` exists, ValueError if
@@ -223,7 +225,8 @@ async def build_dataset(
         raise ValueError(f"manifest_extra may not set {sorted(clash)}: the builder writes them")
     json.dumps(manifest_extra, default=json_default)  # fail now, not after the whole build
     chain = FilterChain(filters)
-    writer = await asyncio.to_thread(_open_writer, final_dir, clean_stale)
+    final = final_dir if isinstance(final_dir, Location) else Location.local(final_dir)
+    writer = await asyncio.to_thread(_open_writer, final, clean_stale)
     build = _Build(chain, metrics, writer, row_group_size, max_row_group_bytes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-build")
     pending: Future[None] | None = None

@@ -1,27 +1,40 @@
-"""Checks a dataset folder against its manifest.json."""
+"""Checks a dataset (a local folder or a prefix in an object store) against its
+manifest.json."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
 
 from nex.collector.server.datasets.schema import FILE_NAMES, SCHEMAS
-from nex.collector.server.datasets.writer import MANIFEST_NAME, sha256_file
+from nex.collector.server.datasets.storage import MANIFEST_NAME, Location
 
-__all__ = ["verify_dataset"]
+__all__ = ["sha256_of", "verify_dataset"]
 
 
-def verify_dataset(directory: Path) -> list[str]:
+def sha256_of(location: Location, name: str, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with location.store.fs.open_input_stream(location.child(name)) as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_dataset(directory: Path | Location) -> list[str]:
     """Recomputes every file's sha256, size and row count and compares them
     with manifest.json; also checks each table's schema. Returns the problems
-    found, one sentence each; an empty list means the dataset is intact."""
-    manifest_path = directory / MANIFEST_NAME
+    found, one sentence each; an empty list means the dataset is intact.
+    Blocking: reads every byte of the dataset."""
+    location = directory if isinstance(directory, Location) else Location.local(directory)
+    store = location.store
+    shown = directory if isinstance(directory, Path) else location.uri
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(store.read_bytes(location.child(MANIFEST_NAME)).decode("utf-8"))
     except FileNotFoundError:
-        return [f"{MANIFEST_NAME} is missing in {directory}"]
+        return [f"{MANIFEST_NAME} is missing in {shown}"]
     except (OSError, ValueError) as exc:
         return [f"{MANIFEST_NAME} is unreadable: {exc}"]
     entries = manifest.get("files") if isinstance(manifest, dict) else None
@@ -36,35 +49,37 @@ def verify_dataset(directory: Path) -> list[str]:
             continue
         name = entry["name"]
         listed.add(name)
-        path = directory / name
-        if Path(name).name != name:
+        if PurePosixPath(name).name != name or name in ("", ".", ".."):
             problems.append(f"{name}: file names must not contain a path")
             continue
-        if not path.is_file():
+        path = location.child(name)
+        if not store.is_file(path):
             problems.append(f"{name}: listed in the manifest but missing")
             continue
-        size = path.stat().st_size
+        size = store.info(path).size
         if size != entry.get("bytes"):
             problems.append(f"{name}: {size} bytes, manifest says {entry.get('bytes')}")
-        digest = sha256_file(path)
+        digest = sha256_of(location, name)
         if digest != entry.get("sha256"):
             problems.append(f"{name}: sha256 {digest}, manifest says {entry.get('sha256')}")
         try:
-            parquet = pq.ParquetFile(path)
+            with store.open_input(path) as f:
+                parquet = pq.ParquetFile(f)
+                rows = parquet.metadata.num_rows
+                schema = parquet.schema_arrow
         except Exception as exc:
             problems.append(f"{name}: not a readable Parquet file ({exc})")
             continue
-        rows = parquet.metadata.num_rows
         if rows != entry.get("rows"):
             problems.append(f"{name}: {rows} rows, manifest says {entry.get('rows')}")
         table = name.removesuffix(".parquet")
         expected = SCHEMAS.get(table)
-        if expected is not None and not parquet.schema_arrow.equals(expected):
+        if expected is not None and not schema.equals(expected):
             problems.append(f"{name}: schema differs from the {table} table's")
 
     for name in sorted(set(FILE_NAMES.values()) - listed):
         problems.append(f"{name}: not listed in the manifest")
-    for path in sorted(directory.iterdir()):
-        if path.name != MANIFEST_NAME and path.name not in listed:
-            problems.append(f"{path.name}: present but not listed in the manifest")
+    for present in store.entries(location.path):
+        if present.name != MANIFEST_NAME and present.name not in listed:
+            problems.append(f"{present.name}: present but not listed in the manifest")
     return problems

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,8 +24,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
+from nex.collector.server.datasets.storage import (
+    DIR_MODE,
+    FILE_MODE,
+    MANIFEST_NAME,
+    STAGING_MARK,
+    Location,
+    make_dirs,
+)
 
 __all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
     "MANIFEST_NAME",
     "RESERVED_MANIFEST_KEYS",
     "BuildResult",
@@ -35,12 +44,12 @@ __all__ = [
     "DatasetWriter",
     "FilterDrop",
     "json_default",
+    "make_dirs",
     "remove_stale_staging",
     "sha256_file",
     "staging_dir_for",
 ]
 
-MANIFEST_NAME = "manifest.json"
 RESERVED_MANIFEST_KEYS = frozenset({"counts", "files", "filters", "format_version", "uri"})
 
 # Dictionary-encode only the strings that repeat (vocabulary tokens, names);
@@ -114,39 +123,22 @@ class BuildResult:
     uri: str
 
 
-# Datasets may hold sensitive prompts and answers: readable by the owner and its
-# group, never by everyone, whatever the process's umask.
-FILE_MODE = 0o640
-DIR_MODE = 0o750
-
-
-def make_dirs(path: Path) -> None:
-    """Creates `path` and its missing parents with DIR_MODE."""
-    missing: list[Path] = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=DIR_MODE)
-            folder.chmod(DIR_MODE)
-
-
 def staging_dir_for(final_dir: Path) -> Path:
-    return final_dir.parent / f".{final_dir.name}.tmp-{secrets.token_hex(6)}"
+    return final_dir.parent / f".{final_dir.name}{STAGING_MARK}{secrets.token_hex(6)}"
 
 
-def remove_stale_staging(final_dir: Path) -> list[Path]:
-    """Removes staging folders left for `final_dir` by builds that died without
-    cleaning up (a worker killed with SIGKILL). Only safe while no other build
-    of the same dataset runs, which the dataset's unique (name, version) ensures."""
-    removed = []
-    if final_dir.parent.is_dir():
-        for path in sorted(final_dir.parent.glob(f".{final_dir.name}.tmp-*")):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
+def remove_stale_staging(final_dir: Path | Location) -> list[str]:
+    """Removes what builds of this dataset left when they died without cleaning
+    up (a worker killed with SIGKILL): staging folders and, on an object
+    store, files without a manifest. Only safe while no other build of the
+    same dataset runs, which the dataset's unique (name, version) and its
+    build lease ensure."""
+    location = _location(final_dir)
+    return location.store.remove_uncommitted(location.path)
+
+
+def _location(final: Path | Location) -> Location:
+    return final if isinstance(final, Location) else Location.local(final)
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -155,14 +147,6 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
         while chunk := f.read(block):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def json_default(value: Any) -> Any:
@@ -180,11 +164,9 @@ class _HashingSink(io.RawIOBase):
     """An append-only file that hashes what goes through it, so checksums cost
     no second pass over the files (and are computed in the writer thread)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, file: Any) -> None:
         super().__init__()
-        self._file = open(  # noqa: SIM115 - closed in close()
-            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb", buffering=0
-        )
+        self._file = file  # a local file (unbuffered) or a pyarrow output stream
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -202,7 +184,8 @@ class _HashingSink(io.RawIOBase):
 
     def close(self) -> None:
         if not self._file.closed:
-            os.fsync(self._file.fileno())
+            if hasattr(self._file, "fileno") and not isinstance(self._file, pa.NativeFile):
+                os.fsync(self._file.fileno())
             self._file.close()
         super().close()
 
@@ -210,10 +193,10 @@ class _HashingSink(io.RawIOBase):
 class _TableFile:
     """One Parquet file of the dataset being written."""
 
-    def __init__(self, directory: Path, table: str) -> None:
+    def __init__(self, location: Location, table: str) -> None:
         self.name = FILE_NAMES[table]
         self.rows = 0
-        self.sink = _HashingSink(directory / self.name)
+        self.sink = _HashingSink(location.store.create(location.child(self.name)))
         try:
             self.writer = pq.ParquetWriter(
                 self.sink,
@@ -246,19 +229,17 @@ class DatasetWriter:
     """The five Parquet writers of one build, in a staging folder.
 
     Each ``write_row_group`` call writes exactly one row group per file.
-    ``commit`` closes and fsyncs the files, writes manifest.json (with each
-    file's sha256, computed while writing) and renames the folder to its final
-    name; ``abort`` removes it.
+    ``commit`` closes the files (fsynced on a local disk), then puts them and
+    manifest.json (with each file's sha256, computed while writing) in place,
+    the manifest last (see ``storage``); ``abort`` removes the staging folder.
     """
 
-    def __init__(self, final_dir: Path) -> None:
-        if final_dir.exists():
-            raise DatasetExistsError(f"dataset folder {final_dir} exists; a version never changes")
-        make_dirs(final_dir.parent)
-        self.final_dir = final_dir
-        self.staging_dir = staging_dir_for(final_dir)
-        self.staging_dir.mkdir(mode=DIR_MODE)
-        self.staging_dir.chmod(DIR_MODE)
+    def __init__(self, final_dir: Path | Location) -> None:
+        self.location = _location(final_dir)
+        store = self.location.store
+        if store.committed(self.location.path):
+            raise DatasetExistsError(f"dataset {self.location.uri} exists; a version never changes")
+        self.staging = Location(store, store.make_staging(self.location.path))
         self._files: dict[str, _TableFile] = {}
         # Encoding, compression and hashing release the GIL: one background thread
         # writes row group n while the caller prepares row group n + 1.
@@ -266,10 +247,20 @@ class DatasetWriter:
         self._pending: Future[None] | None = None
         try:
             for table in SCHEMAS:
-                self._files[table] = _TableFile(self.staging_dir, table)
+                self._files[table] = _TableFile(self.staging, table)
         except BaseException:
             self.abort()
             raise
+
+    @property
+    def final_dir(self) -> Path:
+        """The final folder of a local dataset."""
+        return Path(self.location.path)
+
+    @property
+    def staging_dir(self) -> Path:
+        """The staging folder of a local dataset."""
+        return Path(self.staging.path)
 
     def write_row_group(self, tables: Mapping[str, pa.Table]) -> None:
         """Queues one row group per file from `tables` (table name → rows, possibly
@@ -299,11 +290,12 @@ class DatasetWriter:
         self._wait()
         self._executor.shutdown()
         files = self._close_files()
+        store = self.location.store
         for info in files:
-            size = (self.staging_dir / info.name).stat().st_size
+            size = store.info(self.staging.child(info.name)).size
             if size != info.bytes:  # pragma: no cover - would be a bug in the sink
                 raise OSError(f"{info.name}: wrote {info.bytes} bytes but the file has {size}")
-        uri = self.final_dir.resolve().as_uri()
+        uri = self.location.uri
         manifest: dict[str, Any] = dict(manifest_extra)
         manifest.update(
             format_version=FORMAT_VERSION,
@@ -324,17 +316,15 @@ class DatasetWriter:
         text = json.dumps(
             manifest, sort_keys=True, indent=2, ensure_ascii=False, default=json_default
         )
-        manifest_path = self.staging_dir / MANIFEST_NAME
-        fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_path(self.staging_dir)
-        if self.final_dir.exists():
-            raise DatasetExistsError(f"dataset folder {self.final_dir} appeared during the build")
-        os.rename(self.staging_dir, self.final_dir)
-        _fsync_path(self.final_dir.parent)
+        try:
+            store.commit(
+                self.staging.path,
+                self.location.path,
+                [f.name for f in files],
+                (text + "\n").encode("utf-8"),
+            )
+        except FileExistsError as exc:
+            raise DatasetExistsError(str(exc)) from None
         return BuildResult(files=files, total=total, kept=kept, dropped=list(dropped), uri=uri)
 
     def abort(self) -> None:
@@ -345,7 +335,8 @@ class DatasetWriter:
             self._wait()
         with contextlib.suppress(Exception):
             self._close_files()
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self.location.store.delete_tree(self.staging.path)
 
     def _close_files(self) -> list[DatasetFileInfo]:
         files, self._files = self._files, {}

@@ -109,3 +109,9 @@ def page_cut(sizes: Sequence[int], budget: int = PAGE_BYTES) -> int:
 def input_size(value: int) -> str:
     """A byte count for messages: '2.0 MiB', '512.0 KiB'."""
     return f"{value / MiB:.1f} MiB" if value >= MiB else f"{value / 1024:.1f} KiB"
+
+
+# One Arrow IPC message of ReadDataset: record batches are cut to stay within
+# this (a single row larger than it goes alone, up to the reply limit), so the
+# stream suits a default gRPC client's 4 MiB receive limit.
+READ_MESSAGE_BYTES = 4 * MiB - 64 * 1024

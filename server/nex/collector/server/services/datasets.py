@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from nex.collector.server import metrics
 from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
-from nex.collector.server.datasets.writer import MANIFEST_NAME, DatasetExistsError
+from nex.collector.server.datasets.reader import (
+    ManifestMismatch,
+    ipc_messages,
+    open_file,
+    read_manifest,
+)
+from nex.collector.server.datasets.storage import DatasetStore, Location
+from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.datasets.writer import DatasetExistsError
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
@@ -25,10 +33,17 @@ from nex.collector.server.domain.datasets import (
     FilterDrop,
     check_path_component,
 )
-from nex.collector.server.domain.errors import AlreadyExists, Violations
+from nex.collector.server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Violations,
+    quote,
+)
 from nex.collector.server.domain.filters import Filter, validate_filters
 from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET
 from nex.collector.server.domain.scoring import MetricRegistry
+from nex.collector.server.domain.sizes import READ_MESSAGE_BYTES
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.queue import BUILD_DATASET, JobQueue
@@ -66,7 +81,7 @@ class Datasets:
         uow: UnitOfWorkFactory,
         queue: JobQueue,
         *,
-        root: Path,
+        store: DatasetStore,
         metrics: MetricRegistry,
         evidence: Evidence | None = None,
         lease: timedelta = BUILD_LEASE,
@@ -75,14 +90,18 @@ class Datasets:
         self._uow = uow
         self._integrated = integrated
         self._queue = queue
-        self._root = root
+        self._store = store
         self._metrics = metrics
         self._evidence = evidence
         self._lease = lease
         self._renew_every_s = min(_RENEW_EVERY_S, lease.total_seconds() / 3)
 
-    def folder(self, name: str, version: str) -> Path:
-        return (self._root / name / version).resolve()
+    @property
+    def store(self) -> DatasetStore:
+        return self._store
+
+    def folder(self, name: str, version: str) -> Location:
+        return self._store.location(name, version)
 
     async def build(self, cmd: NewDataset) -> Dataset:
         """Validates and stores the manifest as BUILDING; a worker builds it."""
@@ -123,7 +142,7 @@ class Datasets:
                 name=cmd.name,
                 version=cmd.version,
                 status=DatasetStatus.BUILDING,
-                uri=self.folder(cmd.name, cmd.version).as_uri(),
+                uri=self.folder(cmd.name, cmd.version).uri,
                 batch_ids=tuple(cmd.batch_ids),
                 filters=tuple(cmd.filters),
                 create_time=now(),
@@ -169,6 +188,111 @@ class Datasets:
             lambda tx, page: tx.datasets.page(page, name=name),
         )
 
+    # -- reading -------------------------------------------------------------------
+
+    async def _ready(self, dataset_id: str, field: str) -> tuple[Dataset, Location]:
+        v = Violations()
+        check_id(v, field, dataset_id)
+        v.raise_if_any()
+        async with self._uow() as tx:
+            dataset = require(await tx.datasets.get(dataset_id), "dataset", dataset_id)
+        if dataset.status is not DatasetStatus.READY:
+            raise FailedPrecondition(
+                f"dataset {dataset_id} is {dataset.status.value}, not ready: nothing to read yet"
+                if dataset.status is DatasetStatus.BUILDING
+                else f"dataset {dataset_id} failed to build: it has no files",
+                reason="DATASET_NOT_READY",
+                metadata={"id": dataset_id, "status": dataset.status.value},
+            )
+        location = self._store.locate(dataset.uri)
+        if location is None:
+            raise FailedPrecondition(
+                f"dataset {dataset_id} is stored at {dataset.uri}, outside this server's "
+                f"DATASETS_URI ({self._store.uri})",
+                reason="DATASET_NOT_IN_STORE",
+                metadata={"id": dataset_id, "uri": dataset.uri},
+            )
+        return dataset, location
+
+    async def read(
+        self,
+        dataset_id: str,
+        *,
+        file: str,
+        columns: Sequence[str],
+        offset: int,
+        limit: int,
+        budget: int = READ_MESSAGE_BYTES,
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """(Arrow IPC message, rows in it) of rows [offset, offset + limit) of one file of a
+        READY dataset (see datasets.reader); the file is read a row group at a
+        time, in a thread. Every check happens before the first message."""
+        v = Violations()
+        if offset < 0:
+            v.add("offset", f"must be 0 or more, got {offset}")
+        if limit < 0:
+            v.add("limit", f"must be 0 (to the end) or more, got {limit}")
+        seen: set[str] = set()
+        for i, column in enumerate(columns):
+            if column in seen:
+                v.add(f"columns[{i}]", f"{quote(column)} is named twice")
+            seen.add(column)
+        if not file:
+            v.add("file", "is required: one of the dataset's files, e.g. targets.parquet")
+        v.raise_if_any()
+        dataset, location = await self._ready(dataset_id, "dataset_id")
+        names = [f.name for f in dataset.files]
+        wanted = file if file.endswith(".parquet") else f"{file}.parquet"
+        entry = next((f for f in dataset.files if f.name == wanted), None)
+        if entry is None:
+            raise InvalidArgument.one(
+                "file", f"{quote(file)} is not a file of this dataset; one of {', '.join(names)}"
+            )
+        try:
+            opened = await asyncio.to_thread(
+                open_file, location, dataset.id, entry.name, entry.sha256
+            )
+        except (ManifestMismatch, OSError, pa.ArrowException) as exc:
+            raise _files_mismatch(dataset, exc) from None
+        try:
+            v = Violations()
+            known = set(opened.schema.names)
+            for i, column in enumerate(columns):
+                if column not in known:
+                    v.add(
+                        f"columns[{i}]",
+                        f"{quote(column)} is not a column of {entry.name}; its columns: "
+                        f"{', '.join(opened.schema.names)}",
+                    )
+            if offset > opened.rows:
+                v.add("offset", f"{entry.name} has {opened.rows} rows; got offset {offset}")
+            v.raise_if_any()
+            messages = ipc_messages(opened, list(columns), offset, limit, budget)
+            while True:
+                try:
+                    message = await asyncio.to_thread(_next, messages)
+                except (OSError, pa.ArrowException) as exc:
+                    raise _files_mismatch(dataset, exc) from None
+                if message is None:
+                    return
+                yield message
+        finally:
+            await asyncio.to_thread(opened.close)
+
+    async def verify(self, dataset_id: str) -> tuple[Dataset, Sequence[str]]:
+        """Recomputes every file's sha256, size, rows and schema where the files
+        are, against manifest.json and against the files recorded at build time."""
+        dataset, location = await self._ready(dataset_id, "id")
+        problems = await asyncio.to_thread(_verify, location, dataset)
+        return dataset, problems
+
+    async def sweep_staging(self) -> Sequence[str]:
+        """Removes the staging folders of builds that are not in progress
+        (killed builds' leftovers); a build whose lease is live keeps its own."""
+        async with self._uow() as tx:
+            building = await tx.datasets.building_versions(now())
+        return await asyncio.to_thread(self._store.sweep, set(building))
+
     # -- the worker's job ----------------------------------------------------------
 
     async def run_build(self, dataset_id: str) -> str:
@@ -195,7 +319,7 @@ class Datasets:
                 return await self._fail(
                     dataset,
                     "DATASET_FOLDER_EXISTS",
-                    f"{final_dir} exists and belongs to another build",
+                    f"{final_dir.uri} exists and belongs to another build",
                 )
             files, counts = adopted
         except Exception as exc:
@@ -222,7 +346,7 @@ class Datasets:
         return f"ready: {counts.kept} of {counts.total} runs kept"
 
     async def _write(
-        self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Path
+        self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Location
     ) -> Any:
         last_renewal = time.monotonic()
 
@@ -255,14 +379,14 @@ class Datasets:
             )
 
     def _adopt(
-        self, dataset: Dataset, final_dir: Path
+        self, dataset: Dataset, final_dir: Location
     ) -> tuple[Sequence[DatasetFile], DatasetCounts] | None:
-        """A previous attempt renamed the folder into place and died before
-        recording it: take its manifest when it is this dataset's. Reads a file:
-        call it in a thread."""
+        """A previous attempt committed the dataset and died before recording
+        it: take its manifest when it is this dataset's. Reads a file: call it
+        in a thread."""
         try:
-            manifest = json.loads((final_dir / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
+            manifest = read_manifest(final_dir)
+        except (OSError, ManifestMismatch):
             return None
         if manifest.get("id") != dataset.id:
             return None
@@ -290,3 +414,35 @@ class Datasets:
         async with self._uow() as tx:
             await tx.datasets.renew(dataset_id, timedelta(0), now())
             await tx.commit()
+
+
+def _files_mismatch(dataset: Dataset, exc: BaseException) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"dataset {dataset.id}: its files do not match its manifest ({exc}); "
+        "`nex-collector dataset verify` says what differs",
+        reason="DATASET_FILES_MISMATCH",
+        metadata={"id": dataset.id, "uri": dataset.uri},
+    )
+
+
+def _next(messages: Iterator[tuple[bytes, int]]) -> tuple[bytes, int] | None:
+    return next(messages, None)
+
+
+def _verify(location: Location, dataset: Dataset) -> list[str]:
+    problems = verify_dataset(location)
+    try:
+        manifest = read_manifest(location)
+    except ManifestMismatch:
+        return problems
+    if manifest.get("id") != dataset.id:
+        problems.append(f"manifest.json belongs to {manifest.get('id')!r}, not {dataset.id}")
+    listed = {
+        e.get("name"): e.get("sha256") for e in manifest.get("files") or [] if isinstance(e, dict)
+    }
+    for f in dataset.files:
+        if listed.get(f.name) != f.sha256:
+            problems.append(
+                f"{f.name}: the manifest's sha256 is not the one recorded at build time"
+            )
+    return problems

@@ -57,10 +57,23 @@ async def _reconcile_forever(container: Container, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), container.settings.reconcile_interval_s)
 
 
+async def _sweep_staging(container: Container) -> None:
+    """Once at start-up: staging folders of dataset builds that died (the next
+    build of the same version removes its own too)."""
+    try:
+        removed = await container.datasets.sweep_staging()
+    except Exception as exc:  # storage down: the builds still clean up after themselves
+        log.warning("could not sweep dataset staging folders: %s", exc)
+        return
+    if removed:
+        log.info("removed %d staging folders of dead dataset builds", len(removed))
+
+
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
     """Runs arq until `stop`; when arq's loop dies (Redis restarted, network), a new
     one starts while the jobs in flight finish on their own."""
     await container.heartbeat.start()  # alive before taking any job
+    await _sweep_staging(container)
     reconciler = supervise("reconciler", lambda: _reconcile_forever(container, stop), stop=stop)
     workers: list[Worker] = []
     try:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from nex.collector.server.api import convert
 from nex.collector.server.api.types import Context
 from nex.collector.server.domain.errors import InvalidArgument, Violations
 from nex.collector.server.domain.filters import Filter
+from nex.collector.server.domain.limits import MAX_VIOLATIONS
 from nex.collector.server.services.datasets import Datasets, NewDataset
 from nex.collector.v1 import dataset_service_pb2 as pb
 from nex.collector.v1 import dataset_service_pb2_grpc as pb_grpc
@@ -52,3 +55,24 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         return pb.ListDatasetsResponse(
             datasets=[convert.dataset(d) for d in items], next_page_token=token
         )
+
+    async def ReadDataset(
+        self, request: pb.ReadDatasetRequest, context: Context
+    ) -> AsyncIterator[pb.ReadDatasetResponse]:
+        async for message, rows in self._datasets.read(
+            request.dataset_id,
+            file=request.file,
+            columns=list(request.columns),
+            offset=request.offset,
+            limit=request.limit,
+        ):
+            yield pb.ReadDatasetResponse(arrow_ipc=message, rows=rows)
+
+    async def VerifyDataset(
+        self, request: pb.VerifyDatasetRequest, context: Context
+    ) -> pb.VerifyDatasetResponse:
+        dataset, problems = await self._datasets.verify(request.id)
+        shown = list(problems[:MAX_VIOLATIONS])
+        if len(problems) > len(shown):
+            shown.append(f"and {len(problems) - len(shown)} more problems")
+        return pb.VerifyDatasetResponse(dataset=convert.dataset(dataset), problems=shown)

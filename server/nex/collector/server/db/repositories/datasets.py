@@ -173,6 +173,14 @@ class DatasetRepository(Repository):
         stmt = select(func.count()).where(datasets.c.status == DatasetStatus.BUILDING.value)
         return int((await self.session.execute(stmt)).scalar_one())
 
+    async def building_versions(self, now: datetime) -> list[tuple[str, str]]:
+        """(name, version) of every BUILDING dataset (their staging is live or
+        will be cleaned by their next attempt)."""
+        stmt = select(datasets.c.name, datasets.c.version).where(
+            datasets.c.status == DatasetStatus.BUILDING.value
+        )
+        return [(r[0], r[1]) for r in await self.session.execute(stmt)]
+
     async def stale_builds(self, now: datetime, grace: timedelta) -> list[str]:
         """BUILDING datasets whose builder's lease ran out, or that no worker took."""
         stmt = select(datasets.c.id).where(
