@@ -38,6 +38,7 @@ from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.limiter import RateLimiter
 from nex.collector.server.providers import pricing
+from nex.collector.server.providers.batch_jobs import BatchBackends
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import (
@@ -53,6 +54,7 @@ from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
 from nex.collector.server.services.liveness import Heartbeat, new_worker_id
+from nex.collector.server.services.provider_jobs import ProviderJobs, ProviderJobSettings
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.teacher import Teacher
@@ -91,6 +93,7 @@ class Container:
     heartbeat: Heartbeat
     teachers: TeacherDirectory
     teacher_endpoints: TeacherEndpoints
+    provider_jobs: ProviderJobs
     embedded: EmbeddedServices | None = None
 
 
@@ -273,6 +276,27 @@ async def open_container(
             answers_loop=side_loop,
             gate=CallGate(limiter, teachers),
         )
+        backends = BatchBackends(
+            teachers,
+            lambda teacher: teacher_credentials(settings, teacher),
+            timeout=max(settings.teacher_timeout_s, 300.0),  # uploads of up to 200 MB
+        )
+        closers.append(backends.aclose)
+        provider_jobs = ProviderJobs(
+            uow,
+            executor,
+            queue,
+            teachers,
+            backends.get,
+            settings=ProviderJobSettings(
+                poll_s=settings.provider_job_poll_s,
+                max_poll_s=settings.provider_job_max_poll_s,
+                lease=timedelta(seconds=settings.provider_job_lease_s),
+                deadline_margin=timedelta(seconds=settings.provider_deadline_margin_s),
+                max_attempts=settings.teacher_max_attempts,
+            ),
+            evidence=evidence,
+        )
         datasets = Datasets(
             uow,
             queue,
@@ -329,6 +353,7 @@ async def open_container(
             heartbeat=heartbeat,
             teachers=teachers,
             teacher_endpoints=TeacherEndpoints(teachers, limiter),
+            provider_jobs=provider_jobs,
             embedded=embedded,
         )
         yield container

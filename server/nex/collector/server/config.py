@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nex.collector.server.domain.teachers import (
+    OPENAI_BATCH,
+    BatchSupport,
     Capabilities,
     Price,
     TeacherDirectory,
@@ -20,6 +22,7 @@ from nex.collector.server.domain.teachers import (
     TeacherKind,
     TeacherLimits,
     builtin_teachers,
+    default_batch_support,
     default_capabilities,
 )
 
@@ -83,6 +86,20 @@ class Settings(BaseSettings):
     max_worker_losses: int = Field(default=10, validation_alias="MAX_WORKER_LOSSES", ge=1)
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
     dataset_lease_s: float = Field(default=60.0, validation_alias="DATASET_LEASE_S", gt=0)
+    # Provider batch jobs: how often a worker looks for work, the first poll of
+    # a submitted job (doubling up to the max), how long one process holds a
+    # job's step, and how long before an AUTO batch's deadline its jobs give up.
+    provider_job_tick_s: float = Field(default=5.0, validation_alias="PROVIDER_JOB_TICK_S", gt=0)
+    provider_job_poll_s: float = Field(default=30.0, validation_alias="PROVIDER_JOB_POLL_S", gt=0)
+    provider_job_max_poll_s: float = Field(
+        default=600.0, validation_alias="PROVIDER_JOB_MAX_POLL_S", gt=0
+    )
+    provider_job_lease_s: float = Field(
+        default=600.0, validation_alias="PROVIDER_JOB_LEASE_S", gt=0
+    )
+    provider_deadline_margin_s: float = Field(
+        default=1800.0, validation_alias="PROVIDER_DEADLINE_MARGIN_S", ge=0
+    )
     watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
     metrics_addr: str | None = Field(default=None, validation_alias="METRICS_ADDR")
     log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
@@ -237,6 +254,13 @@ class _PriceSpec(_Strict):
     output_per_mtok: float = Field(ge=0)
 
 
+class _BatchSpec(_Strict):
+    supported: bool | None = None
+    max_requests: int | None = Field(default=None, gt=0)
+    max_bytes: int | None = Field(default=None, gt=0)
+    price_factor: float | None = Field(default=None, gt=0, le=1)
+
+
 class _TeacherSpec(_Strict):
     kind: Literal["openai", "anthropic", "openai-compatible", "mock"]
     base_url: str | None = None
@@ -245,6 +269,7 @@ class _TeacherSpec(_Strict):
     capabilities: _CapabilitiesSpec = _CapabilitiesSpec()
     prices: dict[str, _PriceSpec] = {}
     daily_max_cost_usd: float | None = Field(default=None, gt=0)
+    batch: _BatchSpec = _BatchSpec()
 
     @model_validator(mode="after")
     def _compatible_needs_url(self) -> _TeacherSpec:
@@ -252,6 +277,8 @@ class _TeacherSpec(_Strict):
             raise ValueError(
                 "kind openai-compatible needs base_url (e.g. http://127.0.0.1:8000/v1)"
             )
+        if self.kind == "mock" and self.batch.supported:
+            raise ValueError("kind mock has no Batch API: batch.supported must be false")
         return self
 
 
@@ -327,8 +354,26 @@ def load_teachers(settings: Settings) -> TeacherDirectory:
             ),
             prices={m: Price(p.input_per_mtok, p.output_per_mtok) for m, p in t.prices.items()},
             daily_max_cost_usd=t.daily_max_cost_usd,
+            batch=_batch_support(kind, t.batch),
         )
     return TeacherDirectory(teachers)
+
+
+def _batch_support(kind: TeacherKind, spec: _BatchSpec) -> BatchSupport:
+    """The kind's defaults (OpenAI, Anthropic: supported at half price), with
+    what the teachers file sets. A mock teacher has no Batch API to call."""
+    base = default_batch_support(kind)
+    if kind is TeacherKind.MOCK:
+        return base
+    supported = base.supported if spec.supported is None else spec.supported
+    # An openai-compatible server that says it has /v1/batches speaks OpenAI's limits.
+    limits = OPENAI_BATCH if kind is TeacherKind.OPENAI_COMPATIBLE else base
+    return BatchSupport(
+        supported=supported,
+        max_requests=spec.max_requests or limits.max_requests,
+        max_bytes=spec.max_bytes or limits.max_bytes,
+        price_factor=spec.price_factor or limits.price_factor,
+    )
 
 
 def teacher_credentials(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -46,6 +47,13 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                 request_id=request.request_id,
                 link_evidence=request.link_evidence,
                 max_cost_usd=request.max_cost_usd if request.HasField("max_cost_usd") else None,
+                execution_mode=convert.execution_mode_from_pb(request.execution_mode),
+                deadline_time=request.deadline_time.ToDatetime(tzinfo=UTC)
+                if request.HasField("deadline_time")
+                else None,
+                deadline_after=request.deadline_after.ToTimedelta()
+                if request.HasField("deadline_after")
+                else None,
             )
         )
         return pb.CreateBatchResponse(batch=convert.batch(view))
