@@ -85,9 +85,11 @@ class ProviderBatches:
     """The Batch APIs' state; `FakeTeacherAPI.batches` (every knob may change
     while it runs)."""
 
-    def __init__(self, answer: Any) -> None:
-        # answer(path, body) -> (status, body): the fake's online answer.
+    def __init__(self, answer: Any, authorized: Any) -> None:
+        # answer(path, body) -> (status, body): the fake's online answer;
+        # authorized(request) -> bool: whether it presents the right key.
         self._answer = answer
+        self._authorized = authorized
         self.files: dict[str, StoredFile] = {}
         self.jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
@@ -104,7 +106,7 @@ class ProviderBatches:
         self.result_downloads = 0
 
     def routes(self, app: web.Application) -> None:
-        r = app.router
+        r = _Guarded(app.router, self._authorized)
         r.add_post("/v1/files", self._upload)
         r.add_get("/v1/files", self._list_files)
         r.add_get("/v1/files/{id}", self._get_file)
@@ -458,6 +460,31 @@ class ProviderBatches:
         )
         self.files[f.id] = f
         return f.id
+
+
+class _Guarded:
+    """Routes whose handlers answer 401 to a wrong key, in each vendor's shape."""
+
+    def __init__(self, router: web.UrlDispatcher, authorized: Any) -> None:
+        self._router = router
+        self._authorized = authorized
+
+    def _wrap(self, handler: Any) -> Any:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self._authorized(request):
+                if request.path.startswith("/v1/messages"):
+                    return _anthropic_error(401, "authentication_error", "invalid x-api-key")
+                return _openai_error(401, "Incorrect API key provided")
+            result: web.StreamResponse = await handler(request)
+            return result
+
+        return guarded
+
+    def add_post(self, path: str, handler: Any) -> None:
+        self._router.add_post(path, self._wrap(handler))
+
+    def add_get(self, path: str, handler: Any) -> None:
+        self._router.add_get(path, self._wrap(handler))
 
 
 def _prompt(body: dict[str, Any]) -> str:

@@ -333,7 +333,10 @@ class FakeTeacherAPI:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # The Batch APIs (OpenAI Files + Batches, Anthropic Message Batches).
-        self.batches = ProviderBatches(self._batch_answer)
+        self.batches = ProviderBatches(
+            self._batch_answer,
+            lambda request: self.api_key is None or _presented_key(request) == self.api_key,
+        )
 
     def _batch_answer(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         """One request inside a batch job: the same answer as online (and billed)."""

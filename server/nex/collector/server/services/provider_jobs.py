@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 PREPARING = "preparing"
 UPLOADED = "uploaded"
 INGESTED = "ingested"
-INGEST_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +71,7 @@ class ProviderJobSettings:
     lease: timedelta = timedelta(minutes=10)  # how long one process holds a job's step
     deadline_margin: timedelta = timedelta(minutes=30)
     max_attempts: int = 4
+    ingest_chunk: int = 500  # results stored per transaction
 
 
 class ProviderJobs:
@@ -95,7 +95,8 @@ class ProviderJobs:
         self._s = settings or ProviderJobSettings()
         self._evidence = evidence
         # Tests: called at "uploaded" and "created", after the provider accepted
-        # the call and before it is recorded (raise to play a crash there).
+        # the call and before it is recorded, and at "ingesting" after each
+        # chunk of results stored (raise to play a crash there).
         self._crash_hook = crash_hook
 
     async def tick(self) -> int:
@@ -297,9 +298,10 @@ class ProviderJobs:
                 errors[result.custom_id] = result
                 continue
             chunk.append(result)
-            if len(chunk) >= INGEST_CHUNK:
+            if len(chunk) >= self._s.ingest_chunk:
                 stored += await self._store(batch, chunk, factor)
                 chunk = []
+                self._hook("ingesting")
         if chunk:
             stored += await self._store(batch, chunk, factor)
         await self._settle_unanswered(job, batch, errors, status)

@@ -1,0 +1,313 @@
+"""Provider Batch APIs end to end: batches in EXECUTION_MODE_PROVIDER_BATCH /
+AUTO through the shipped client, a real collector and worker, and the fake
+teacher's OpenAI Files + Batches and Anthropic Message Batches APIs at the
+wire (through the official SDKs). The fake moves a job one state per poll,
+and the collector polls every few milliseconds here, so nothing waits on a
+clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nex.collector.client import (
+    Client,
+    ExecutionMode,
+    FailedPreconditionError,
+    GenerationParams,
+    PromptTemplate,
+    RunStatus,
+    TeacherBatch,
+    connect,
+)
+from nex.collector.server.providers.batch_jobs import BatchBackends
+from nex.collector.server.services.provider_jobs import ProviderJobs, ProviderJobSettings
+from tests.conftest import TEACHER_KEY, unique
+from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.support.backing import Backing
+from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.db import fetch_all
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+
+
+def _settings(backing: Backing, data: Path, api: FakeTeacherAPI, **more: Any) -> Any:
+    return collector_settings(
+        backing,
+        data,
+        OPENAI_API_KEY=TEACHER_KEY,
+        OPENAI_BASE_URL=api.openai_base_url,
+        ANTHROPIC_API_KEY=TEACHER_KEY,
+        ANTHROPIC_BASE_URL=api.anthropic_base_url,
+        TEACHER_TIMEOUT_S=5,
+        PROVIDER_JOB_TICK_S=0.05,
+        PROVIDER_JOB_POLL_S=0.02,
+        PROVIDER_JOB_MAX_POLL_S=0.1,
+        TEACHER_MAX_ATTEMPTS=3,
+        **more,
+    )
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[FakeTeacherAPI]:
+    fake = FakeTeacherAPI(api_key=TEACHER_KEY).start_in_thread()
+    try:
+        yield fake
+    finally:
+        fake.stop_thread()
+
+
+@pytest.fixture(scope="module")
+def collector(
+    backing: Backing, api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningCollector]:
+    data = tmp_path_factory.mktemp("pbatch")
+    with backing.isolated() as own, running_collector(_settings(own, data, api)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(collector: RunningCollector) -> Iterator[Client]:
+    with connect(collector.address, token=collector.token) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _calm(api: FakeTeacherAPI) -> Iterator[None]:
+    yield
+    b = api.batches
+    b.hold, b.expire = False, 0
+    b.error_prompts.clear()
+    b.expire_prompts.clear()
+
+
+@pytest.fixture
+def template(client: Client) -> PromptTemplate:
+    return client.create_template(
+        unique("pb"), user_template="Explain {{ topic }}.", variables=["topic"]
+    )
+
+
+def _batch(
+    client: Client,
+    template: PromptTemplate,
+    provider: str = "openai",
+    mode: ExecutionMode = ExecutionMode.PROVIDER_BATCH,
+    **kwargs: Any,
+) -> TeacherBatch:
+    return client.create_batch(
+        unique("b"),
+        template.id,
+        provider,
+        MODELS[provider],
+        params=GenerationParams(top_logprobs=3, max_tokens=16),
+        execution_mode=mode,
+        **kwargs,
+    )
+
+
+def _topics(tag: str, n: int) -> list[dict[str, str]]:
+    return [{"topic": f"{tag} {i}"} for i in range(n)]
+
+
+def _wait(client: Client, batch_id: str) -> TeacherBatch:
+    for _ in client.watch_batch(batch_id):
+        pass
+    return client.get_batch(batch_id)
+
+
+def test_a_whole_batch_through_openai_at_half_price(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    topics = _topics(unique("oa"), 10)
+    online = _batch(client, template, mode=ExecutionMode.ONLINE)
+    client.create_runs(online.id, topics)
+    batch = _batch(client, template)
+    assert batch.execution_mode is ExecutionMode.PROVIDER_BATCH
+    runs = client.create_runs(batch.id, topics)
+
+    events = list(client.watch_batch(batch.id))
+    for run in runs:
+        statuses = [e.status for e in events if e.run_id == run.id]
+        assert statuses == [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED]
+    done = client.get_batch(batch.id)
+    assert done.counts.completed == 10
+    (job,) = done.provider_jobs
+    assert job.state == "ingested" and job.request_total == 10 and job.request_completed == 10
+    assert job.provider_job_id and job.provider_job_id.startswith("batch_")
+    assert job.input_file_id and job.input_file_id.startswith("file-")
+
+    # Stored exactly as an online call stores the same prompt, logprobs included.
+    reference = _wait(client, online.id)
+    by_topic = {r.variables["topic"]: client.get_run(r.id) for r in client.list_runs(online.id)}
+    for run in client.list_runs(batch.id):
+        got, want = client.get_run(run.id), by_topic[run.variables["topic"]]
+        assert got.has_logprobs and got.tokens == want.tokens
+        assert (got.output_text, got.finish_reason, got.usage.input_tokens) == (
+            want.output_text,
+            want.finish_reason,
+            want.usage.input_tokens,
+        )
+        assert got.attempt == 1
+    # Half the price, and the batch says what that saved.
+    assert done.usage.cost_usd == pytest.approx(reference.usage.cost_usd / 2)
+    assert done.usage.cost_usd > 0
+    assert done.provider_batch_saved_usd == pytest.approx(done.usage.cost_usd)
+
+
+def test_a_whole_batch_through_anthropic_without_logprobs(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    batch = _batch(client, template, "anthropic")
+    runs = client.create_runs(batch.id, _topics(unique("an"), 6))
+    done = _wait(client, batch.id)
+    assert done.counts.completed == 6
+    (job,) = done.provider_jobs
+    assert job.provider_job_id and job.provider_job_id.startswith("msgbatch_")
+    run = client.get_run(runs[0].id)
+    assert run.output_text and not run.has_logprobs and run.tokens == ()
+    assert done.provider_batch_saved_usd == pytest.approx(done.usage.cost_usd)
+
+
+def test_provider_batch_on_a_teacher_without_one_is_refused(
+    client: Client, template: PromptTemplate
+) -> None:
+    with pytest.raises(FailedPreconditionError, match="'mock'") as err:
+        client.create_batch(
+            unique("b"), template.id, "mock", "mock-1", execution_mode=ExecutionMode.AUTO
+        )
+    assert err.value.reason == "PROVIDER_BATCH_UNSUPPORTED"
+    teachers = {t.name: t for t in client.list_teachers()}
+    assert teachers["openai"].batch.supported and teachers["openai"].batch.price_factor == 0.5
+    assert teachers["anthropic"].batch.max_requests == 100_000
+    assert not teachers["mock"].batch.supported
+
+
+def test_errors_fail_with_the_providers_message_and_expiries_are_retried(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    tag = unique("er")
+    topics = _topics(tag, 4)
+    api.batches.error_prompts.add(f"Explain {tag} 0.")  # refused: not worth retrying
+    api.batches.expire_prompts.add(f"Explain {tag} 1.")  # expires in every job
+    batch = _batch(client, template)
+    runs = client.create_runs(batch.id, topics)
+    done = _wait(client, batch.id)
+    assert (done.counts.completed, done.counts.failed) == (2, 2)
+    refused, expired = client.get_run(runs[0].id), client.get_run(runs[1].id)
+    assert refused.status is RunStatus.FAILED and refused.error is not None
+    assert refused.error.code == "PROVIDER_BAD_REQUEST"
+    assert refused.error.message == "this request was refused"
+    assert expired.status is RunStatus.FAILED and expired.error is not None
+    assert expired.attempt == 3  # TEACHER_MAX_ATTEMPTS, each in a job of its own
+    assert "teacher failed 3 times" in expired.error.message
+    assert "completion window expired" in expired.error.message
+    assert len(done.provider_jobs) == 3
+
+
+def test_an_expired_job_falls_back_online_before_the_deadline(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    api.batches.expire = 1  # the next job expires with half its requests done
+    batch = _batch(client, template, mode=ExecutionMode.AUTO, deadline=timedelta(hours=6))
+    assert batch.deadline_time is not None
+    runs = client.create_runs(batch.id, _topics(unique("ex"), 8))
+    done = _wait(client, batch.id)
+    assert done.counts.completed == 8
+    (job,) = done.provider_jobs
+    assert job.state == "ingested" and job.request_completed == 4
+    attempts = sorted(client.get_run(r.id).attempt for r in runs)
+    assert attempts == [1, 1, 1, 1, 2, 2, 2, 2]  # the expired half went online
+
+
+def test_cancel_cancels_the_provider_job_and_keeps_what_it_produced(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI, collector: RunningCollector
+) -> None:
+    api.batches.hold = True
+    batch = _batch(client, template)
+    client.create_runs(batch.id, _topics(unique("cx"), 6))
+    for event in client.watch_batch(batch.id):  # submitted: every run running
+        if event.status is RunStatus.RUNNING and client.get_batch(batch.id).counts.running == 6:
+            break
+    client.cancel_batch(batch.id)
+    done = _wait(client, batch.id)
+    assert (done.counts.completed, done.counts.cancelled) == (3, 3)
+    (job,) = done.provider_jobs
+    assert job.state == "ingested"
+    (provider_job,) = [j for j in api.batches.jobs.values() if j.id == job.provider_job_id]
+    assert provider_job.state == "cancelled"
+
+
+# -- crashes: a second process finishes what the first left, sending nothing twice
+
+
+class Crash(Exception):
+    pass
+
+
+def _jobs(running: RunningCollector, crash_at: str | None, chunk: int = 500) -> ProviderJobs:
+    c = running.container
+
+    def crash(point: str) -> None:
+        if point == crash_at:
+            raise Crash(point)
+
+    from nex.collector.server.config import teacher_credentials
+
+    backends = BatchBackends(c.teachers, lambda t: teacher_credentials(c.settings, t), timeout=5)
+    return ProviderJobs(
+        c.uow,
+        c.executor,
+        c.queue,
+        c.teachers,
+        backends.get,
+        settings=ProviderJobSettings(
+            poll_s=0, max_poll_s=0, lease=timedelta(0), max_attempts=3, ingest_chunk=chunk
+        ),
+        crash_hook=crash,
+    )
+
+
+@pytest.mark.parametrize("crash_at", ["uploaded", "created", "ingesting"])
+def test_a_crash_anywhere_sends_nothing_twice_and_ingests_every_run_once(
+    own_backing: Backing, api: FakeTeacherAPI, tmp_path: Path, crash_at: str
+) -> None:
+    # No worker: the two "processes" below are the only ones driving the job.
+    settings = _settings(own_backing, tmp_path, api)
+    with (
+        running_collector(settings, work=False) as running,
+        connect(running.address, token=running.token) as client,
+    ):
+        template = client.create_template(
+            unique("cr"), user_template="Explain {{ topic }}.", variables=["topic"]
+        )
+        batch = _batch(client, template)
+        client.create_runs(batch.id, _topics(unique("cr"), 7))
+        uploads, created = api.batches.uploads, api.batches.created["openai"]
+
+        with pytest.raises(Crash):
+            for _ in range(20):
+                running.call(_jobs(running, crash_at, chunk=3).tick())
+        second = _jobs(running, None)
+        for _ in range(20):
+            if client.get_batch(batch.id).counts.completed == 7:
+                break
+            running.call(second.tick())
+
+        done = client.get_batch(batch.id)
+        assert done.counts.completed == 7
+        assert api.batches.uploads - uploads == 1
+        assert api.batches.created["openai"] - created == 1
+        (job,) = done.provider_jobs
+        assert job.state == "ingested"
+        completions = fetch_all(
+            running,
+            "SELECT run_id, count(*) AS n FROM run_events WHERE batch_id = $1 "
+            "AND status = 'completed' GROUP BY run_id",
+            batch.id,
+        )
+        assert len(completions) == 7 and all(r["n"] == 1 for r in completions)
