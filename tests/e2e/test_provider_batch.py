@@ -7,6 +7,7 @@ clock."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from nex.collector.server.services.provider_jobs import ProviderJobs, ProviderJo
 from tests.conftest import TEACHER_KEY, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
+from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector, collector_settings, running_collector
 from tests.support.db import fetch_all
 
@@ -311,3 +313,85 @@ def test_a_crash_anywhere_sends_nothing_twice_and_ingests_every_run_once(
             batch.id,
         )
         assert len(completions) == 7 and all(r["n"] == 1 for r in completions)
+
+
+def test_the_cli_creates_a_provider_batch_and_shows_its_jobs_and_saving(
+    collector: RunningCollector, client: Client, template: PromptTemplate, tmp_path: Path
+) -> None:
+    tag = unique("cli")
+    inputs = tmp_path / "vars.jsonl"
+    inputs.write_text("".join(f'{{"topic": "{tag} {i}"}}\n' for i in range(3)))
+    created = invoke(
+        collector,
+        "batch", "create", "--template", template.id, "--inputs", str(inputs),
+        "--provider", "openai", "--model", "gpt-4o-mini", "--top-logprobs", "2",
+        "--mode", "provider-batch", "--deadline", "6h", "-q",
+    )  # fmt: skip
+    no_traceback(created)
+    assert created.exit_code == 0, created.output
+    batch_id = created.output.strip().splitlines()[-1]
+    done = client.get_batch(batch_id)
+    assert done.counts.completed == 3 and done.execution_mode is ExecutionMode.PROVIDER_BATCH
+    assert done.deadline_time is not None
+    assert all(client.get_run(r.id).has_logprobs for r in client.list_runs(batch_id))
+    shown = invoke(collector, "batch", "show", batch_id)
+    assert shown.exit_code == 0, shown.output
+    assert "provider-batch" in shown.output and "ingested" in shown.output
+    assert "saved" in shown.output and (done.provider_jobs[0].provider_job_id or "") in shown.output
+
+    bad = invoke(
+        collector,
+        "batch", "create", "--template", template.id, "--inputs", str(inputs),
+        "--mode", "provider-batch",
+    )  # fmt: skip
+    no_traceback(bad)
+    assert (
+        bad.exit_code != 0 and "mock" in bad.output and "PROVIDER_BATCH_UNSUPPORTED" in bad.output
+    )
+
+
+def test_runs_are_split_into_jobs_within_the_teachers_limits(
+    own_backing: Backing, api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    teachers = tmp_path / "teachers.toml"
+    teachers.write_text(
+        f"""
+[teachers.cheap]
+kind = "openai"
+base_url = "{api.openai_base_url}"
+api_key_env = "NEXC_PB_KEY"
+
+[teachers.cheap.batch]
+max_requests = 4
+price_factor = 0.25
+"""
+    )
+    api.batches.openai_max_requests = 4  # the provider refuses bigger jobs too
+    os.environ["NEXC_PB_KEY"] = TEACHER_KEY
+    try:
+        settings = _settings(own_backing, tmp_path, api, TEACHERS_FILE=str(teachers))
+        with (
+            running_collector(settings) as running,
+            connect(running.address, token=running.token) as client,
+        ):
+            (cheap,) = [t for t in client.list_teachers() if t.name == "cheap"]
+            assert (cheap.batch.supported, cheap.batch.max_requests) == (True, 4)
+            template = client.create_template(
+                unique("lim"), user_template="Explain {{ topic }}.", variables=["topic"]
+            )
+            batch = client.create_batch(
+                unique("b"),
+                template.id,
+                "cheap",
+                "gpt-4o-mini",
+                params=GenerationParams(max_tokens=8),
+                execution_mode=ExecutionMode.PROVIDER_BATCH,
+            )
+            client.create_runs(batch.id, _topics(unique("lim"), 10))
+            done = _wait(client, batch.id)
+            assert done.counts.completed == 10
+            assert sorted(j.request_total for j in done.provider_jobs) == [2, 4, 4]
+            assert done.provider_batch_saved_usd == pytest.approx(3 * done.usage.cost_usd)
+    finally:
+        os.environ.pop("NEXC_PB_KEY", None)
+        api.batches.openai_max_requests = 50_000
