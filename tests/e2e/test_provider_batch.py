@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nex.collector.client import (
+    BatchStatus,
     Client,
     ExecutionMode,
     FailedPreconditionError,
@@ -395,3 +396,32 @@ price_factor = 0.25
     finally:
         os.environ.pop("NEXC_PB_KEY", None)
         api.batches.openai_max_requests = 50_000
+
+
+def test_a_cost_cap_reserves_the_batch_price_and_pauses_until_raised(
+    client: Client, template: PromptTemplate
+) -> None:
+    topics = _topics(unique("cap"), 6)
+    params = GenerationParams(top_logprobs=3, max_tokens=16)
+    online_worst = client.estimate_batch(
+        template.id, "openai", MODELS["openai"], topics, params=params
+    )
+    per_request = online_worst.worst_case_cost_usd / 6 / 2  # at the batch price
+    batch = _batch(client, template, max_cost_usd=per_request * 3.5)
+    runs = client.create_runs(batch.id, topics)
+    paused, refused = None, False
+    for event in client.watch_batch(batch.id):
+        refused = refused or (event.error is not None and event.error.code == "BUDGET_EXHAUSTED")
+        # Paused once the first job's runs have ended too.
+        if refused and (paused := client.get_batch(batch.id)).status is BatchStatus.PAUSED:
+            break
+    assert paused is not None and paused.status is BatchStatus.PAUSED
+    assert (paused.counts.completed, paused.counts.queued) == (3, 3)
+    assert paused.budget.spent_usd <= per_request * 3.5
+    assert paused.budget.reserved_usd == pytest.approx(0, abs=1e-12)
+
+    client.update_batch(batch.id, max_cost_usd=1.0)
+    done = _wait(client, batch.id)
+    assert done.counts.completed == 6
+    assert done.budget.spent_usd == pytest.approx(done.usage.cost_usd)
+    assert len(done.provider_jobs) == 2 and len(runs) == 6

@@ -296,6 +296,7 @@ async def open_container(
                 max_attempts=settings.teacher_max_attempts,
             ),
             evidence=evidence,
+            budgets=budgets,
         )
         datasets = Datasets(
             uow,

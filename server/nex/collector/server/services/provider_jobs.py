@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
+from nex.collector.server.domain.budgets import BUDGET_EXHAUSTED
 from nex.collector.server.domain.teacher import RunStatus
-from nex.collector.server.domain.teachers import TeacherDirectory
+from nex.collector.server.domain.teachers import BatchSupport, TeacherDirectory
 from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.ids import new_id
 from nex.collector.server.providers.base import GenerationRequest, ProviderError
@@ -53,6 +55,7 @@ from nex.collector.server.providers.batch_jobs import (
 )
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
+from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import Outcome, RunExecutor
@@ -85,6 +88,7 @@ class ProviderJobs:
         *,
         settings: ProviderJobSettings | None = None,
         evidence: Evidence | None = None,
+        budgets: Budgets | None = None,
         crash_hook: Callable[[str], None] | None = None,
     ) -> None:
         self._uow = uow
@@ -94,6 +98,7 @@ class ProviderJobs:
         self._backend_for = backend_for
         self._s = settings or ProviderJobSettings()
         self._evidence = evidence
+        self._budgets = budgets or Budgets(uow)
         # Tests: called at "uploaded" and "created", after the provider accepted
         # the call and before it is recorded, and at "ingesting" after each
         # chunk of results stored (raise to play a crash there).
@@ -154,31 +159,38 @@ class ProviderJobs:
             if teacher is None or not teacher.batch.supported:
                 continue
             backend = self._backend_for(teacher.name)
-            while await self._new_job(
-                b["id"], teacher.batch.max_requests, teacher.batch.max_bytes, backend
-            ):
+            while await self._new_job(b["id"], teacher.batch, backend):
                 pass
 
-    async def _new_job(
-        self, batch_id: str, max_requests: int, max_bytes: int, backend: BatchBackend
-    ) -> bool:
+    async def _new_job(self, batch_id: str, limits: BatchSupport, backend: BatchBackend) -> bool:
         """One job of queued runs of the batch; whether one was made."""
         async with self._uow() as tx:
             batch = await tx.batches.get(batch_id)
+            max_requests, max_bytes = limits.max_requests, limits.max_bytes
             rows = await tx.provider_jobs.take_queued(batch_id, max_requests)
             if batch is None or not rows:
                 return False
             chosen: list[Mapping[Any, Any]] = []
-            size = 0
+            sizes: list[int] = []
             for r in rows:
                 line = backend.request_line(
                     custom_id(r["id"], r["attempt"] + 1), _request(batch, r["messages"])
                 )
-                if chosen and size + len(line) > max_bytes:
+                if chosen and sum(sizes) + len(line) > max_bytes:
                     break
                 chosen.append(r)
-                size += len(line)
+                sizes.append(len(line))
             at = now()
+            # Under a cost cap, as many as fit; the next job waits for a raise.
+            fits = await self._reserve(tx, batch, chosen, limits.price_factor)
+            more = len(fits) == len(chosen) and (
+                len(chosen) == max_requests or len(chosen) < len(rows)
+            )
+            if not fits:
+                await self._pause(tx, batch, chosen[0], at)
+                await tx.commit()
+                return False
+            chosen, size = fits, sum(sizes[: len(fits)])
             job_id = new_id("pjb")
             await tx.provider_jobs.insert(
                 {
@@ -200,7 +212,42 @@ class ProviderJobs:
         log.info(
             "provider job %s: %d runs of batch %s (%d bytes)", job_id, len(chosen), batch_id, size
         )
-        return len(chosen) == max_requests or len(chosen) < len(rows)
+        return more
+
+    async def _reserve(
+        self, tx: UnitOfWork, batch: Batch, rows: list[Mapping[Any, Any]], factor: float
+    ) -> list[Mapping[Any, Any]]:
+        """Reserves each request's worst case at the batch price under the
+        batch's cap and its teacher's daily cap; the rows that fit, in order."""
+        fits: list[Mapping[Any, Any]] = []
+        for r in rows:
+            holds = self._budgets.holds(batch, messages_from_json(r["messages"]), factor)
+            if not holds:
+                return rows  # no cap applies
+            savepoint = await tx.session.begin_nested()
+            refused = await tx.budgets.reserve(r["id"], r["attempt"] + 1, holds, batch_id=batch.id)
+            if refused is not None:
+                await savepoint.rollback()
+                break
+            await savepoint.commit()
+            fits.append(r)
+        return fits
+
+    async def _pause(self, tx: UnitOfWork, batch: Batch, first: Mapping[Any, Any], at: Any) -> None:
+        """The batch pauses (as an online one does); the run that did not fit
+        tells watchers why with a QUEUED event whose error is BUDGET_EXHAUSTED."""
+        message = (
+            "the next provider batch request's worst case does not fit under the batch's "
+            "max_cost_usd or its teacher's daily cap: raise max_cost_usd with UpdateBatch "
+            "to resume"
+        )
+        if await tx.batches.pause(batch.id, BUDGET_EXHAUSTED, message, at):
+            error = RunError(BUDGET_EXHAUSTED, message)
+            await tx.events.append(
+                [NewEvent(first["id"], batch.id, RunStatus.QUEUED, first["attempt"], error)]
+            )
+            metrics.BATCHES_PAUSED.labels(BUDGET_EXHAUSTED).inc()
+            log.info("batch %s paused: %s", batch.id, message)
 
     # -- a job's steps -----------------------------------------------------------
 
@@ -343,6 +390,7 @@ class ProviderJobs:
                     cost_usd=cost_usd(batch.provider, batch.model, c.input_tokens, c.output_tokens)
                     * factor,
                     received=received,
+                    reserved=True,  # its reservation (if any) is settled with it
                 )
             )
         done = await self._executor.record(outcomes)
@@ -398,6 +446,8 @@ class ProviderJobs:
                             RunError(code, message),
                         )
                     )
+            # Providers bill no failed request: whatever it reserved is freed.
+            await tx.budgets.release([(r["id"], r["attempt"]) for r in rows])
             # A batch with a deadline wants its results by then: online; else
             # the next provider job, at the batch price again.
             go_online = batch.deadline_time is not None
