@@ -132,6 +132,12 @@ runs = Table(
     Column("via_provider", Boolean, nullable=False, server_default="false"),
     Column("provider_job_id", Text),
     Index("ix_runs_batch_status", "batch_id", "status"),
+    Index(
+        "ix_runs_provider_queue",
+        "batch_id",
+        postgresql_where=text("via_provider AND status = 'queued'"),
+    ),
+    Index("ix_runs_provider_job", "provider_job_id"),
     Index("ix_runs_status_lease", "status", "lease_expires"),
 )
 
@@ -265,4 +271,6 @@ provider_jobs = Table(
     _created(),
     Column("submit_time", DateTime(timezone=True)),
     Column("finish_time", DateTime(timezone=True)),
+    Index("ix_provider_jobs_state", "state", "next_poll_time"),
+    Index("ix_provider_jobs_batch", "batch_id"),
 )
