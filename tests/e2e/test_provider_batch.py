@@ -69,7 +69,15 @@ def collector(
     backing: Backing, api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningCollector]:
     data = tmp_path_factory.mktemp("pbatch")
-    with backing.isolated() as own, running_collector(_settings(own, data, api)) as running:
+    teachers = data / "teachers.toml"
+    # A local OpenAI-compatible server: no Batch API unless its entry says so.
+    teachers.write_text(
+        f'[teachers.local]\nkind = "openai-compatible"\nbase_url = "{api.openai_base_url}"\n'
+    )
+    with (
+        backing.isolated() as own,
+        running_collector(_settings(own, data, api, TEACHERS_FILE=str(teachers))) as running,
+    ):
         yield running
 
 
@@ -179,15 +187,15 @@ def test_a_whole_batch_through_anthropic_without_logprobs(
 def test_provider_batch_on_a_teacher_without_one_is_refused(
     client: Client, template: PromptTemplate
 ) -> None:
-    with pytest.raises(FailedPreconditionError, match="'mock'") as err:
+    with pytest.raises(FailedPreconditionError, match="'local'") as err:
         client.create_batch(
-            unique("b"), template.id, "mock", "mock-1", execution_mode=ExecutionMode.AUTO
+            unique("b"), template.id, "local", "llama", execution_mode=ExecutionMode.AUTO
         )
     assert err.value.reason == "PROVIDER_BATCH_UNSUPPORTED"
     teachers = {t.name: t for t in client.list_teachers()}
     assert teachers["openai"].batch.supported and teachers["openai"].batch.price_factor == 0.5
     assert teachers["anthropic"].batch.max_requests == 100_000
-    assert not teachers["mock"].batch.supported
+    assert teachers["mock"].batch.supported and not teachers["local"].batch.supported
 
 
 def test_errors_fail_with_the_providers_message_and_expiries_are_retried(
@@ -343,12 +351,36 @@ def test_the_cli_creates_a_provider_batch_and_shows_its_jobs_and_saving(
     bad = invoke(
         collector,
         "batch", "create", "--template", template.id, "--inputs", str(inputs),
-        "--mode", "provider-batch",
+        "--provider", "local", "--model", "llama", "--mode", "provider-batch",
     )  # fmt: skip
     no_traceback(bad)
-    assert (
-        bad.exit_code != 0 and "mock" in bad.output and "PROVIDER_BATCH_UNSUPPORTED" in bad.output
+    assert bad.exit_code != 0 and "local" in bad.output
+    assert "PROVIDER_BATCH_UNSUPPORTED" in bad.output
+
+
+def test_the_mock_teacher_has_an_offline_batch_api_and_the_demo_uses_it(
+    collector: RunningCollector, client: Client, template: PromptTemplate
+) -> None:
+    batch = client.create_batch(
+        unique("b"),
+        template.id,
+        "mock",
+        "mock-1",
+        params=GenerationParams(top_logprobs=2, max_tokens=12),
+        execution_mode=ExecutionMode.PROVIDER_BATCH,
     )
+    runs = client.create_runs(batch.id, _topics(unique("mk"), 5))
+    done = _wait(client, batch.id)
+    assert done.counts.completed == 5
+    (job,) = done.provider_jobs
+    assert job.state == "ingested" and job.request_completed == 5
+    assert job.provider_job_id == f"mockbatch-{job.id}"
+    assert client.get_run(runs[0].id).has_logprobs
+
+    result = invoke(collector, "demo", "--runs", "6", "--provider-batch")
+    no_traceback(result)
+    assert result.exit_code == 0, result.output
+    assert "demo complete" in result.output and "provider jobs" in result.output
 
 
 def test_runs_are_split_into_jobs_within_the_teachers_limits(

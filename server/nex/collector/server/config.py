@@ -277,8 +277,6 @@ class _TeacherSpec(_Strict):
             raise ValueError(
                 "kind openai-compatible needs base_url (e.g. http://127.0.0.1:8000/v1)"
             )
-        if self.kind == "mock" and self.batch.supported:
-            raise ValueError("kind mock has no Batch API: batch.supported must be false")
         return self
 
 
@@ -360,11 +358,9 @@ def load_teachers(settings: Settings) -> TeacherDirectory:
 
 
 def _batch_support(kind: TeacherKind, spec: _BatchSpec) -> BatchSupport:
-    """The kind's defaults (OpenAI, Anthropic: supported at half price), with
-    what the teachers file sets. A mock teacher has no Batch API to call."""
+    """The kind's defaults (OpenAI, Anthropic, the mock: supported at half
+    price), with what the teachers file sets."""
     base = default_batch_support(kind)
-    if kind is TeacherKind.MOCK:
-        return base
     supported = base.supported if spec.supported is None else spec.supported
     # An openai-compatible server that says it has /v1/batches speaks OpenAI's limits.
     limits = OPENAI_BATCH if kind is TeacherKind.OPENAI_COMPATIBLE else base

@@ -66,15 +66,19 @@ class BatchSupport:
 OPENAI_BATCH = BatchSupport(True, 50_000, 200 * 1024 * 1024, 0.5)
 ANTHROPIC_BATCH = BatchSupport(True, 100_000, 256 * 1024 * 1024, 0.5)
 NO_BATCH = BatchSupport()
+# The mock plays one offline (OpenAI's limits and discount), for demos and tests.
+MOCK_BATCH = OPENAI_BATCH
 
 
 def default_batch_support(kind: TeacherKind) -> BatchSupport:
-    """OpenAI and Anthropic have Batch APIs; an OpenAI-compatible server may
-    (its teachers-file entry says so); the mock has none (see README)."""
+    """OpenAI, Anthropic and the mock have Batch APIs; an OpenAI-compatible
+    server may (its teachers-file entry says so)."""
     if kind is TeacherKind.OPENAI:
         return OPENAI_BATCH
     if kind is TeacherKind.ANTHROPIC:
         return ANTHROPIC_BATCH
+    if kind is TeacherKind.MOCK:
+        return MOCK_BATCH
     return NO_BATCH
 
 
@@ -125,7 +129,7 @@ def builtin_teachers(
             batch=ANTHROPIC_BATCH,
             problem=anthropic_problem,
         ),
-        "mock": TeacherEndpoint("mock", TeacherKind.MOCK),
+        "mock": TeacherEndpoint("mock", TeacherKind.MOCK, batch=MOCK_BATCH),
     }
 
 

@@ -9,14 +9,16 @@ batch again (`find_upload`, `find_job`) instead of sending it twice. Anthropic
 batches carry no metadata: there a job is recognised by when it was created
 and how many requests it holds (see `AnthropicBatches.find_job`).
 
-Results are streamed line by line (`results`), never loaded whole.
+Results are streamed line by line (`results`), never loaded whole. The mock
+teacher has a Batch API of its own, offline (`MockBatches`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -25,6 +27,7 @@ import anthropic
 import openai
 import orjson
 
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams
 from nex.collector.server.domain.teachers import TeacherDirectory, TeacherEndpoint, TeacherKind
 from nex.collector.server.providers.anthropic_provider import (
     DEFAULT_MAX_TOKENS,
@@ -32,10 +35,13 @@ from nex.collector.server.providers.anthropic_provider import (
 )
 from nex.collector.server.providers.base import Completion, GenerationRequest
 from nex.collector.server.providers.errors import provider_errors
+from nex.collector.server.providers.mock_provider import MockProvider
 from nex.collector.server.providers.openai_provider import (
     parse_chat_completion,
     request_body,
 )
+
+Content = Callable[[], Awaitable[bytes]]
 
 # States after which a job changes no more.
 ENDED = frozenset({"completed", "expired", "cancelled", "failed", "ended"})
@@ -85,7 +91,12 @@ class BatchBackend(Protocol):
 
     async def retrieve(self, job_id: str) -> JobStatus: ...
 
-    def results(self, job_id: str, status: JobStatus) -> AsyncIterator[BatchResult]: ...
+    def results(
+        self, job_id: str, status: JobStatus, content: Content
+    ) -> AsyncIterator[BatchResult]:
+        """The job's results, streamed. `content` reads the job's input again,
+        for a backend that keeps none (the mock)."""
+        ...
 
     async def cancel(self, job_id: str) -> None: ...
 
@@ -179,7 +190,9 @@ class OpenAIBatches:
             error=error,
         )
 
-    async def results(self, job_id: str, status: JobStatus) -> AsyncIterator[BatchResult]:
+    async def results(
+        self, job_id: str, status: JobStatus, content: Content
+    ) -> AsyncIterator[BatchResult]:
         for file_id in (status.output_file_id, status.error_file_id):
             if not file_id:
                 continue
@@ -299,7 +312,9 @@ class AnthropicBatches:
             failed=c.errored + c.canceled + c.expired,
         )
 
-    async def results(self, job_id: str, status: JobStatus) -> AsyncIterator[BatchResult]:
+    async def results(
+        self, job_id: str, status: JobStatus, content: Content
+    ) -> AsyncIterator[BatchResult]:
         with provider_errors(self._secrets):
             decoder = await self._client.messages.batches.results(job_id)
             async for item in decoder:
@@ -335,6 +350,63 @@ def _anthropic_result(cid: str, result: dict[str, Any]) -> BatchResult:
     )
 
 
+class MockBatches:
+    """The mock teacher's Batch API, offline: a job is done as soon as it is
+    created, its answers are the mock's online answers (made again from the
+    job's input when its results are read, so nothing is kept in memory and a
+    restart loses nothing). Ids derive from our marker, so finding a job
+    again is trivial."""
+
+    def __init__(self, name: str) -> None:
+        self._mock = MockProvider(name=name)
+
+    def request_line(self, custom_id: str, request: GenerationRequest) -> bytes:
+        line = {
+            "custom_id": custom_id,
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "params": {**dataclasses.asdict(request.params), "stop": list(request.params.stop)},
+        }
+        return orjson.dumps(line) + b"\n"
+
+    async def find_upload(self, marker: str) -> str | None:
+        return f"mockfile-{marker}"
+
+    async def upload(self, marker: str, content: bytes) -> str | None:
+        return f"mockfile-{marker}"
+
+    async def find_job(self, marker: str, since: datetime, total: int) -> str | None:
+        return f"mockbatch-{marker}"
+
+    async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str:
+        return f"mockbatch-{marker}"
+
+    async def retrieve(self, job_id: str) -> JobStatus:
+        return JobStatus(state="completed", total=0, completed=0, failed=0)
+
+    async def results(
+        self, job_id: str, status: JobStatus, content: Content
+    ) -> AsyncIterator[BatchResult]:
+        for raw in (await content()).splitlines():
+            if not raw.strip():
+                continue
+            line = orjson.loads(raw)
+            params = dict(line["params"])
+            params["stop"] = tuple(params.get("stop") or ())
+            request = GenerationRequest(
+                line["model"],
+                [ChatMessage(m["role"], m["content"]) for m in line["messages"]],
+                GenerationParams(**params),
+            )
+            yield BatchResult(line["custom_id"], await self._mock.generate(request))
+
+    async def cancel(self, job_id: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self._mock.aclose()
+
+
 def build_batch_backend(
     teacher: TeacherEndpoint, api_key: str | None, base_url: str | None, *, timeout: float
 ) -> BatchBackend:
@@ -342,6 +414,8 @@ def build_batch_backend(
         return OpenAIBatches(api_key, base_url, timeout)
     if teacher.kind is TeacherKind.ANTHROPIC:
         return AnthropicBatches(api_key, base_url, timeout)
+    if teacher.kind is TeacherKind.MOCK:
+        return MockBatches(teacher.name)
     raise ValueError(f"teacher {teacher.name!r} has no Batch API")
 
 

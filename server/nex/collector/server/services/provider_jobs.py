@@ -340,7 +340,11 @@ class ProviderJobs:
         errors: dict[str, BatchResult] = {}
         chunk: list[BatchResult] = []
         stored = 0
-        async for result in backend.results(job["provider_job_id"], status):
+
+        async def content() -> bytes:
+            return await self._content(job, backend)
+
+        async for result in backend.results(job["provider_job_id"], status, content):
             if result.completion is None:
                 errors[result.custom_id] = result
                 continue
@@ -354,8 +358,14 @@ class ProviderJobs:
         await self._settle_unanswered(job, batch, errors, status)
         async with self._uow() as tx:
             cost = await tx.provider_jobs.completed_cost(job["id"])
+            counts = (
+                {}
+                if status.total
+                else {"request_completed": stored, "request_failed": job["request_total"] - stored}
+            )
             await tx.provider_jobs.set(
                 job["id"],
+                **counts,
                 state=INGESTED,
                 cost_usd=cost,
                 online_cost_usd=cost / factor if factor else cost,
