@@ -75,6 +75,9 @@ class BatchResult:
 
 
 class BatchBackend(Protocol):
+    # Whether a job is done as soon as it is created (poll it at once).
+    instant: bool
+
     def request_line(self, custom_id: str, request: GenerationRequest) -> bytes:
         """One JSONL line of the job's input."""
         ...
@@ -119,6 +122,8 @@ def _filename(marker: str) -> str:
 
 
 class OpenAIBatches:
+    instant = False
+
     def __init__(self, api_key: str | None, base_url: str | None, timeout: float) -> None:
         self._secrets: tuple[str | None, ...] = (api_key,)
         with provider_errors(self._secrets):
@@ -246,6 +251,8 @@ def _status_code(status: int) -> str:
 
 
 class AnthropicBatches:
+    instant = False
+
     def __init__(self, api_key: str | None, base_url: str | None, timeout: float) -> None:
         with provider_errors((api_key,)):
             self._client = anthropic.AsyncAnthropic(
@@ -356,6 +363,8 @@ class MockBatches:
     job's input when its results are read, so nothing is kept in memory and a
     restart loses nothing). Ids derive from our marker, so finding a job
     again is trivial."""
+
+    instant = True
 
     def __init__(self, name: str) -> None:
         self._mock = MockProvider(name=name)

@@ -299,7 +299,10 @@ class ProviderJobs:
                     next_poll_time=now() + timedelta(seconds=self._s.poll_s),
                 )
                 await tx.commit()
-            return
+            if not backend.instant:
+                return
+            job = {**job, "state": "submitted", "provider_job_id": provider_id, "polls": 0}
+            state = "submitted"
         provider_id = job["provider_job_id"]
         if job["cancel_requested"] and state not in ("cancelling", "canceling", "cancelled"):
             await backend.cancel(provider_id)
