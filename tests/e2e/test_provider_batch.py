@@ -277,7 +277,12 @@ def _jobs(running: RunningCollector, crash_at: str | None, chunk: int = 500) -> 
         c.teachers,
         backends.get,
         settings=ProviderJobSettings(
-            poll_s=0, max_poll_s=0, lease=timedelta(0), max_attempts=3, ingest_chunk=chunk
+            poll_s=0,
+            max_poll_s=0,
+            lease=timedelta(0),
+            max_attempts=3,
+            ingest_chunk=chunk,
+            settle=timedelta(0),
         ),
         crash_hook=crash,
     )

@@ -20,6 +20,7 @@ with those prompts error or expire.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import Counter
@@ -97,6 +98,7 @@ class ProviderBatches:
         self.expire = 0  # the next N jobs to end end expired
         self.error_prompts: set[str] = set()
         self.expire_prompts: set[str] = set()
+        self.line_delay_s = 0.0  # between the lines of an output file it serves
         self.openai_max_requests = OPENAI_MAX_REQUESTS
         self.openai_max_bytes = OPENAI_MAX_BYTES
         self.anthropic_max_requests = ANTHROPIC_MAX_REQUESTS
@@ -174,8 +176,13 @@ class ProviderBatches:
             self.result_downloads += 1
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)
-        for i in range(0, len(f.content), 65536):  # chunked, as a large file comes
-            await response.write(f.content[i : i + 65536])
+        if self.line_delay_s and f.purpose == "batch_output":
+            for line in f.content.splitlines(keepends=True):  # a slow download
+                await response.write(line)
+                await asyncio.sleep(self.line_delay_s)
+        else:
+            for i in range(0, len(f.content), 65536):  # chunked, as a large file comes
+                await response.write(f.content[i : i + 65536])
         await response.write_eof()
         return response
 

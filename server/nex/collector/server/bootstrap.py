@@ -291,12 +291,14 @@ async def open_container(
             settings=ProviderJobSettings(
                 poll_s=settings.provider_job_poll_s,
                 max_poll_s=settings.provider_job_max_poll_s,
-                lease=timedelta(seconds=settings.provider_job_lease_s),
+                ingest_chunk=settings.provider_job_ingest_chunk,
                 deadline_margin=timedelta(seconds=settings.provider_deadline_margin_s),
                 max_attempts=settings.teacher_max_attempts,
+                settle=timedelta(seconds=settings.provider_job_tick_s),
             ),
             evidence=evidence,
             budgets=budgets,
+            worker_id=heartbeat.worker_id,
         )
         datasets = Datasets(
             uow,

@@ -87,15 +87,15 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
     dataset_lease_s: float = Field(default=60.0, validation_alias="DATASET_LEASE_S", gt=0)
     # Provider batch jobs: how often a worker looks for work, the first poll of
-    # a submitted job (doubling up to the max), how long one process holds a
-    # job's step, and how long before an AUTO batch's deadline its jobs give up.
+    # a submitted job (doubling up to the max), results stored per transaction,
+    # and how long before an AUTO batch's deadline its jobs give up.
     provider_job_tick_s: float = Field(default=5.0, validation_alias="PROVIDER_JOB_TICK_S", gt=0)
     provider_job_poll_s: float = Field(default=30.0, validation_alias="PROVIDER_JOB_POLL_S", gt=0)
     provider_job_max_poll_s: float = Field(
         default=600.0, validation_alias="PROVIDER_JOB_MAX_POLL_S", gt=0
     )
-    provider_job_lease_s: float = Field(
-        default=600.0, validation_alias="PROVIDER_JOB_LEASE_S", gt=0
+    provider_job_ingest_chunk: int = Field(
+        default=500, validation_alias="PROVIDER_JOB_INGEST_CHUNK", ge=1
     )
     provider_deadline_margin_s: float = Field(
         default=1800.0, validation_alias="PROVIDER_DEADLINE_MARGIN_S", ge=0

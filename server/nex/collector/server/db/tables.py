@@ -262,6 +262,7 @@ provider_jobs = Table(
     Column("request_failed", BigInteger, nullable=False, server_default="0"),
     Column("input_bytes", BigInteger, nullable=False, server_default="0"),
     Column("polls", Integer, nullable=False, server_default="0"),
+    Column("worker_id", Text),
     Column("next_poll_time", DateTime(timezone=True)),
     Column("cancel_requested", Boolean, nullable=False, server_default="false"),
     Column("cost_usd", Double, nullable=False, server_default="0"),

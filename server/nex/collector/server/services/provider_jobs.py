@@ -42,7 +42,7 @@ from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
 from nex.collector.server.domain.budgets import BUDGET_EXHAUSTED
 from nex.collector.server.domain.teacher import RunStatus
-from nex.collector.server.domain.teachers import BatchSupport, TeacherDirectory
+from nex.collector.server.domain.teachers import OPENAI_BATCH, BatchSupport, TeacherDirectory
 from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.ids import new_id
 from nex.collector.server.providers.base import GenerationRequest, ProviderError
@@ -71,10 +71,14 @@ INGESTED = "ingested"
 class ProviderJobSettings:
     poll_s: float = 30.0  # first poll after submitting; doubles per poll
     max_poll_s: float = 600.0
-    lease: timedelta = timedelta(minutes=10)  # how long one process holds a job's step
+    # How long a process with no worker id holds a job's step (a worker holds
+    # it while its heartbeat lasts).
+    lease: timedelta = timedelta(minutes=10)
     deadline_margin: timedelta = timedelta(minutes=30)
     max_attempts: int = 4
     ingest_chunk: int = 500  # results stored per transaction
+    # A batch's queued runs make a job once none has joined them for this long.
+    settle: timedelta = timedelta(seconds=5)
 
 
 class ProviderJobs:
@@ -89,6 +93,7 @@ class ProviderJobs:
         settings: ProviderJobSettings | None = None,
         evidence: Evidence | None = None,
         budgets: Budgets | None = None,
+        worker_id: str | None = None,
         crash_hook: Callable[[str], None] | None = None,
     ) -> None:
         self._uow = uow
@@ -99,6 +104,9 @@ class ProviderJobs:
         self._s = settings or ProviderJobSettings()
         self._evidence = evidence
         self._budgets = budgets or Budgets(uow)
+        # This process's worker id (its heartbeat row): a job it steps is
+        # nobody else's while it lives.
+        self._worker_id = worker_id
         # Tests: called at "uploaded" and "created", after the provider accepted
         # the call and before it is recorded, and at "ingesting" after each
         # chunk of results stored (raise to play a crash there).
@@ -109,7 +117,7 @@ class ProviderJobs:
         await self._deadlines()
         await self._group()
         async with self._uow() as tx:
-            due = await tx.provider_jobs.claim_due(now(), self._s.lease, 20)
+            due = await tx.provider_jobs.claim_due(now(), self._s.lease, 20, self._worker_id)
             await tx.commit()
         for job in due:
             try:
@@ -125,6 +133,11 @@ class ProviderJobs:
                         error_message=storable_text(err.message),
                     )
                     await tx.commit()
+            finally:
+                if self._worker_id is not None:
+                    async with self._uow() as tx:
+                        await tx.provider_jobs.release(job["id"], self._worker_id)
+                        await tx.commit()
         return len(due)
 
     def _backoff(self, polls: int) -> float:
@@ -153,7 +166,9 @@ class ProviderJobs:
 
     async def _group(self) -> None:
         async with self._uow() as tx:
-            waiting = await tx.provider_jobs.batches_waiting(100)
+            waiting = await tx.provider_jobs.batches_waiting(
+                100, now() - self._s.settle, OPENAI_BATCH.max_requests
+            )
         for b in waiting:
             teacher = self._teachers.get(b["provider"])
             if teacher is None or not teacher.batch.supported:

@@ -6,11 +6,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import batches, provider_jobs, runs
+from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
 from nex.collector.server.domain.teacher import RunStatus
 
 # States after which the job needs nothing more from us.
@@ -20,12 +20,17 @@ DONE = ("ingested",)
 class ProviderJobRepository(Repository):
     table = provider_jobs
 
-    async def batches_waiting(self, limit: int) -> list[Mapping[Any, Any]]:
-        """Batches (not paused, not cancelled) with runs queued for a provider job."""
+    async def batches_waiting(
+        self, limit: int, settled_before: datetime, enough: int
+    ) -> list[Mapping[Any, Any]]:
+        """Batches (not paused, not cancelled) with runs queued for a provider
+        job, once no run has joined them since `settled_before` (runs sent in
+        many calls make one job, not one per call) or `enough` are waiting."""
         waiting = (
             select(runs.c.batch_id)
             .where(runs.c.via_provider.is_(True), runs.c.status == RunStatus.QUEUED.value)
-            .distinct()
+            .group_by(runs.c.batch_id)
+            .having((func.max(runs.c.create_time) < settled_before) | (func.count() >= enough))
             .limit(limit)
             .subquery()
         )
@@ -76,13 +81,28 @@ class ProviderJobRepository(Repository):
         )
 
     async def claim_due(
-        self, now: datetime, lease: timedelta, limit: int
+        self, now: datetime, lease: timedelta, limit: int, worker_id: str | None
     ) -> list[Mapping[Any, Any]]:
-        """Jobs due for their next step, each leased to the caller until `now +
-        lease` (a process that dies holding one frees it by then)."""
+        """Jobs due for their next step, taken by `worker_id`: nobody else takes
+        one while that worker's heartbeat lasts, and a dead worker's is taken at
+        once. A caller with no worker id holds it until `now + lease`."""
+        owner_alive = (
+            select(workers.c.id)
+            .where(workers.c.id == provider_jobs.c.worker_id, workers.c.expires_at > now)
+            .exists()
+        )
         due = (
             select(provider_jobs.c.id)
-            .where(provider_jobs.c.state.not_in(DONE), provider_jobs.c.next_poll_time <= now)
+            .where(
+                provider_jobs.c.state.not_in(DONE),
+                or_(
+                    and_(
+                        provider_jobs.c.worker_id.is_(None),
+                        provider_jobs.c.next_poll_time <= now,
+                    ),
+                    and_(provider_jobs.c.worker_id.is_not(None), ~owner_alive),
+                ),
+            )
             .order_by(provider_jobs.c.next_poll_time)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -91,10 +111,18 @@ class ProviderJobRepository(Repository):
         stmt = (
             update(provider_jobs)
             .where(provider_jobs.c.id.in_(due))
-            .values(next_poll_time=now + lease)
+            .values(next_poll_time=now + lease, worker_id=worker_id)
             .returning(*provider_jobs.c)
         )
         return list((await self.session.execute(stmt)).mappings())
+
+    async def release(self, job_id: str, worker_id: str | None) -> None:
+        """The step is over: the job is due again at its own next_poll_time."""
+        await self.session.execute(
+            update(provider_jobs)
+            .where(provider_jobs.c.id == job_id, provider_jobs.c.worker_id == worker_id)
+            .values(worker_id=None)
+        )
 
     async def set(self, job_id: str, **values: Any) -> None:
         await self.session.execute(

@@ -42,6 +42,9 @@ def upgrade() -> None:
         sa.Column("request_failed", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("input_bytes", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("polls", sa.Integer(), server_default="0", nullable=False),
+        # The worker taking the job's current step (see `workers`): nobody else
+        # takes it while that worker is alive.
+        sa.Column("worker_id", sa.Text()),
         sa.Column("next_poll_time", sa.DateTime(timezone=True)),
         sa.Column("cancel_requested", sa.Boolean(), server_default="false", nullable=False),
         # What the ingested results cost at the batch price, and would have online.
