@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -462,3 +462,20 @@ def test_a_cost_cap_reserves_the_batch_price_and_pauses_until_raised(
     assert done.counts.completed == 6
     assert done.budget.spent_usd == pytest.approx(done.usage.cost_usd)
     assert len(done.provider_jobs) == 2 and len(runs) == 6
+
+
+def test_auto_cancels_a_job_not_done_by_the_deadline_and_goes_online(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    api.batches.hold = True  # the provider never finishes this job by itself
+    # Due for the fallback two seconds from now (the margin is 30 minutes).
+    deadline = datetime.now(UTC) + timedelta(minutes=30, seconds=2)
+    batch = _batch(client, template, mode=ExecutionMode.AUTO, deadline=deadline)
+    runs = client.create_runs(batch.id, _topics(unique("dl"), 6))
+    done = _wait(client, batch.id)
+    assert done.counts.completed == 6
+    (job,) = done.provider_jobs
+    (at_provider,) = [j for j in api.batches.jobs.values() if j.id == job.provider_job_id]
+    assert at_provider.state == "cancelled" and job.state == "ingested"
+    attempts = sorted(client.get_run(r.id).attempt for r in runs)
+    assert attempts == [1, 1, 1, 2, 2, 2]  # what it produced kept; the rest online
