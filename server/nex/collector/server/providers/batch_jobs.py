@@ -88,7 +88,12 @@ class BatchBackend(Protocol):
         """The input file's id (None: this API takes the requests inline)."""
         ...
 
-    async def find_job(self, marker: str, since: datetime, total: int) -> str | None: ...
+    async def find_job(
+        self, marker: str, since: datetime, total: int, known: frozenset[str]
+    ) -> str | None:
+        """The provider's job carrying `marker`, if it exists; `known`: ids
+        other jobs of ours already hold."""
+        ...
 
     async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str: ...
 
@@ -157,7 +162,9 @@ class OpenAIBatches:
             )
         return f.id
 
-    async def find_job(self, marker: str, since: datetime, total: int) -> str | None:
+    async def find_job(
+        self, marker: str, since: datetime, total: int, known: frozenset[str]
+    ) -> str | None:
         floor = since.timestamp() - 3600  # listed newest first: stop well before ours
         with provider_errors(self._secrets):
             async for b in self._client.batches.list(limit=100):
@@ -284,12 +291,15 @@ class AnthropicBatches:
     async def upload(self, marker: str, content: bytes) -> str | None:
         return None  # the requests go inline with `create`
 
-    async def find_job(self, marker: str, since: datetime, total: int) -> str | None:
+    async def find_job(
+        self, marker: str, since: datetime, total: int, known: frozenset[str]
+    ) -> str | None:
         """Anthropic keeps no metadata on a batch: ours is one created since we
         started submitting it (a minute's clock skew allowed) with our count of
-        requests. Two collectors submitting equal-sized jobs to one account in
-        the same minute could confuse this; results are matched by custom_id,
-        so a wrong guess loses nothing but sends those runs once more."""
+        requests that no other job of ours holds. Two collectors submitting
+        equal-sized jobs to one account in the same minute could confuse this;
+        results are matched by custom_id, so a wrong guess loses nothing but
+        sends those runs once more."""
         floor = since - timedelta(minutes=1)
         with provider_errors(self._secrets):
             async for b in self._client.messages.batches.list(limit=100):
@@ -297,7 +307,8 @@ class AnthropicBatches:
                 if created < floor:
                     break
                 c = b.request_counts
-                if c.processing + c.succeeded + c.errored + c.canceled + c.expired == total:
+                n = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+                if n == total and b.id not in known:
                     return b.id
         return None
 
@@ -384,7 +395,9 @@ class MockBatches:
     async def upload(self, marker: str, content: bytes) -> str | None:
         return f"mockfile-{marker}"
 
-    async def find_job(self, marker: str, since: datetime, total: int) -> str | None:
+    async def find_job(
+        self, marker: str, since: datetime, total: int, known: frozenset[str]
+    ) -> str | None:
         return f"mockbatch-{marker}"
 
     async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str:

@@ -294,11 +294,15 @@ class ProviderJobs:
             job = {**job, "state": UPLOADED, "input_file_id": file_id, "polls": 0}
             state = UPLOADED
         if state == UPLOADED:
-            provider_id = (
-                await backend.find_job(job_id, job["create_time"], job["request_total"])
-                if job["polls"]
-                else None
-            )
+            provider_id = None
+            if job["polls"]:
+                async with self._uow() as tx:
+                    known = await tx.provider_jobs.known_ids(
+                        job["teacher"], job["create_time"] - timedelta(hours=1)
+                    )
+                provider_id = await backend.find_job(
+                    job_id, job["create_time"], job["request_total"], known
+                )
             if provider_id is None:
                 content = await self._content(job, backend)
                 await self._mark_attempt(job_id)

@@ -129,6 +129,15 @@ class ProviderJobRepository(Repository):
             update(provider_jobs).where(provider_jobs.c.id == job_id).values(**values)
         )
 
+    async def known_ids(self, teacher: str, since: datetime) -> frozenset[str]:
+        """The provider ids our jobs at a teacher made since `since` hold."""
+        stmt = select(provider_jobs.c.provider_job_id).where(
+            provider_jobs.c.teacher == teacher,
+            provider_jobs.c.provider_job_id.is_not(None),
+            provider_jobs.c.create_time >= since,
+        )
+        return frozenset(r[0] for r in await self.session.execute(stmt))
+
     async def get(self, job_id: str) -> Mapping[Any, Any] | None:
         return await self._one(select(provider_jobs).where(provider_jobs.c.id == job_id))
 
