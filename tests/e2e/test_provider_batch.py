@@ -21,6 +21,7 @@ from nex.collector.client import (
     ExecutionMode,
     FailedPreconditionError,
     GenerationParams,
+    InvalidArgumentError,
     PromptTemplate,
     RunStatus,
     TeacherBatch,
@@ -495,3 +496,15 @@ def test_auto_cancels_a_job_not_done_by_the_deadline_and_goes_online(
     assert at_provider.state == "cancelled" and job.state == "ingested"
     attempts = sorted(client.get_run(r.id).attempt for r in runs)
     assert attempts == [1, 1, 1, 2, 2, 2]  # what it produced kept; the rest online
+
+
+def test_bad_modes_and_deadlines_are_named(client: Client, template: PromptTemplate) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        _batch(client, template, deadline=datetime(2000, 1, 1, tzinfo=UTC))
+    assert [v.field for v in err.value.field_violations] == ["deadline_time"]
+    with pytest.raises(InvalidArgumentError) as err:
+        _batch(client, template, deadline=timedelta(days=400))
+    assert [v.field for v in err.value.field_violations] == ["deadline_after"]
+    with pytest.raises(InvalidArgumentError) as err:
+        _batch(client, template, mode=7)  # type: ignore[arg-type]
+    assert [v.field for v in err.value.field_violations] == ["execution_mode"]

@@ -177,11 +177,15 @@ _EXECUTION_MODES = {
 
 
 def execution_mode_from_pb(value: int) -> ExecutionMode:
-    """Unset (or a value this server does not know) is ONLINE."""
+    """Unset is ONLINE; a value this server does not know is INVALID_ARGUMENT."""
+    if value == teacher_pb2.EXECUTION_MODE_UNSPECIFIED:
+        return ExecutionMode.ONLINE
     for mode, pb_value in _EXECUTION_MODES.items():
         if pb_value == value:
             return mode
-    return ExecutionMode.ONLINE
+    raise InvalidArgument.one(
+        "execution_mode", f"unknown execution mode {value}; allowed: ONLINE, PROVIDER_BATCH, AUTO"
+    )
 
 
 def provider_job(j: ProviderJobView) -> teacher_pb2.ProviderJob:

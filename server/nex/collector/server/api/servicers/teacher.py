@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -14,6 +14,9 @@ from nex.collector.server.services.watch import Heartbeat, RunWatcher
 from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
+
+# A deadline further than a year away is no deadline a batch job can mean.
+MAX_DEADLINE_S = 366 * 86400
 
 
 def _full(view: int, default: bool) -> bool:
@@ -48,12 +51,8 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                 link_evidence=request.link_evidence,
                 max_cost_usd=request.max_cost_usd if request.HasField("max_cost_usd") else None,
                 execution_mode=convert.execution_mode_from_pb(request.execution_mode),
-                deadline_time=request.deadline_time.ToDatetime(tzinfo=UTC)
-                if request.HasField("deadline_time")
-                else None,
-                deadline_after=request.deadline_after.ToTimedelta()
-                if request.HasField("deadline_after")
-                else None,
+                deadline_time=_deadline_time(request),
+                deadline_after=_deadline_after(request),
             )
         )
         return pb.CreateBatchResponse(batch=convert.batch(view))
@@ -158,3 +157,23 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     ) -> pb.ListTeachersResponse:
         views = await self._endpoints.list_teachers() if self._endpoints else []
         return pb.ListTeachersResponse(teachers=[convert.teacher_endpoint(v) for v in views])
+
+
+def _deadline_time(request: pb.CreateBatchRequest) -> datetime | None:
+    if not request.HasField("deadline_time"):
+        return None
+    try:
+        return request.deadline_time.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.one("deadline_time", "is not a valid time") from None
+
+
+def _deadline_after(request: pb.CreateBatchRequest) -> timedelta | None:
+    if not request.HasField("deadline_after"):
+        return None
+    d = request.deadline_after
+    if not 0 < d.seconds <= MAX_DEADLINE_S or not 0 <= d.nanos < 1_000_000_000:
+        raise InvalidArgument.one(
+            "deadline_after", f"must be positive and at most {MAX_DEADLINE_S // 86400} days"
+        )
+    return d.ToTimedelta()
