@@ -379,6 +379,10 @@ def test_the_cli_creates_a_provider_batch_and_shows_its_jobs_and_saving(
     assert bad.exit_code != 0 and "local" in bad.output
     assert "PROVIDER_BATCH_UNSUPPORTED" in bad.output
 
+    listed = invoke(collector, "teachers")
+    assert listed.exit_code == 0, listed.output
+    assert "batchAPIat50%price" in "".join(listed.output.split())  # folded in 80 columns
+
 
 def test_the_mock_teacher_has_an_offline_batch_api_and_the_demo_uses_it(
     collector: RunningCollector, client: Client, template: PromptTemplate
