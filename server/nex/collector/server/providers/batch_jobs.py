@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import anthropic
 import openai
@@ -41,7 +40,9 @@ from nex.collector.server.providers.openai_provider import (
     request_body,
 )
 
-Content = Callable[[], Awaitable[bytes]]
+# Reads a job's input again: a binary file at its start (the caller's to close,
+# by `with`), spooled to disk when large: never all of it in memory.
+Content = Callable[[], Awaitable[IO[bytes]]]
 
 # States after which a job changes no more.
 ENDED = frozenset({"completed", "expired", "cancelled", "failed", "ended"})
@@ -84,7 +85,7 @@ class BatchBackend(Protocol):
 
     async def find_upload(self, marker: str) -> str | None: ...
 
-    async def upload(self, marker: str, content: bytes) -> str | None:
+    async def upload(self, marker: str, content: Content) -> str | None:
         """The input file's id (None: this API takes the requests inline)."""
         ...
 
@@ -95,7 +96,7 @@ class BatchBackend(Protocol):
         other jobs of ours already hold."""
         ...
 
-    async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str: ...
+    async def create(self, marker: str, input_file_id: str | None, content: Content) -> str: ...
 
     async def retrieve(self, job_id: str) -> JobStatus: ...
 
@@ -154,11 +155,10 @@ class OpenAIBatches:
                     return f.id
         return None
 
-    async def upload(self, marker: str, content: bytes) -> str | None:
-        with provider_errors(self._secrets):
+    async def upload(self, marker: str, content: Content) -> str | None:
+        with await content() as data, provider_errors(self._secrets):
             f = await self._client.files.create(
-                file=(_filename(marker), io.BytesIO(content), "application/jsonl"),
-                purpose="batch",
+                file=(_filename(marker), data, "application/jsonl"), purpose="batch"
             )
         return f.id
 
@@ -174,7 +174,7 @@ class OpenAIBatches:
                     break
         return None
 
-    async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str:
+    async def create(self, marker: str, input_file_id: str | None, content: Content) -> str:
         assert input_file_id is not None
         with provider_errors(self._secrets):
             b = await self._client.batches.create(
@@ -288,7 +288,7 @@ class AnthropicBatches:
     async def find_upload(self, marker: str) -> str | None:
         return None
 
-    async def upload(self, marker: str, content: bytes) -> str | None:
+    async def upload(self, marker: str, content: Content) -> str | None:
         return None  # the requests go inline with `create`
 
     async def find_job(
@@ -312,8 +312,10 @@ class AnthropicBatches:
                     return b.id
         return None
 
-    async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str:
-        requests = [orjson.loads(line) for line in content.splitlines() if line.strip()]
+    async def create(self, marker: str, input_file_id: str | None, content: Content) -> str:
+        # The API takes the requests in one JSON body (at most 256 MB).
+        with await content() as data:
+            requests = [orjson.loads(line) for line in data if line.strip()]
         with provider_errors(self._secrets):
             b = await self._client.messages.batches.create(requests=requests)
         return b.id
@@ -392,7 +394,7 @@ class MockBatches:
     async def find_upload(self, marker: str) -> str | None:
         return f"mockfile-{marker}"
 
-    async def upload(self, marker: str, content: bytes) -> str | None:
+    async def upload(self, marker: str, content: Content) -> str | None:
         return f"mockfile-{marker}"
 
     async def find_job(
@@ -400,7 +402,7 @@ class MockBatches:
     ) -> str | None:
         return f"mockbatch-{marker}"
 
-    async def create(self, marker: str, input_file_id: str | None, content: bytes) -> str:
+    async def create(self, marker: str, input_file_id: str | None, content: Content) -> str:
         return f"mockbatch-{marker}"
 
     async def retrieve(self, job_id: str) -> JobStatus:
@@ -409,10 +411,9 @@ class MockBatches:
     async def results(
         self, job_id: str, status: JobStatus, content: Content
     ) -> AsyncIterator[BatchResult]:
-        for raw in (await content()).splitlines():
-            if not raw.strip():
-                continue
-            line = orjson.loads(raw)
+        with await content() as data:
+            lines = [orjson.loads(raw) for raw in data if raw.strip()]
+        for line in lines:
             params = dict(line["params"])
             params["stop"] = tuple(params.get("stop") or ())
             request = GenerationRequest(

@@ -29,11 +29,12 @@ TEACHER_MAX_ATTEMPTS are used up.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
@@ -49,6 +50,7 @@ from nex.collector.server.providers.base import GenerationRequest, ProviderError
 from nex.collector.server.providers.batch_jobs import (
     BatchBackend,
     BatchResult,
+    Content,
     JobStatus,
     custom_id,
     parse_custom_id,
@@ -61,6 +63,8 @@ from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import Outcome, RunExecutor
 
 log = logging.getLogger(__name__)
+
+SPOOL_BYTES = 8 * 1024 * 1024
 
 PREPARING = "preparing"
 UPLOADED = "uploaded"
@@ -266,22 +270,34 @@ class ProviderJobs:
 
     # -- a job's steps -----------------------------------------------------------
 
-    async def _content(self, job: Mapping[str, Any], backend: BatchBackend) -> bytes:
-        async with self._uow() as tx:
-            batch = await tx.batches.get(job["batch_id"])
-            rows = await tx.provider_jobs.requests(job["id"])
-        assert batch is not None
-        return b"".join(
-            backend.request_line(custom_id(r["id"], r["attempt"]), _request(batch, r["messages"]))
-            for r in rows
-        )
+    def _content(self, job: Mapping[str, Any], backend: BatchBackend) -> Content:
+        """Reads the job's input from PostgreSQL (the same lines each time):
+        rows streamed by a server-side cursor into a file spooled to disk past
+        SPOOL_BYTES, so a 200 MB job never sits in memory."""
+
+        async def read() -> IO[bytes]:
+            out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+            try:
+                async with self._uow() as tx:
+                    batch = await tx.batches.get(job["batch_id"])
+                    assert batch is not None
+                    async for r in tx.provider_jobs.requests(job["id"]):
+                        cid = custom_id(r["id"], r["attempt"])
+                        out.write(backend.request_line(cid, _request(batch, r["messages"])))
+            except BaseException:
+                out.close()
+                raise
+            out.seek(0)
+            return out
+
+        return read
 
     async def _step(self, job: Mapping[str, Any]) -> None:
         backend = self._backend_for(job["teacher"])
         state = job["state"]
         job_id = job["id"]
+        content = self._content(job, backend)
         if state == PREPARING:
-            content = await self._content(job, backend)
             # Tried before (polls > 0): the provider may hold it already.
             file_id = await backend.find_upload(job_id) if job["polls"] else None
             if file_id is None:
@@ -304,7 +320,6 @@ class ProviderJobs:
                     job_id, job["create_time"], job["request_total"], known
                 )
             if provider_id is None:
-                content = await self._content(job, backend)
                 await self._mark_attempt(job_id)
                 provider_id = await backend.create(job_id, job["input_file_id"], content)
             self._hook("created")
@@ -363,9 +378,7 @@ class ProviderJobs:
         chunk: list[BatchResult] = []
         stored = 0
 
-        async def content() -> bytes:
-            return await self._content(job, backend)
-
+        content = self._content(job, backend)
         async for result in backend.results(job["provider_job_id"], status, content):
             if result.completion is None:
                 errors[result.custom_id] = result

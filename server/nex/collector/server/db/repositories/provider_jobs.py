@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -141,8 +141,9 @@ class ProviderJobRepository(Repository):
     async def get(self, job_id: str) -> Mapping[Any, Any] | None:
         return await self._one(select(provider_jobs).where(provider_jobs.c.id == job_id))
 
-    async def requests(self, job_id: str) -> list[Mapping[Any, Any]]:
-        """The runs a job carries, at the attempt it carries them."""
+    async def requests(self, job_id: str) -> AsyncIterator[Mapping[Any, Any]]:
+        """The runs a job carries, at the attempt it carries them, streamed
+        (a server-side cursor: never all of them in memory)."""
         stmt = (
             select(runs.c.id, runs.c.attempt, runs.c.messages)
             .where(
@@ -150,8 +151,11 @@ class ProviderJobRepository(Repository):
                 runs.c.status == RunStatus.RUNNING.value,
             )
             .order_by(runs.c.id)
+            .execution_options(yield_per=1000)
         )
-        return list((await self.session.execute(stmt)).mappings())
+        result = await self.session.stream(stmt)
+        async for row in result.mappings():
+            yield row
 
     async def unanswered(self, job_id: str) -> list[Mapping[Any, Any]]:
         """Runs still running in the job (locked): no result came for them."""
