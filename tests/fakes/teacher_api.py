@@ -42,6 +42,8 @@ from typing import Any, Self
 import orjson
 from aiohttp import web
 
+from tests.fakes.provider_batches import ProviderBatches
+
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 STATS_PATH = "/stats"  # the fake's own counts, for benchmarks in another process
@@ -330,6 +332,23 @@ class FakeTeacherAPI:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The Batch APIs (OpenAI Files + Batches, Anthropic Message Batches).
+        self.batches = ProviderBatches(
+            self._batch_answer,
+            lambda request: self.api_key is None or _presented_key(request) == self.api_key,
+        )
+
+    def _batch_answer(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """One request inside a batch job: the same answer as online (and billed)."""
+        if path == ANTHROPIC_PATH:
+            if not body.get("max_tokens"):
+                return 400, error_body(path, 400, "max_tokens: Field required")
+            answer = anthropic_message(body, self.answer_tokens)
+        else:
+            answer = openai_completion(body, self.answer_tokens)
+        self.requests_by_prompt[prompt_key(list(body.get("messages") or []))] += 1
+        self._bill(str(body.get("model", "")), answer)
+        return 200, answer
 
     # -- addresses -----------------------------------------------------------
 
@@ -401,7 +420,8 @@ class FakeTeacherAPI:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> Self:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=300 * 1024 * 1024)  # batch input files
+        self.batches.routes(app)
         app.router.add_post(OPENAI_PATH, self._handle)
         app.router.add_post(ANTHROPIC_PATH, self._handle)
         app.router.add_get(STATS_PATH, self._stats)

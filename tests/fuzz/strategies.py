@@ -197,7 +197,9 @@ def message(
             chosen = draw(st.sampled_from([None, *names]))
             if chosen is not None:
                 fd = descriptor.fields_by_name[chosen]
-                kwargs[chosen] = draw(_field(fd, pools, depth, limit))
+                value = draw(_field(fd, pools, depth, limit))
+                if value is not None:  # google.protobuf.* members are not drawn
+                    kwargs[chosen] = value
         return kwargs
 
     return build()

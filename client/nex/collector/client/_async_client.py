@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -42,6 +43,7 @@ from ._types import (
     DatasetStatus,
     DatasetVerification,
     EvidenceLink,
+    ExecutionMode,
     Filter,
     GenerationParams,
     PromptTemplate,
@@ -330,10 +332,23 @@ class AsyncClient:
         request_id: str | None = None,
         link_evidence: bool = False,
         max_cost_usd: float | None = None,
+        execution_mode: ExecutionMode = ExecutionMode.UNSPECIFIED,
+        deadline: datetime | timedelta | None = None,
     ) -> TeacherBatch:
         """Creates an empty batch; add runs with ``create_run`` / ``create_runs``.
         ``max_cost_usd`` is a hard cap on what its teacher calls may cost (it
-        needs ``params.max_tokens`` and a priced model)."""
+        needs ``params.max_tokens`` and a priced model). ``execution_mode``
+        PROVIDER_BATCH sends the runs through the teacher's Batch API (about
+        half the price, results within 24 h); AUTO also goes online for what
+        is not done by ``deadline`` (a time, or a duration from now) minus a
+        margin."""
+        request = teacher_service_pb2.CreateBatchRequest(
+            execution_mode=int(execution_mode),  # type: ignore[arg-type]
+        )
+        if isinstance(deadline, timedelta):
+            request.deadline_after.FromTimedelta(deadline)
+        elif deadline is not None:
+            request.deadline_time.FromDatetime(deadline)
         resp = await self._call(
             self._teacher.CreateBatch,
             teacher_service_pb2.CreateBatchRequest(
@@ -347,6 +362,11 @@ class AsyncClient:
                 request_id=_rid(request_id),
                 link_evidence=link_evidence,
                 max_cost_usd=max_cost_usd,
+                execution_mode=request.execution_mode,
+                deadline_time=request.deadline_time if request.HasField("deadline_time") else None,
+                deadline_after=request.deadline_after
+                if request.HasField("deadline_after")
+                else None,
             ),
         )
         return _convert.batch(resp.batch)

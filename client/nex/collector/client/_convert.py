@@ -34,12 +34,14 @@ from ._types import (
     EntropyFilter,
     EvidenceLink,
     EvidenceStatus,
+    ExecutionMode,
     Filter,
     FilterDrop,
     GenerationParams,
     LengthFilter,
     Message,
     PromptTemplate,
+    ProviderJob,
     RegexFilter,
     RunCounts,
     RunError,
@@ -48,6 +50,7 @@ from ._types import (
     RunStatus,
     ScoreFilter,
     TeacherBatch,
+    TeacherBatchSupport,
     TeacherCapabilities,
     TeacherEndpoint,
     TeacherKind,
@@ -197,6 +200,28 @@ def batch(msg: teacher_pb2.TeacherBatch) -> TeacherBatch:
             time=_time(msg.pause.time, msg.pause.HasField("time")),
         )
         if msg.HasField("pause")
+        else None,
+        execution_mode=_enum(ExecutionMode, msg.execution_mode),
+        deadline_time=_time(msg.deadline_time, msg.HasField("deadline_time")),
+        provider_jobs=tuple(provider_job(j) for j in msg.provider_jobs),
+        provider_batch_saved_usd=msg.provider_batch_saved_usd,
+    )
+
+
+def provider_job(msg: teacher_pb2.ProviderJob) -> ProviderJob:
+    return ProviderJob(
+        id=msg.id,
+        teacher=msg.teacher,
+        provider_job_id=_opt(msg.provider_job_id),
+        input_file_id=_opt(msg.input_file_id),
+        state=msg.state,
+        request_total=msg.request_total,
+        request_completed=msg.request_completed,
+        request_failed=msg.request_failed,
+        submit_time=_time(msg.submit_time, msg.HasField("submit_time")),
+        finish_time=_time(msg.finish_time, msg.HasField("finish_time")),
+        error=RunError(code=msg.error.code, message=msg.error.message)
+        if msg.HasField("error") and msg.error.code
         else None,
     )
 
@@ -393,4 +418,10 @@ def teacher_endpoint(msg: teacher_endpoint_pb2.TeacherEndpoint) -> TeacherEndpoi
         ),
         problem=_opt(msg.problem),
         daily_max_cost_usd=msg.daily_max_cost_usd if msg.HasField("daily_max_cost_usd") else None,
+        batch=TeacherBatchSupport(
+            supported=msg.batch.supported,
+            max_requests=msg.batch.max_requests,
+            max_bytes=msg.batch.max_bytes,
+            price_factor=msg.batch.price_factor,
+        ),
     )

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +26,7 @@ from ._types import (
     DatasetManifest,
     DatasetVerification,
     EvidenceLink,
+    ExecutionMode,
     Filter,
     GenerationParams,
     PromptTemplate,
@@ -255,6 +257,8 @@ class Client:
         request_id: str | None = None,
         link_evidence: bool = False,
         max_cost_usd: float | None = None,
+        execution_mode: ExecutionMode = ExecutionMode.UNSPECIFIED,
+        deadline: datetime | timedelta | None = None,
     ) -> TeacherBatch:
         return self._loop.run(
             self._client.create_batch(
@@ -268,6 +272,8 @@ class Client:
                 request_id=request_id,
                 link_evidence=link_evidence,
                 max_cost_usd=max_cost_usd,
+                execution_mode=execution_mode,
+                deadline=deadline,
             )
         )
 

@@ -44,6 +44,18 @@ class BatchStatus(enum.IntEnum):
     PAUSED = 5
 
 
+class ExecutionMode(enum.IntEnum):
+    """How a batch's runs reach the teacher: one call each (ONLINE, the
+    default), through the provider's Batch API at its batch price
+    (PROVIDER_BATCH), or the Batch API with an online fallback before the
+    batch's deadline (AUTO)."""
+
+    UNSPECIFIED = 0
+    ONLINE = 1
+    PROVIDER_BATCH = 2
+    AUTO = 3
+
+
 class DatasetStatus(enum.IntEnum):
     """Status of a dataset build."""
 
@@ -133,6 +145,17 @@ class TeacherUsage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TeacherBatchSupport:
+    """Whether batches may use the teacher's Batch API, its limits per job,
+    and its price as a fraction of the online price."""
+
+    supported: bool = False
+    max_requests: int = 0
+    max_bytes: int = 0
+    price_factor: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TeacherEndpoint:
     """A named teacher a batch's ``provider`` may name. Never holds a key:
     ``api_key_env`` is the name of the server's variable that does."""
@@ -147,6 +170,7 @@ class TeacherEndpoint:
     usage: TeacherUsage = TeacherUsage()
     problem: str | None = None
     daily_max_cost_usd: float | None = None
+    batch: TeacherBatchSupport = TeacherBatchSupport()
 
 
 # ---------------------------------------------------------------- context refs
@@ -291,6 +315,28 @@ class TeacherBatch:
     max_cost_usd: float | None = None
     budget: BatchBudget = BatchBudget()
     pause: BatchPause | None = None
+    execution_mode: ExecutionMode = ExecutionMode.UNSPECIFIED
+    deadline_time: datetime | None = None
+    provider_jobs: tuple[ProviderJob, ...] = ()
+    # What the provider batch price saved against the online price, in USD.
+    provider_batch_saved_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderJob:
+    """A job at a provider's Batch API carrying some runs of a batch."""
+
+    id: str
+    teacher: str
+    provider_job_id: str | None
+    input_file_id: str | None
+    state: str
+    request_total: int
+    request_completed: int
+    request_failed: int
+    submit_time: datetime | None
+    finish_time: datetime | None
+    error: RunError | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,23 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'nex/collector/v1/teacher_endpoint.proto\x12\x10nex.collector.v1\"\x8e\x03\n\x0fTeacherEndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.nex.collector.v1.TeacherKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x04 \x01(\t\x12/\n\x06limits\x18\x05 \x01(\x0b\x32\x1f.nex.collector.v1.TeacherLimits\x12;\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32%.nex.collector.v1.TeacherCapabilities\x12\x33\n\x06prices\x18\x07 \x03(\x0b\x32#.nex.collector.v1.TeacherModelPrice\x12-\n\x05usage\x18\x08 \x01(\x0b\x32\x1e.nex.collector.v1.TeacherUsage\x12\x0f\n\x07problem\x18\t \x01(\t\x12\x1f\n\x12\x64\x61ily_max_cost_usd\x18\n \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_daily_max_cost_usd\"\xa1\x01\n\rTeacherLimits\x12\x1d\n\x10requests_per_min\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0etokens_per_min\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rmax_in_flight\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x13\n\x11_requests_per_minB\x11\n\x0f_tokens_per_minB\x10\n\x0e_max_in_flight\"A\n\x13TeacherCapabilities\x12\x10\n\x08logprobs\x18\x01 \x01(\x08\x12\x18\n\x10max_top_logprobs\x18\x02 \x01(\x05\"S\n\x11TeacherModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0einput_per_mtok\x18\x02 \x01(\x01\x12\x17\n\x0foutput_per_mtok\x18\x03 \x01(\x01\"\x84\x01\n\x0cTeacherUsage\x12\x15\n\rcalls_per_min\x18\x01 \x01(\x03\x12\x16\n\x0etokens_per_min\x18\x02 \x01(\x03\x12\x1c\n\x14rate_limited_per_min\x18\x03 \x01(\x03\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x14\n\x0cwaiting_runs\x18\x05 \x01(\x05*\x9b\x01\n\x0bTeacherKind\x12\x1c\n\x18TEACHER_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TEACHER_KIND_OPENAI\x10\x01\x12\x1a\n\x16TEACHER_KIND_ANTHROPIC\x10\x02\x12\"\n\x1eTEACHER_KIND_OPENAI_COMPATIBLE\x10\x03\x12\x15\n\x11TEACHER_KIND_MOCK\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'nex/collector/v1/teacher_endpoint.proto\x12\x10nex.collector.v1\"\xc4\x03\n\x0fTeacherEndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.nex.collector.v1.TeacherKind\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x04 \x01(\t\x12/\n\x06limits\x18\x05 \x01(\x0b\x32\x1f.nex.collector.v1.TeacherLimits\x12;\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32%.nex.collector.v1.TeacherCapabilities\x12\x33\n\x06prices\x18\x07 \x03(\x0b\x32#.nex.collector.v1.TeacherModelPrice\x12-\n\x05usage\x18\x08 \x01(\x0b\x32\x1e.nex.collector.v1.TeacherUsage\x12\x0f\n\x07problem\x18\t \x01(\t\x12\x1f\n\x12\x64\x61ily_max_cost_usd\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x34\n\x05\x62\x61tch\x18\x0b \x01(\x0b\x32%.nex.collector.v1.TeacherBatchSupportB\x15\n\x13_daily_max_cost_usd\"g\n\x13TeacherBatchSupport\x12\x11\n\tsupported\x18\x01 \x01(\x08\x12\x14\n\x0cmax_requests\x18\x02 \x01(\x03\x12\x11\n\tmax_bytes\x18\x03 \x01(\x03\x12\x14\n\x0cprice_factor\x18\x04 \x01(\x01\"\xa1\x01\n\rTeacherLimits\x12\x1d\n\x10requests_per_min\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0etokens_per_min\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rmax_in_flight\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x13\n\x11_requests_per_minB\x11\n\x0f_tokens_per_minB\x10\n\x0e_max_in_flight\"A\n\x13TeacherCapabilities\x12\x10\n\x08logprobs\x18\x01 \x01(\x08\x12\x18\n\x10max_top_logprobs\x18\x02 \x01(\x05\"S\n\x11TeacherModelPrice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0einput_per_mtok\x18\x02 \x01(\x01\x12\x17\n\x0foutput_per_mtok\x18\x03 \x01(\x01\"\x84\x01\n\x0cTeacherUsage\x12\x15\n\rcalls_per_min\x18\x01 \x01(\x03\x12\x16\n\x0etokens_per_min\x18\x02 \x01(\x03\x12\x1c\n\x14rate_limited_per_min\x18\x03 \x01(\x03\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x14\n\x0cwaiting_runs\x18\x05 \x01(\x05*\x9b\x01\n\x0bTeacherKind\x12\x1c\n\x18TEACHER_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TEACHER_KIND_OPENAI\x10\x01\x12\x1a\n\x16TEACHER_KIND_ANTHROPIC\x10\x02\x12\"\n\x1eTEACHER_KIND_OPENAI_COMPATIBLE\x10\x03\x12\x15\n\x11TEACHER_KIND_MOCK\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nex.collector.v1.teacher_endpoint_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEACHERKIND']._serialized_start=914
-  _globals['_TEACHERKIND']._serialized_end=1069
+  _globals['_TEACHERKIND']._serialized_start=1073
+  _globals['_TEACHERKIND']._serialized_end=1228
   _globals['_TEACHERENDPOINT']._serialized_start=62
-  _globals['_TEACHERENDPOINT']._serialized_end=460
-  _globals['_TEACHERLIMITS']._serialized_start=463
-  _globals['_TEACHERLIMITS']._serialized_end=624
-  _globals['_TEACHERCAPABILITIES']._serialized_start=626
-  _globals['_TEACHERCAPABILITIES']._serialized_end=691
-  _globals['_TEACHERMODELPRICE']._serialized_start=693
-  _globals['_TEACHERMODELPRICE']._serialized_end=776
-  _globals['_TEACHERUSAGE']._serialized_start=779
-  _globals['_TEACHERUSAGE']._serialized_end=911
+  _globals['_TEACHERENDPOINT']._serialized_end=514
+  _globals['_TEACHERBATCHSUPPORT']._serialized_start=516
+  _globals['_TEACHERBATCHSUPPORT']._serialized_end=619
+  _globals['_TEACHERLIMITS']._serialized_start=622
+  _globals['_TEACHERLIMITS']._serialized_end=783
+  _globals['_TEACHERCAPABILITIES']._serialized_start=785
+  _globals['_TEACHERCAPABILITIES']._serialized_end=850
+  _globals['_TEACHERMODELPRICE']._serialized_start=852
+  _globals['_TEACHERMODELPRICE']._serialized_end=935
+  _globals['_TEACHERUSAGE']._serialized_start=938
+  _globals['_TEACHERUSAGE']._serialized_end=1070
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,7 @@ class TeacherEndpoint(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     DAILY_MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___TeacherKind.ValueType
     base_url: _builtins.str
@@ -85,6 +86,10 @@ class TeacherEndpoint(_message.Message):
     def usage(self) -> Global___TeacherUsage:
         """Live, over every worker."""
 
+    @_builtins.property
+    def batch(self) -> Global___TeacherBatchSupport:
+        """Whether batches may use this teacher in EXECUTION_MODE_PROVIDER_BATCH / AUTO."""
+
     def __init__(
         self,
         *,
@@ -98,16 +103,49 @@ class TeacherEndpoint(_message.Message):
         usage: Global___TeacherUsage | None = ...,
         problem: _builtins.str = ...,
         daily_max_cost_usd: _builtins.float | None = ...,
+        batch: Global___TeacherBatchSupport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_max_cost_usd", b"_daily_max_cost_usd", "capabilities", b"capabilities", "daily_max_cost_usd", b"daily_max_cost_usd", "limits", b"limits", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_daily_max_cost_usd", b"_daily_max_cost_usd", "batch", b"batch", "capabilities", b"capabilities", "daily_max_cost_usd", b"daily_max_cost_usd", "limits", b"limits", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_max_cost_usd", b"_daily_max_cost_usd", "api_key_env", b"api_key_env", "base_url", b"base_url", "capabilities", b"capabilities", "daily_max_cost_usd", b"daily_max_cost_usd", "kind", b"kind", "limits", b"limits", "name", b"name", "prices", b"prices", "problem", b"problem", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_daily_max_cost_usd", b"_daily_max_cost_usd", "api_key_env", b"api_key_env", "base_url", b"base_url", "batch", b"batch", "capabilities", b"capabilities", "daily_max_cost_usd", b"daily_max_cost_usd", "kind", b"kind", "limits", b"limits", "name", b"name", "prices", b"prices", "problem", b"problem", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__daily_max_cost_usd: _TypeAlias = _typing.Literal["daily_max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__daily_max_cost_usd: _TypeAlias = _typing.Literal["_daily_max_cost_usd", b"_daily_max_cost_usd"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__daily_max_cost_usd) -> _WhichOneofReturnType__daily_max_cost_usd | None: ...
 
 Global___TeacherEndpoint: _TypeAlias = TeacherEndpoint  # noqa: Y015
+
+@_typing.final
+class TeacherBatchSupport(_message.Message):
+    """A teacher's Batch API: whether it has one, its limits per job, its price."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPORTED_FIELD_NUMBER: _builtins.int
+    MAX_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    PRICE_FACTOR_FIELD_NUMBER: _builtins.int
+    supported: _builtins.bool
+    max_requests: _builtins.int
+    """Requests and bytes of input one provider job may hold."""
+    max_bytes: _builtins.int
+    price_factor: _builtins.float
+    """The batch price as a fraction of the online price (0.5: half)."""
+    def __init__(
+        self,
+        *,
+        supported: _builtins.bool = ...,
+        max_requests: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+        price_factor: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bytes", b"max_bytes", "max_requests", b"max_requests", "price_factor", b"price_factor", "supported", b"supported"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TeacherBatchSupport: _TypeAlias = TeacherBatchSupport  # noqa: Y015
 
 @_typing.final
 class TeacherLimits(_message.Message):

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nex.collector.v1 import common_pb2 as nex_dot_collector_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enex/collector/v1/teacher.proto\x12\x10nex.collector.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dnex/collector/v1/common.proto\"\xd8\x01\n\x10GenerationParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0ctop_logprobs\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x0f\n\r_top_logprobsB\x07\n\x05_seed\"q\n\tRunCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x03\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x03\x12\r\n\x05total\x18\x06 \x01(\x03\"\x9a\x05\n\x0cTeacherBatch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btemplate_id\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x32\n\x06params\x18\x06 \x01(\x0b\x32\".nex.collector.v1.GenerationParams\x12\x16\n\x0e\x63ontext_ref_id\x18\x07 \x01(\t\x12:\n\x06labels\x18\x08 \x03(\x0b\x32*.nex.collector.v1.TeacherBatch.LabelsEntry\x12-\n\x06status\x18\t \x01(\x0e\x32\x1d.nex.collector.v1.BatchStatus\x12+\n\x06\x63ounts\x18\n \x01(\x0b\x32\x1b.nex.collector.v1.RunCounts\x12&\n\x05usage\x18\x0b \x01(\x0b\x32\x17.nex.collector.v1.Usage\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlink_evidence\x18\r \x01(\x08\x12/\n\x0b\x63\x61ncel_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cmax_cost_usd\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12-\n\x06\x62udget\x18\x10 \x01(\x0b\x32\x1d.nex.collector.v1.BatchBudget\x12+\n\x05pause\x18\x11 \x01(\x0b\x32\x1c.nex.collector.v1.BatchPause\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_max_cost_usd\"\x83\x01\n\x0b\x42\x61tchBudget\x12\x11\n\tspent_usd\x18\x01 \x01(\x01\x12\x14\n\x0creserved_usd\x18\x02 \x01(\x01\x12\x1d\n\x15queued_worst_case_usd\x18\x03 \x01(\x01\x12\x1a\n\rremaining_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_remaining_usd\"\xc6\x01\n\nBatchPause\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.nex.collector.v1.BatchPause.MetadataEntry\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"b\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x32\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1c.nex.collector.v1.TopLogprob\"\xe9\x05\n\nTeacherRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.nex.collector.v1.RunStatus\x12>\n\tvariables\x18\x04 \x03(\x0b\x32+.nex.collector.v1.TeacherRun.VariablesEntry\x12+\n\x08messages\x18\x05 \x03(\x0b\x32\x19.nex.collector.v1.Message\x12\x13\n\x0boutput_text\x18\x06 \x01(\t\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12.\n\x06tokens\x18\x08 \x03(\x0b\x32\x1e.nex.collector.v1.TokenLogprob\x12&\n\x05usage\x18\t \x01(\x0b\x32\x17.nex.collector.v1.Usage\x12\x38\n\x06scores\x18\n \x03(\x0b\x32(.nex.collector.v1.TeacherRun.ScoresEntry\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12&\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x17.nex.collector.v1.Error\x12\x12\n\nlatency_ms\x18\r \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chas_logprobs\x18\x11 \x01(\x08\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xce\x01\n\x08RunEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.nex.collector.v1.RunStatus\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.nex.collector.v1.Error\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xad\x01\n\x0b\x42\x61tchStatus\x12\x1c\n\x18\x42\x41TCH_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x41TCH_STATUS_OPEN\x10\x01\x12\x18\n\x14\x42\x41TCH_STATUS_RUNNING\x10\x02\x12\x1a\n\x16\x42\x41TCH_STATUS_COMPLETED\x10\x03\x12\x1a\n\x16\x42\x41TCH_STATUS_CANCELLED\x10\x04\x12\x17\n\x13\x42\x41TCH_STATUS_PAUSED\x10\x05*\xa1\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*J\n\x07RunView\x12\x18\n\x14RUN_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_VIEW_BASIC\x10\x01\x12\x11\n\rRUN_VIEW_FULL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enex/collector/v1/teacher.proto\x12\x10nex.collector.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dnex/collector/v1/common.proto\"\xd8\x01\n\x10GenerationParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0ctop_logprobs\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x0f\n\r_top_logprobsB\x07\n\x05_seed\"q\n\tRunCounts\x12\x0e\n\x06queued\x18\x01 \x01(\x03\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x03\x12\r\n\x05total\x18\x06 \x01(\x03\"\xde\x06\n\x0cTeacherBatch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0btemplate_id\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x32\n\x06params\x18\x06 \x01(\x0b\x32\".nex.collector.v1.GenerationParams\x12\x16\n\x0e\x63ontext_ref_id\x18\x07 \x01(\t\x12:\n\x06labels\x18\x08 \x03(\x0b\x32*.nex.collector.v1.TeacherBatch.LabelsEntry\x12-\n\x06status\x18\t \x01(\x0e\x32\x1d.nex.collector.v1.BatchStatus\x12+\n\x06\x63ounts\x18\n \x01(\x0b\x32\x1b.nex.collector.v1.RunCounts\x12&\n\x05usage\x18\x0b \x01(\x0b\x32\x17.nex.collector.v1.Usage\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlink_evidence\x18\r \x01(\x08\x12/\n\x0b\x63\x61ncel_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cmax_cost_usd\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12-\n\x06\x62udget\x18\x10 \x01(\x0b\x32\x1d.nex.collector.v1.BatchBudget\x12+\n\x05pause\x18\x11 \x01(\x0b\x32\x1c.nex.collector.v1.BatchPause\x12\x37\n\x0e\x65xecution_mode\x18\x12 \x01(\x0e\x32\x1f.nex.collector.v1.ExecutionMode\x12\x31\n\rdeadline_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\rprovider_jobs\x18\x14 \x03(\x0b\x32\x1d.nex.collector.v1.ProviderJob\x12 \n\x18provider_batch_saved_usd\x18\x15 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_max_cost_usd\"\xbd\x02\n\x0bProviderJob\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07teacher\x18\x02 \x01(\t\x12\x17\n\x0fprovider_job_id\x18\x03 \x01(\t\x12\x15\n\rinput_file_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x15\n\rrequest_total\x18\x06 \x01(\x03\x12\x19\n\x11request_completed\x18\x07 \x01(\x03\x12\x16\n\x0erequest_failed\x18\x08 \x01(\x03\x12/\n\x0bsubmit_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x17.nex.collector.v1.Error\"\x83\x01\n\x0b\x42\x61tchBudget\x12\x11\n\tspent_usd\x18\x01 \x01(\x01\x12\x14\n\x0creserved_usd\x18\x02 \x01(\x01\x12\x1d\n\x15queued_worst_case_usd\x18\x03 \x01(\x01\x12\x1a\n\rremaining_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_remaining_usd\"\xc6\x01\n\nBatchPause\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12<\n\x08metadata\x18\x03 \x03(\x0b\x32*.nex.collector.v1.BatchPause.MetadataEntry\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"b\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x32\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1c.nex.collector.v1.TopLogprob\"\xe9\x05\n\nTeacherRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.nex.collector.v1.RunStatus\x12>\n\tvariables\x18\x04 \x03(\x0b\x32+.nex.collector.v1.TeacherRun.VariablesEntry\x12+\n\x08messages\x18\x05 \x03(\x0b\x32\x19.nex.collector.v1.Message\x12\x13\n\x0boutput_text\x18\x06 \x01(\t\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12.\n\x06tokens\x18\x08 \x03(\x0b\x32\x1e.nex.collector.v1.TokenLogprob\x12&\n\x05usage\x18\t \x01(\x0b\x32\x17.nex.collector.v1.Usage\x12\x38\n\x06scores\x18\n \x03(\x0b\x32(.nex.collector.v1.TeacherRun.ScoresEntry\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\x05\x12&\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x17.nex.collector.v1.Error\x12\x12\n\nlatency_ms\x18\r \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chas_logprobs\x18\x11 \x01(\x08\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xce\x01\n\x08RunEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.nex.collector.v1.RunStatus\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.nex.collector.v1.Error\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xad\x01\n\x0b\x42\x61tchStatus\x12\x1c\n\x18\x42\x41TCH_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x41TCH_STATUS_OPEN\x10\x01\x12\x18\n\x14\x42\x41TCH_STATUS_RUNNING\x10\x02\x12\x1a\n\x16\x42\x41TCH_STATUS_COMPLETED\x10\x03\x12\x1a\n\x16\x42\x41TCH_STATUS_CANCELLED\x10\x04\x12\x17\n\x13\x42\x41TCH_STATUS_PAUSED\x10\x05*\xa1\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05*J\n\x07RunView\x12\x18\n\x14RUN_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_VIEW_BASIC\x10\x01\x12\x11\n\rRUN_VIEW_FULL\x10\x02*\x86\x01\n\rExecutionMode\x12\x1e\n\x1a\x45XECUTION_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XECUTION_MODE_ONLINE\x10\x01\x12!\n\x1d\x45XECUTION_MODE_PROVIDER_BATCH\x10\x02\x12\x17\n\x13\x45XECUTION_MODE_AUTO\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,38 +41,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEACHERRUN_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_TEACHERRUN_SCORESENTRY']._loaded_options = None
   _globals['_TEACHERRUN_SCORESENTRY']._serialized_options = b'8\001'
-  _globals['_BATCHSTATUS']._serialized_start=2600
-  _globals['_BATCHSTATUS']._serialized_end=2773
-  _globals['_RUNSTATUS']._serialized_start=2776
-  _globals['_RUNSTATUS']._serialized_end=2937
-  _globals['_RUNVIEW']._serialized_start=2939
-  _globals['_RUNVIEW']._serialized_end=3013
+  _globals['_BATCHSTATUS']._serialized_start=3116
+  _globals['_BATCHSTATUS']._serialized_end=3289
+  _globals['_RUNSTATUS']._serialized_start=3292
+  _globals['_RUNSTATUS']._serialized_end=3453
+  _globals['_RUNVIEW']._serialized_start=3455
+  _globals['_RUNVIEW']._serialized_end=3529
+  _globals['_EXECUTIONMODE']._serialized_start=3532
+  _globals['_EXECUTIONMODE']._serialized_end=3666
   _globals['_GENERATIONPARAMS']._serialized_start=117
   _globals['_GENERATIONPARAMS']._serialized_end=333
   _globals['_RUNCOUNTS']._serialized_start=335
   _globals['_RUNCOUNTS']._serialized_end=448
   _globals['_TEACHERBATCH']._serialized_start=451
-  _globals['_TEACHERBATCH']._serialized_end=1117
-  _globals['_TEACHERBATCH_LABELSENTRY']._serialized_start=1055
-  _globals['_TEACHERBATCH_LABELSENTRY']._serialized_end=1100
-  _globals['_BATCHBUDGET']._serialized_start=1120
-  _globals['_BATCHBUDGET']._serialized_end=1251
-  _globals['_BATCHPAUSE']._serialized_start=1254
-  _globals['_BATCHPAUSE']._serialized_end=1452
-  _globals['_BATCHPAUSE_METADATAENTRY']._serialized_start=1405
-  _globals['_BATCHPAUSE_METADATAENTRY']._serialized_end=1452
-  _globals['_MESSAGE']._serialized_start=1454
-  _globals['_MESSAGE']._serialized_end=1494
-  _globals['_TOPLOGPROB']._serialized_start=1496
-  _globals['_TOPLOGPROB']._serialized_end=1540
-  _globals['_TOKENLOGPROB']._serialized_start=1542
-  _globals['_TOKENLOGPROB']._serialized_end=1640
-  _globals['_TEACHERRUN']._serialized_start=1643
-  _globals['_TEACHERRUN']._serialized_end=2388
-  _globals['_TEACHERRUN_VARIABLESENTRY']._serialized_start=2293
-  _globals['_TEACHERRUN_VARIABLESENTRY']._serialized_end=2341
-  _globals['_TEACHERRUN_SCORESENTRY']._serialized_start=2343
-  _globals['_TEACHERRUN_SCORESENTRY']._serialized_end=2388
-  _globals['_RUNEVENT']._serialized_start=2391
-  _globals['_RUNEVENT']._serialized_end=2597
+  _globals['_TEACHERBATCH']._serialized_end=1313
+  _globals['_TEACHERBATCH_LABELSENTRY']._serialized_start=1251
+  _globals['_TEACHERBATCH_LABELSENTRY']._serialized_end=1296
+  _globals['_PROVIDERJOB']._serialized_start=1316
+  _globals['_PROVIDERJOB']._serialized_end=1633
+  _globals['_BATCHBUDGET']._serialized_start=1636
+  _globals['_BATCHBUDGET']._serialized_end=1767
+  _globals['_BATCHPAUSE']._serialized_start=1770
+  _globals['_BATCHPAUSE']._serialized_end=1968
+  _globals['_BATCHPAUSE_METADATAENTRY']._serialized_start=1921
+  _globals['_BATCHPAUSE_METADATAENTRY']._serialized_end=1968
+  _globals['_MESSAGE']._serialized_start=1970
+  _globals['_MESSAGE']._serialized_end=2010
+  _globals['_TOPLOGPROB']._serialized_start=2012
+  _globals['_TOPLOGPROB']._serialized_end=2056
+  _globals['_TOKENLOGPROB']._serialized_start=2058
+  _globals['_TOKENLOGPROB']._serialized_end=2156
+  _globals['_TEACHERRUN']._serialized_start=2159
+  _globals['_TEACHERRUN']._serialized_end=2904
+  _globals['_TEACHERRUN_VARIABLESENTRY']._serialized_start=2809
+  _globals['_TEACHERRUN_VARIABLESENTRY']._serialized_end=2857
+  _globals['_TEACHERRUN_SCORESENTRY']._serialized_start=2859
+  _globals['_TEACHERRUN_SCORESENTRY']._serialized_end=2904
+  _globals['_RUNEVENT']._serialized_start=2907
+  _globals['_RUNEVENT']._serialized_end=3113
 # @@protoc_insertion_point(module_scope)

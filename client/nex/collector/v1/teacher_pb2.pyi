@@ -103,6 +103,42 @@ RUN_VIEW_FULL: RunView.ValueType  # 2
 """Everything (the default of GetRun)."""
 Global___RunView: _TypeAlias = RunView  # noqa: Y015
 
+class _ExecutionMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExecutionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecutionMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXECUTION_MODE_UNSPECIFIED: _ExecutionMode.ValueType  # 0
+    """Online: one API call per run, as soon as a worker takes it (the default)."""
+    EXECUTION_MODE_ONLINE: _ExecutionMode.ValueType  # 1
+    EXECUTION_MODE_PROVIDER_BATCH: _ExecutionMode.ValueType  # 2
+    """Through the provider's Batch API (OpenAI Batch, Anthropic Message
+    Batches): about half the price, results within the provider's window
+    (24 h). Needs a teacher whose endpoint supports batch jobs.
+    """
+    EXECUTION_MODE_AUTO: _ExecutionMode.ValueType  # 3
+    """Provider batch jobs; runs not done by deadline_time minus a margin go
+    online (the provider job is cancelled).
+    """
+
+class ExecutionMode(_ExecutionMode, metaclass=_ExecutionModeEnumTypeWrapper):
+    """How a batch's runs reach the teacher."""
+
+EXECUTION_MODE_UNSPECIFIED: ExecutionMode.ValueType  # 0
+"""Online: one API call per run, as soon as a worker takes it (the default)."""
+EXECUTION_MODE_ONLINE: ExecutionMode.ValueType  # 1
+EXECUTION_MODE_PROVIDER_BATCH: ExecutionMode.ValueType  # 2
+"""Through the provider's Batch API (OpenAI Batch, Anthropic Message
+Batches): about half the price, results within the provider's window
+(24 h). Needs a teacher whose endpoint supports batch jobs.
+"""
+EXECUTION_MODE_AUTO: ExecutionMode.ValueType  # 3
+"""Provider batch jobs; runs not done by deadline_time minus a margin go
+online (the provider job is cancelled).
+"""
+Global___ExecutionMode: _TypeAlias = ExecutionMode  # noqa: Y015
+
 @_typing.final
 class GenerationParams(_message.Message):
     """How the teacher model generates; unset fields take the provider's default."""
@@ -239,6 +275,10 @@ class TeacherBatch(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     PAUSE_FIELD_NUMBER: _builtins.int
+    EXECUTION_MODE_FIELD_NUMBER: _builtins.int
+    DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_JOBS_FIELD_NUMBER: _builtins.int
+    PROVIDER_BATCH_SAVED_USD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     template_id: _builtins.str
@@ -251,6 +291,12 @@ class TeacherBatch(_message.Message):
     """Create an evidence link to context_ref_id when the batch completes."""
     max_cost_usd: _builtins.float
     """Hard cap on what the batch's teacher calls may cost, in USD; unset: no cap."""
+    execution_mode: Global___ExecutionMode.ValueType
+    """How the batch's runs reach the teacher (ONLINE when it was created unset)."""
+    provider_batch_saved_usd: _builtins.float
+    """What the provider batch price saved against the online price, in USD
+    (usage.cost_usd is what was spent).
+    """
     @_builtins.property
     def params(self) -> Global___GenerationParams: ...
     @_builtins.property
@@ -270,6 +316,14 @@ class TeacherBatch(_message.Message):
     @_builtins.property
     def pause(self) -> Global___BatchPause:
         """Why the batch is BATCH_STATUS_PAUSED (unset otherwise)."""
+
+    @_builtins.property
+    def deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """When every run should have ended; unset: no deadline."""
+
+    @_builtins.property
+    def provider_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderJob]:
+        """The provider batch jobs that carry (or carried) its runs, oldest first."""
 
     def __init__(
         self,
@@ -291,16 +345,80 @@ class TeacherBatch(_message.Message):
         max_cost_usd: _builtins.float | None = ...,
         budget: Global___BatchBudget | None = ...,
         pause: Global___BatchPause | None = ...,
+        execution_mode: Global___ExecutionMode.ValueType = ...,
+        deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        provider_jobs: _abc.Iterable[Global___ProviderJob] | None = ...,
+        provider_batch_saved_usd: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "budget", b"budget", "cancel_time", b"cancel_time", "counts", b"counts", "create_time", b"create_time", "max_cost_usd", b"max_cost_usd", "params", b"params", "pause", b"pause", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "budget", b"budget", "cancel_time", b"cancel_time", "counts", b"counts", "create_time", b"create_time", "deadline_time", b"deadline_time", "max_cost_usd", b"max_cost_usd", "params", b"params", "pause", b"pause", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "budget", b"budget", "cancel_time", b"cancel_time", "context_ref_id", b"context_ref_id", "counts", b"counts", "create_time", b"create_time", "id", b"id", "labels", b"labels", "link_evidence", b"link_evidence", "max_cost_usd", b"max_cost_usd", "model", b"model", "name", b"name", "params", b"params", "pause", b"pause", "provider", b"provider", "status", b"status", "template_id", b"template_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "budget", b"budget", "cancel_time", b"cancel_time", "context_ref_id", b"context_ref_id", "counts", b"counts", "create_time", b"create_time", "deadline_time", b"deadline_time", "execution_mode", b"execution_mode", "id", b"id", "labels", b"labels", "link_evidence", b"link_evidence", "max_cost_usd", b"max_cost_usd", "model", b"model", "name", b"name", "params", b"params", "pause", b"pause", "provider", b"provider", "provider_batch_saved_usd", b"provider_batch_saved_usd", "provider_jobs", b"provider_jobs", "status", b"status", "template_id", b"template_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
 
 Global___TeacherBatch: _TypeAlias = TeacherBatch  # noqa: Y015
+
+@_typing.final
+class ProviderJob(_message.Message):
+    """One job at a provider's Batch API, carrying some runs of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TEACHER_FIELD_NUMBER: _builtins.int
+    PROVIDER_JOB_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FILE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REQUEST_TOTAL_FIELD_NUMBER: _builtins.int
+    REQUEST_COMPLETED_FIELD_NUMBER: _builtins.int
+    REQUEST_FAILED_FIELD_NUMBER: _builtins.int
+    SUBMIT_TIME_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The collector's own id (also the job's idempotency marker at the provider)."""
+    teacher: _builtins.str
+    provider_job_id: _builtins.str
+    """The provider's id of the job ("batch_…", "msgbatch_…"); empty until confirmed."""
+    input_file_id: _builtins.str
+    """The provider's input file (OpenAI), empty otherwise."""
+    state: _builtins.str
+    """preparing, uploaded, validating, in_progress, finalizing, completed,
+    expired, cancelling, cancelled, failed; then ingested once its results are stored.
+    """
+    request_total: _builtins.int
+    request_completed: _builtins.int
+    request_failed: _builtins.int
+    @_builtins.property
+    def submit_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def error(self) -> _common_pb2.Error: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        teacher: _builtins.str = ...,
+        provider_job_id: _builtins.str = ...,
+        input_file_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        request_total: _builtins.int = ...,
+        request_completed: _builtins.int = ...,
+        request_failed: _builtins.int = ...,
+        submit_time: _timestamp_pb2.Timestamp | None = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+        error: _common_pb2.Error | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finish_time", b"finish_time", "submit_time", b"submit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finish_time", b"finish_time", "id", b"id", "input_file_id", b"input_file_id", "provider_job_id", b"provider_job_id", "request_completed", b"request_completed", "request_failed", b"request_failed", "request_total", b"request_total", "state", b"state", "submit_time", b"submit_time", "teacher", b"teacher"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderJob: _TypeAlias = ProviderJob  # noqa: Y015
 
 @_typing.final
 class BatchBudget(_message.Message):

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -56,6 +57,9 @@ class CreateBatchRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LINK_EVIDENCE_FIELD_NUMBER: _builtins.int
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    EXECUTION_MODE_FIELD_NUMBER: _builtins.int
+    DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_AFTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     template_id: _builtins.str
     provider: _builtins.str
@@ -73,10 +77,19 @@ class CreateBatchRequest(_message.Message):
     """Hard cap in USD on the batch's teacher calls (needs params.max_tokens and
     a model with a known price).
     """
+    execution_mode: _teacher_pb2.ExecutionMode.ValueType
+    """How the runs reach the teacher; unset: EXECUTION_MODE_ONLINE.
+    PROVIDER_BATCH or AUTO on a teacher without batch support is
+    FAILED_PRECONDITION (reason PROVIDER_BATCH_UNSUPPORTED) naming it.
+    """
     @_builtins.property
     def params(self) -> _teacher_pb2.GenerationParams: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def deadline_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deadline_after(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -90,14 +103,22 @@ class CreateBatchRequest(_message.Message):
         request_id: _builtins.str = ...,
         link_evidence: _builtins.bool = ...,
         max_cost_usd: _builtins.float | None = ...,
+        execution_mode: _teacher_pb2.ExecutionMode.ValueType = ...,
+        deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "max_cost_usd", b"max_cost_usd", "params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "deadline", b"deadline", "deadline_after", b"deadline_after", "deadline_time", b"deadline_time", "max_cost_usd", b"max_cost_usd", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "context_ref_id", b"context_ref_id", "labels", b"labels", "link_evidence", b"link_evidence", "max_cost_usd", b"max_cost_usd", "model", b"model", "name", b"name", "params", b"params", "provider", b"provider", "request_id", b"request_id", "template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd", "context_ref_id", b"context_ref_id", "deadline", b"deadline", "deadline_after", b"deadline_after", "deadline_time", b"deadline_time", "execution_mode", b"execution_mode", "labels", b"labels", "link_evidence", b"link_evidence", "max_cost_usd", b"max_cost_usd", "model", b"model", "name", b"name", "params", b"params", "provider", b"provider", "request_id", b"request_id", "template_id", b"template_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType_deadline: _TypeAlias = _typing.Literal["deadline_time", "deadline_after"]  # noqa: Y015
+    _WhichOneofArgType_deadline: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_deadline) -> _WhichOneofReturnType_deadline | None: ...
 
 Global___CreateBatchRequest: _TypeAlias = CreateBatchRequest  # noqa: Y015
 

@@ -39,6 +39,7 @@ from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.limiter import RateLimiter
 from nex.collector.server.providers import pricing
+from nex.collector.server.providers.batch_jobs import BatchBackends
 from nex.collector.server.providers.registry import ProviderSet
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.queue import (
@@ -54,6 +55,7 @@ from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import RunExecutor
 from nex.collector.server.services.liveness import Heartbeat, new_worker_id
+from nex.collector.server.services.provider_jobs import ProviderJobs, ProviderJobSettings
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.teacher import Teacher
@@ -92,6 +94,7 @@ class Container:
     heartbeat: Heartbeat
     teachers: TeacherDirectory
     teacher_endpoints: TeacherEndpoints
+    provider_jobs: ProviderJobs
     embedded: EmbeddedServices | None = None
 
 
@@ -287,6 +290,30 @@ async def open_container(
             answers_loop=side_loop,
             gate=CallGate(limiter, teachers),
         )
+        backends = BatchBackends(
+            teachers,
+            lambda teacher: teacher_credentials(settings, teacher),
+            timeout=max(settings.teacher_timeout_s, 300.0),  # uploads of up to 200 MB
+        )
+        closers.append(backends.aclose)
+        provider_jobs = ProviderJobs(
+            uow,
+            executor,
+            queue,
+            teachers,
+            backends.get,
+            settings=ProviderJobSettings(
+                poll_s=settings.provider_job_poll_s,
+                max_poll_s=settings.provider_job_max_poll_s,
+                ingest_chunk=settings.provider_job_ingest_chunk,
+                deadline_margin=timedelta(seconds=settings.provider_deadline_margin_s),
+                max_attempts=settings.teacher_max_attempts,
+                settle=timedelta(seconds=settings.provider_job_tick_s),
+            ),
+            evidence=evidence,
+            budgets=budgets,
+            worker_id=heartbeat.worker_id,
+        )
         datasets = Datasets(
             uow,
             queue,
@@ -350,6 +377,7 @@ async def open_container(
             heartbeat=heartbeat,
             teachers=teachers,
             teacher_endpoints=TeacherEndpoints(teachers, limiter),
+            provider_jobs=provider_jobs,
             embedded=embedded,
         )
         yield container

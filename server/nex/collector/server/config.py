@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nex.collector.server.domain.teachers import (
+    OPENAI_BATCH,
+    BatchSupport,
     Capabilities,
     Price,
     TeacherDirectory,
@@ -20,6 +22,7 @@ from nex.collector.server.domain.teachers import (
     TeacherKind,
     TeacherLimits,
     builtin_teachers,
+    default_batch_support,
     default_capabilities,
 )
 
@@ -98,6 +101,20 @@ class Settings(BaseSettings):
     max_worker_losses: int = Field(default=10, validation_alias="MAX_WORKER_LOSSES", ge=1)
     reconcile_interval_s: float = Field(default=10.0, validation_alias="RECONCILE_INTERVAL_S", gt=0)
     dataset_lease_s: float = Field(default=60.0, validation_alias="DATASET_LEASE_S", gt=0)
+    # Provider batch jobs: how often a worker looks for work, the first poll of
+    # a submitted job (doubling up to the max), results stored per transaction,
+    # and how long before an AUTO batch's deadline its jobs give up.
+    provider_job_tick_s: float = Field(default=5.0, validation_alias="PROVIDER_JOB_TICK_S", gt=0)
+    provider_job_poll_s: float = Field(default=30.0, validation_alias="PROVIDER_JOB_POLL_S", gt=0)
+    provider_job_max_poll_s: float = Field(
+        default=600.0, validation_alias="PROVIDER_JOB_MAX_POLL_S", gt=0
+    )
+    provider_job_ingest_chunk: int = Field(
+        default=500, validation_alias="PROVIDER_JOB_INGEST_CHUNK", ge=1
+    )
+    provider_deadline_margin_s: float = Field(
+        default=1800.0, validation_alias="PROVIDER_DEADLINE_MARGIN_S", ge=0
+    )
     watch_heartbeat_s: float = Field(default=5.0, validation_alias="WATCH_HEARTBEAT_S", gt=0)
     # Live events each server process keeps per watched batch; a watcher that
     # falls further behind is ended with ABORTED and resumes by revision.
@@ -289,6 +306,13 @@ class _PriceSpec(_Strict):
     output_per_mtok: float = Field(ge=0)
 
 
+class _BatchSpec(_Strict):
+    supported: bool | None = None
+    max_requests: int | None = Field(default=None, gt=0)
+    max_bytes: int | None = Field(default=None, gt=0)
+    price_factor: float | None = Field(default=None, gt=0, le=1)
+
+
 class _TeacherSpec(_Strict):
     kind: Literal["openai", "anthropic", "openai-compatible", "mock"]
     base_url: str | None = None
@@ -297,6 +321,7 @@ class _TeacherSpec(_Strict):
     capabilities: _CapabilitiesSpec = _CapabilitiesSpec()
     prices: dict[str, _PriceSpec] = {}
     daily_max_cost_usd: float | None = Field(default=None, gt=0)
+    batch: _BatchSpec = _BatchSpec()
 
     @model_validator(mode="after")
     def _compatible_needs_url(self) -> _TeacherSpec:
@@ -379,8 +404,24 @@ def load_teachers(settings: Settings) -> TeacherDirectory:
             ),
             prices={m: Price(p.input_per_mtok, p.output_per_mtok) for m, p in t.prices.items()},
             daily_max_cost_usd=t.daily_max_cost_usd,
+            batch=_batch_support(kind, t.batch),
         )
     return TeacherDirectory(teachers)
+
+
+def _batch_support(kind: TeacherKind, spec: _BatchSpec) -> BatchSupport:
+    """The kind's defaults (OpenAI, Anthropic, the mock: supported at half
+    price), with what the teachers file sets."""
+    base = default_batch_support(kind)
+    supported = base.supported if spec.supported is None else spec.supported
+    # An openai-compatible server that says it has /v1/batches speaks OpenAI's limits.
+    limits = OPENAI_BATCH if kind is TeacherKind.OPENAI_COMPATIBLE else base
+    return BatchSupport(
+        supported=supported,
+        max_requests=spec.max_requests or limits.max_requests,
+        max_bytes=spec.max_bytes or limits.max_bytes,
+        price_factor=spec.price_factor or limits.price_factor,
+    )
 
 
 def teacher_credentials(

@@ -11,6 +11,8 @@ from nex.collector.server.domain import filters
 from nex.collector.server.domain.batches import (
     BatchStatus,
     BatchView,
+    ExecutionMode,
+    ProviderJobView,
     Run,
     RunError,
     RunEvent,
@@ -159,7 +161,46 @@ def batch(view: BatchView) -> teacher_pb2.TeacherBatch:
             queued_worst_case_usd=view.queued_worst_case_usd,
             remaining_usd=view.budget.remaining_usd,
         ),
+        execution_mode=_EXECUTION_MODES[b.execution_mode],
+        deadline_time=timestamp(b.deadline_time),
+        provider_jobs=[provider_job(j) for j in view.provider_jobs],
+        provider_batch_saved_usd=view.provider_batch_saved_usd,
         pause=batch_pause(b.pause),
+    )
+
+
+_EXECUTION_MODES = {
+    ExecutionMode.ONLINE: teacher_pb2.EXECUTION_MODE_ONLINE,
+    ExecutionMode.PROVIDER_BATCH: teacher_pb2.EXECUTION_MODE_PROVIDER_BATCH,
+    ExecutionMode.AUTO: teacher_pb2.EXECUTION_MODE_AUTO,
+}
+
+
+def execution_mode_from_pb(value: int) -> ExecutionMode:
+    """Unset is ONLINE; a value this server does not know is INVALID_ARGUMENT."""
+    if value == teacher_pb2.EXECUTION_MODE_UNSPECIFIED:
+        return ExecutionMode.ONLINE
+    for mode, pb_value in _EXECUTION_MODES.items():
+        if pb_value == value:
+            return mode
+    raise InvalidArgument.one(
+        "execution_mode", f"unknown execution mode {value}; allowed: ONLINE, PROVIDER_BATCH, AUTO"
+    )
+
+
+def provider_job(j: ProviderJobView) -> teacher_pb2.ProviderJob:
+    return teacher_pb2.ProviderJob(
+        id=j.id,
+        teacher=j.teacher,
+        provider_job_id=j.provider_job_id,
+        input_file_id=j.input_file_id,
+        state=j.state,
+        request_total=j.request_total,
+        request_completed=j.request_completed,
+        request_failed=j.request_failed,
+        submit_time=timestamp(j.submit_time),
+        finish_time=timestamp(j.finish_time),
+        error=common_pb2.Error(code=j.error.code, message=j.error.message) if j.error else None,
     )
 
 
@@ -408,4 +449,10 @@ def teacher_endpoint(view: TeacherView) -> teacher_endpoint_pb2.TeacherEndpoint:
         ),
         problem=t.problem or "",
         daily_max_cost_usd=t.daily_max_cost_usd,
+        batch=teacher_endpoint_pb2.TeacherBatchSupport(
+            supported=t.batch.supported,
+            max_requests=t.batch.max_requests,
+            max_bytes=t.batch.max_bytes,
+            price_factor=t.batch.price_factor,
+        ),
     )

@@ -22,6 +22,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO, NoReturn
 
@@ -34,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nex.collector.client import (
+    ExecutionMode,
     GenerationParams,
     PromptTemplate,
     Provider,
@@ -366,6 +368,51 @@ def _counts_text(batch: TeacherBatch) -> Text:
     return text
 
 
+_MODES = {
+    "online": ExecutionMode.ONLINE,
+    "provider-batch": ExecutionMode.PROVIDER_BATCH,
+    "auto": ExecutionMode.AUTO,
+}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_mode(value: str) -> ExecutionMode:
+    mode = _MODES.get(value.strip().lower().replace("_", "-"))
+    if mode is None:
+        raise typer.BadParameter(f"one of {', '.join(_MODES)}", param_hint="--mode")
+    return mode
+
+
+def parse_deadline(value: str) -> timedelta | datetime:
+    """A duration ("90m", "6h", "2d") or an ISO 8601 time (UTC when it has no zone)."""
+    if m := _DURATION.match(value.strip()):
+        return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            "a duration such as 90m, 6h or 2d, or an ISO time such as 2026-12-02T08:00Z",
+            param_hint="--deadline",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _provider_jobs_text(batch: TeacherBatch) -> Text:
+    text = Text()
+    for i, j in enumerate(batch.provider_jobs):
+        if i:
+            text.append("\n")
+        text.append(f"{j.id} ", style="bold")
+        text.append(f"{j.provider_job_id or '(not confirmed)'} {j.state} ")
+        text.append(
+            f"{j.request_completed:,} done, {j.request_failed:,} failed of {j.request_total:,}"
+        )
+        if j.error is not None:
+            text.append(f" {j.error.code}: {j.error.message}", style="red")
+    return text
+
+
 def batch_summary(batch: TeacherBatch) -> Table:
     """A key/value table of a batch: what it is, runs per status, usage."""
     table = Table(title=f"batch {batch.name}", show_header=False, title_justify="left")
@@ -382,6 +429,18 @@ def batch_summary(batch: TeacherBatch) -> Table:
         table.add_row("labels", ", ".join(f"{k}={v}" for k, v in sorted(batch.labels.items())))
     table.add_row("runs", _counts_text(batch))
     table.add_row("usage", fmt_usage(batch.usage))
+    if batch.execution_mode in (ExecutionMode.PROVIDER_BATCH, ExecutionMode.AUTO):
+        mode = "provider-batch" if batch.execution_mode is ExecutionMode.PROVIDER_BATCH else "auto"
+        table.add_row("mode", mode)
+        if batch.provider_jobs:
+            table.add_row("provider jobs", _provider_jobs_text(batch))
+        table.add_row(
+            "saved",
+            f"${batch.provider_batch_saved_usd:,.6f} against the online price "
+            f"(${batch.usage.cost_usd + batch.provider_batch_saved_usd:,.6f})",
+        )
+    if batch.deadline_time is not None:
+        table.add_row("deadline", fmt_time(batch.deadline_time))
     if batch.max_cost_usd is not None:
         b = batch.budget
         table.add_row(
@@ -638,6 +697,22 @@ def batch_create(
             "--dry-run", help="print the worst-case cost of the file; create nothing, call no one"
         ),
     ] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="online (one call per run), provider-batch (the teacher's Batch API: about "
+            "half the price, results within 24 h) or auto (provider-batch, going online for "
+            "what is not done by --deadline)",
+        ),
+    ] = "online",
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            "--deadline",
+            help="when every run should have ended: a duration (90m, 6h, 2d) or an ISO time",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     addr: AddrOpt = None,
     token: TokenOpt = None,
@@ -658,8 +733,14 @@ def batch_create(
 
     With --dry-run the server renders every line and prints the worst-case
     cost (prompt bytes x input price + max_tokens x output price) instead.
+
+    --mode provider-batch sends the runs through the teacher's Batch API
+    (OpenAI Batch, Anthropic Message Batches) at its batch price; `batch show`
+    lists the provider jobs and what they saved.
     """
     quiet_output(quiet)
+    execution_mode = parse_mode(mode)
+    when = parse_deadline(deadline) if deadline else None
     target = resolve_target(addr, token)
     runs = Inputs(inputs)
     labels = parse_labels(label or [])
@@ -691,6 +772,8 @@ def batch_create(
             labels=labels,
             request_id=request_id,
             max_cost_usd=max_cost_usd,
+            execution_mode=execution_mode,
+            deadline=when,
         )
         out.print(
             f"[green]✓[/green] batch [bold]{batch.id}[/bold] ({escape(batch.name)}, "

@@ -32,6 +32,7 @@ from nex.collector.client import (
     BooleanFilter,
     DatasetManifest,
     DatasetStatus,
+    ExecutionMode,
     Filter,
     GenerationParams,
     LengthFilter,
@@ -233,6 +234,7 @@ class Story:
     provider: Provider
     model: str
     runs: int
+    provider_batch: bool = False
     stamp: str = field(
         default_factory=lambda: time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     )
@@ -297,6 +299,12 @@ async def _batch(
         "logprob and its 5 best alternatives (the soft labels). max_tokens=40 cuts "
         "some answers short, which a filter will catch.",
     )
+    if story.provider_batch:
+        out.print(
+            "[dim]--provider-batch: the runs go through the teacher's Batch API as provider "
+            "jobs (half the price; the mock's is offline and instant). `batch show` lists "
+            "the jobs and what they saved.[/dim]"
+        )
     params = GenerationParams(temperature=0.7, max_tokens=40, top_logprobs=5)
     batch = await client.create_batch(
         f"demo-{story.stamp}",
@@ -306,6 +314,9 @@ async def _batch(
         params=params,
         context_ref_id=context_ref_id,
         labels={"demo": story.stamp},
+        execution_mode=ExecutionMode.PROVIDER_BATCH
+        if story.provider_batch
+        else ExecutionMode.ONLINE,
     )
     prompts = demo_prompts(story.runs)
     await client.create_runs(
@@ -472,6 +483,14 @@ def demo(
         ),
     ] = None,
     runs: Annotated[int, typer.Option("--runs", min=1, max=5000, help="runs in the batch")] = 24,
+    provider_batch: Annotated[
+        bool,
+        typer.Option(
+            "--provider-batch",
+            help="send the runs through the teacher's Batch API (half price; the mock "
+            "has an offline one)",
+        ),
+    ] = False,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -491,7 +510,7 @@ def demo(
     Uses the collector at --addr when one answers there; otherwise starts a
     self-contained one in this process (embedded PostgreSQL + Redis in
     DATA_DIR/demo unless DATABASE_URL / REDIS_URL are set) and stops it at the end."""
-    story = Story(provider, model or DEFAULT_MODELS[provider], runs)
+    story = Story(provider, model or DEFAULT_MODELS[provider], runs, provider_batch)
     with collector_for_demo(resolve_target(addr, token), data_dir) as target:
         try:
             with show_errors(target):

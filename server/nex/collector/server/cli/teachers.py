@@ -86,5 +86,11 @@ def teachers(addr: AddrOpt = None, token: TokenOpt = None) -> None:
             else "no logprobs"
         )
         where.append(f"\n{logprobs}", style="dim")
+        if t.batch.supported:
+            where.append(
+                f"\nbatch API at {t.batch.price_factor:.0%} price, ≤{t.batch.max_requests:,} "
+                "requests/job",
+                style="dim",
+            )
         table.add_row(t.name, where, _limits(t), _prices(t), _usage(t))
     out.print(table)

@@ -81,6 +81,9 @@ batches = Table(
     Column("pause_time", DateTime(timezone=True)),
     # The budget scope that could not take the next run (see `budgets`).
     Column("pause_scope", Text),
+    # domain.batches.ExecutionMode; when every run should have ended.
+    Column("execution_mode", Text, nullable=False, server_default="online"),
+    Column("deadline_time", DateTime(timezone=True)),
 )
 
 runs = Table(
@@ -124,7 +127,17 @@ runs = Table(
     Column("answer_time", DateTime(timezone=True)),
     # domain.estimates.prompt_token_bound of `messages`, for reservations and estimates.
     Column("prompt_tokens_bound", BigInteger, nullable=False, server_default="0"),
+    # Goes through a provider batch job (never taken by the online path), and
+    # the job that carries its current attempt.
+    Column("via_provider", Boolean, nullable=False, server_default="false"),
+    Column("provider_job_id", Text),
     Index("ix_runs_batch_status", "batch_id", "status"),
+    Index(
+        "ix_runs_provider_queue",
+        "batch_id",
+        postgresql_where=text("via_provider AND status = 'queued'"),
+    ),
+    Index("ix_runs_provider_job", "provider_job_id"),
     Index("ix_runs_status_lease", "status", "lease_expires"),
 )
 
@@ -229,4 +242,36 @@ budget_reservations = Table(
     Column("scope", Text, primary_key=True),
     Column("amount_usd", Double, nullable=False),
     _created(),
+)
+
+# Jobs at a provider's Batch API (see services/provider_jobs.py). `id` is ours,
+# chosen before anything is sent, and is the job's marker at the provider.
+provider_jobs = Table(
+    "provider_jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("batch_id", Text, ForeignKey("batches.id"), nullable=False),
+    Column("teacher", Text, nullable=False),
+    Column("provider_job_id", Text),
+    Column("input_file_id", Text),
+    Column("output_file_id", Text),
+    Column("error_file_id", Text),
+    Column("state", Text, nullable=False),
+    Column("request_total", BigInteger, nullable=False, server_default="0"),
+    Column("request_completed", BigInteger, nullable=False, server_default="0"),
+    Column("request_failed", BigInteger, nullable=False, server_default="0"),
+    Column("input_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("polls", Integer, nullable=False, server_default="0"),
+    Column("worker_id", Text),
+    Column("next_poll_time", DateTime(timezone=True)),
+    Column("cancel_requested", Boolean, nullable=False, server_default="false"),
+    Column("cost_usd", Double, nullable=False, server_default="0"),
+    Column("online_cost_usd", Double, nullable=False, server_default="0"),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    _created(),
+    Column("submit_time", DateTime(timezone=True)),
+    Column("finish_time", DateTime(timezone=True)),
+    Index("ix_provider_jobs_state", "state", "next_poll_time"),
+    Index("ix_provider_jobs_batch", "batch_id"),
 )

@@ -14,6 +14,7 @@ from nex.collector.server.db.repositories.context_refs import ContextRefReposito
 from nex.collector.server.db.repositories.datasets import DatasetRepository
 from nex.collector.server.db.repositories.events import EventRepository
 from nex.collector.server.db.repositories.evidence import EvidenceRepository
+from nex.collector.server.db.repositories.provider_jobs import ProviderJobRepository
 from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
 from nex.collector.server.db.repositories.workers import WorkerRepository
@@ -43,6 +44,7 @@ class UnitOfWork:
     datasets: DatasetRepository
     evidence: EvidenceRepository
     workers: WorkerRepository
+    provider_jobs: ProviderJobRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -58,6 +60,7 @@ class UnitOfWork:
         self.datasets = DatasetRepository(self.session)
         self.evidence = EvidenceRepository(self.session)
         self.workers = WorkerRepository(self.session)
+        self.provider_jobs = ProviderJobRepository(self.session)
         return self
 
     async def __aexit__(

@@ -37,6 +37,39 @@ class BatchStatus(StrEnum):
     PAUSED = "paused"
 
 
+class ExecutionMode(StrEnum):
+    """How a batch's runs reach the teacher: one call each, through the
+    provider's Batch API, or the Batch API with an online fallback before the
+    deadline."""
+
+    ONLINE = "online"
+    PROVIDER_BATCH = "provider_batch"
+    AUTO = "auto"
+
+    @property
+    def via_provider(self) -> bool:
+        return self is not ExecutionMode.ONLINE
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderJobView:
+    """One provider batch job as GetBatch shows it."""
+
+    id: str
+    teacher: str
+    provider_job_id: str
+    input_file_id: str
+    state: str
+    request_total: int
+    request_completed: int
+    request_failed: int
+    submit_time: datetime | None
+    finish_time: datetime | None
+    error: RunError | None
+    cost_usd: float = 0.0
+    online_cost_usd: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     input_tokens: int = 0
@@ -80,6 +113,8 @@ class Batch:
     cancel_time: datetime | None = None
     max_cost_usd: float | None = None
     pause: BatchPause | None = None
+    execution_mode: ExecutionMode = ExecutionMode.ONLINE
+    deadline_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +129,11 @@ class BatchView:
     queued_prompt_tokens_bound: int = 0
     # Filled in by the service, which knows prices.
     queued_worst_case_usd: float = 0.0
+    provider_jobs: tuple[ProviderJobView, ...] = ()
+
+    @property
+    def provider_batch_saved_usd(self) -> float:
+        return round(sum(j.online_cost_usd - j.cost_usd for j in self.provider_jobs), 9)
 
     @property
     def status(self) -> BatchStatus:

@@ -51,6 +51,38 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSupport:
+    """A teacher's Batch API: whether batches may use it (EXECUTION_MODE_PROVIDER_BATCH
+    / AUTO), the most requests and input bytes one provider job holds, and the
+    batch price as a fraction of the online price."""
+
+    supported: bool = False
+    max_requests: int = 0
+    max_bytes: int = 0
+    price_factor: float = 1.0
+
+
+# The vendors' published limits and discount (50 % of the online price).
+OPENAI_BATCH = BatchSupport(True, 50_000, 200 * 1024 * 1024, 0.5)
+ANTHROPIC_BATCH = BatchSupport(True, 100_000, 256 * 1024 * 1024, 0.5)
+NO_BATCH = BatchSupport()
+# The mock plays one offline (OpenAI's limits and discount), for demos and tests.
+MOCK_BATCH = OPENAI_BATCH
+
+
+def default_batch_support(kind: TeacherKind) -> BatchSupport:
+    """OpenAI, Anthropic and the mock have Batch APIs; an OpenAI-compatible
+    server may (its teachers-file entry says so)."""
+    if kind is TeacherKind.OPENAI:
+        return OPENAI_BATCH
+    if kind is TeacherKind.ANTHROPIC:
+        return ANTHROPIC_BATCH
+    if kind is TeacherKind.MOCK:
+        return MOCK_BATCH
+    return NO_BATCH
+
+
+@dataclass(frozen=True, slots=True)
 class TeacherEndpoint:
     name: str
     kind: TeacherKind
@@ -60,6 +92,7 @@ class TeacherEndpoint:
     capabilities: Capabilities = field(default_factory=Capabilities)
     prices: Mapping[str, Price] = field(default_factory=dict)
     daily_max_cost_usd: float | None = None
+    batch: BatchSupport = NO_BATCH
     # Why this teacher cannot be called here (e.g. no key); None: it can.
     problem: str | None = None
 
@@ -82,16 +115,21 @@ def builtin_teachers(
     own OPENAI_* / ANTHROPIC_* variables."""
     return {
         "openai": TeacherEndpoint(
-            "openai", TeacherKind.OPENAI, api_key_env="OPENAI_API_KEY", problem=openai_problem
+            "openai",
+            TeacherKind.OPENAI,
+            api_key_env="OPENAI_API_KEY",
+            batch=OPENAI_BATCH,
+            problem=openai_problem,
         ),
         "anthropic": TeacherEndpoint(
             "anthropic",
             TeacherKind.ANTHROPIC,
             api_key_env="ANTHROPIC_API_KEY",
             capabilities=_ANTHROPIC_CAPABILITIES,
+            batch=ANTHROPIC_BATCH,
             problem=anthropic_problem,
         ),
-        "mock": TeacherEndpoint("mock", TeacherKind.MOCK),
+        "mock": TeacherEndpoint("mock", TeacherKind.MOCK, batch=MOCK_BATCH),
     }
 
 

@@ -140,11 +140,13 @@ class Budgets:
 
     # -- around each teacher call --------------------------------------------------
 
-    def _holds(self, batch: Batch, messages: Sequence[ChatMessage]) -> tuple[Hold, ...]:
+    def _holds(
+        self, batch: Batch, messages: Sequence[ChatMessage], price_factor: float = 1.0
+    ) -> tuple[Hold, ...]:
         daily = self.daily_cap(batch.provider)
         if batch.max_cost_usd is None and daily is None:
             return ()
-        worst = pricing.cost_usd(
+        worst = price_factor * pricing.cost_usd(
             batch.provider,
             batch.model,
             prompt_token_bound(messages),
@@ -155,6 +157,13 @@ class Budgets:
             day = datetime.now(UTC).date()
             holds.append(Hold(teacher_day_scope(batch.provider, day), worst, cap=daily))
         return tuple(holds)
+
+    def holds(
+        self, batch: Batch, messages: Sequence[ChatMessage], price_factor: float
+    ) -> tuple[Hold, ...]:
+        """What one request of a provider batch job reserves: its worst case at
+        the batch price, in every scope it counts against (none without caps)."""
+        return self._holds(batch, messages, price_factor)
 
     async def reserve(
         self, batch: Batch, run_id: str, attempt: int, messages: Sequence[ChatMessage]

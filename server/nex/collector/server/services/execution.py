@@ -244,6 +244,27 @@ class RunExecutor:
             _observe_completion(batch.provider, outcome)
             return "completed"
 
+    async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Stores results obtained outside a call of this executor (a provider
+        batch job's) exactly as a call's: the answers first, then each run
+        completed or failed with its event. Each outcome's run must be running
+        at its attempt; one that moved on is skipped (False), so a result
+        ingested twice is stored once."""
+        answered = [o for o in outcomes if o.status is RunStatus.COMPLETED]
+        if answered:
+            await self._on_answers_loop(self._store_answers(answered))
+        done = await self._finish_many(outcomes)
+        for o, ok in zip(outcomes, done, strict=True):
+            if ok and o.status is RunStatus.COMPLETED:
+                _observe_completion(self._provider_of(o.batch_id), o)
+            elif ok:
+                metrics.RUNS_FINISHED.labels(o.status.value).inc()
+        return done
+
+    def _provider_of(self, batch_id: str) -> str:
+        cached = self._batches.get(batch_id)
+        return cached[0].provider if cached is not None else "unknown"
+
     async def _batch(self, batch_id: str) -> Batch:
         cached = self._batches.get(batch_id)
         if cached is not None and time.monotonic() - cached[1] < self._batch_ttl_s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
@@ -11,6 +12,7 @@ from nex.collector.server.domain.batches import (
     MAX_RUNS_PER_CALL,
     Batch,
     BatchView,
+    ExecutionMode,
     Run,
     check_params,
     check_scores,
@@ -71,6 +73,10 @@ class NewBatch:
     request_id: str = ""
     link_evidence: bool = False
     max_cost_usd: float | None = None
+    execution_mode: ExecutionMode = ExecutionMode.ONLINE
+    # An absolute time, or a duration from now (at most one of them).
+    deadline_time: datetime | None = None
+    deadline_after: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,17 @@ class Teacher:
         """`provider` names a known teacher that accepts the params' top_logprobs."""
         self._teachers.check(v, "provider", provider, params.top_logprobs)
 
+    def _check_provider_batch(self, provider: str) -> None:
+        teacher = self._teachers.get(provider)
+        if teacher is not None and not teacher.batch.supported:
+            raise FailedPrecondition(
+                f"teacher {provider!r} has no provider batch support (kind "
+                f"{teacher.kind.value}); use execution mode ONLINE, or a teacher whose "
+                "teachers-file entry sets batch.supported",
+                reason="PROVIDER_BATCH_UNSUPPORTED",
+                metadata={"provider": provider},
+            )
+
     # -- batches -----------------------------------------------------------------
 
     async def create_batch(self, cmd: NewBatch) -> BatchView:
@@ -135,7 +152,17 @@ class Teacher:
         check_cap(v, MAX_COST_USD, cmd.max_cost_usd)
         if cmd.link_evidence and not cmd.context_ref_id:
             v.add("link_evidence", "needs context_ref_id")
+        created_at = now()
+        deadline = cmd.deadline_time
+        if cmd.deadline_after is not None:
+            if cmd.deadline_after <= timedelta(0):
+                v.add("deadline_after", "must be positive")
+            deadline = created_at + cmd.deadline_after
+        elif deadline is not None and deadline <= created_at:
+            v.add("deadline_time", "is in the past")
         v.raise_if_any()
+        if cmd.execution_mode.via_provider:
+            self._check_provider_batch(cmd.provider)
         if cmd.max_cost_usd is not None:
             self._budgets.check_cappable(cmd.provider, cmd.model, cmd.params, on_create=True)
         if cmd.link_evidence and not self._integrated:
@@ -164,8 +191,10 @@ class Teacher:
                 context_ref_id=cmd.context_ref_id or None,
                 labels=dict(cmd.labels),
                 link_evidence=cmd.link_evidence,
-                create_time=now(),
+                create_time=created_at,
                 max_cost_usd=cmd.max_cost_usd,
+                execution_mode=cmd.execution_mode,
+                deadline_time=deadline,
             )
             if not await tx.batches.insert(batch, cmd.request_id):
                 await tx.rollback()
@@ -273,6 +302,9 @@ class Teacher:
                 when = now()
                 await tx.batches.mark_cancelled(id_, when)
                 cancelled = await tx.runs.cancel_queued(id_, when)
+                # Runs in provider jobs: the jobs are cancelled at the provider;
+                # results already produced are kept when they are ingested.
+                await tx.provider_jobs.request_cancel(id_, when)
                 await tx.events.append(
                     [
                         NewEvent(run_id, id_, RunStatus.CANCELLED, attempt)
@@ -327,8 +359,9 @@ class Teacher:
                 "retry the call",
                 reason="REQUEST_ID_CONFLICT",
             )
-        new_runs, existing = created
-        await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
+        new_runs, existing, via_provider = created
+        if not via_provider:  # else a worker's provider-jobs loop takes them
+            await self._queue.try_enqueue(EXECUTE_RUN, [r.id for r in new_runs])
         by_request = {r.request_id: r for r in new_runs if r.request_id}
         by_request.update(existing)
         fresh_iter = iter(new_runs)
@@ -344,7 +377,7 @@ class Teacher:
         seen_request_ids: Mapping[str, int],
         *,
         single: bool,
-    ) -> tuple[list[Run], Mapping[str, Run]] | None:
+    ) -> tuple[list[Run], Mapping[str, Run], bool] | None:
         """One try at create_runs' transaction; None when a concurrent call took
         one of the request ids first."""
         v = Violations()
@@ -400,7 +433,8 @@ class Teacher:
                     "per call: split the list",
                 )
             v.raise_if_any()  # before anything is written: the reply always fits
-            inserted = await tx.runs.insert_queued(new_runs)
+            via_provider = batch.execution_mode.via_provider
+            inserted = await tx.runs.insert_queued(new_runs, via_provider=via_provider)
             if len(inserted) != len(new_runs):
                 await tx.rollback()
                 return None
@@ -408,7 +442,7 @@ class Teacher:
                 [NewEvent(r.id, batch_id, RunStatus.QUEUED, 0) for r in new_runs]
             )
             await tx.commit()
-        return new_runs, existing
+        return new_runs, existing, via_provider
 
     async def _render(
         self, template: PromptTemplate, runs: Sequence[tuple[int, NewRun]], single: bool

@@ -69,12 +69,24 @@ async def _sweep_staging(container: Container) -> None:
         log.info("removed %d staging folders of dead dataset builds", len(removed))
 
 
+async def _provider_jobs_forever(container: Container, stop: asyncio.Event) -> None:
+    """Provider batch jobs: grouped, submitted, polled and ingested from
+    PostgreSQL's state alone, so any worker resumes what another left."""
+    while not stop.is_set():
+        await container.provider_jobs.tick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), container.settings.provider_job_tick_s)
+
+
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
     """Runs arq until `stop`; when arq's loop dies (Redis restarted, network), a new
     one starts while the jobs in flight finish on their own."""
     await container.heartbeat.start()  # alive before taking any job
     await _sweep_staging(container)
     reconciler = supervise("reconciler", lambda: _reconcile_forever(container, stop), stop=stop)
+    provider_jobs = supervise(
+        "provider-jobs", lambda: _provider_jobs_forever(container, stop), stop=stop
+    )
     workers: list[Worker] = []
     try:
         while not stop.is_set():
@@ -108,9 +120,10 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
         for worker in workers:
             with contextlib.suppress(Exception):
                 await worker.close()
-        reconciler.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reconciler
+        for loop_task in (reconciler, provider_jobs):
+            loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loop_task
         await container.executor.aclose()
         await container.heartbeat.aclose()
 

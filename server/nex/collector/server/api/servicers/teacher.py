@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,6 +24,10 @@ MAX_EVENTS_BYTES = 1024 * 1024
 def _events_message(fields: list[bytes]) -> bytes:
     """One event alone as `event` (the shape every client knows), more as `events`."""
     return fields[0] if len(fields) == 1 else convert.events_response(fields)
+
+
+# A deadline further than a year away is no deadline a batch job can mean.
+MAX_DEADLINE_S = 366 * 86400
 
 
 def _full(view: int, default: bool) -> bool:
@@ -56,6 +61,9 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                 request_id=request.request_id,
                 link_evidence=request.link_evidence,
                 max_cost_usd=request.max_cost_usd if request.HasField("max_cost_usd") else None,
+                execution_mode=convert.execution_mode_from_pb(request.execution_mode),
+                deadline_time=_deadline_time(request),
+                deadline_after=_deadline_after(request),
             )
         )
         return pb.CreateBatchResponse(batch=convert.batch(view))
@@ -174,3 +182,23 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     ) -> pb.ListTeachersResponse:
         views = await self._endpoints.list_teachers() if self._endpoints else []
         return pb.ListTeachersResponse(teachers=[convert.teacher_endpoint(v) for v in views])
+
+
+def _deadline_time(request: pb.CreateBatchRequest) -> datetime | None:
+    if not request.HasField("deadline_time"):
+        return None
+    try:
+        return request.deadline_time.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.one("deadline_time", "is not a valid time") from None
+
+
+def _deadline_after(request: pb.CreateBatchRequest) -> timedelta | None:
+    if not request.HasField("deadline_after"):
+        return None
+    d = request.deadline_after
+    if not 0 < d.seconds <= MAX_DEADLINE_S or not 0 <= d.nanos < 1_000_000_000:
+        raise InvalidArgument.one(
+            "deadline_after", f"must be positive and at most {MAX_DEADLINE_S // 86400} days"
+        )
+    return d.ToTimedelta()

@@ -9,8 +9,16 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import batches, budgets, runs
-from nex.collector.server.domain.batches import Batch, BatchView, RunCounts, Usage
+from nex.collector.server.db.tables import batches, budgets, provider_jobs, runs
+from nex.collector.server.domain.batches import (
+    Batch,
+    BatchView,
+    ExecutionMode,
+    ProviderJobView,
+    RunCounts,
+    RunError,
+    Usage,
+)
 from nex.collector.server.domain.budgets import BatchPause, Budget, batch_scope
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.teacher import GenerationParams, RunStatus
@@ -55,6 +63,8 @@ def _entity(row: Mapping[Any, Any]) -> Batch:
         )
         if row["pause_reason"]
         else None,
+        execution_mode=ExecutionMode(row["execution_mode"]),
+        deadline_time=row["deadline_time"],
     )
 
 
@@ -98,6 +108,8 @@ class BatchRepository(Repository):
                 link_evidence=b.link_evidence,
                 request_id=request_id or None,
                 create_time=b.create_time,
+                execution_mode=b.execution_mode.value,
+                deadline_time=b.deadline_time,
             )
             .on_conflict_do_nothing(index_elements=[batches.c.request_id])
             .returning(batches.c.id)
@@ -191,6 +203,16 @@ class BatchRepository(Repository):
                 )
             ).mappings()
         }
+        jobs: dict[str, list[ProviderJobView]] = {}
+        if any(b.execution_mode.via_provider for b in items):
+            for r in (
+                await self.session.execute(
+                    select(provider_jobs)
+                    .where(provider_jobs.c.batch_id.in_([b.id for b in items]))
+                    .order_by(provider_jobs.c.create_time, provider_jobs.c.id)
+                )
+            ).mappings():
+                jobs.setdefault(r["batch_id"], []).append(provider_job_view(r))
         result = []
         for b in items:
             acc = per_batch.get(b.id, {"counts": {}, "in": 0, "out": 0, "cost": 0.0, "bound": 0})
@@ -201,6 +223,7 @@ class BatchRepository(Repository):
                     Usage(acc["in"], acc["out"], round(acc["cost"], 9)),
                     budget=money.get(batch_scope(b.id), Budget(b.max_cost_usd)),
                     queued_prompt_tokens_bound=acc["bound"],
+                    provider_jobs=tuple(jobs.get(b.id, ())),
                 )
             )
         return result
@@ -208,3 +231,21 @@ class BatchRepository(Repository):
     async def page(self, page: PageRequest) -> tuple[Sequence[Batch], str | None]:
         rows, next_key = await self._page(_select(), page, batches.c.id)
         return [_entity(r) for r in rows], next_key
+
+
+def provider_job_view(r: Mapping[Any, Any]) -> ProviderJobView:
+    return ProviderJobView(
+        id=r["id"],
+        teacher=r["teacher"],
+        provider_job_id=r["provider_job_id"] or "",
+        input_file_id=r["input_file_id"] or "",
+        state=r["state"],
+        request_total=r["request_total"],
+        request_completed=r["request_completed"],
+        request_failed=r["request_failed"],
+        submit_time=r["submit_time"],
+        finish_time=r["finish_time"],
+        error=RunError(r["error_code"], r["error_message"] or "") if r["error_code"] else None,
+        cost_usd=r["cost_usd"],
+        online_cost_usd=r["online_cost_usd"],
+    )

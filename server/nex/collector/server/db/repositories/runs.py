@@ -155,7 +155,7 @@ class RunRepository(Repository):
             for r in map(run_from_row, (await self.session.execute(stmt)).mappings())
         }
 
-    async def insert_queued(self, items: Sequence[Run]) -> set[str]:
+    async def insert_queued(self, items: Sequence[Run], *, via_provider: bool = False) -> set[str]:
         """Inserts queued runs; returns the ids inserted (a request id that a
         concurrent call took is skipped)."""
         if not items:
@@ -177,6 +177,7 @@ class RunRepository(Repository):
                 "request_id": r.request_id or None,
                 "create_time": r.create_time,
                 "prompt_tokens_bound": prompt_token_bound(r.messages),
+                "via_provider": via_provider,
             }
             for r in items
         ]
@@ -245,7 +246,10 @@ class RunRepository(Repository):
         stmt = (
             update(runs)
             .where(
-                runs.c.id.in_(list(ids)), runs.c.status == RunStatus.QUEUED.value, _BATCH_NOT_PAUSED
+                runs.c.id.in_(list(ids)),
+                runs.c.status == RunStatus.QUEUED.value,
+                _BATCH_NOT_PAUSED,
+                runs.c.via_provider.is_(False),
             )
             .values(
                 status=RunStatus.RUNNING.value,
@@ -494,6 +498,7 @@ class RunRepository(Repository):
                 runs.c.status == RunStatus.QUEUED.value,
                 runs.c.create_time < older_than,
                 _BATCH_NOT_PAUSED,
+                runs.c.via_provider.is_(False),
             )
             .order_by(runs.c.id)
             .limit(limit)
