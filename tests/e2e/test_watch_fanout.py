@@ -106,10 +106,13 @@ async def test_every_watcher_of_a_batch_gets_every_event_once_in_order(
         live = [asyncio.create_task(_until_completed(s, runs)) for s in streams]
         await client.create_run(batch_id, {"x": "0"})
         first = await _first(client.watch_batch(batch_id))  # the first event is stored
-        # Some join while the batch runs, from the start or from the first event.
+        # Some join while the batch runs, from the start or from the first event
+        # (following: the first run may be done before the others are created).
         late = [
             asyncio.create_task(
-                _until_completed(client.watch_batch(batch_id, after_revision=after), runs)
+                _until_completed(
+                    client.watch_batch(batch_id, after_revision=after, follow=True), runs
+                )
             )
             for after in (0, first.revision)
         ]
