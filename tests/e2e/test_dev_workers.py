@@ -49,6 +49,7 @@ def dev(own_backing: Backing, tmp_path: Path) -> Iterator[Dev]:
         "REDIS_URL": own_backing.redis_url,
         "DATA_DIR": str(tmp_path / "data"),
         "NEX_COLLECTOR_TOKENS": TOKEN,
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",  # the server's; never a worker's
         "COLUMNS": "300",
     }
     with log.open("wb") as out:
