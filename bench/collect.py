@@ -20,7 +20,7 @@ token in PostgreSQL (growth of every table, and the live rows of the batch)
 and in Parquet (a dataset built from the batch), and the workers' answer
 received -> committed p50/p99. Then a table of every case and the targets.
 
-    python bench/collect.py [--runs 1000] [--tokens 64,256] [--latencies 0,200]
+    python bench/collect.py [--runs 500] [--tokens 64,256] [--latencies 0,200]
         [--modes dev,serve] [--workers 1] [--repeats 1] [--peers sdk,raw,curator]
 
 The machine is shared and noisy: read the ratios (peers and collector measured
@@ -649,7 +649,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=1000, help="runs per measurement")
+    parser.add_argument("--runs", type=int, default=500, help="runs per measurement")
     parser.add_argument("--tokens", default="64,256", help="answer lengths, comma-separated")
     parser.add_argument("--latencies", default="0,200", help="teacher latencies in ms")
     parser.add_argument("--modes", default="dev,serve", help="dev: one process; serve: + workers")
