@@ -523,12 +523,16 @@ def measure(case: Case, base_url: str, s: Settings, box: Box, offset: list[int])
             for peer in s.peers:
                 topics = fresh(s.runs)
                 before = box.read()
-                if peer == "sdk":
-                    rate: float | str = asyncio.run(bare_sdk(base_url, topics, case.tokens))
-                elif peer == "raw":
-                    rate = asyncio.run(raw_loop(base_url, topics, case.tokens))
-                else:
-                    rate = _curator_pass(base_url, s, case, offset[0] - s.runs)
+                rate: float | str
+                try:
+                    if peer == "sdk":
+                        rate = asyncio.run(bare_sdk(base_url, topics, case.tokens))
+                    elif peer == "raw":
+                        rate = asyncio.run(raw_loop(base_url, topics, case.tokens))
+                    else:
+                        rate = _curator_pass(base_url, s, case, offset[0] - s.runs)
+                except Exception as exc:  # a peer less; the others still count
+                    rate = f"failed: {exc!r}"
                 spent = Box.spent(before, box.read())
                 if isinstance(rate, str):
                     case.notes[peer] = rate
