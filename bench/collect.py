@@ -118,6 +118,8 @@ async def bare_sdk(base_url: str, topics: list[str], tokens: int) -> float:
         base_url=f"{base_url}/v1",
         http_client=openai.DefaultAioHttpClient(),
         max_retries=0,
+        # The SDK's 5 s connect timeout fails whole passes when other jobs load the box.
+        timeout=openai.Timeout(300, connect=60),
     )
     kept: list[object] = []
 
