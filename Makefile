@@ -73,7 +73,7 @@ lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 
 # About 15 minutes on the 2-core box. Bigger runs, e.g.:
 #   make bench BENCH_RUNS=2000 BENCH_REPEATS=3 DATASET_SIZES=200000,500000
-BENCH_RUNS ?= 500
+BENCH_RUNS ?= 400
 BENCH_REPEATS ?= 1
 DATASET_SIZES ?= 20000,100000
 bench: $(STAMP) ## benchmarks, printed as ratios against same-run peers (Curator: bench/.venv-curator, made on first use)
