@@ -564,7 +564,8 @@ def at_scale(results: list[Figures], at: int) -> str:
             (f"measured at {f.size:,}"),
         )
     elif len(results) >= 2:
-        rss = _line([(f.size, f.build_rss_mb) for f in results], at)
+        # A line that falls (noise) would promise less than was already seen.
+        rss = max(_line([(f.size, f.build_rss_mb) for f in results], at), results[-1].build_rss_mb)
         build_s = _line([(f.size, f.size / f.build_rps) for f in results], at)
         base_s = _line([(f.size, f.size / f.baseline_rps) for f in results], at)
         how = f"extrapolated from {results[0].size:,} and {results[-1].size:,}"
