@@ -71,7 +71,7 @@ lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy client server tests bench
 
-# About 15 minutes on the 2-core box. Bigger runs, e.g.:
+# 15-25 min on the 2-core box, by how busy it is (limited.py alone takes 5-9). Bigger runs:
 #   make bench BENCH_RUNS=2000 BENCH_REPEATS=3 DATASET_SIZES=200000,500000
 BENCH_RUNS ?= 400
 BENCH_REPEATS ?= 1
@@ -82,5 +82,5 @@ bench: $(STAMP) ## benchmarks, printed as ratios against same-run peers (Curator
 	$(BIN)/python bench/dataset.py --sizes $(DATASET_SIZES)
 
 clean:
-	rm -rf $(VENV) bench/.venv-curator bench/.venv-curator.log .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
+	rm -rf $(VENV) bench/.venv-curator bench/.venv-curator.log bench/.curator-pass.log .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
 	  client/build client/*.egg-info server/*.egg-info

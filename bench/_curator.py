@@ -18,6 +18,7 @@ VENV = BENCH / ".venv-curator"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".installed-0.1.31"
 LOG = BENCH / ".venv-curator.log"
+PASS_LOG = BENCH / ".curator-pass.log"  # what the last passes said (kept after the run)
 REQUIREMENT = "bespokelabs-curator==0.1.31"
 SCRIPT = BENCH / "curator_peer.py"
 
@@ -74,6 +75,8 @@ def run_pass(base_url: str, runs: int, tokens: int, offset: int, log: Path) -> P
         return f"Curator did not run: {exc}"
     lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        return f"Curator failed (exit {done.returncode}; see {log})"
+        said = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+        last = next((line for line in reversed(said) if line), "")[:200]
+        return f"Curator failed (exit {done.returncode}: {last}; see {log})"
     figures = json.loads(lines[-1])
     return Pass(figures["runs"] / figures["seconds"], float(figures["cpu_s"]))

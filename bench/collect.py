@@ -569,7 +569,7 @@ def _curator_pass(base_url: str, s: Settings, case: Case, offset: int) -> float 
     subprocess itself and put in the box's "curator" role here."""
     if s.curator_problem is not None:
         return s.curator_problem
-    result = _curator.run_pass(base_url, s.runs, case.tokens, offset, s.logs / "curator.log")
+    result = _curator.run_pass(base_url, s.runs, case.tokens, offset, _curator.PASS_LOG)
     if isinstance(result, str):
         return result
     case.add_cpu("curator", {"curator process": result.cpu_s})
@@ -674,6 +674,7 @@ def main() -> None:
         parser.error(f"unknown modes: {sorted(unknown)}")
 
     curator_problem = _curator.ensure() if "curator" in peers else None
+    _curator.PASS_LOG.unlink(missing_ok=True)
     if curator_problem:
         print(f"Curator: {curator_problem}; going on without it", flush=True)
     print(
