@@ -3,6 +3,9 @@ in-flight leases, forgetting everything on FLUSHDB."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -52,12 +55,52 @@ async def test_configured_requests_stay_within_any_second(redis: aioredis.Redis)
     assert 0.5 < grants[5].wait_s <= 1.05
 
 
+async def test_waiters_queue_in_turn_and_keep_their_turn(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(requests_per_min=540)  # 9 in any second
+    assert all([(await limiter.acquire("t", "m", f"r{i}", 10, limits)).granted for i in range(9)])
+    turns = []  # when each was told to come back (Redis time ~ this clock, within a call)
+    for i in range(30):
+        asked = time.monotonic()
+        turns.append(asked + (await limiter.acquire("t", "m", f"w{i}", 10, limits)).wait_s)
+    # one call's share of a second apart (1/9 s), in the order they asked
+    gaps = [b - a for a, b in itertools.pairwise(turns)]
+    assert min(gaps) > 0 and turns[-1] - turns[0] > 29 / 9 - 0.3
+    # asking again keeps the place in the queue instead of going to the back
+    asked = time.monotonic()
+    again = await limiter.acquire("t", "m", "w0", 10, limits)
+    assert not again.granted and asked + again.wait_s < turns[0] + 0.3
+    assert (await limiter.usage("t")).waiting == 30
+
+
+async def test_a_429_under_the_limit_cuts_the_pace(redis: aioredis.Redis) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(requests_per_min=540)  # 9 in any second
+    assert (await limiter.acquire("t", "m", "first", 10, limits)).granted
+    # the provider counts differently from us: a 429 though we stayed under
+    await _settle(
+        limiter,
+        "first",
+        limits=limits,
+        rate_limited=True,
+        answered=False,
+        snapshot=RateSnapshot(retry_after_s=0.001),
+    )
+    await asyncio.sleep(0.01)
+    grants = [await limiter.acquire("t", "m", f"r{i}", 10, limits) for i in range(9)]
+    # 9 x 0.85 = 7.65: the one already in the window and 6 more
+    assert [g.granted for g in grants] == [True] * 6 + [False] * 3
+
+
 async def test_high_limits_allow_no_burst(redis: aioredis.Redis) -> None:
     limiter = RateLimiter(redis, lease_s=60, margin=1.0)
     limits = BucketLimits(requests_per_min=6000)  # 100 a second, at most 20 in 100 ms
-    grants = [await limiter.acquire("t", "m", f"r{i}", 10, limits) for i in range(21)]
-    assert [g.granted for g in grants] == [True] * 20 + [False]
-    assert grants[-1].wait_s < 0.1
+    # all at once, so that they land within 100 ms however busy this machine is
+    grants = await asyncio.gather(
+        *(limiter.acquire("t", "m", f"r{i}", 10, limits) for i in range(21))
+    )
+    assert sum(g.granted for g in grants) == 20
+    assert next(g.wait_s for g in grants if not g.granted) < 0.1
 
 
 async def test_tokens_are_counted_and_corrected(redis: aioredis.Redis) -> None:

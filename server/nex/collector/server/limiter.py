@@ -7,16 +7,20 @@ tokens_per_min / 60 tokens (prompt bound + max_tokens, corrected to the usage
 after the call), run slightly under the limit (`MARGIN`). A provider counting
 in one-second windows (OpenAI) then never sees one too many, however late a
 busy worker comes back: the grant is taken when the call goes out, not booked
-ahead. A caller told to wait gets a time spread by the backlog (runs waiting
-for this teacher / calls per second), so waiters do not all return at once.
+ahead. A caller told to wait is given a turn at the back of one queue per
+teacher (one call's share of a second after the last turn), and keeps it when
+it asks again: waiters do not all return at once, and none is overtaken for
+coming back.
 Requests in flight are a sorted set of leases that expire, so a killed
 worker leaks nothing.
 
 With nothing configured the limiter learns: the limits from the answers'
 rate-limit headers, and a 429's retry-after blocks the bucket for every
-worker at once. Until the first answer of a bucket arrives, only
-`PROBE_IN_FLIGHT` calls go out. Everything here can vanish (FLUSHDB, a
-restart): the limiter starts learning again.
+worker at once. A 429 also cuts the pace for a while (`BACKOFF_*`): calls
+granted under the limit can still reach a provider bunched together. Until
+the first answer of a bucket arrives, only `PROBE_IN_FLIGHT` calls go out.
+Everything here can vanish (FLUSHDB, a restart): the limiter starts learning
+again.
 
 Every acquire and every settle is one script, one round trip.
 """
@@ -41,17 +45,34 @@ PROBE_IN_FLIGHT = 4
 STATE_TTL_MS = 15 * 60 * 1000  # learned limits are forgotten after 15 idle minutes
 IN_FLIGHT_RETRY_MS = 250
 USAGE_SLOT_MS = 10_000
+# What a 429 does to the pace, beyond the retry-after block every worker obeys:
+# a provider that says 429 while we stay under its limit counts differently
+# (calls from a busy worker reach it bunched, its clock is not ours), so the
+# pace is cut by CUT (at most once a second, never below FLOOR) and recovers
+# by RECOVER_PER_S of the limit each second without one.
+BACKOFF_CUT = 0.85
+BACKOFF_FLOOR = 0.5
+BACKOFF_RECOVER_PER_S = 0.05
+
+
+def _script(text: str) -> str:
+    return (
+        text.replace("@RECOVER@", repr(BACKOFF_RECOVER_PER_S / 1000))
+        .replace("@CUT@", repr(BACKOFF_CUT))
+        .replace("@FLOOR@", repr(BACKOFF_FLOOR))
+    )
+
 
 # KEYS: bucket hash, in-flight zset, waiting zset, window zset.
 # ARGV: cfg rpm, cfg tpm, cfg in flight, cost tokens, lease id, lease ms, margin,
 #       probe in flight, state ttl ms, in-flight retry ms.
 # Returns {granted, wait_ms, reason}.
-_ACQUIRE = """
+_ACQUIRE = _script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cfg_rpm, cfg_tpm, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, id, lease, margin = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local s = redis.call('HMGET', KEYS[1], 'lrpm', 'ltpm', 'blocked', 'learned', 'wtokens')
+local s = redis.call('HMGET', KEYS[1], 'lrpm', 'ltpm', 'blocked', 'learned', 'wtokens', 'f', 'ft')
 local function limit(cfg, learned)
   learned = tonumber(learned) or 0
   if learned > 0 and (cfg == 0 or learned < cfg) then return learned end
@@ -60,23 +81,35 @@ end
 local rpm, tpm = limit(cfg_rpm, s[1]), limit(cfg_tpm, s[2])
 local blocked, wtokens = tonumber(s[3]) or 0, tonumber(s[5]) or 0
 local function wait(ms, why, per_s)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if per_s and per_s > 0 then
-    -- spread the waiters out: roughly when their turn comes
-    local backlog = redis.call('ZCARD', KEYS[3])
-    ms = math.max(ms, backlog * 1000 / per_s)
+  -- The waiting runs form one queue, by turn (the zset's score): a run keeps
+  -- its turn when it asks again, so coming back never sends it to the back.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 30000)
+  local turn = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  if turn then
+    ms = math.max(ms, turn - now)
+  elseif per_s and per_s > 0 then
+    local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+    local tail = now
+    if #last > 0 then tail = math.max(now, tonumber(last[2])) end
+    ms = math.max(ms, tail + 1000 / per_s - now)
+    redis.call('ZADD', KEYS[3], now + ms, id)
+  else
+    redis.call('ZADD', KEYS[3], now + ms, id)
   end
-  redis.call('ZADD', KEYS[3], now + ms + 30000, id)
   redis.call('PEXPIRE', KEYS[3], math.ceil(ms) + 60000)
   return {0, math.ceil(ms), why}
 end
-if blocked > now then return wait(blocked - now, 'blocked', nil) end
--- The calls of the last second (members 'id|tokens'); never more than the
--- limit's share of a second in any second, however late a caller comes.
+-- after a 429 the pace is cut, then recovers (see BACKOFF)
+local f0, ft = tonumber(s[6]), tonumber(s[7])
+if f0 and ft then margin = margin * math.min(1, f0 + (now - ft) * @RECOVER@) end
 local cap_r = 0
 if rpm > 0 then cap_r = math.max(1, math.floor(rpm / 60 * margin)) end
 local cap_t = 0
 if tpm > 0 then cap_t = math.max(1, math.floor(tpm / 60 * margin)) end
+-- blocked by a 429: queue up behind the block, in turn, not all at its end
+if blocked > now then return wait(blocked - now, 'blocked', cap_r) end
+-- The calls of the last second (members 'id|tokens'); never more than the
+-- limit's share of a second in any second, however late a caller comes.
 if rpm > 0 or tpm > 0 then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - 1000)
   if #expired > 0 then
@@ -117,14 +150,14 @@ redis.call('ZADD', KEYS[2], now + lease, id)
 redis.call('PEXPIRE', KEYS[2], lease + 60000)
 redis.call('ZREM', KEYS[3], id)
 return {1, 0, ''}
-"""
+""")
 
 # KEYS: bucket hash, in-flight zset, usage key prefix, window zset.
 # ARGV: lease id, reserved tokens, used tokens, cfg tpm, margin, learned rpm,
 #       learned tpm, block ms, answered (1: any answer came back), rate limited
 #       (1: a 429), state ttl ms.
 # Returns {calls, tokens, 429s} of the teacher over the last minute.
-_SETTLE = """
+_SETTLE = _script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
@@ -153,6 +186,14 @@ local slot = math.floor(now / 10000)
 local key = KEYS[3] .. slot
 if ARGV[10] == '1' then
   redis.call('HINCRBY', key, 'limited', 1)
+  -- one cut of the pace per second of 429s, from wherever it had recovered to
+  local h = redis.call('HMGET', KEYS[1], 'f', 'ft')
+  local f0, ft = tonumber(h[1]), tonumber(h[2])
+  if not ft or now - ft > 1000 then
+    local f = 1
+    if f0 and ft then f = math.min(1, f0 + (now - ft) * @RECOVER@) end
+    redis.call('HSET', KEYS[1], 'f', math.max(@FLOOR@, f * @CUT@), 'ft', now)
+  end
 else
   redis.call('HINCRBY', key, 'calls', 1)
   redis.call('HINCRBY', key, 'tokens', used)
@@ -166,7 +207,7 @@ for i = 0, 5 do
   out[3] = out[3] + (tonumber(v[3]) or 0)
 end
 return out
-"""
+""")
 
 # KEYS: in-flight zset, waiting zset, usage key prefix. Returns
 # {in flight, waiting, calls, tokens, 429s} (the last three over the last minute).
@@ -175,7 +216,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local slot = math.floor(now / 10000)
 local out = {redis.call('ZCOUNT', KEYS[1], now, '+inf'), 0, 0, 0, 0}
-out[2] = redis.call('ZCOUNT', KEYS[2], now, '+inf')
+out[2] = redis.call('ZCOUNT', KEYS[2], now - 30000, '+inf')
 for i = 0, 5 do
   local v = redis.call('HMGET', KEYS[3] .. (slot - i), 'calls', 'tokens', 'limited')
   out[3] = out[3] + (tonumber(v[1]) or 0)

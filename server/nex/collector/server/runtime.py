@@ -15,6 +15,7 @@ from nex.collector.server.bootstrap import Container, StartupError, open_contain
 from nex.collector.server.config import Settings
 from nex.collector.server.services.backlog import export_backlog_forever
 from nex.collector.server.supervisor import supervise
+from nex.collector.server.worker.processes import WorkerProcesses
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,13 @@ async def run(
     serve: bool,
     work: bool,
     migrate: bool,
+    worker_processes: int = 0,
     stop: asyncio.Event | None = None,
     ready: Callable[[Container, GrpcServer | None], None] | None = None,
 ) -> None:
-    """Serves gRPC and/or runs a worker until `stop` is set (or a signal arrives)."""
+    """Serves gRPC and/or runs a worker until `stop` is set (or a signal arrives);
+    with `worker_processes`, also that many `nex-collector worker` processes on
+    the same database and Redis (the embedded ones included)."""
     if serve and (problem := settings.anonymous_exposure):
         raise StartupError(problem)
     stop = stop or asyncio.Event()
@@ -47,6 +51,14 @@ async def run(
     async with open_container(settings, migrate=migrate, serve=serve) as container:
         server = GrpcServer(container, settings.addr) if serve else None
         tasks: list[asyncio.Task[None]] = []
+        children = WorkerProcesses(
+            worker_processes,
+            {
+                "DATABASE_URL": container.database_url,
+                "REDIS_URL": container.redis_url,
+                "DATA_DIR": str(settings.data_dir),
+            },
+        )
         try:
             stop_metrics = metrics.serve(settings.metrics_addr)
         except OSError as exc:
@@ -74,12 +86,14 @@ async def run(
                         "worker", lambda: run_worker(container, stop), stop=stop, restart=False
                     )
                 )
+            await children.start()
             if ready is not None:
                 ready(container, server)
             await stop.wait()
             log.info("shutting down")
         finally:
             stop_metrics()
+            await children.stop()  # before their database and Redis close
             if server is not None:
                 await server.stop(grace=5.0)
             stop.set()

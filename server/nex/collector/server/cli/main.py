@@ -88,7 +88,9 @@ def _startup_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
+def _run(
+    settings: Settings, *, serve: bool, work: bool, migrate: bool, worker_processes: int = 0
+) -> None:
     from nex.collector.server.runtime import PRIVATE_UMASK, run
 
     # Everything written under DATA_DIR (datasets, embedded PostgreSQL and Redis)
@@ -106,13 +108,22 @@ def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
             parts.append(f"gRPC on {server.address}")  # type: ignore[attr-defined]
         if work:
             parts.append("worker running")
+        if worker_processes:
+            parts.append(f"{worker_processes} worker process{'es' if worker_processes > 1 else ''}")
         if settings.metrics_addr:
             parts.append(f"metrics on http://{settings.metrics_addr}/metrics")
         console.print(
             f"[green]nex-collector ready[/green]: {', '.join(parts)} ({where}); Ctrl-C stops"
         )
 
-    main = run(settings, serve=serve, work=work, migrate=migrate, ready=ready)
+    main = run(
+        settings,
+        serve=serve,
+        work=work,
+        migrate=migrate,
+        worker_processes=worker_processes,
+        ready=ready,
+    )
     if serve:
         with _startup_errors():
             asyncio.run(main)
@@ -133,10 +144,27 @@ def _run(settings: Settings, *, serve: bool, work: bool, migrate: bool) -> None:
 
 
 @app.command()
-def dev(addr: AddrOpt = None, data_dir: DataDirOpt = None) -> None:
+def dev(
+    addr: AddrOpt = None,
+    data_dir: DataDirOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="worker processes beside the server's (0: the worker runs in the "
+            "server's own process)",
+        ),
+    ] = 1,
+) -> None:
     """Embedded PostgreSQL + Redis (unless DATABASE_URL/REDIS_URL are set), migrations,
-    server and worker in one process, in the foreground."""
-    _run(settings_from(addr, data_dir), serve=True, work=True, migrate=True)
+    the server and its workers, in the foreground."""
+    _run(
+        settings_from(addr, data_dir),
+        serve=True,
+        work=workers == 0,
+        migrate=True,
+        worker_processes=workers,
+    )
 
 
 @app.command()

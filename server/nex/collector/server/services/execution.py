@@ -219,8 +219,6 @@ class RunExecutor:
             received = time.perf_counter()
             latency_ms = int((received - started) * 1000)
             _observe_call(batch.provider, "ok", started)
-            if self._gate is not None:
-                await self._gate.leave(ticket, completion=completion)
             outcome = Outcome(
                 run_id,
                 batch.id,
@@ -234,9 +232,13 @@ class RunExecutor:
                 reserved=hold.held,
                 received=received,
             )
-            # Step one: the answer alone, durable at once; step two: completed,
-            # with its event, in revision order (see the module docstring).
-            await self._on_answers_loop(self._answers.submit(outcome))
+            # Step one: the answer alone, durable at once (before anything else
+            # is awaited here); step two: completed, with its event, in revision
+            # order (see the module docstring).
+            stored = self._start_on_answers_loop(self._answers.submit(outcome))
+            if self._gate is not None:
+                await self._gate.leave(ticket, completion=completion)
+            await stored
             if not await self._outcomes.submit(outcome):
                 return "discarded: run moved on, or completed by the reconciler"
             _observe_completion(batch.provider, outcome)
@@ -279,9 +281,13 @@ class RunExecutor:
         return [claims.pop(run_id, None) for run_id in run_ids]
 
     async def _on_answers_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await self._start_on_answers_loop(coro)
+
+    def _start_on_answers_loop(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Starts `coro` at once: on the answers loop, or as a task of this one."""
         if self._answers_loop is None:
-            return await coro
-        return await self._answers_loop.run(coro)
+            return asyncio.ensure_future(coro)
+        return self._answers_loop.start(coro)
 
     async def _store_answers(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Step one of a completion: the answer, durable, the run still running."""

@@ -80,7 +80,7 @@ class CallGate:
             metrics.LIMITER_WAITS.labels(teacher_name, grant.reason).inc()
             if waited + grant.wait_s > self._hold_s:
                 raise Throttled(
-                    teacher_name, _come_back_in(grant.wait_s, grant.reason), grant.reason
+                    teacher_name, _come_back_in(grant.wait_s, self._hold_s), grant.reason
                 )
             await asyncio.sleep(grant.wait_s)
             waited += grant.wait_s
@@ -125,8 +125,8 @@ class CallGate:
             metrics.TEACHER_CALLS_PER_MIN.labels(ticket.teacher).set(usage.calls_per_min)
 
 
-def _come_back_in(wait_s: float, reason: str) -> float:
-    """When a handed-back run should ask again: a little before its estimated
-    turn (the limiter spreads the estimates by the backlog), jittered so that
-    runs told the same do not return together."""
-    return max(wait_s * random.uniform(0.6, 1.0), 0.05)
+def _come_back_in(wait_s: float, hold_s: float) -> float:
+    """When a handed-back run should ask again: early enough to be back in a
+    worker before its turn (the limiter keeps the turn), so it then waits at
+    most a short hold; jittered so that neighbours do not return together."""
+    return max(wait_s - hold_s * random.uniform(0.5, 0.8), 0.05)
