@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import signal
 import statistics
 import sys
 import tempfile
@@ -288,9 +289,20 @@ class Box:
     """The processes that take part, by role; CPU seconds read per role."""
 
     roles: dict[str, list[int]] = field(default_factory=dict)
+    dev: int | None = None  # `nex-collector dev`: its own process and its children apart
 
     def read(self) -> dict[str, float]:
         cpu = {role: sum(tree_cpu_s(p) for p in pids) for role, pids in self.roles.items()}
+        if self.dev is not None:
+            import psutil
+
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(self.dev)
+                t = root.cpu_times()
+                cpu["dev: server process"] = float(t.user + t.system)
+                cpu["dev: its children (workers, sandboxes)"] = float(
+                    t.children_user + t.children_system
+                ) + sum(tree_cpu_s(c.pid) for c in root.children())
         cpu["client"] = self_cpu_s()
         cpu["machine"] = machine_busy_s()
         return cpu
@@ -321,7 +333,11 @@ class Case:
 
     @property
     def label(self) -> str:
-        how = "make dev" if self.mode == "dev" else f"serve + {self.workers} worker(s)"
+        how = (
+            f"make dev ({self.workers} worker proc.)"
+            if self.mode == "dev"
+            else f"serve + {self.workers} worker(s)"
+        )
         return f"{self.tokens} tokens, top-{TOP_LOGPROBS}, {self.latency_ms:.0f} ms, {how}"
 
     def rate(self, peer: str) -> float:
@@ -393,10 +409,12 @@ def report(case: Case) -> None:
             f" ({size:,} bytes for {rows} runs)"
         )
     p50, p99 = case.delays
-    out.append(
-        f"  answer received -> committed p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
-        + (f"  {case.in_flight}" if case.in_flight else "")
+    delays = (
+        "answer received -> committed: no figure (dev's workers serve no metrics)"
+        if math.isnan(p99)
+        else f"answer received -> committed p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
     )
+    out.append(f"  {delays}" + (f"  {case.in_flight}" if case.in_flight else ""))
     print("\n".join(out), flush=True)
 
 
@@ -414,17 +432,14 @@ def collector(
     env = {**env, "NEX_COLLECTOR_ADDR": f"127.0.0.1:{port}"}
     with contextlib.ExitStack() as stack:
         if mode == "dev":
-            metrics = [free_port()]
+            # No METRICS_ADDR: dev's worker processes would inherit it and clash
+            # on the port, so dev has no answer -> commit figure.
+            metrics = []
             dev = stack.enter_context(
-                process(
-                    [*cli, "dev"],
-                    {**env, "METRICS_ADDR": f"127.0.0.1:{metrics[0]}"},
-                    logs / "dev.log",
-                )
+                process([*cli, "dev", "--workers", str(workers)], env, logs / "dev.log")
             )
-            box.roles["dev (server+worker)"] = [dev.pid]
+            box.dev = dev.pid
             wait_port(port)
-            wait_port(metrics[0])
         else:
             server = stack.enter_context(
                 process([*cli, "serve", "--migrate"], env, logs / "server.log")
@@ -448,7 +463,8 @@ def collector(
         try:
             yield f"127.0.0.1:{port}", metrics
         finally:
-            for role in ("dev (server+worker)", "server", "workers"):
+            box.dev = None
+            for role in ("server", "workers"):
                 box.roles.pop(role, None)
 
 
@@ -655,6 +671,9 @@ def _list(text: str) -> list[str]:
 
 
 def main() -> None:
+    # A SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the collector, the fake and
+    # the embedded PostgreSQL and Redis are stopped, not left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -662,7 +681,7 @@ def main() -> None:
     parser.add_argument("--tokens", default="64,256", help="answer lengths, comma-separated")
     parser.add_argument("--latencies", default="0,200", help="teacher latencies in ms")
     parser.add_argument("--modes", default="dev,serve", help="dev: one process; serve: + workers")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes with serve")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (serve and dev)")
     parser.add_argument("--repeats", type=int, default=1, help="alternations per case")
     parser.add_argument("--peers", default=",".join(PEERS), help="any of sdk,raw,curator")
     args = parser.parse_args()
