@@ -11,6 +11,7 @@ from just before the pass to just after; imports and start-up excluded).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -41,6 +42,7 @@ def main() -> None:
     # A cache of its own per pass (Curator would otherwise answer a repeated
     # pass from disk), and nothing sent anywhere but the fake.
     cache = tempfile.mkdtemp(prefix="nexc-bench-curator-")
+    atexit.register(shutil.rmtree, cache, True)  # on failures too
     os.environ.setdefault("CURATOR_CACHE_DIR", cache)
     os.environ.setdefault("CURATOR_DISABLE_CACHE", "1")
     os.environ.setdefault("CURATOR_VIEWER", "0")
@@ -82,7 +84,6 @@ def main() -> None:
     result = llm(prompts)
     seconds, cpu = time.perf_counter() - started, _cpu_s() - cpu
     rows = len(result.dataset) if hasattr(result, "dataset") else len(result)
-    shutil.rmtree(cache, ignore_errors=True)
     print(json.dumps({"runs": rows, "seconds": seconds, "cpu_s": cpu}), flush=True)
     sys.exit(0 if rows == args.runs else 1)
 
