@@ -95,7 +95,7 @@ def client(collector: RunningCollector) -> Iterator[Client]:
 def _calm(api: FakeTeacherAPI) -> Iterator[None]:
     yield
     b = api.batches
-    b.hold, b.expire = False, 0
+    b.hold, b.expire, b.fail_status = False, 0, None
     b.error_prompts.clear()
     b.expire_prompts.clear()
 
@@ -616,3 +616,32 @@ def test_a_wrong_key_fails_the_job_and_its_runs_with_the_providers_error(
     assert job.state == "abandoned" and job.error is not None
     assert job.error.code == "PROVIDER_AUTH"
     assert seen and seen[-1].job.state == "abandoned"
+
+
+def test_a_provider_that_stays_down_fails_the_runs_once_attempts_are_used_up(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    batch = _batch(client, template)
+    api.batches.fail_status = 503  # retryable, but it never comes back
+    refused = api.batches.refused
+    runs = client.create_runs(batch.id, _topics(unique("dn"), 2))
+    seen: list[ProviderJobProgress] = []
+    events = list(client.watch_batch(batch.id, on_provider_job=seen.append))
+    done = client.get_batch(batch.id)
+    assert done.counts.failed == 2 and done.counts.done == 2
+    # Each job is given up after PROVIDER_JOB_MAX_STEP_FAILURES (8) steps in a
+    # row; its runs go to the next job until TEACHER_MAX_ATTEMPTS (3) are used.
+    assert len(done.provider_jobs) == 3
+    assert all(j.state == "abandoned" for j in done.provider_jobs)
+    assert all(j.error and j.error.code == "PROVIDER_UNAVAILABLE" for j in done.provider_jobs)
+    assert api.batches.refused - refused >= 3 * 8
+    for run in runs:
+        failed = client.get_run(run.id)
+        assert failed.status is RunStatus.FAILED and failed.attempt == 3
+        assert failed.error is not None and failed.error.code == "PROVIDER_UNAVAILABLE"
+        assert "the fake Batch API is down (503)" in failed.error.message
+        statuses = [e.status for e in events if e.run_id == run.id]
+        assert statuses.count(RunStatus.RUNNING) == 3 and statuses[-1] is RunStatus.FAILED
+    assert {p.job.id for p in seen if p.job.state == "abandoned"} == {
+        j.id for j in done.provider_jobs
+    }

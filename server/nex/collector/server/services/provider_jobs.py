@@ -141,7 +141,11 @@ class ProviderJobs:
             try:
                 await self._step(job)
             except ProviderError as err:
-                failures = job["step_failures"] + 1
+                # From the row: a part of this step that worked (a poll before
+                # a failed download) has reset the count.
+                async with self._uow() as tx:
+                    current = await tx.provider_jobs.get(job["id"]) or job
+                failures = current["step_failures"] + 1
                 if not err.retryable or failures >= self._s.max_step_failures:
                     log.warning(
                         "provider job %s: %s (%s); giving it up after %d failed step(s)",
@@ -150,7 +154,7 @@ class ProviderJobs:
                         err.code,
                         failures,
                     )
-                    await self._abandon(job, err, failures)
+                    await self._abandon(current, err, failures)
                     continue
                 log.warning("provider job %s: %s (%s); retrying", job["id"], err.message, err.code)
                 async with self._uow() as tx:
