@@ -31,6 +31,7 @@ from nex.collector.server.config import (
     teacher_credentials,
 )
 from nex.collector.server.datasets.storage import DatasetStore, StorageConfigError
+from nex.collector.server.db.answers import AnswerWriter
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
@@ -224,11 +225,11 @@ async def open_container(
         max_overflow=settings.database_max_overflow,
     )
     # The heartbeat and teachers' answers run on connections and a loop of their
-    # own (engines used there only): a pool busy with claims queued for the
-    # run-events lock, or a main loop busy with hundreds of jobs, must neither
-    # make a live worker look dead nor keep a paid answer from being stored.
+    # own (used there only): a pool busy with claims queued for the run-events
+    # lock, or a main loop busy with hundreds of jobs, must neither make a live
+    # worker look dead nor keep a paid answer from being stored.
     heartbeat_engine = make_engine(database_url, pool_size=1, max_overflow=1)
-    answers_engine = make_engine(database_url, pool_size=4, max_overflow=4)
+    answers = AnswerWriter(database_url, size=4)
     side_loop = SideLoop("heartbeat-answers")
     closers: list[Any] = []
     try:
@@ -284,9 +285,7 @@ async def open_container(
             budgets=budgets,
             evidence=evidence,
             worker_id=heartbeat.worker_id,
-            answers_uow=UnitOfWorkFactory(
-                async_sessionmaker(answers_engine, expire_on_commit=False, class_=AsyncSession)
-            ),
+            answers=answers,
             answers_loop=side_loop,
             gate=CallGate(limiter, teachers),
         )
@@ -387,9 +386,10 @@ async def open_container(
             with contextlib.suppress(Exception):
                 await close()
         await engine.dispose()
-        for side_engine in (heartbeat_engine, answers_engine):
-            with contextlib.suppress(Exception):
-                await side_loop.run(side_engine.dispose())
+        with contextlib.suppress(Exception):
+            await side_loop.run(heartbeat_engine.dispose())
+        with contextlib.suppress(Exception):
+            await side_loop.run(answers.aclose())
         await side_loop.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Settlement
@@ -47,6 +47,12 @@ from nex.collector.server.services.throttle import CallGate, Throttled
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class AnswerSink(Protocol):
+    async def store(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Stores answers (b_id, b_attempt, answer_time and the answer's columns)
+        of runs still running at that attempt, durably, in one round trip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +91,15 @@ class RunExecutor:
         evidence: Evidence | None = None,
         batch_ttl_s: float = 2.0,
         worker_id: str | None = None,
-        answers_uow: UnitOfWorkFactory | None = None,
+        answers: AnswerSink,
         answers_loop: SideLoop | None = None,
         gate: CallGate | None = None,
     ) -> None:
         self._uow = uow
         self._gate = gate
-        # Answers are stored through `answers_uow`, on `answers_loop` when given
-        # (then `answers_uow` must be used there only).
-        self._answers_uow = answers_uow or uow
+        # Answers are stored through `answers`, on `answers_loop` when given
+        # (then `answers` must be used there only).
+        self._answer_sink = answers
         self._answers_loop = answers_loop
         self._worker_id = worker_id
         self._provider_for = provider_for
@@ -315,9 +321,7 @@ class RunExecutor:
         answered_at = now()
         # Guarded by the statement itself (running, same attempt): no lock round
         # trip. A run that moved on keeps nothing, and its completion finds it gone.
-        async with self._answers_uow() as tx:
-            await tx.runs.store_answers([_answer_row(o, answered_at) for o in outcomes])
-            await tx.commit()
+        await self._answer_sink.store([_answer_row(o, answered_at) for o in outcomes])
         committed = time.perf_counter()
         for o in outcomes:
             metrics.ANSWER_COMMIT_SECONDS.observe(committed - o.received)

@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
+from nex.collector.server.db.answers import ANSWER_COLUMNS
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, runs, workers
 from nex.collector.server.domain.batches import Run, RunError, Usage
@@ -31,19 +32,7 @@ from nex.collector.server.domain.validation import storable_texts
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
 # What a teacher's answer sets on its run, bound by name (one executemany).
-_ANSWER_VALUES: dict[str, Any] = {
-    name: bindparam(name)
-    for name in (
-        "output_text",
-        "finish_reason",
-        "has_logprobs",
-        *_TOKEN_COLUMNS,
-        "input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "latency_ms",
-    )
-}
+_ANSWER_VALUES: dict[str, Any] = {name: bindparam(name) for name in ANSWER_COLUMNS}
 # No run of a paused batch starts; the reconciler leaves its queued runs alone.
 _BATCH_NOT_PAUSED = (
     ~select(batches.c.id)
@@ -294,29 +283,6 @@ class RunRepository(Repository):
                 error_message=bindparam("error_message"),
                 end_time=bindparam("end_time"),
                 lease_expires=None,
-                **_ANSWER_VALUES,
-            )
-        )
-        await self.session.execute(
-            stmt, list(rows), execution_options={"synchronize_session": False}
-        )
-
-    async def store_answers(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Stores the teacher's answer of runs still running at the given attempt
-        (`b_attempt`), which stay running until `complete` (one executemany).
-        Once stored, an answer is never asked for again: a run holding one is
-        completed, never requeued."""
-        if not rows:
-            return
-        stmt = (
-            update(runs)
-            .where(
-                runs.c.id == bindparam("b_id"),
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.attempt == bindparam("b_attempt"),
-            )
-            .values(
-                answer_time=bindparam("answer_time"),
                 **_ANSWER_VALUES,
             )
         )
