@@ -17,8 +17,13 @@ from nex.collector.client import (
     DatasetStatus,
     GenerationParams,
     InvalidArgumentError,
+    connect,
 )
-from tests.conftest import unique
+from tests.conftest import teacher_settings, unique
+from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.support.backing import Backing
+from tests.support.collector import TOKEN, collector_settings, running_collector
+from tests.support.db import execute, fetch_all
 
 TABLES = ("examples", "inputs", "teacher", "targets", "scores")
 
@@ -130,3 +135,64 @@ def test_parts_out_of_range_are_refused(client: Client, batch_id: str) -> None:
         with pytest.raises(InvalidArgumentError) as caught:
             client.build_dataset(unique("pt"), "v1", [batch_id], parts=parts)
         assert {v.field for v in caught.value.field_violations} == {"parts"}
+
+
+def test_a_part_whose_worker_died_is_built_by_another_worker(
+    own_backing: Backing, teacher_api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    """The jobs are run here, as two workers would run them: worker A writes
+    part 0; part 1's worker died mid-write (its lease ran out, a torn file in
+    staging); the build's job, run again as the reconciler would, restarts
+    part 1, which worker B writes; the last part hands back to the build's job,
+    which writes the manifest."""
+    settings = collector_settings(own_backing, tmp_path / "data", **teacher_settings(teacher_api))
+    with running_collector(settings) as running, connect(running.address, token=TOKEN) as c:
+        template = c.create_template(unique("pt"), user_template="On {{ t }}.", variables=["t"])
+        batch = c.create_batch(unique("pt"), template.id, "mock", "mock-1")
+        c.create_runs(batch.id, [{"t": str(i)} for i in range(10)])
+        for _ in c.watch_batch(batch.id):
+            pass
+    with (
+        running_collector(settings, work=False) as running,
+        connect(running.address, token=TOKEN) as c,
+    ):
+        datasets = running.container.datasets
+        built = c.build_dataset(unique("pt"), "v1", [batch.id], parts=2)
+        assert running.call(datasets.run_build(built.id)).startswith("building: 0 of 2")
+        assert running.call(datasets.run_part(f"{built.id}:part:0", "worker-a")).startswith(
+            "part 0 written"
+        )
+        # Part 1's worker took it and died: its lease ran out, its file is torn.
+        execute(
+            running,
+            "UPDATE dataset_parts SET worker_id = 'dead', lease_expires = now() - interval '1s'"
+            " WHERE dataset_id = $1 AND part = 1",
+            built.id,
+        )
+        final = _folder(built)
+        torn = final.parent / f".{final.name}.tmp-{built.id}" / "targets" / "part-00001.parquet"
+        torn.parent.mkdir(parents=True, exist_ok=True)
+        torn.write_bytes(b"PAR1 torn")
+        assert c.get_dataset(built.id).status == DatasetStatus.BUILDING
+        # No part renewed the build's lease: the reconciler runs the build's job again.
+        execute(
+            running,
+            "UPDATE datasets SET lease_expires = now() - interval '1s' WHERE id = $1",
+            built.id,
+        )
+        assert running.call(datasets.run_build(built.id)).startswith("building: 1 of 2")
+        assert running.call(datasets.run_part(f"{built.id}:part:1", "worker-b")).startswith(
+            "part 1 written"
+        )
+        assert running.call(datasets.run_build(built.id)).startswith("ready: 10 of 10")
+        ready = c.get_dataset(built.id)
+        assert ready.status == DatasetStatus.READY and ready.parts == 2
+        assert c.verify_dataset(ready.id).ok
+        assert c.read_dataset(ready.id, file="targets").num_rows == 10
+        writers = fetch_all(
+            running,
+            "SELECT worker_id FROM dataset_parts WHERE dataset_id = $1 ORDER BY part",
+            built.id,
+        )
+        assert [w["worker_id"] for w in writers] == ["worker-a", "worker-b"]
+        assert not torn.parent.parent.exists()  # the staging folder became the dataset
