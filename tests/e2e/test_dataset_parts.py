@@ -6,6 +6,7 @@ and readers see one table per kind, equal to the same dataset built in one go.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,7 +23,13 @@ from nex.collector.client import (
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import TOKEN, collector_settings, running_collector
+from tests.support.cli import invoke, no_traceback
+from tests.support.collector import (
+    TOKEN,
+    RunningCollector,
+    collector_settings,
+    running_collector,
+)
 from tests.support.db import execute, fetch_all
 
 TABLES = ("examples", "inputs", "teacher", "targets", "scores")
@@ -196,3 +203,26 @@ def test_a_part_whose_worker_died_is_built_by_another_worker(
         )
         assert [w["worker_id"] for w in writers] == ["worker-a", "worker-b"]
         assert not torn.parent.parent.exists()  # the staging folder became the dataset
+
+
+def test_the_cli_builds_shows_and_verifies_a_dataset_in_parts(
+    collector: RunningCollector, batch_id: str, tmp_path: Path
+) -> None:
+    built = invoke(
+        collector,
+        "dataset", "build", "--name", unique("pt-cli"), "--version", "v1", "--batch", batch_id,
+        "--parts", "2", "--score", "length_chars",
+    )  # fmt: skip
+    no_traceback(built)
+    assert built.exit_code == 0, built.output
+    assert "examples/part-00001.parquet" in built.output and "length_chars" in built.output
+    dataset_id = re.search(r"(ds_\w+)", built.output).group(1)  # type: ignore[union-attr]
+    verified = invoke(collector, "dataset", "verify", dataset_id)
+    assert verified.exit_code == 0 and "every file matches manifest.json" in verified.output
+    folder = invoke(None, "dataset", "verify", str(_folder(_manifest(collector, dataset_id))))
+    assert folder.exit_code == 0, folder.output
+
+
+def _manifest(collector: RunningCollector, dataset_id: str) -> DatasetManifest:
+    with connect(collector.address, token=collector.token) as c:
+        return c.get_dataset(dataset_id)
