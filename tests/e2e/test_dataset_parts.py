@@ -5,11 +5,17 @@ and readers see one table per kind, equal to the same dataset built in one go.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import asyncpg
 import pytest
 
 from nex.collector.client import (
@@ -20,6 +26,7 @@ from nex.collector.client import (
     InvalidArgumentError,
     connect,
 )
+from nex.collector.server.bootstrap import plain_dsn
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
@@ -31,6 +38,7 @@ from tests.support.collector import (
     running_collector,
 )
 from tests.support.db import execute, fetch_all
+from tests.support.processes import WorkerProcess
 
 TABLES = ("examples", "inputs", "teacher", "targets", "scores")
 
@@ -226,3 +234,83 @@ def test_the_cli_builds_shows_and_verifies_a_dataset_in_parts(
 def _manifest(collector: RunningCollector, dataset_id: str) -> DatasetManifest:
     with connect(collector.address, token=collector.token) as c:
         return c.get_dataset(dataset_id)
+
+
+def test_two_worker_processes_write_the_parts_of_one_build(
+    own_backing: Backing, teacher_api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    """A worker process writes one part at a time, so while one part holds a
+    worker (held here: its part cannot record itself done while this test
+    holds the dataset's row), the other part can only be written by the other
+    worker process."""
+    settings = collector_settings(own_backing, tmp_path / "data", **teacher_settings(teacher_api))
+    env = {
+        "DATABASE_URL": own_backing.database_url,
+        "REDIS_URL": own_backing.redis_url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "RECONCILE_INTERVAL_S": "1",
+        **{k: str(v) for k, v in teacher_settings(teacher_api).items()},
+    }
+    with running_collector(settings, work=False) as running, contextlib.ExitStack() as stack:
+        logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+        workers = [WorkerProcess(env, log).start() for log in logs]
+        for w in workers:
+            stack.callback(w.stop)
+        _until("the workers to start", lambda: all(b"ready" in log.read_bytes() for log in logs))
+        with connect(running.address, token=TOKEN) as c:
+            template = c.create_template(unique("pt"), user_template="On {{ t }}.", variables=["t"])
+            batch = c.create_batch(unique("pt"), template.id, "mock", "mock-1")
+            c.create_runs(batch.id, [{"t": str(i)} for i in range(12)])
+            for _ in c.watch_batch(batch.id):
+                pass
+            for w in workers:  # nothing moves until this test holds the dataset's row
+                assert w.proc is not None
+                w.proc.send_signal(signal.SIGSTOP)
+            try:
+                built = c.build_dataset(unique("pt"), "v1", [batch.id], parts=2)
+                dsn = plain_dsn(running.container.database_url)
+                holder = running.call(_hold_row(dsn, built.id))
+            finally:
+                for w in workers:
+                    assert w.proc is not None
+                    w.proc.send_signal(signal.SIGCONT)
+            try:
+                query = (
+                    "SELECT worker_id FROM dataset_parts"
+                    " WHERE dataset_id = $1 AND worker_id IS NOT NULL"
+                )
+                _until(
+                    "both parts to be taken",
+                    lambda: len(fetch_all(running, query, built.id)) == 2,
+                )
+                writers = {r["worker_id"] for r in fetch_all(running, query, built.id)}
+            finally:
+                running.call(_release(holder))
+            assert len(writers) == 2
+            ready = c.wait_dataset(built.id, timeout=60)
+            assert ready.status == DatasetStatus.READY, ready.error
+            assert c.verify_dataset(ready.id).ok and ready.counts.kept == 12
+
+
+async def _hold_row(dsn: str, dataset_id: str) -> Any:
+    """A transaction holding the dataset's row FOR KEY SHARE: builds proceed,
+    but a part cannot record itself done (that takes the row FOR UPDATE)."""
+    conn = await asyncpg.connect(dsn)
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("SELECT 1 FROM datasets WHERE id = $1 FOR KEY SHARE", dataset_id)
+    return conn, tx
+
+
+async def _release(holder: Any) -> None:
+    conn, tx = holder
+    await tx.rollback()
+    await conn.close()
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
