@@ -71,13 +71,18 @@ lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy client server tests bench
 
-bench: $(STAMP) ## benchmarks, printed as ratios against a same-run baseline
-	$(BIN)/python bench/collect.py
+# 15-25 min on the 2-core box, by how busy it is (limited.py alone takes 5-9). Bigger runs:
+#   make bench BENCH_RUNS=2000 BENCH_REPEATS=3 DATASET_SIZES=200000,500000
+BENCH_RUNS ?= 400
+BENCH_REPEATS ?= 1
+DATASET_SIZES ?= 20000,100000
+bench: $(STAMP) ## benchmarks, printed as ratios against same-run peers (Curator: bench/.venv-curator, made on first use)
+	$(BIN)/python bench/collect.py --runs $(BENCH_RUNS) --repeats $(BENCH_REPEATS)
 	$(BIN)/python bench/limited.py
-	$(BIN)/python bench/dataset.py --sizes 50000,200000
+	$(BIN)/python bench/dataset.py --sizes $(DATASET_SIZES)
 	$(BIN)/python bench/watch.py --runs 2000 --watchers 1,200,1000
 	$(BIN)/python bench/read.py --sizes 20000,100000
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
+	rm -rf $(VENV) bench/.venv-curator bench/.venv-curator.log bench/.curator-pass.log .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
 	  client/build client/*.egg-info server/*.egg-info

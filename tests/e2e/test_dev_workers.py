@@ -4,6 +4,7 @@ stopping dev stops every worker it started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,11 +25,15 @@ Dev = tuple[subprocess.Popen[bytes], str, Path]  # the dev process, its address,
 
 
 def _workers(dev: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process(dev.pid).children()
-        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and "worker" in p.cmdline()
-    ]
+    """The dev process's live `worker` children (one may vanish while we look)."""
+    found = []
+    for p in psutil.Process(dev.pid).children():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "worker" in p.cmdline():
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -49,6 +54,7 @@ def dev(own_backing: Backing, tmp_path: Path) -> Iterator[Dev]:
         "REDIS_URL": own_backing.redis_url,
         "DATA_DIR": str(tmp_path / "data"),
         "NEX_COLLECTOR_TOKENS": TOKEN,
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",  # the server's; never a worker's
         "COLUMNS": "300",
     }
     with log.open("wb") as out:
@@ -101,5 +107,7 @@ def test_dev_runs_workers_beside_the_server_and_restarts_one_that_dies(
     workers = _workers(proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log.read_text()
-    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    for w in workers:
+        with contextlib.suppress(psutil.Error):
+            assert w.status() == psutil.STATUS_ZOMBIE, f"worker {w.pid} outlived dev"
     assert "Traceback" not in log.read_text()

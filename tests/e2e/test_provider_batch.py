@@ -23,9 +23,12 @@ from nex.collector.client import (
     GenerationParams,
     InvalidArgumentError,
     PromptTemplate,
+    ProviderJobProgress,
+    RunEvent,
     RunStatus,
     TeacherBatch,
     connect,
+    connect_async,
 )
 from nex.collector.server.providers.batch_jobs import BatchBackends
 from nex.collector.server.services.provider_jobs import ProviderJobs, ProviderJobSettings
@@ -92,7 +95,7 @@ def client(collector: RunningCollector) -> Iterator[Client]:
 def _calm(api: FakeTeacherAPI) -> Iterator[None]:
     yield
     b = api.batches
-    b.hold, b.expire = False, 0
+    b.hold, b.expire, b.fail_status = False, 0, None
     b.error_prompts.clear()
     b.expire_prompts.clear()
 
@@ -512,3 +515,133 @@ def test_bad_modes_and_deadlines_are_named(client: Client, template: PromptTempl
     with pytest.raises(InvalidArgumentError) as err:
         _batch(client, template, mode=7)  # type: ignore[arg-type]
     assert [v.field for v in err.value.field_violations] == ["execution_mode"]
+
+
+_STATE_ORDER = (
+    *("preparing", "uploaded", "submitted", "validating", "in_progress"),
+    *("finalizing", "completed", "ingested"),
+)
+
+
+async def test_a_batch_watch_shows_each_provider_jobs_progress_in_order(
+    collector: RunningCollector,
+    client: Client,
+    template: PromptTemplate,
+    api: FakeTeacherAPI,
+) -> None:
+    api.batches.hold = True  # in progress until the watch has shown it so
+    batch = _batch(client, template)
+    runs = client.create_runs(batch.id, _topics(unique("pw"), 5))
+    stream: list[RunEvent | ProviderJobProgress] = []
+
+    def progress(p: ProviderJobProgress) -> None:
+        stream.append(p)
+        if p.job.state == "in_progress":
+            api.batches.hold = False
+
+    async with await connect_async(collector.address, token=collector.token) as aclient:
+        async for event in aclient.watch_batch(batch.id, on_provider_job=progress):
+            stream.append(event)
+        # Old code paths are unchanged: without the callback, events only.
+        plain = [e async for e in aclient.watch_batch(batch.id)]
+        assert all(isinstance(e, RunEvent) for e in plain) and len(plain) == 15
+        # A watch resumed after the last event gets each job's latest progress.
+        resumed: list[ProviderJobProgress] = []
+        late = [
+            e
+            async for e in aclient.watch_batch(
+                batch.id, after_revision=plain[-1].revision, on_provider_job=resumed.append
+            )
+        ]
+        assert late == []
+
+    jobs = [p for p in stream if isinstance(p, ProviderJobProgress)]
+    events = [e for e in stream if isinstance(e, RunEvent)]
+    assert {p.job.id for p in jobs} == {j.id for j in client.get_batch(batch.id).provider_jobs}
+    assert all(p.batch_id == batch.id and p.update_time is not None for p in jobs)
+    states = [p.job.state for p in jobs]
+    assert "in_progress" in states
+    # Never backwards, each change once.
+    ranks = [_STATE_ORDER.index(s) for s in states]
+    assert ranks == sorted(ranks)
+    assert len({(p.job.state, p.job.request_completed) for p in jobs}) == len(jobs)
+    assert jobs[-1].job.state in ("completed", "ingested")
+    assert jobs[-1].job.request_completed == 5 and jobs[-1].describe().endswith(" 5/5")
+    # A progress comes after every event committed before it: the job and its
+    # runs' RUNNING events are made in one transaction...
+    first_job = stream.index(jobs[0])
+    running = [
+        i for i, e in enumerate(stream) if isinstance(e, RunEvent) and e.status is RunStatus.RUNNING
+    ]
+    assert len(running) == len(runs) and max(running) < first_job
+    # ...and a job is ingested only once every result is stored.
+    done = [i for i, e in enumerate(stream) if isinstance(e, RunEvent) and e.status.is_terminal]
+    assert all(
+        i > max(done) for i, p in enumerate(stream) if p in jobs and p.job.state == "ingested"
+    )
+    assert len(events) == 15
+    (final,) = resumed
+    assert final.job.state == "ingested" and final.job.request_completed == 5
+
+    # The CLI's live progress shows it.
+    watched = invoke(collector, "batch", "watch", batch.id)
+    assert watched.exit_code == 0, watched.output
+    job = client.get_batch(batch.id).provider_jobs[0]
+    assert f"provider job {job.provider_job_id}: ingested 5/5" in watched.output, watched.output
+
+
+def test_a_wrong_key_fails_the_job_and_its_runs_with_the_providers_error(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    batch = _batch(client, template)
+    api.api_key = "sk-not-the-collectors-key"  # every call the collector makes is refused
+    try:
+        runs = client.create_runs(batch.id, _topics(unique("wk"), 3))
+        seen: list[ProviderJobProgress] = []
+        events = list(client.watch_batch(batch.id, on_provider_job=seen.append))
+    finally:
+        api.api_key = TEACHER_KEY
+    done = client.get_batch(batch.id)
+    assert done.status is BatchStatus.COMPLETED or done.counts.failed == 3
+    assert done.counts.failed == 3 and done.counts.done == 3
+    for run in runs:
+        failed = client.get_run(run.id)
+        assert failed.status is RunStatus.FAILED
+        assert failed.error is not None and failed.error.code == "PROVIDER_AUTH"
+        assert "Incorrect API key" in failed.error.message
+        assert TEACHER_KEY not in failed.error.message
+        # A refused key is not worth retrying: one attempt, FAILED at once.
+        assert [e.status for e in events if e.run_id == run.id][-1] is RunStatus.FAILED
+    (job,) = done.provider_jobs
+    assert job.state == "abandoned" and job.error is not None
+    assert job.error.code == "PROVIDER_AUTH"
+    assert seen and seen[-1].job.state == "abandoned"
+
+
+def test_a_provider_that_stays_down_fails_the_runs_once_attempts_are_used_up(
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI
+) -> None:
+    batch = _batch(client, template)
+    api.batches.fail_status = 503  # retryable, but it never comes back
+    refused = api.batches.refused
+    runs = client.create_runs(batch.id, _topics(unique("dn"), 2))
+    seen: list[ProviderJobProgress] = []
+    events = list(client.watch_batch(batch.id, on_provider_job=seen.append))
+    done = client.get_batch(batch.id)
+    assert done.counts.failed == 2 and done.counts.done == 2
+    # Each job is given up after PROVIDER_JOB_MAX_STEP_FAILURES (8) steps in a
+    # row; its runs go to the next job until TEACHER_MAX_ATTEMPTS (3) are used.
+    assert len(done.provider_jobs) == 3
+    assert all(j.state == "abandoned" for j in done.provider_jobs)
+    assert all(j.error and j.error.code == "PROVIDER_UNAVAILABLE" for j in done.provider_jobs)
+    assert api.batches.refused - refused >= 3 * 8
+    for run in runs:
+        failed = client.get_run(run.id)
+        assert failed.status is RunStatus.FAILED and failed.attempt == 3
+        assert failed.error is not None and failed.error.code == "PROVIDER_UNAVAILABLE"
+        assert "the fake Batch API is down (503)" in failed.error.message
+        statuses = [e.status for e in events if e.run_id == run.id]
+        assert statuses.count(RunStatus.RUNNING) == 3 and statuses[-1] is RunStatus.FAILED
+    assert {p.job.id for p in seen if p.job.state == "abandoned"} == {
+        j.id for j in done.provider_jobs
+    }

@@ -106,9 +106,13 @@ class ProviderBatches:
         self.created: Counter[str] = Counter()  # vendor -> jobs created
         self.uploads = 0
         self.result_downloads = 0
+        # Every Batch API call (after the key check) answers this status, with
+        # `retry-after-ms: 1` so SDKs retry at once: a provider that is down.
+        self.fail_status: int | None = None
+        self.refused = 0  # calls answered `fail_status`
 
     def routes(self, app: web.Application) -> None:
-        r = _Guarded(app.router, self._authorized)
+        r = _Guarded(app.router, self._authorized, self)
         r.add_post("/v1/files", self._upload)
         r.add_get("/v1/files", self._list_files)
         r.add_get("/v1/files/{id}", self._get_file)
@@ -472,9 +476,12 @@ class ProviderBatches:
 class _Guarded:
     """Routes whose handlers answer 401 to a wrong key, in each vendor's shape."""
 
-    def __init__(self, router: web.UrlDispatcher, authorized: Any) -> None:
+    def __init__(
+        self, router: web.UrlDispatcher, authorized: Any, batches: ProviderBatches
+    ) -> None:
         self._router = router
         self._authorized = authorized
+        self._batches = batches
 
     def _wrap(self, handler: Any) -> Any:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -482,6 +489,15 @@ class _Guarded:
                 if request.path.startswith("/v1/messages"):
                     return _anthropic_error(401, "authentication_error", "invalid x-api-key")
                 return _openai_error(401, "Incorrect API key provided")
+            if (status := self._batches.fail_status) is not None:
+                self._batches.refused += 1
+                message = f"the fake Batch API is down ({status})"
+                if request.path.startswith("/v1/messages"):
+                    down = _anthropic_error(status, "api_error", message)
+                else:
+                    down = _openai_error(status, message)
+                down.headers["retry-after-ms"] = "1"
+                return down
             result: web.StreamResponse = await handler(request)
             return result
 

@@ -23,6 +23,7 @@ from nex.collector.client import (
     DatasetStatus,
     InvalidArgumentError,
     NotFoundError,
+    ProviderJobProgress,
     RunEvent,
     RunStatus,
     UnauthenticatedError,
@@ -70,6 +71,8 @@ class FakeTeacher(teacher_service_pb2_grpc.TeacherServiceServicer):
         self.replay_overlap = 0  # resend this many already-seen events on reconnect
         self.seen_tokens: list[str | None] = []
         self.stall_after: list[int] = []  # per watch call: go silent after n events
+        # Sent by every watch call after its first heartbeat.
+        self.extra: list[teacher_service_pb2.WatchRunsResponse] = []
 
     def _auth(self, context: aio.ServicerContext[Any, Any]) -> str | None:
         md = dict(context.invocation_metadata() or ())
@@ -156,6 +159,8 @@ class FakeTeacher(teacher_service_pb2_grpc.TeacherServiceServicer):
         start = max(0, request.after_revision - self.replay_overlap)
         sent = 0
         yield teacher_service_pb2.WatchRunsResponse(heartbeat=teacher_service_pb2.Heartbeat())
+        for extra in self.extra:
+            yield extra
         for ev in self.events:
             if ev.revision <= start:
                 continue
@@ -273,6 +278,32 @@ async def test_watch_reopens_a_silent_stream(fake_server: tuple[FakeTeacher, int
     async with AsyncClient.connect(f"127.0.0.1:{port}", TOKEN, watch_retry=retry) as client:
         assert await _revisions(client.watch_batch("b1")) == list(range(1, 10))
     assert [r.after_revision for r in fake.watch_requests] == [0, 4]
+
+
+async def test_watch_batch_passes_job_progress_on_and_skips_kinds_it_does_not_know(
+    fake_server: tuple[FakeTeacher, int],
+) -> None:
+    fake, port = fake_server
+    fake.extra = [
+        teacher_service_pb2.WatchRunsResponse(
+            provider_job=teacher_service_pb2.ProviderJobProgress(
+                batch_id="b1",
+                job=teacher_pb2.ProviderJob(
+                    id="pjb_1", state="in_progress", request_total=5000, request_completed=1200
+                ),
+            )
+        ),
+        # A kind of a newer server (field 100 of the oneof): unknown here.
+        teacher_service_pb2.WatchRunsResponse.FromString(b"\xa2\x06\x00"),
+    ]
+    seen: list[ProviderJobProgress] = []
+    async with AsyncClient.connect(f"127.0.0.1:{port}", TOKEN) as client:
+        assert await _revisions(client.watch_batch("b1")) == list(range(1, 10))
+        watch = client.watch_batch("b1", on_provider_job=seen.append)
+        assert await _revisions(watch) == list(range(1, 10))
+    (progress,) = seen
+    assert progress.job.id == "pjb_1" and progress.describe() == "in_progress 1200/5000"
+    assert progress.update_time is None and progress.job.provider_job_id is None
 
 
 async def test_watch_batch_from_a_revision(fake_server: tuple[FakeTeacher, int]) -> None:

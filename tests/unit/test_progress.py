@@ -12,7 +12,15 @@ import pytest
 from rich.console import Console
 
 from nex.collector.client import AsyncClient
-from nex.collector.client._types import BatchStatus, RunCounts, RunEvent, RunStatus, TeacherBatch
+from nex.collector.client._types import (
+    BatchStatus,
+    ProviderJob,
+    ProviderJobProgress,
+    RunCounts,
+    RunEvent,
+    RunStatus,
+    TeacherBatch,
+)
 from nex.collector.client.progress import BatchProgress, watch_batch_progress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -92,7 +100,9 @@ class ReplayingClient:
     async def get_batch(self, batch_id: str) -> TeacherBatch:
         return snapshot(completed=self.runs, total=self.runs)
 
-    async def watch_batch(self, batch_id: str, *, follow: bool = False) -> AsyncIterator[RunEvent]:
+    async def watch_batch(
+        self, batch_id: str, *, follow: bool = False, on_provider_job: object = None
+    ) -> AsyncIterator[RunEvent]:
         for event in history(self.runs):
             yield event
 
@@ -106,3 +116,37 @@ async def test_a_100000_event_replay_renders_in_seconds() -> None:
     batch = await watch_batch_progress(client, "b1", console, refresh_interval=0.05)
     assert batch.counts.completed == runs
     assert f"{runs}/{runs}" in out.getvalue()
+
+
+def _job(i: int, state: str, done: int, failed: int = 0, total: int = 5000) -> ProviderJobProgress:
+    return ProviderJobProgress(
+        batch_id="b1",
+        job=ProviderJob(
+            id=f"pjb_{i}",
+            teacher="openai",
+            provider_job_id=f"batch_{i}",
+            input_file_id=None,
+            state=state,
+            request_total=total,
+            request_completed=done,
+            request_failed=failed,
+            submit_time=None,
+            finish_time=None,
+        ),
+    )
+
+
+def test_provider_jobs_show_their_latest_state_and_counts() -> None:
+    state = BatchProgress(batch=snapshot())
+    state.apply_job(_job(1, "validating", 0))
+    state.apply_job(_job(1, "in_progress", 1200))
+    assert state.job_lines() == ["provider job batch_1: in_progress 1200/5000"]
+    state.apply_job(_job(1, "completed", 4990, failed=10))
+    assert state.job_lines() == ["provider job batch_1: completed 5000/5000, 10 failed"]
+    for i in range(2, 7):
+        state.apply_job(_job(i, "in_progress", 10, total=100))
+    lines = state.job_lines()
+    assert lines[0] == "2 earlier provider jobs: 5010/5100" and len(lines) == 5
+    out = io.StringIO()
+    Console(file=out, width=60).print(*state.job_lines(), sep="\n")
+    assert "provider job batch_6: in_progress 10/100" in out.getvalue()

@@ -47,6 +47,7 @@ from ._types import (
     Filter,
     GenerationParams,
     PromptTemplate,
+    ProviderJobProgress,
     RunEvent,
     RunInput,
     RunStatus,
@@ -512,12 +513,14 @@ class AsyncClient:
         follow: bool = False,
         reconnect: bool = False,
         retry: WatchRetry | None = None,
+        on_provider_job: Callable[[ProviderJobProgress], None] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Streams the run events of a batch or of one run (give exactly one):
         first every stored event after ``after_revision``, then live ones.
         Heartbeats are skipped. A run watch ends after the run's terminal
         event; a batch watch once no run is queued or running, unless
-        ``follow``. With ``reconnect`` it resumes like ``watch_batch``."""
+        ``follow``. With ``reconnect`` it resumes like ``watch_batch``.
+        ``on_provider_job``: see ``watch_batch``."""
         if batch_id is not None and run_id is not None:
             raise ValueError("give batch_id or run_id, not both")
         return self._watch(
@@ -526,6 +529,7 @@ class AsyncClient:
             after_revision=after_revision,
             follow=follow,
             retry=(retry or self.watch_retry) if reconnect else None,
+            on_provider_job=on_provider_job,
         )
 
     def watch_batch(
@@ -535,6 +539,7 @@ class AsyncClient:
         after_revision: int = 0,
         follow: bool = False,
         retry: WatchRetry | None = None,
+        on_provider_job: Callable[[ProviderJobProgress], None] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Streams a batch's run events, reconnecting by itself.
 
@@ -542,13 +547,20 @@ class AsyncClient:
         it reopens it after the last revision seen, with the backoff of
         ``retry`` (default: the client's ``watch_retry``); no event is yielded
         twice or skipped. Raises the last error after ``retry.give_up_after``
-        seconds without contact."""
+        seconds without contact.
+
+        ``on_provider_job`` is called with each ``ProviderJobProgress`` of a
+        batch run through provider batch jobs: the latest of each job when the
+        watch starts (again after a reconnect) and each change of its state or
+        counts, in stream order with the events (a progress comes after every
+        event committed before it). Without it, progress is skipped."""
         return self._watch(
             batch_id=batch_id,
             run_id=None,
             after_revision=after_revision,
             follow=follow,
             retry=retry or self.watch_retry,
+            on_provider_job=on_provider_job,
         )
 
     def watch_run(
@@ -576,6 +588,7 @@ class AsyncClient:
         after_revision: int,
         follow: bool,
         retry: WatchRetry | None,
+        on_provider_job: Callable[[ProviderJobProgress], None] | None = None,
     ) -> AsyncIterator[RunEvent]:
         last = after_revision
         failures = 0
@@ -607,7 +620,9 @@ class AsyncClient:
                     elif kind == "events":  # many at once, from a server that batches
                         received = msg.events.events
                     else:
-                        continue
+                        if kind == "provider_job" and on_provider_job is not None:
+                            on_provider_job(_convert.provider_job_progress(msg.provider_job))
+                        continue  # heartbeats, and kinds of newer servers
                     for item in received:
                         if item.revision <= last:
                             continue  # never yield an event twice

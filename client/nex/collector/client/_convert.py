@@ -42,6 +42,7 @@ from ._types import (
     Message,
     PromptTemplate,
     ProviderJob,
+    ProviderJobProgress,
     RegexFilter,
     RunCounts,
     RunError,
@@ -223,6 +224,14 @@ def provider_job(msg: teacher_pb2.ProviderJob) -> ProviderJob:
         error=RunError(code=msg.error.code, message=msg.error.message)
         if msg.HasField("error") and msg.error.code
         else None,
+    )
+
+
+def provider_job_progress(msg: teacher_service_pb2.ProviderJobProgress) -> ProviderJobProgress:
+    return ProviderJobProgress(
+        batch_id=msg.batch_id,
+        job=provider_job(msg.job),
+        update_time=_time(msg.update_time, msg.HasField("update_time")),
     )
 
 

@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +30,7 @@ from ._types import (
     Filter,
     GenerationParams,
     PromptTemplate,
+    ProviderJobProgress,
     RunEvent,
     RunInput,
     RunStatus,
@@ -348,6 +349,7 @@ class Client:
         follow: bool = False,
         reconnect: bool = False,
         retry: WatchRetry | None = None,
+        on_provider_job: Callable[[ProviderJobProgress], None] | None = None,
     ) -> Iterator[RunEvent]:
         return self._loop.iterate(
             self._client.watch_runs(
@@ -357,6 +359,7 @@ class Client:
                 follow=follow,
                 reconnect=reconnect,
                 retry=retry,
+                on_provider_job=on_provider_job,
             )
         )
 
@@ -367,10 +370,17 @@ class Client:
         after_revision: int = 0,
         follow: bool = False,
         retry: WatchRetry | None = None,
+        on_provider_job: Callable[[ProviderJobProgress], None] | None = None,
     ) -> Iterator[RunEvent]:
+        """See ``AsyncClient.watch_batch``; ``on_provider_job`` is called on
+        the client's event-loop thread, before the events after it are yielded."""
         return self._loop.iterate(
             self._client.watch_batch(
-                batch_id, after_revision=after_revision, follow=follow, retry=retry
+                batch_id,
+                after_revision=after_revision,
+                follow=follow,
+                retry=retry,
+                on_provider_job=on_provider_job,
             )
         )
 

@@ -339,6 +339,26 @@ class ProviderJob:
     error: RunError | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderJobProgress:
+    """A provider batch job's latest state and request counts, as a batch watch
+    reports it (``watch_batch(..., on_provider_job=...)``): a snapshot, sent at
+    the watch's start (and again after a reconnect) and at each change, after
+    every run event committed before it."""
+
+    batch_id: str
+    job: ProviderJob
+    # When the job's state or counts last changed.
+    update_time: datetime | None = None
+
+    def describe(self) -> str:
+        """``"in_progress 1200/5000"`` (with ``", 3 failed"`` when some failed)."""
+        j = self.job
+        done = j.request_completed + j.request_failed
+        text = f"{j.state} {done}/{j.request_total}"
+        return f"{text}, {j.request_failed} failed" if j.request_failed else text
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One message of a rendered prompt."""

@@ -5,6 +5,8 @@ stream; usage and cost, which events do not carry, are refreshed from
 ``get_batch`` every ``refresh_interval`` seconds. A run handed back to the
 queue to wait for teacher capacity (a QUEUED event with error code
 ``THROTTLED``) shows as throttling, with the reason, until runs move again.
+A batch run through provider batch jobs shows each job's state and request
+counts as the watch reports them ("provider job batch_…: in_progress 1200/5000").
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ try:
         TimeElapsedColumn,
     )
     from rich.table import Table
+    from rich.text import Text
 except ImportError as exc:  # the client installed without its `progress` extra
     raise ImportError(
         "nex.collector.client.progress needs rich: pip install 'nex-collector-client[progress]'",
@@ -33,7 +36,14 @@ except ImportError as exc:  # the client installed without its `progress` extra
 
 from ._async_client import AsyncClient
 from ._errors import CollectorError
-from ._types import BatchStatus, RunCounts, RunEvent, RunStatus, TeacherBatch
+from ._types import (
+    BatchStatus,
+    ProviderJobProgress,
+    RunCounts,
+    RunEvent,
+    RunStatus,
+    TeacherBatch,
+)
 
 __all__ = ["THROTTLED", "BatchProgress", "watch_batch_progress"]
 
@@ -41,6 +51,9 @@ THROTTLED = "THROTTLED"
 """Error code of a QUEUED run event: the run waits for teacher capacity."""
 # How long after its last THROTTLED event a batch still shows as throttled.
 _THROTTLE_SHOWN = timedelta(seconds=5)
+
+# Provider jobs shown one per line; more are summed up on one.
+_JOBS_SHOWN = 4
 
 _STYLE = {
     RunStatus.QUEUED: "grey62",
@@ -71,6 +84,26 @@ class BatchProgress:
     last_throttle_time: datetime | None = None
     last_throttle: str = ""
     last_time: datetime | None = None
+    # Each provider job's latest progress, by the collector's job id.
+    jobs: dict[str, ProviderJobProgress] = field(default_factory=dict)
+
+    def apply_job(self, progress: ProviderJobProgress) -> None:
+        self.jobs[progress.job.id] = progress
+
+    def job_lines(self) -> list[str]:
+        """``"provider job batch_…: in_progress 1200/5000"`` per job (the latest
+        ones when there are many, the others summed up)."""
+        jobs = list(self.jobs.values())
+        lines = [
+            f"provider job {p.job.provider_job_id or p.job.id}: {p.describe()}"
+            for p in jobs[-_JOBS_SHOWN:]
+        ]
+        if len(jobs) > _JOBS_SHOWN:
+            rest = jobs[:-_JOBS_SHOWN]
+            done = sum(p.job.request_completed + p.job.request_failed for p in rest)
+            total = sum(p.job.request_total for p in rest)
+            lines.insert(0, f"{len(rest)} earlier provider jobs: {done}/{total}")
+        return lines
 
     def apply(self, event: RunEvent) -> None:
         before = self.statuses.get(event.run_id)
@@ -165,7 +198,8 @@ class BatchProgress:
 
 
 def _render(progress: Progress, state: BatchProgress) -> RenderableType:
-    return Group(progress, state.summary())
+    # Below the summary, not in its grid: a line each, at full width.
+    return Group(progress, state.summary(), *(Text(line) for line in state.job_lines()))
 
 
 async def watch_batch_progress(
@@ -200,7 +234,9 @@ async def watch_batch_progress(
         return _render(progress, state)
 
     async def follow_events() -> None:
-        async for event in client.watch_batch(batch_id, follow=follow):
+        async for event in client.watch_batch(
+            batch_id, follow=follow, on_provider_job=state.apply_job
+        ):
             state.apply(event)
 
     async def refresh(watching: asyncio.Task[None]) -> None:

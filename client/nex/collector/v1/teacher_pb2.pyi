@@ -386,7 +386,10 @@ class ProviderJob(_message.Message):
     """The provider's input file (OpenAI), empty otherwise."""
     state: _builtins.str
     """preparing, uploaded, validating, in_progress, finalizing, completed,
-    expired, cancelling, cancelled, failed; then ingested once its results are stored.
+    expired, cancelling, cancelled, failed; then ingested once its results are stored;
+    or abandoned: the provider kept refusing a step (a bad key, an invalid request,
+    or PROVIDER_JOB_MAX_STEP_FAILURES failures in a row; see `error`), and its runs
+    were tried again or failed with that error.
     """
     request_total: _builtins.int
     request_completed: _builtins.int

@@ -751,6 +751,7 @@ class WatchRunsResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    PROVIDER_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _teacher_pb2.RunEvent: ...
     @_builtins.property
@@ -759,22 +760,66 @@ class WatchRunsResponse(_message.Message):
     def events(self) -> Global___RunEventBatch:
         """Only to a request with max_events_per_message > 1."""
 
+    @_builtins.property
+    def provider_job(self) -> Global___ProviderJobProgress:
+        """On a batch watch: a provider batch job of the batch changed state or
+        counts (see ProviderJobProgress). Clients that do not know it skip it.
+        """
+
     def __init__(
         self,
         *,
         event: _teacher_pb2.RunEvent | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         events: Global___RunEventBatch | None = ...,
+        provider_job: Global___ProviderJobProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat", "kind", b"kind", "provider_job", b"provider_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat", "kind", b"kind", "provider_job", b"provider_job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "heartbeat", "events"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "heartbeat", "events", "provider_job"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___WatchRunsResponse: _TypeAlias = WatchRunsResponse  # noqa: Y015
+
+@_typing.final
+class ProviderJobProgress(_message.Message):
+    """The latest progress of one provider batch job (EXECUTION_MODE_PROVIDER_BATCH
+    or AUTO), on a batch watch. It is a snapshot, not an event of the log: it
+    carries no revision, and a resumed watch gets the latest progress of each of
+    the batch's jobs again as it catches up with the live events, then each
+    change. It comes after every run event committed before it was read, so a
+    job's "completed" never overtakes the events that came before it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    @_builtins.property
+    def job(self) -> _teacher_pb2.ProviderJob: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job's state or counts last changed."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        job: _teacher_pb2.ProviderJob | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "job", b"job", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderJobProgress: _TypeAlias = ProviderJobProgress  # noqa: Y015
 
 @_typing.final
 class SetRunScoresRequest(_message.Message):

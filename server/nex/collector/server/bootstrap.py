@@ -306,6 +306,7 @@ async def open_container(
                 poll_s=settings.provider_job_poll_s,
                 max_poll_s=settings.provider_job_max_poll_s,
                 ingest_chunk=settings.provider_job_ingest_chunk,
+                max_step_failures=settings.provider_job_max_step_failures,
                 deadline_margin=timedelta(seconds=settings.provider_deadline_margin_s),
                 max_attempts=settings.teacher_max_attempts,
                 settle=timedelta(seconds=settings.provider_job_tick_s),

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     provider_job_ingest_chunk: int = Field(
         default=500, validation_alias="PROVIDER_JOB_INGEST_CHUNK", ge=1
     )
+    # A provider job whose steps (upload, create, poll) failed this many times
+    # in a row is given up, its runs tried again or failed with the error.
+    provider_job_max_step_failures: int = Field(
+        default=8, validation_alias="PROVIDER_JOB_MAX_STEP_FAILURES", ge=1
+    )
     provider_deadline_margin_s: float = Field(
         default=1800.0, validation_alias="PROVIDER_DEADLINE_MARGIN_S", ge=0
     )

@@ -289,6 +289,10 @@ provider_jobs = Table(
     _created(),
     Column("submit_time", DateTime(timezone=True)),
     Column("finish_time", DateTime(timezone=True)),
+    # When its state or counts last changed.
+    Column("update_time", DateTime(timezone=True)),
+    # Steps failed in a row (reset by one that works).
+    Column("step_failures", Integer, nullable=False, server_default="0"),
     Index("ix_provider_jobs_state", "state", "next_poll_time"),
     Index("ix_provider_jobs_batch", "batch_id"),
 )

@@ -68,6 +68,8 @@ class ProviderJobView:
     error: RunError | None
     cost_usd: float = 0.0
     online_cost_usd: float = 0.0
+    # When its state or counts last changed.
+    update_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

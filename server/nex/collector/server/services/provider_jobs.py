@@ -24,6 +24,16 @@ price, each run's events in the event log. A run ingested twice is stored once
 tried again, the failure counted: online when the batch has a deadline, else
 in the next provider job; FAILED with the provider's error once
 TEACHER_MAX_ATTEMPTS are used up.
+
+A step the provider refuses (an upload, a create, a poll) is tried again with
+backoff, unless the error cannot pass by itself (a bad key, a missing
+permission, an invalid request: the provider's non-retryable errors) or
+`max_step_failures` steps have failed in a row. Then the job is *abandoned*
+(cancelled at the provider if it was created there, as far as it lets us) and
+its runs are settled with the provider's error like requests that errored
+inside a job: FAILED at once for a non-retryable error, else tried again while
+attempts last. Each change of a job's state or counts wakes the batch's
+watchers, who get the job's progress (see services/watch.py).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.ids import new_id
 from nex.collector.server.providers.base import GenerationRequest, ProviderError
 from nex.collector.server.providers.batch_jobs import (
+    ENDED,
     BatchBackend,
     BatchResult,
     Content,
@@ -69,6 +80,7 @@ SPOOL_BYTES = 8 * 1024 * 1024
 PREPARING = "preparing"
 UPLOADED = "uploaded"
 INGESTED = "ingested"
+ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,8 @@ class ProviderJobSettings:
     ingest_chunk: int = 500  # results stored per transaction
     # A batch's queued runs make a job once none has joined them for this long.
     settle: timedelta = timedelta(seconds=5)
+    # A job whose steps failed this many times in a row is given up.
+    max_step_failures: int = 8
 
 
 class ProviderJobs:
@@ -127,12 +141,28 @@ class ProviderJobs:
             try:
                 await self._step(job)
             except ProviderError as err:
+                # From the row: a part of this step that worked (a poll before
+                # a failed download) has reset the count.
+                async with self._uow() as tx:
+                    current = await tx.provider_jobs.get(job["id"]) or job
+                failures = current["step_failures"] + 1
+                if not err.retryable or failures >= self._s.max_step_failures:
+                    log.warning(
+                        "provider job %s: %s (%s); giving it up after %d failed step(s)",
+                        job["id"],
+                        err.message,
+                        err.code,
+                        failures,
+                    )
+                    await self._abandon(current, err, failures)
+                    continue
                 log.warning("provider job %s: %s (%s); retrying", job["id"], err.message, err.code)
                 async with self._uow() as tx:
                     await tx.provider_jobs.set(
                         job["id"],
                         next_poll_time=now() + timedelta(seconds=self._backoff(job["polls"])),
                         polls=job["polls"] + 1,
+                        step_failures=failures,
                         error_code=err.code,
                         error_message=storable_text(err.message),
                     )
@@ -221,6 +251,7 @@ class ProviderJobs:
                     "input_bytes": size,
                     "next_poll_time": at,
                     "create_time": at,
+                    "update_time": at,
                 }
             )
             await tx.provider_jobs.assign([r["id"] for r in chosen], job_id, at)
@@ -305,7 +336,14 @@ class ProviderJobs:
                 file_id = await backend.upload(job_id, content)
             self._hook("uploaded")
             async with self._uow() as tx:
-                await tx.provider_jobs.set(job_id, state=UPLOADED, input_file_id=file_id, polls=0)
+                await tx.provider_jobs.set_progress(
+                    job_id,
+                    job["batch_id"],
+                    state=UPLOADED,
+                    input_file_id=file_id,
+                    polls=0,
+                    step_failures=0,
+                )
                 await tx.commit()
             job = {**job, "state": UPLOADED, "input_file_id": file_id, "polls": 0}
             state = UPLOADED
@@ -324,12 +362,14 @@ class ProviderJobs:
                 provider_id = await backend.create(job_id, job["input_file_id"], content)
             self._hook("created")
             async with self._uow() as tx:
-                await tx.provider_jobs.set(
+                await tx.provider_jobs.set_progress(
                     job_id,
+                    job["batch_id"],
                     state="submitted",
                     provider_job_id=provider_id,
                     submit_time=now(),
                     polls=0,
+                    step_failures=0,
                     next_poll_time=now() + timedelta(seconds=self._s.poll_s),
                 )
                 await tx.commit()
@@ -341,21 +381,62 @@ class ProviderJobs:
         if job["cancel_requested"] and state not in ("cancelling", "canceling", "cancelled"):
             await backend.cancel(provider_id)
         status = await backend.retrieve(provider_id)
+        total = status.total or job["request_total"]
+        changed = (status.state, total, status.completed, status.failed) != (
+            state,
+            job["request_total"],
+            job["request_completed"],
+            job["request_failed"],
+        )
+        values: dict[str, Any] = {
+            "state": status.state,
+            "request_total": total,
+            "request_completed": status.completed,
+            "request_failed": status.failed,
+            "step_failures": 0,
+            "polls": job["polls"] + 1,
+            "next_poll_time": now() + timedelta(seconds=self._backoff(job["polls"] + 1)),
+            "error_code": "PROVIDER_BATCH_FAILED" if status.error else None,
+            "error_message": storable_text(status.error) if status.error else None,
+        }
         async with self._uow() as tx:
-            await tx.provider_jobs.set(
-                job_id,
-                state=status.state,
-                request_total=status.total or job["request_total"],
-                request_completed=status.completed,
-                request_failed=status.failed,
-                polls=job["polls"] + 1,
-                next_poll_time=now() + timedelta(seconds=self._backoff(job["polls"] + 1)),
-                error_code="PROVIDER_BATCH_FAILED" if status.error else None,
-                error_message=storable_text(status.error) if status.error else None,
-            )
+            # Only a change wakes the batch's watchers (and moves update_time).
+            if changed:
+                await tx.provider_jobs.set_progress(job_id, job["batch_id"], **values)
+            else:
+                await tx.provider_jobs.set(job_id, **values)
             await tx.commit()
         if status.ended:
             await self._ingest(job, status, backend)
+
+    async def _abandon(self, job: Mapping[str, Any], err: ProviderError, failures: int) -> None:
+        """The provider keeps refusing the job's steps: its runs are settled
+        with the provider's error (tried again or failed, as for a request that
+        errored inside a job), then the job is given up. Settled first: a
+        process that dies in between finds the job again, its runs settled."""
+        provider_id = job["provider_job_id"]
+        if provider_id and job["state"] not in ENDED:
+            try:  # as far as the provider lets us: it may refuse this too
+                await self._backend_for(job["teacher"]).cancel(provider_id)
+            except ProviderError as exc:
+                log.info("provider job %s: cannot cancel %s (%s)", job["id"], provider_id, exc)
+        async with self._uow() as tx:
+            batch = await tx.batches.get(job["batch_id"])
+        assert batch is not None
+        status = JobStatus(state=ABANDONED, total=job["request_total"], completed=0, failed=0)
+        await self._settle_unanswered(job, batch, {}, status, refused=err)
+        async with self._uow() as tx:
+            await tx.provider_jobs.set_progress(
+                job["id"],
+                job["batch_id"],
+                state=ABANDONED,
+                step_failures=failures,
+                error_code=err.code,
+                error_message=storable_text(err.message),
+                finish_time=now(),
+                next_poll_time=None,
+            )
+            await tx.commit()
 
     async def _mark_attempt(self, job_id: str) -> None:
         """Recorded before a call that creates something at the provider: a
@@ -398,8 +479,9 @@ class ProviderJobs:
                 if status.total
                 else {"request_completed": stored, "request_failed": job["request_total"] - stored}
             )
-            await tx.provider_jobs.set(
+            await tx.provider_jobs.set_progress(
                 job["id"],
+                job["batch_id"],
                 **counts,
                 state=INGESTED,
                 cost_usd=cost,
@@ -447,9 +529,12 @@ class ProviderJobs:
         batch: Batch,
         errors: Mapping[str, BatchResult],
         status: JobStatus,
+        *,
+        refused: ProviderError | None = None,
     ) -> None:
         """The job's runs with no stored answer: tried again (the failure
-        counted), failed with the provider's error, or cancelled."""
+        counted), failed with the provider's error, or cancelled. `refused`:
+        the error that made us give the job up, for runs with no result."""
         at = now()
         online: list[str] = []
         async with self._uow() as tx:
@@ -460,14 +545,19 @@ class ProviderJobs:
             requeue: list[str] = []
             for r in rows:
                 result = errors.get(custom_id(r["id"], r["attempt"]))
-                code = result.error_code if result else "PROVIDER_BATCH_NO_RESULT"
-                message = (
-                    result.error_message
-                    if result
-                    else status.error
-                    or f"the provider batch job ended {status.state} with no result"
-                )
-                retryable = result.retryable if result else True
+                if result is not None:
+                    code, message = result.error_code, result.error_message
+                    retryable = result.retryable
+                elif refused is not None:
+                    code, message = refused.code, storable_text(refused.message)
+                    retryable = refused.retryable
+                else:
+                    code = "PROVIDER_BATCH_NO_RESULT"
+                    message = (
+                        status.error
+                        or f"the provider batch job ended {status.state} with no result"
+                    )
+                    retryable = True
                 failures = r["teacher_failures"] + 1
                 if cancelled:
                     await tx.provider_jobs.fail([r["id"]], "", "", at, cancelled=True)

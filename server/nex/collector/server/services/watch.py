@@ -10,7 +10,17 @@ only. One that falls behind the buffer's oldest event (it reads more slowly
 than events come) is ended with ABORTED and resumes by revision: it never holds
 the others back and costs no memory beyond the shared buffer. The log itself is
 always read from the table, so a missed notification costs at most one
-heartbeat interval, never an event."""
+heartbeat interval, never an event.
+
+A batch watch of a batch run through provider batch jobs also gets each job's
+progress (state, request counts): not events of the log but snapshots, which
+the feed reads with the events (just before them, in the same read) and keeps,
+the latest per job. A watcher sends a job's snapshot once it has sent every
+event the feed had read along with it, so a snapshot comes after every event
+committed before it was read. A watcher sends the latest snapshot of each job
+as it reaches the live events (so a resumed watch gets them again), then each
+change; a watch of a batch that has ended gets each job's final snapshot
+before it ends."""
 
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.batches import RunEvent
+from nex.collector.server.domain.batches import ProviderJobView, RunEvent
 from nex.collector.server.domain.errors import Aborted, Unavailable, Violations
 from nex.collector.server.services.common import check_id, require
 from nex.collector.server.supervisor import supervise
@@ -59,6 +69,27 @@ class Entry:
 
     event: RunEvent
     wire: bytes | None = None
+
+
+@dataclass(slots=True)
+class JobEntry:
+    """The latest progress of one provider job, as the feed read it: `seq`
+    numbers the feed's changes; `head` is the feed's head after the read that
+    found it (it is sent after the events up to there). `wire` is for the API
+    layer, as in Entry."""
+
+    batch_id: str
+    job: ProviderJobView
+    seq: int = 0
+    head: int = 0
+    wire: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """Provider jobs whose progress changed, for a batch watch."""
+
+    jobs: list[JobEntry]
 
 
 class EventHub:
@@ -150,6 +181,26 @@ class _Feed:
         self.want_done = 0  # watchers that end when the batch has no active run
         self.task: asyncio.Task[None] | None = None
         self.starting = asyncio.Lock()
+        # Provider jobs (read only while a watcher wants them): the latest of each.
+        self.track_jobs = False
+        self.jobs: dict[str, JobEntry] = {}
+        self.jobs_seq = 0
+
+    def update_jobs(self, views: list[ProviderJobView]) -> None:
+        for view in views:
+            known = self.jobs.get(view.id)
+            if known is None or known.job != view:
+                self.jobs_seq += 1
+                self.jobs[view.id] = JobEntry(self.batch_id, view, self.jobs_seq, self.head)
+
+    def due_jobs(self, sent: dict[str, int], pos: int) -> list[JobEntry]:
+        """Job snapshots a watcher at `pos` has not sent and may send now."""
+        if not self.jobs:
+            return []
+        due = [e for e in self.jobs.values() if e.seq > sent.get(e.job.id, 0) and e.head <= pos]
+        for e in due:
+            sent[e.job.id] = e.seq
+        return due
 
     def notify(self) -> None:
         changed, self.changed = self.changed, asyncio.Event()
@@ -207,10 +258,11 @@ class RunWatcher:
 
     # ------------------------------------------------------------------ feeds
 
-    async def _join(self, batch_id: str, *, want_done: bool) -> _Feed:
+    async def _join(self, batch_id: str, *, want_done: bool, want_jobs: bool) -> _Feed:
         feed = self._feeds.get(batch_id)
         if feed is None:
             feed = self._feeds[batch_id] = _Feed(batch_id, self._capacity)
+        feed.track_jobs = feed.track_jobs or want_jobs
         feed.watchers += 1
         feed.want_done += want_done
         try:
@@ -268,12 +320,15 @@ class RunWatcher:
         seq = feed.reads
         check = feed.want_done > 0
         done = False
+        jobs: list[ProviderJobView] | None = None
         while True:
             async with self._uow() as tx:
                 # Check for unfinished work *before* reading events, so that an
                 # event committed after the check is still read below.
                 if check:
                     done = await tx.runs.active_count(feed.batch_id) == 0
+                if jobs is None and feed.track_jobs:  # before the events, as `done`
+                    jobs = await tx.provider_jobs.of_batch(feed.batch_id)
                 events = await tx.events.after(
                     revision=feed.head, batch_id=feed.batch_id, limit=_PAGE
                 )
@@ -281,6 +336,8 @@ class RunWatcher:
             if len(events) < _PAGE:
                 if feed.want_done > 0:  # not `check`: that is False after a first page
                     feed.done_at, feed.done_seq = (feed.head if done else None), seq
+                if jobs is not None:  # sent after every event read with them
+                    feed.update_jobs(jobs)
                 feed.notify()
                 return
             feed.notify()
@@ -296,9 +353,10 @@ class RunWatcher:
         after_revision: int,
         follow: bool,
         max_events: int = 1,
-    ) -> AsyncIterator[list[Entry] | Heartbeat]:
+    ) -> AsyncIterator[list[Entry] | JobProgress | Heartbeat]:
         """Yields the events after `after_revision` in revision order, at most
-        `max_events` at a time, and a Heartbeat when idle for a while."""
+        `max_events` at a time, and a Heartbeat when idle for a while; on a
+        batch watch of a batch with provider jobs, their progress too."""
         v = Violations()
         if bool(batch_id) == bool(run_id):
             v.add("target", "set exactly one of batch_id and run_id")
@@ -314,22 +372,27 @@ class RunWatcher:
             if run_id:
                 run = require(await tx.runs.get(run_id, full=False), "run", run_id)
                 batch_id = run.batch_id
+                want_jobs = False
             else:
-                require(await tx.batches.get(batch_id), "batch", batch_id)
+                batch = require(await tx.batches.get(batch_id), "batch", batch_id)
+                want_jobs = batch.execution_mode.via_provider
         want_done = not run_id and not follow
-        feed = await self._join(batch_id, want_done=want_done)
+        feed = await self._join(batch_id, want_done=want_done, want_jobs=want_jobs)
         try:
-            async for item in self._watch(feed, run_id, after_revision, follow, max_events):
+            async for item in self._watch(
+                feed, run_id, after_revision, follow, max_events, want_jobs
+            ):
                 yield item
         finally:
             self._leave(feed, want_done=want_done)
 
     async def _watch(
-        self, feed: _Feed, run_id: str, after: int, follow: bool, most: int
-    ) -> AsyncIterator[list[Entry] | Heartbeat]:
+        self, feed: _Feed, run_id: str, after: int, follow: bool, most: int, want_jobs: bool
+    ) -> AsyncIterator[list[Entry] | JobProgress | Heartbeat]:
         # `pos`: every event of the target up to it has been delivered;
         # `last`: the last revision delivered (what a resumed watch passes).
         pos = last = after
+        sent: dict[str, int] = {}  # provider job id -> the feed's seq of it sent
         # Replay from the table until the feed's buffer holds what comes next.
         while True:
             if self._closing.is_set():
@@ -341,6 +404,8 @@ class RunWatcher:
                     done = status is not None and status.terminal
                 else:
                     done = not follow and await tx.runs.active_count(feed.batch_id) == 0
+                # An ended batch's watch ends below: its jobs' final progress.
+                final = await tx.provider_jobs.of_batch(feed.batch_id) if want_jobs and done else []
                 # Read before the page: the page then holds every event up to it.
                 top = await tx.events.last_revision()
                 events = await tx.events.after(
@@ -359,6 +424,8 @@ class RunWatcher:
                 continue  # more to replay
             pos = max(pos, top)
             if done:
+                if final:
+                    yield JobProgress([JobEntry(feed.batch_id, job) for job in final])
                 return
             if pos >= feed.floor:
                 break
@@ -378,6 +445,10 @@ class RunWatcher:
                     metadata={"resume_after_revision": str(last)},
                     retry_after_s=0.1,
                 )
+            if want_jobs and (jobs := feed.due_jobs(sent, pos)):
+                yield JobProgress(jobs)
+                quiet_since = loop.time()
+                continue
             i = bisect.bisect_right(feed.revisions, pos, feed.start)
             if i < len(feed.entries):
                 if run_id:
@@ -411,6 +482,8 @@ class RunWatcher:
                 and feed.done_seq > since
                 and pos <= feed.done_at
             ):
+                if want_jobs and (jobs := feed.due_jobs(sent, pos)):
+                    yield JobProgress(jobs)
                 return
             try:
                 # A run watch may wake often for others' events: the heartbeat

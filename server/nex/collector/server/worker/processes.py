@@ -1,8 +1,9 @@
 """Worker processes started by `nex-collector dev`, so that a development box
 uses every core: the server's process serves gRPC and the workers, each an
-ordinary `nex-collector worker`, call teachers and build datasets. A worker
-that dies is started again; on the way out each is asked to drain (SIGTERM)
-before its database and Redis go away."""
+ordinary `nex-collector worker`, call teachers and build datasets (the metrics
+endpoint is the server's alone). A worker that dies is started again; on the
+way out each is asked to drain (SIGTERM) before its database and Redis go
+away."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ DRAIN_S = 20.0
 class WorkerProcesses:
     def __init__(self, count: int, env: Mapping[str, str]) -> None:
         self._count = count
-        self._env = {**os.environ, **env}
+        # METRICS_ADDR is the server's: a worker binding it too could not start.
+        self._env = {**os.environ, **env, "METRICS_ADDR": ""}
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False

@@ -10,7 +10,7 @@ from nex.collector.server.api.types import Context
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.services.teacher import NewBatch, NewRun, Teacher
 from nex.collector.server.services.teachers import TeacherEndpoints
-from nex.collector.server.services.watch import Heartbeat, RunWatcher
+from nex.collector.server.services.watch import Heartbeat, JobEntry, JobProgress, RunWatcher
 from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
@@ -19,6 +19,19 @@ from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
 # the 4 MiB every gRPC client accepts by default).
 MAX_EVENTS_PER_MESSAGE = 1000
 MAX_EVENTS_BYTES = 1024 * 1024
+
+
+def _job_message(entry: JobEntry) -> bytes:
+    """A provider job's progress, encoded once and shared like an event's."""
+    if entry.wire is None:
+        entry.wire = pb.WatchRunsResponse(
+            provider_job=pb.ProviderJobProgress(
+                batch_id=entry.batch_id,
+                job=convert.provider_job(entry.job),
+                update_time=convert.timestamp(entry.job.update_time),
+            )
+        ).SerializeToString()
+    return entry.wire
 
 
 def _events_message(fields: list[bytes]) -> bytes:
@@ -157,6 +170,10 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                 now = Timestamp()
                 now.GetCurrentTime()
                 yield pb.WatchRunsResponse(heartbeat=pb.Heartbeat(time=now))
+                continue
+            if isinstance(item, JobProgress):
+                for job in item.jobs:
+                    yield _job_message(job)
                 continue
             fields: list[bytes] = []
             size = 0

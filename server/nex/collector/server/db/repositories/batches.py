@@ -248,4 +248,5 @@ def provider_job_view(r: Mapping[Any, Any]) -> ProviderJobView:
         error=RunError(r["error_code"], r["error_message"] or "") if r["error_code"] else None,
         cost_usd=r["cost_usd"],
         online_cost_usd=r["online_cost_usd"],
+        update_time=r["update_time"],
     )

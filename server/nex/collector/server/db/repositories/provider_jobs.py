@@ -10,11 +10,14 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
+from nex.collector.server.db.repositories.batches import provider_job_view
+from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
+from nex.collector.server.domain.batches import ProviderJobView
 from nex.collector.server.domain.teacher import RunStatus
 
 # States after which the job needs nothing more from us.
-DONE = ("ingested",)
+DONE = ("ingested", "abandoned")
 
 
 class ProviderJobRepository(Repository):
@@ -128,6 +131,21 @@ class ProviderJobRepository(Repository):
         await self.session.execute(
             update(provider_jobs).where(provider_jobs.c.id == job_id).values(**values)
         )
+
+    async def set_progress(self, job_id: str, batch_id: str, **values: Any) -> None:
+        """`set`, for a change of the job's state or counts: stamps its
+        update_time and wakes the batch's watchers (see WatchRuns)."""
+        await self.set(job_id, update_time=func.now(), **values)
+        await self.session.execute(select(func.pg_notify(NOTIFY_CHANNEL, batch_id)))
+
+    async def of_batch(self, batch_id: str) -> list[ProviderJobView]:
+        """A batch's jobs, oldest first."""
+        stmt = (
+            select(provider_jobs)
+            .where(provider_jobs.c.batch_id == batch_id)
+            .order_by(provider_jobs.c.create_time, provider_jobs.c.id)
+        )
+        return [provider_job_view(r) for r in (await self.session.execute(stmt)).mappings()]
 
     async def known_ids(self, teacher: str, since: datetime) -> frozenset[str]:
         """The provider ids our jobs at a teacher made since `since` hold."""
