@@ -468,7 +468,10 @@ class Datasets:
                 for p in waiting
                 if p.lease_expires is None or p.lease_expires < at
             ]
-            await self._queue.release(BUILD_DATASET_PART, stale)
+            try:
+                await self._queue.release(BUILD_DATASET_PART, stale)
+            except Exception as exc:  # Redis away: the reconciler runs this job again
+                log.warning("could not enqueue the parts of dataset %s (%s)", dataset.id, exc)
             return f"building: {len(parts) - len(waiting)} of {len(parts)} parts written"
         if not dataset.allow_empty and sum(p.counts.kept for p in parts) == 0:
             total = sum(p.counts.total for p in parts)
