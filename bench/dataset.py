@@ -8,6 +8,11 @@ filters and writes five files. The database is loaded anew for each size.
 
     python bench/dataset.py [--sizes 50000,200000] [--repeat 1] [--tokens 64] [--top 5]
         [--bytes-tokens 64,256] [--bytes-runs 5000] [--extrapolate 1000000]
+        [--parallel 100000]
+
+--parallel N (off by default): also builds N runs in 2 parts (BuildDataset
+parts=2) with 1 worker process, then with 2, and reports the speed-up and how
+many processes wrote the parts.
 
 First, PostgreSQL bytes per run (pg_total_relation_size of `runs`: heap, TOAST
 and indexes, loaded frozen, so no dead tuples) at each of --bytes-tokens, top-5.
@@ -346,18 +351,69 @@ def _table(records: Sequence[Any], schema: Any) -> Any:
 # -- the real thing -------------------------------------------------------------------
 
 
-async def build(address: str, batch_id: str, version: str) -> tuple[int, float]:
-    """BuildDataset through the shipped client, timed from the call to READY."""
-    from nex.collector.client import AsyncClient, LengthFilter
+async def build(
+    address: str, batch_id: str, version: str, parts: int = 1
+) -> tuple[int, float, str]:
+    """BuildDataset through the shipped client, timed from the call to READY;
+    (runs read, seconds, dataset id)."""
+    from nex.collector.client import AsyncClient, DatasetStatus, LengthFilter
 
     async with AsyncClient.connect(address, token="bench") as client:
         started = time.perf_counter()
         manifest = await client.build_dataset(
-            "bench", version, [batch_id], filters=[LengthFilter(min_chars=1)]
+            "bench", version, [batch_id], filters=[LengthFilter(min_chars=1)], parts=parts
         )
         ready = await client.wait_dataset(manifest.id, timeout=3600, poll_interval=0.1)
         elapsed = time.perf_counter() - started
-    return ready.counts.total, elapsed
+    assert ready.status == DatasetStatus.READY, ready.error
+    return ready.counts.total, elapsed, ready.id
+
+
+async def part_writers(database_url: str, dataset_id: str) -> list[str]:
+    """The worker that wrote each part of a build in parts."""
+    import asyncpg
+
+    conn = await asyncpg.connect(_plain(database_url))
+    try:
+        rows = await conn.fetch(
+            "SELECT worker_id FROM dataset_parts WHERE dataset_id = $1 ORDER BY part", dataset_id
+        )
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
+
+
+def measure_parallel(
+    size: int, synth: Synth, database_url: str, env: dict[str, str], worker: list[str]
+) -> float:
+    """A build of `size` runs in 2 parts by 1 worker process, then by 2; prints
+    both and returns the speed-up (seconds with 1 / seconds with 2)."""
+    batch_id = "bat_benchparts"
+    asyncio.run(load(database_url, batch_id, size, synth))
+    data = Path(env["DATA_DIR"])
+    seconds: dict[int, float] = {}
+    for workers in (1, 2):
+        version = f"parts-{size}-w{workers}"
+        with contextlib.ExitStack() as stack:
+            for i in range(workers):
+                log = data.parent / f"worker-{version}-{i}.log"
+                proc = stack.enter_context(process(worker, env, log))
+                wait_ready(log, proc)
+            total, seconds[workers], dataset_id = asyncio.run(
+                build(env["NEX_COLLECTOR_ADDR"], batch_id, version, parts=2)
+            )
+        assert total == size, (total, size)
+        writers = asyncio.run(part_writers(database_url, dataset_id))
+        print(
+            f"{size:>9,} runs in 2 parts, {workers} worker process{'es' if workers > 1 else ''}:"
+            f" {size / seconds[workers]:>9,.0f} rows/s ({seconds[workers]:.1f} s);"
+            f" parts written by {len(set(writers))} process{'es' if len(set(writers)) > 1 else ''}",
+            flush=True,
+        )
+        shutil.rmtree(data / "bench" / version, ignore_errors=True)
+    speedup = seconds[1] / seconds[2]
+    print(f"parallel build: {speedup:.2f}x faster with 2 worker processes than with 1 (parts=2)")
+    return speedup
 
 
 @dataclass(frozen=True)
@@ -450,7 +506,7 @@ def measure(
             wait_ready(log, proc)
             idle = max(idle, peak_rss_mb(proc.pid))
             cpu = cpu_seconds(proc.pid)
-            total, seconds = asyncio.run(build(env["NEX_COLLECTOR_ADDR"], batch_id, version))
+            total, seconds, _ = asyncio.run(build(env["NEX_COLLECTOR_ADDR"], batch_id, version))
             cpu = cpu_seconds(proc.pid) - cpu
             peak = max(peak, peak_rss_mb(proc.pid))
         assert total == size, (total, size)
@@ -484,6 +540,13 @@ def main() -> None:
     parser.add_argument(
         "--extrapolate", type=int, default=1_000_000, help="runs to extrapolate RSS and time to"
     )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time a build of N runs in 2 parts with 1 and with 2 worker processes",
+    )
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     bytes_tokens = [int(x) for x in args.bytes_tokens.split(",") if x.strip()]
@@ -515,6 +578,8 @@ def main() -> None:
                 f = measure(size, index, args.repeat, synth, database_url, env, worker)
                 results.append(f)
                 print(f.line(), flush=True)
+            if args.parallel:
+                measure_parallel(args.parallel, synth, database_url, env, worker)
     speed_met = all(f.ratio >= RATIO_TARGET for f in results)
     print(
         f"speed: build >= {RATIO_TARGET}x the baseline at every size: "

@@ -5,7 +5,9 @@ dead build leaves removed by the next build or a sweep."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +24,7 @@ from nex.collector.server.datasets import (
 )
 from nex.collector.server.datasets.reader import ManifestMismatch, ipc_messages, open_file
 from nex.collector.server.datasets.storage import STAGING_MARK
+from nex.collector.server.datasets.writer import BuildResult, commit_parts, parts_staging
 from nex.collector.server.domain.scoring import MetricRegistry
 from tests.support.s3 import S3Server
 from tests.unit.distill_factories import synthetic_runs
@@ -155,3 +158,46 @@ def test_bad_datasets_uris_say_what_to_write() -> None:
             DatasetStore.from_uri(uri, env={})
     with pytest.raises(StorageConfigError, match="together"):
         DatasetStore.from_uri("s3://b", env={"AWS_ACCESS_KEY_ID": "k"})
+
+
+async def _build_in_parts(where: Location, runs: list[Any], parts: int) -> BuildResult:
+    """What the part jobs and the build's job do: each part written into the
+    shared staging folder, at once, then the manifest."""
+    staging = parts_staging(where, "ds-1")
+    cut = [len(runs) * i // parts for i in range(parts + 1)]
+    written = await asyncio.gather(
+        *(
+            build(runs[cut[i] : cut[i + 1]], where, part=i, staging=staging, row_group_size=64)
+            for i in range(parts)
+        )
+    )
+    return await asyncio.to_thread(
+        commit_parts, where, staging, written, filters=[], manifest_extra=EXTRA
+    )
+
+
+async def test_a_build_in_parts_on_s3_matches_one_on_disk_and_verifies_every_part(
+    store: DatasetStore, tmp_path: Path
+) -> None:
+    where = store.location("cats", "v2")
+    on_s3 = await _build_in_parts(where, RUNS, 3)
+    on_disk = await _build_in_parts(Location.local(tmp_path / "v2"), RUNS, 3)
+    assert [(f.name, f.sha256) for f in on_s3.files] == [(f.name, f.sha256) for f in on_disk.files]
+    assert [f.name for f in on_s3.files][:3] == [
+        "examples/part-00000.parquet",
+        "examples/part-00001.parquet",
+        "examples/part-00002.parquet",
+    ]
+    assert on_s3.kept == len(RUNS)
+    assert verify_dataset(where) == []
+    assert names(store, f"{store.root}/cats") == ["v2"]  # no staging left
+    manifest = json.loads(store.read_bytes(where.child(MANIFEST_NAME)))
+    assert manifest["format_version"] == 2 and manifest["parts"] == 3
+    with store.fs.open_output_stream(where.child("teacher/part-00002.parquet")) as out:
+        out.write(b"not parquet")
+    with store.fs.open_output_stream(where.child("teacher/part-00003.parquet")) as out:
+        out.write(b"x")
+    problems = verify_dataset(where)
+    assert any(p.startswith("teacher/part-00002.parquet: ") for p in problems), problems
+    assert "teacher/part-00003.parquet: present but not listed in the manifest" in problems
+    assert not any("part-00001" in p for p in problems)

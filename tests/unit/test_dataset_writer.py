@@ -500,3 +500,20 @@ def test_writer_options_name_real_columns(table: str) -> None:
     paths: Iterable[str] = parquet_paths(table)
     assert set(_DICTIONARY_COLUMNS[table]) <= set(paths)
     assert set(_STATISTICS_COLUMNS[table]) <= set(paths)
+
+
+async def test_verify_checks_files_against_the_format_version_of_the_manifest(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "v1"
+    await build(mixed_runs(), out)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["format_version"] == 1 and verify_dataset(out) == []
+    # Read as the parts layout, the single files are not where version 2 puts them.
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 2, "parts": 1}))
+    problems = verify_dataset(out)
+    assert "examples.parquet: format_version 2 names files <table>/part-NNNNN.parquet" in problems
+    assert "examples/part-00000.parquet: not listed in the manifest" in problems
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    assert verify_dataset(out) == ["manifest.json has format_version 99; this server reads 1 and 2"]

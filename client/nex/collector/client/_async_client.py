@@ -674,12 +674,14 @@ class AsyncClient:
         context_ref_id: str | None = None,
         link_evidence: bool = False,
         allow_empty: bool = False,
+        parts: int = 1,
     ) -> DatasetManifest:
         """Starts a build from the completed runs of ``batch_ids``; returns the
         manifest in ``DatasetStatus.BUILDING`` (see ``wait_dataset``). Filters
         apply in order; a run is kept when every filter keeps it. A build that
         keeps no run fails with ``EMPTY_DATASET`` (leaving the version free)
-        unless ``allow_empty``."""
+        unless ``allow_empty``. ``parts`` > 1 splits the build into that many parts
+        that several workers write at once (read back as one table)."""
         resp = await self._call(
             self._datasets.BuildDataset,
             dataset_service_pb2.BuildDatasetRequest(
@@ -691,6 +693,7 @@ class AsyncClient:
                 context_ref_id=context_ref_id or "",
                 link_evidence=link_evidence,
                 allow_empty=allow_empty,
+                parts=parts,
             ),
         )
         return _convert.dataset(resp.dataset)

@@ -375,6 +375,7 @@ def dataset(msg: dataset_pb2.DatasetManifest) -> DatasetManifest:
         ready_time=_time(msg.ready_time, msg.HasField("ready_time")),
         context_ref_id=_opt(msg.context_ref_id),
         link_evidence=msg.link_evidence,
+        parts=msg.parts or 1,
     )
 
 

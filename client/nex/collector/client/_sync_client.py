@@ -404,6 +404,7 @@ class Client:
         context_ref_id: str | None = None,
         link_evidence: bool = False,
         allow_empty: bool = False,
+        parts: int = 1,
     ) -> DatasetManifest:
         return self._loop.run(
             self._client.build_dataset(
@@ -415,6 +416,7 @@ class Client:
                 context_ref_id=context_ref_id,
                 link_evidence=link_evidence,
                 allow_empty=allow_empty,
+                parts=parts,
             )
         )
 

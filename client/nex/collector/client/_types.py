@@ -520,6 +520,7 @@ class DatasetManifest:
     ready_time: datetime | None = None
     context_ref_id: str | None = None
     link_evidence: bool = False
+    parts: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

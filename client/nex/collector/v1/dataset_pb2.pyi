@@ -336,6 +336,7 @@ class DatasetManifest(_message.Message):
     READY_TIME_FIELD_NUMBER: _builtins.int
     CONTEXT_REF_ID_FIELD_NUMBER: _builtins.int
     LINK_EVIDENCE_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -345,6 +346,8 @@ class DatasetManifest(_message.Message):
     context_ref_id: _builtins.str
     link_evidence: _builtins.bool
     """Create an evidence link to context_ref_id when the dataset is ready."""
+    parts: _builtins.int
+    """How many parts the build writes per file kind (1: one file per kind)."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetFile]: ...
     @_builtins.property
@@ -376,10 +379,11 @@ class DatasetManifest(_message.Message):
         ready_time: _timestamp_pb2.Timestamp | None = ...,
         context_ref_id: _builtins.str = ...,
         link_evidence: _builtins.bool = ...,
+        parts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "create_time", b"create_time", "error", b"error", "ready_time", b"ready_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_ids", b"batch_ids", "context_ref_id", b"context_ref_id", "counts", b"counts", "create_time", b"create_time", "error", b"error", "files", b"files", "filters", b"filters", "id", b"id", "link_evidence", b"link_evidence", "name", b"name", "ready_time", b"ready_time", "status", b"status", "uri", b"uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_ids", b"batch_ids", "context_ref_id", b"context_ref_id", "counts", b"counts", "create_time", b"create_time", "error", b"error", "files", b"files", "filters", b"filters", "id", b"id", "link_evidence", b"link_evidence", "name", b"name", "parts", b"parts", "ready_time", b"ready_time", "status", b"status", "uri", b"uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

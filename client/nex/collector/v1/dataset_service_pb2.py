@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nex.collector.v1 import dataset_pb2 as nex_dot_collector_dot_v1_dot_dataset__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&nex/collector/v1/dataset_service.proto\x12\x10nex.collector.v1\x1a\x1enex/collector/v1/dataset.proto\"\xca\x01\n\x13\x42uildDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tbatch_ids\x18\x03 \x03(\t\x12)\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x18.nex.collector.v1.Filter\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_ref_id\x18\x06 \x01(\t\x12\x15\n\rlink_evidence\x18\x07 \x01(\x08\x12\x13\n\x0b\x61llow_empty\x18\x08 \x01(\x08\"J\n\x14\x42uildDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x12GetDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"J\n\x13ListDatasetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x14ListDatasetsResponse\x12\x33\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32!.nex.collector.v1.DatasetManifest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x12ReadDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x03\"6\n\x13ReadDatasetResponse\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\"\"\n\x14VerifyDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"]\n\x15VerifyDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\x12\x10\n\x08problems\x18\x02 \x03(\t2\xe7\x03\n\x0e\x44\x61tasetService\x12]\n\x0c\x42uildDataset\x12%.nex.collector.v1.BuildDatasetRequest\x1a&.nex.collector.v1.BuildDatasetResponse\x12W\n\nGetDataset\x12#.nex.collector.v1.GetDatasetRequest\x1a$.nex.collector.v1.GetDatasetResponse\x12]\n\x0cListDatasets\x12%.nex.collector.v1.ListDatasetsRequest\x1a&.nex.collector.v1.ListDatasetsResponse\x12\\\n\x0bReadDataset\x12$.nex.collector.v1.ReadDatasetRequest\x1a%.nex.collector.v1.ReadDatasetResponse0\x01\x12`\n\rVerifyDataset\x12&.nex.collector.v1.VerifyDatasetRequest\x1a\'.nex.collector.v1.VerifyDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&nex/collector/v1/dataset_service.proto\x12\x10nex.collector.v1\x1a\x1enex/collector/v1/dataset.proto\"\xd9\x01\n\x13\x42uildDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tbatch_ids\x18\x03 \x03(\t\x12)\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x18.nex.collector.v1.Filter\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_ref_id\x18\x06 \x01(\t\x12\x15\n\rlink_evidence\x18\x07 \x01(\x08\x12\x13\n\x0b\x61llow_empty\x18\x08 \x01(\x08\x12\r\n\x05parts\x18\t \x01(\x05\"J\n\x14\x42uildDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x12GetDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\"J\n\x13ListDatasetsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x14ListDatasetsResponse\x12\x33\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32!.nex.collector.v1.DatasetManifest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"f\n\x12ReadDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x03\"6\n\x13ReadDatasetResponse\x12\x11\n\tarrow_ipc\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x03\"\"\n\x14VerifyDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"]\n\x15VerifyDatasetResponse\x12\x32\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32!.nex.collector.v1.DatasetManifest\x12\x10\n\x08problems\x18\x02 \x03(\t2\xe7\x03\n\x0e\x44\x61tasetService\x12]\n\x0c\x42uildDataset\x12%.nex.collector.v1.BuildDatasetRequest\x1a&.nex.collector.v1.BuildDatasetResponse\x12W\n\nGetDataset\x12#.nex.collector.v1.GetDatasetRequest\x1a$.nex.collector.v1.GetDatasetResponse\x12]\n\x0cListDatasets\x12%.nex.collector.v1.ListDatasetsRequest\x1a&.nex.collector.v1.ListDatasetsResponse\x12\\\n\x0bReadDataset\x12$.nex.collector.v1.ReadDatasetRequest\x1a%.nex.collector.v1.ReadDatasetResponse0\x01\x12`\n\rVerifyDataset\x12&.nex.collector.v1.VerifyDatasetRequest\x1a\'.nex.collector.v1.VerifyDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nex.collector.v1.dataset_se
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUILDDATASETREQUEST']._serialized_start=93
-  _globals['_BUILDDATASETREQUEST']._serialized_end=295
-  _globals['_BUILDDATASETRESPONSE']._serialized_start=297
-  _globals['_BUILDDATASETRESPONSE']._serialized_end=371
-  _globals['_GETDATASETREQUEST']._serialized_start=373
-  _globals['_GETDATASETREQUEST']._serialized_end=404
-  _globals['_GETDATASETRESPONSE']._serialized_start=406
-  _globals['_GETDATASETRESPONSE']._serialized_end=478
-  _globals['_LISTDATASETSREQUEST']._serialized_start=480
-  _globals['_LISTDATASETSREQUEST']._serialized_end=554
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=556
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=656
-  _globals['_READDATASETREQUEST']._serialized_start=658
-  _globals['_READDATASETREQUEST']._serialized_end=760
-  _globals['_READDATASETRESPONSE']._serialized_start=762
-  _globals['_READDATASETRESPONSE']._serialized_end=816
-  _globals['_VERIFYDATASETREQUEST']._serialized_start=818
-  _globals['_VERIFYDATASETREQUEST']._serialized_end=852
-  _globals['_VERIFYDATASETRESPONSE']._serialized_start=854
-  _globals['_VERIFYDATASETRESPONSE']._serialized_end=947
-  _globals['_DATASETSERVICE']._serialized_start=950
-  _globals['_DATASETSERVICE']._serialized_end=1437
+  _globals['_BUILDDATASETREQUEST']._serialized_end=310
+  _globals['_BUILDDATASETRESPONSE']._serialized_start=312
+  _globals['_BUILDDATASETRESPONSE']._serialized_end=386
+  _globals['_GETDATASETREQUEST']._serialized_start=388
+  _globals['_GETDATASETREQUEST']._serialized_end=419
+  _globals['_GETDATASETRESPONSE']._serialized_start=421
+  _globals['_GETDATASETRESPONSE']._serialized_end=493
+  _globals['_LISTDATASETSREQUEST']._serialized_start=495
+  _globals['_LISTDATASETSREQUEST']._serialized_end=569
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=571
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=671
+  _globals['_READDATASETREQUEST']._serialized_start=673
+  _globals['_READDATASETREQUEST']._serialized_end=775
+  _globals['_READDATASETRESPONSE']._serialized_start=777
+  _globals['_READDATASETRESPONSE']._serialized_end=831
+  _globals['_VERIFYDATASETREQUEST']._serialized_start=833
+  _globals['_VERIFYDATASETREQUEST']._serialized_end=867
+  _globals['_VERIFYDATASETRESPONSE']._serialized_start=869
+  _globals['_VERIFYDATASETRESPONSE']._serialized_end=962
+  _globals['_DATASETSERVICE']._serialized_start=965
+  _globals['_DATASETSERVICE']._serialized_end=1452
 # @@protoc_insertion_point(module_scope)

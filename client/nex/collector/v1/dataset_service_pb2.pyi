@@ -31,6 +31,7 @@ class BuildDatasetRequest(_message.Message):
     CONTEXT_REF_ID_FIELD_NUMBER: _builtins.int
     LINK_EVIDENCE_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     request_id: _builtins.str
@@ -42,6 +43,12 @@ class BuildDatasetRequest(_message.Message):
     allow_empty: _builtins.bool
     """A build whose filters keep no run fails with EMPTY_DATASET (and leaves
     the version free) unless this is set.
+    """
+    parts: _builtins.int
+    """Split the build into this many parts, written at once by several workers
+    (one job each): each file kind becomes <kind>/part-00000.parquet, ...
+    (format_version 2, see docs/dataset-format.md). 0 or 1: one file per kind
+    (format_version 1). At most 64.
     """
     @_builtins.property
     def batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -60,10 +67,11 @@ class BuildDatasetRequest(_message.Message):
         context_ref_id: _builtins.str = ...,
         link_evidence: _builtins.bool = ...,
         allow_empty: _builtins.bool = ...,
+        parts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "batch_ids", b"batch_ids", "context_ref_id", b"context_ref_id", "filters", b"filters", "link_evidence", b"link_evidence", "name", b"name", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "batch_ids", b"batch_ids", "context_ref_id", b"context_ref_id", "filters", b"filters", "link_evidence", b"link_evidence", "name", b"name", "parts", b"parts", "request_id", b"request_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EXECUTE_RUN = "execute_run"
 BUILD_DATASET = "build_dataset"
+BUILD_DATASET_PART = "build_dataset_part"
 DELIVER_EVIDENCE = "deliver_evidence"
 
 
@@ -32,6 +33,7 @@ def job_timeouts(settings: Settings) -> dict[str, float]:
     return {
         EXECUTE_RUN: (settings.teacher_timeout_s + 30) * settings.teacher_max_attempts + 60,
         BUILD_DATASET: 6 * 3600,
+        BUILD_DATASET_PART: 6 * 3600,
         DELIVER_EVIDENCE: settings.nex_timeout_s * 2 + 30,
     }
 

@@ -383,6 +383,7 @@ def dataset(d: Dataset) -> dataset_pb2.DatasetManifest:
         ready_time=timestamp(d.ready_time),
         context_ref_id=d.context_ref_id or "",
         link_evidence=d.link_evidence,
+        parts=d.parts,
     )
 
 

@@ -269,7 +269,8 @@ def read_scores(directory: Path) -> dict[str, list[float]]:
     numeric column per score) alike."""
     import pyarrow.parquet as pq
 
-    return scores_of(pq.read_table(directory / "scores.parquet"))
+    parts = directory / "scores"  # a dataset built in parts: scores/part-*.parquet
+    return scores_of(pq.read_table(parts if parts.is_dir() else directory / "scores.parquet"))
 
 
 async def fetch_scores(client: AsyncClient, m: DatasetManifest) -> dict[str, list[float]] | None:
@@ -569,6 +570,13 @@ def build(
             help="build even when the filters keep no run (else the build fails, version free)",
         ),
     ] = False,
+    parts: Annotated[
+        int,
+        typer.Option(
+            "--parts",
+            help="split the build into this many parts that several workers write at once",
+        ),
+    ] = 1,
     wait: Annotated[bool, typer.Option(help="wait for READY and show the summary")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for READY")] = 600.0,
     score: Annotated[str | None, typer.Option(help="score to draw as a histogram")] = None,
@@ -592,6 +600,7 @@ def build(
             link_evidence=link_evidence,
             request_id=request_id,
             allow_empty=allow_empty,
+            parts=parts,
         )
         out.print(f"[green]✓[/green] building dataset [bold]{manifest.id}[/bold]")
         if not wait:

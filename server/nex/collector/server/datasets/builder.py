@@ -144,6 +144,8 @@ class _Build:
 
     def finish(self, manifest_extra: Mapping[str, Any]) -> BuildResult:
         self.flush()
+        if self.writer.part is not None:
+            return self.writer.finish_part(total=self.total, kept=self.kept, dropped=self.drops())
         return self.writer.commit(
             total=self.total,
             kept=self.kept,
@@ -177,12 +179,14 @@ def _discard(
     writer.abort()
 
 
-def _open_writer(final: Location, clean_stale: bool) -> DatasetWriter:
+def _open_writer(
+    final: Location, clean_stale: bool, part: int | None, staging: str | None
+) -> DatasetWriter:
     if final.store.committed(final.path):
         raise DatasetExistsError(f"dataset {final.uri} exists; a version never changes")
-    if clean_stale:
+    if clean_stale and part is None:
         remove_stale_staging(final)
-    return DatasetWriter(final)
+    return DatasetWriter(final, staging=staging, part=part)
 
 
 async def _report(progress: Progress | None, build: _Build) -> None:
@@ -205,6 +209,8 @@ async def build_dataset(
     max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES,
     clean_stale: bool = True,
     allow_empty: bool = True,
+    part: int | None = None,
+    staging: str | None = None,
 ) -> BuildResult:
     """Scores and filters the runs of `chunks` (in the order given) and writes
     the dataset into `final_dir` (a local folder, or a Location in any store),
@@ -217,6 +223,11 @@ async def build_dataset(
     re-raised. `clean_stale` first removes staging folders of earlier,
     killed attempts at the same `final_dir`. Unless `allow_empty`, a build
     whose filters keep no run raises EmptyDatasetError and writes nothing.
+
+    With `part` (a build in parts): writes only that part's files
+    (``<table>/part-NNNNN.parquet``) into the shared `staging` folder and
+    returns them without a manifest (see ``writer.commit_parts``); on error
+    only this part's files are removed, and `clean_stale` does nothing.
     """
     if row_group_size < 1 or max_row_group_bytes < 1:
         raise ValueError("row_group_size and max_row_group_bytes must be positive")
@@ -226,7 +237,7 @@ async def build_dataset(
     json.dumps(manifest_extra, default=json_default)  # fail now, not after the whole build
     chain = FilterChain(filters)
     final = final_dir if isinstance(final_dir, Location) else Location.local(final_dir)
-    writer = await asyncio.to_thread(_open_writer, final, clean_stale)
+    writer = await asyncio.to_thread(_open_writer, final, clean_stale, part, staging)
     build = _Build(chain, metrics, writer, row_group_size, max_row_group_bytes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-build")
     pending: Future[None] | None = None

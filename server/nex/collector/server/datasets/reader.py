@@ -18,7 +18,14 @@ import pyarrow.parquet as pq
 
 from nex.collector.server.datasets.storage import MANIFEST_NAME, Location
 
-__all__ = ["ManifestMismatch", "OpenFile", "ipc_messages", "open_file", "read_manifest"]
+__all__ = [
+    "ManifestMismatch",
+    "OpenFile",
+    "ipc_messages",
+    "ipc_messages_of",
+    "open_file",
+    "read_manifest",
+]
 
 # Rows a record batch holds at most (fewer when they would pass the byte budget).
 MAX_BATCH_ROWS = 65_536
@@ -163,3 +170,40 @@ def ipc_messages(
                 yield from _fit(batch, budget)
             if keep <= 0:
                 break
+
+
+def ipc_messages_of(
+    files: Sequence[OpenFile],
+    columns: Sequence[str],
+    offset: int,
+    limit: int,
+    budget: int,
+) -> Iterator[tuple[bytes, int]]:
+    """Like ``ipc_messages``, over `files` (the parts of one table, in order)
+    read as one table: one schema message, then the rows [offset, offset +
+    limit) counted across the parts."""
+    if len(files) == 1:
+        yield from ipc_messages(files[0], columns, offset, limit, budget)
+        return
+    first = True
+    remaining = limit  # 0: to the end
+    start = 0
+    for file in files:
+        file_start, start = start, start + file.rows
+        local_offset = max(0, offset - file_start)
+        skip_file = start <= offset or file.rows == 0
+        messages = ipc_messages(
+            file, columns, min(local_offset, file.rows), remaining if limit else 0, budget
+        )
+        schema = next(messages)
+        if first:
+            yield schema
+            first = False
+        if skip_file:
+            continue
+        for message, rows in messages:
+            yield message, rows
+            if limit:
+                remaining -= rows
+        if limit and remaining <= 0:
+            return

@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INPUTS",
     "MESSAGE",
+    "PARTS_FORMAT_VERSION",
     "SCHEMAS",
     "SCORE",
     "SCORES",
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+"""The layout of a dataset built in one go: one file per table (``examples.parquet``...)."""
+PARTS_FORMAT_VERSION = 2
+"""The layout of a dataset built in parts: ``<table>/part-00000.parquet``, ... per table.
+The tables' schemas (and their ``nex.collector.format_version`` metadata) are those of 1."""
 
 SOFT_LABEL = pa.struct([("token", pa.string()), ("prob", pa.float64())])
 """One top alternative with its probability renormalised over the position's

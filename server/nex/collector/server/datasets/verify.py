@@ -9,7 +9,12 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
 
-from nex.collector.server.datasets.schema import FILE_NAMES, SCHEMAS
+from nex.collector.server.datasets.schema import (
+    FILE_NAMES,
+    FORMAT_VERSION,
+    PARTS_FORMAT_VERSION,
+    SCHEMAS,
+)
 from nex.collector.server.datasets.storage import MANIFEST_NAME, Location
 
 __all__ = ["sha256_of", "verify_dataset"]
@@ -27,7 +32,11 @@ def verify_dataset(directory: Path | Location) -> list[str]:
     """Recomputes every file's sha256, size and row count and compares them
     with manifest.json; also checks each table's schema. Returns the problems
     found, one sentence each; an empty list means the dataset is intact.
-    Blocking: reads every byte of the dataset."""
+    Blocking: reads every byte of the dataset.
+
+    The files are checked against the layout of the manifest's
+    ``format_version`` (see docs/dataset-format.md): 1, one file per table;
+    2, ``<table>/part-NNNNN.parquet`` for parts 0..parts-1 of every table."""
     location = directory if isinstance(directory, Location) else Location.local(directory)
     store = location.store
     shown = directory if isinstance(directory, Path) else location.uri
@@ -41,6 +50,13 @@ def verify_dataset(directory: Path | Location) -> list[str]:
     if not isinstance(entries, list):
         return [f"{MANIFEST_NAME} has no list of files"]
 
+    version = manifest.get("format_version")
+    if version not in (FORMAT_VERSION, PARTS_FORMAT_VERSION):
+        return [
+            f"{MANIFEST_NAME} has format_version {version!r}; this server reads "
+            f"{FORMAT_VERSION} and {PARTS_FORMAT_VERSION}"
+        ]
+    depth = 1 if version == FORMAT_VERSION else 2
     problems: list[str] = []
     listed: set[str] = set()
     for entry in entries:
@@ -49,8 +65,17 @@ def verify_dataset(directory: Path | Location) -> list[str]:
             continue
         name = entry["name"]
         listed.add(name)
-        if PurePosixPath(name).name != name or name in ("", ".", ".."):
-            problems.append(f"{name}: file names must not contain a path")
+        parts_of_name = PurePosixPath(name).parts
+        if (
+            len(parts_of_name) != depth
+            or "/".join(parts_of_name) != name
+            or any(p in ("", ".", "..") for p in parts_of_name)
+        ):
+            problems.append(
+                f"{name}: file names must not contain a path"
+                if depth == 1
+                else f"{name}: format_version 2 names files <table>/part-NNNNN.parquet"
+            )
             continue
         path = location.child(name)
         if not store.is_file(path):
@@ -72,14 +97,37 @@ def verify_dataset(directory: Path | Location) -> list[str]:
             continue
         if rows != entry.get("rows"):
             problems.append(f"{name}: {rows} rows, manifest says {entry.get('rows')}")
-        table = name.removesuffix(".parquet")
+        table = name.split("/")[0].removesuffix(".parquet")
         expected = SCHEMAS.get(table)
         if expected is not None and not schema.equals(expected):
             problems.append(f"{name}: schema differs from the {table} table's")
 
-    for name in sorted(set(FILE_NAMES.values()) - listed):
+    if version == FORMAT_VERSION:
+        expected_names = set(FILE_NAMES.values())
+    else:
+        parts = manifest.get("parts")
+        if not isinstance(parts, int) or parts < 1:
+            problems.append(f"{MANIFEST_NAME} has no number of parts (format_version 2)")
+            parts = 0
+        expected_names = {
+            f"{table}/part-{i:05d}.parquet" for table in SCHEMAS for i in range(parts)
+        }
+    for name in sorted(expected_names - listed):
         problems.append(f"{name}: not listed in the manifest")
-    for present in store.entries(location.path):
-        if present.name != MANIFEST_NAME and present.name not in listed:
-            problems.append(f"{present.name}: present but not listed in the manifest")
+    for present in _present(location, depth):
+        if present != MANIFEST_NAME and present not in listed:
+            problems.append(f"{present}: present but not listed in the manifest")
     return problems
+
+
+def _present(location: Location, depth: int) -> list[str]:
+    """The names of the files in the dataset's folder, down to `depth` levels
+    (a folder where a file belongs is reported as such)."""
+    names: list[str] = []
+    for entry in location.store.entries(location.path):
+        if entry.is_file or depth == 1:
+            names.append(entry.name)
+            continue
+        for child in location.store.entries(entry.path):
+            names.append(f"{entry.name}/{child.name}")
+    return names

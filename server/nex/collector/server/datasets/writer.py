@@ -23,7 +23,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
+from nex.collector.server.datasets.schema import (
+    FILE_NAMES,
+    FORMAT_VERSION,
+    PARTS_FORMAT_VERSION,
+    SCHEMAS,
+)
 from nex.collector.server.datasets.storage import (
     DIR_MODE,
     FILE_MODE,
@@ -43,14 +48,30 @@ __all__ = [
     "DatasetFileInfo",
     "DatasetWriter",
     "FilterDrop",
+    "commit_parts",
     "json_default",
     "make_dirs",
+    "part_file_name",
+    "parts_staging",
     "remove_stale_staging",
     "sha256_file",
     "staging_dir_for",
 ]
 
-RESERVED_MANIFEST_KEYS = frozenset({"counts", "files", "filters", "format_version", "uri"})
+RESERVED_MANIFEST_KEYS = frozenset({"counts", "files", "filters", "format_version", "parts", "uri"})
+
+
+def part_file_name(table: str, part: int) -> str:
+    """A part's file of `table` in the parts layout (format_version 2)."""
+    return f"{table}/part-{part:05d}.parquet"
+
+
+def parts_staging(final: Location, dataset_id: str) -> str:
+    """The staging folder all parts of one build share (named by the build,
+    so every worker finds it)."""
+    parent, name = final.path.rsplit("/", 1)
+    return f"{parent}/.{name}{STAGING_MARK}{dataset_id}"
+
 
 # Dictionary-encode only the strings that repeat (vocabulary tokens, names);
 # unique strings and doubles gain nothing and cost time.
@@ -193,10 +214,18 @@ class _HashingSink(io.RawIOBase):
 class _TableFile:
     """One Parquet file of the dataset being written."""
 
-    def __init__(self, location: Location, table: str) -> None:
-        self.name = FILE_NAMES[table]
+    def __init__(self, location: Location, table: str, part: int | None = None) -> None:
+        self.name = FILE_NAMES[table] if part is None else part_file_name(table, part)
         self.rows = 0
-        self.sink = _HashingSink(location.store.create(location.child(self.name)))
+        path = location.child(self.name)
+        if part is not None:
+            store = location.store
+            if store.is_local:
+                make_dirs(Path(path).parent)
+                Path(path).unlink(missing_ok=True)  # an earlier, dead attempt at this part
+            elif store.exists(path):
+                store.fs.delete_file(path)
+        self.sink = _HashingSink(location.store.create(path))
         try:
             self.writer = pq.ParquetWriter(
                 self.sink,
@@ -234,12 +263,25 @@ class DatasetWriter:
     the manifest last (see ``storage``); ``abort`` removes the staging folder.
     """
 
-    def __init__(self, final_dir: Path | Location) -> None:
+    def __init__(
+        self, final_dir: Path | Location, *, staging: str | None = None, part: int | None = None
+    ) -> None:
+        """With `part`: writes that part's files (see ``part_file_name``) into
+        the shared `staging` folder; ``finish_part`` closes them, and the
+        manifest is written once every part is done (``commit_parts``)."""
         self.location = _location(final_dir)
+        self.part = part
         store = self.location.store
         if store.committed(self.location.path):
             raise DatasetExistsError(f"dataset {self.location.uri} exists; a version never changes")
-        self.staging = Location(store, store.make_staging(self.location.path))
+        if part is None:
+            self.staging = Location(store, store.make_staging(self.location.path))
+        else:
+            if staging is None:
+                raise ValueError("a part is written into the build's shared staging folder")
+            if store.is_local:
+                make_dirs(Path(staging))
+            self.staging = Location(store, staging)
         self._files: dict[str, _TableFile] = {}
         # Encoding, compression and hashing release the GIL: one background thread
         # writes row group n while the caller prepares row group n + 1.
@@ -247,7 +289,7 @@ class DatasetWriter:
         self._pending: Future[None] | None = None
         try:
             for table in SCHEMAS:
-                self._files[table] = _TableFile(self.staging, table)
+                self._files[table] = _TableFile(self.staging, table, part)
         except BaseException:
             self.abort()
             raise
@@ -278,6 +320,15 @@ class DatasetWriter:
         if pending is not None:
             pending.result()
 
+    def finish_part(self, *, total: int, kept: int, dropped: Sequence[FilterDrop]) -> BuildResult:
+        """Closes this part's files in the shared staging folder (no manifest)."""
+        self._wait()
+        self._executor.shutdown()
+        files = self._close_files()
+        return BuildResult(
+            files=files, total=total, kept=kept, dropped=list(dropped), uri=self.location.uri
+        )
+
     def commit(
         self,
         *,
@@ -295,37 +346,16 @@ class DatasetWriter:
             size = store.info(self.staging.child(info.name)).size
             if size != info.bytes:  # pragma: no cover - would be a bug in the sink
                 raise OSError(f"{info.name}: wrote {info.bytes} bytes but the file has {size}")
-        uri = self.location.uri
-        manifest: dict[str, Any] = dict(manifest_extra)
-        manifest.update(
-            format_version=FORMAT_VERSION,
-            uri=uri,
-            files=[
-                {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes}
-                for f in files
-            ],
-            counts={
-                "total": total,
-                "kept": kept,
-                "dropped": [
-                    {"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in dropped
-                ],
-            },
-            filters=list(filters),
+        return _commit(
+            self.location,
+            self.staging.path,
+            files=files,
+            total=total,
+            kept=kept,
+            dropped=dropped,
+            filters=filters,
+            manifest_extra=manifest_extra,
         )
-        text = json.dumps(
-            manifest, sort_keys=True, indent=2, ensure_ascii=False, default=json_default
-        )
-        try:
-            store.commit(
-                self.staging.path,
-                self.location.path,
-                [f.name for f in files],
-                (text + "\n").encode("utf-8"),
-            )
-        except FileExistsError as exc:
-            raise DatasetExistsError(str(exc)) from None
-        return BuildResult(files=files, total=total, kept=kept, dropped=list(dropped), uri=uri)
 
     def abort(self) -> None:
         """Closes what is open and removes the staging folder; never raises.
@@ -336,7 +366,13 @@ class DatasetWriter:
         with contextlib.suppress(Exception):
             self._close_files()
         with contextlib.suppress(Exception):
-            self.location.store.delete_tree(self.staging.path)
+            if self.part is None:
+                self.location.store.delete_tree(self.staging.path)
+            else:  # the other parts' files stay
+                for table in SCHEMAS:
+                    path = self.staging.child(part_file_name(table, self.part))
+                    if self.location.store.exists(path):
+                        self.location.store.fs.delete_file(path)
 
     def _close_files(self) -> list[DatasetFileInfo]:
         files, self._files = self._files, {}
@@ -350,3 +386,90 @@ class DatasetWriter:
         if errors:
             raise errors[0]
         return infos
+
+
+def _commit(
+    location: Location,
+    staging: str,
+    *,
+    files: Sequence[DatasetFileInfo],
+    total: int,
+    kept: int,
+    dropped: Sequence[FilterDrop],
+    filters: Sequence[Mapping[str, Any]],
+    manifest_extra: Mapping[str, Any],
+    parts: int | None = None,
+) -> BuildResult:
+    uri = location.uri
+    manifest: dict[str, Any] = dict(manifest_extra)
+    manifest.update(
+        format_version=FORMAT_VERSION if parts is None else PARTS_FORMAT_VERSION,
+        uri=uri,
+        files=[
+            {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes} for f in files
+        ],
+        counts={
+            "total": total,
+            "kept": kept,
+            "dropped": [
+                {"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in dropped
+            ],
+        },
+        filters=list(filters),
+    )
+    if parts is not None:
+        manifest["parts"] = parts
+    text = json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False, default=json_default)
+    try:
+        location.store.commit(
+            staging, location.path, [f.name for f in files], (text + "\n").encode("utf-8")
+        )
+    except FileExistsError as exc:
+        raise DatasetExistsError(str(exc)) from None
+    return BuildResult(files=list(files), total=total, kept=kept, dropped=list(dropped), uri=uri)
+
+
+def commit_parts(
+    location: Location,
+    staging: str,
+    parts: Sequence[BuildResult],
+    *,
+    filters: Sequence[Mapping[str, Any]],
+    manifest_extra: Mapping[str, Any],
+) -> BuildResult:
+    """Writes the manifest of a build in parts once every part is written in
+    the shared `staging` folder (files listed by kind, then part; the counts
+    summed), and puts the dataset in place, the manifest last. Blocking.
+    Raises DatasetExistsError when the dataset is in place already."""
+    if location.store.committed(location.path):
+        raise DatasetExistsError(f"dataset {location.uri} exists; a version never changes")
+    by_name = {f.name: f for p in parts for f in p.files}
+    files = []
+    for table in SCHEMAS:
+        for i in range(len(parts)):
+            name = part_file_name(table, i)
+            if name not in by_name:
+                raise OSError(f"part {i} did not record {name}")
+            info = location.store.info(f"{staging}/{name}")
+            if info.size != by_name[name].bytes:
+                raise OSError(f"{name}: {info.size} bytes, its part wrote {by_name[name].bytes}")
+            files.append(by_name[name])
+    dropped: list[FilterDrop] = []
+    for p in parts:
+        for d in p.dropped:
+            if d.index < len(dropped):
+                old = dropped[d.index]
+                dropped[d.index] = FilterDrop(d.index, old.filter, old.dropped + d.dropped)
+            else:
+                dropped.append(d)
+    return _commit(
+        location,
+        staging,
+        files=files,
+        total=sum(p.total for p in parts),
+        kept=sum(p.kept for p in parts),
+        dropped=dropped,
+        filters=filters,
+        manifest_extra=manifest_extra,
+        parts=len(parts),
+    )

@@ -188,6 +188,7 @@ datasets = Table(
     Column("lease_expires", DateTime(timezone=True)),
     Column("evidence_linked", Boolean, nullable=False, server_default="false"),
     Column("allow_empty", Boolean, nullable=False, server_default="false"),
+    Column("parts", Integer, nullable=False, server_default="1"),
     # One live (building or ready) dataset per version; a failed build leaves it free.
     Index(
         "uq_datasets_name_version_live",
@@ -197,6 +198,22 @@ datasets = Table(
         postgresql_where=text("status <> 'failed'"),
     ),
     Index("ix_datasets_status", "status"),
+)
+
+# The parts of a dataset built in parts (datasets.parts > 1): each part's run
+# range (by run id, planned once), who builds it (lease) and what it wrote.
+dataset_parts = Table(
+    "dataset_parts",
+    metadata,
+    Column("dataset_id", Text, ForeignKey("datasets.id"), primary_key=True),
+    Column("part", Integer, primary_key=True),
+    Column("first_run_id", Text),  # inclusive; NULL: from the first run
+    Column("end_run_id", Text),  # exclusive; NULL: to the last run
+    Column("status", Text, nullable=False),
+    Column("lease_expires", DateTime(timezone=True)),
+    Column("worker_id", Text),
+    Column("files", JSONB, nullable=False, server_default="[]"),
+    Column("counts", JSONB, nullable=False, server_default="{}"),
 )
 
 evidence_links = Table(

@@ -61,6 +61,27 @@ class Dataset:
     link_evidence: bool = False
     allow_empty: bool = False
     ready_time: datetime | None = None
+    parts: int = 1  # >1: built in parts by several workers at once (format_version 2)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetPart:
+    """One part of a dataset built in parts: the runs with
+    first_run_id <= id < end_run_id (None: unbounded)."""
+
+    dataset_id: str
+    part: int
+    first_run_id: str | None
+    end_run_id: str | None
+    status: str  # PART_PENDING or PART_DONE
+    lease_expires: datetime | None = None
+    worker_id: str | None = None
+    files: tuple[DatasetFile, ...] = ()
+    counts: DatasetCounts = field(default_factory=DatasetCounts)
+
+
+PART_PENDING = "pending"
+PART_DONE = "done"
 
 
 def check_path_component(v: Violations, field_name: str, value: str) -> None:

@@ -42,6 +42,7 @@ MAX_SCORE_NAME = 64
 
 # -- datasets --------------------------------------------------------------------------
 MAX_BATCHES_PER_DATASET = 100
+MAX_DATASET_PARTS = 64  # a build in parts: one job (and files per table) per part
 MAX_FILTERS = 32
 MAX_PATTERN_LENGTH = 4096
 

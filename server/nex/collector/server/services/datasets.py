@@ -16,19 +16,29 @@ from nex.collector.server import metrics
 from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
 from nex.collector.server.datasets.reader import (
     ManifestMismatch,
-    ipc_messages,
+    OpenFile,
+    ipc_messages_of,
     open_file,
     read_manifest,
 )
 from nex.collector.server.datasets.storage import DatasetStore, Location
 from nex.collector.server.datasets.verify import verify_dataset
-from nex.collector.server.datasets.writer import DatasetExistsError
+from nex.collector.server.datasets.writer import (
+    BuildResult,
+    DatasetExistsError,
+    DatasetFileInfo,
+    commit_parts,
+    parts_staging,
+)
+from nex.collector.server.datasets.writer import FilterDrop as WrittenDrop
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
+    PART_DONE,
     Dataset,
     DatasetCounts,
     DatasetFile,
+    DatasetPart,
     DatasetStatus,
     FilterDrop,
     check_path_component,
@@ -40,13 +50,13 @@ from nex.collector.server.domain.errors import (
     Violations,
     quote,
 )
-from nex.collector.server.domain.filters import Filter, validate_filters
-from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET
+from nex.collector.server.domain.filters import Filter, filter_to_dict, validate_filters
+from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET, MAX_DATASET_PARTS
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.sizes import READ_MESSAGE_BYTES
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
-from nex.collector.server.queue import BUILD_DATASET, JobQueue
+from nex.collector.server.queue import BUILD_DATASET, BUILD_DATASET_PART, JobQueue
 from nex.collector.server.services.common import (
     check_id,
     integration_disabled,
@@ -73,6 +83,16 @@ class NewDataset:
     context_ref_id: str = ""
     link_evidence: bool = False
     allow_empty: bool = False
+    parts: int = 0  # 0 or 1: one file per table; more: a build in parts
+
+
+def part_job_id(dataset_id: str, part: int) -> str:
+    return f"{dataset_id}:part:{part}"
+
+
+def _parse_part_job_id(job_id: str) -> tuple[str, int]:
+    dataset_id, _, part = job_id.rpartition(":part:")
+    return dataset_id, int(part)
 
 
 class Datasets:
@@ -114,6 +134,8 @@ class Datasets:
             v.add("batch_ids", f"at most {MAX_BATCHES_PER_DATASET} batches")
         for i, batch_id in enumerate(cmd.batch_ids):
             check_id(v, f"batch_ids[{i}]", batch_id)
+        if not 0 <= cmd.parts <= MAX_DATASET_PARTS:
+            v.add("parts", f"must be 0 to {MAX_DATASET_PARTS} (0 or 1: one file per table)")
         if len(set(cmd.batch_ids)) != len(cmd.batch_ids):
             v.add("batch_ids", "lists a batch twice")
         v.extend(validate_filters(cmd.filters, "filters"))
@@ -149,6 +171,7 @@ class Datasets:
                 context_ref_id=cmd.context_ref_id or None,
                 link_evidence=cmd.link_evidence,
                 allow_empty=cmd.allow_empty,
+                parts=max(1, cmd.parts),
             )
             if not await tx.datasets.insert(dataset, cmd.request_id):
                 await tx.rollback()  # a concurrent build of the same version or request id won
@@ -241,33 +264,49 @@ class Datasets:
             v.add("file", "is required: one of the dataset's files, e.g. targets.parquet")
         v.raise_if_any()
         dataset, location = await self._ready(dataset_id, "dataset_id")
-        names = [f.name for f in dataset.files]
         wanted = file if file.endswith(".parquet") else f"{file}.parquet"
-        entry = next((f for f in dataset.files if f.name == wanted), None)
-        if entry is None:
+        table = wanted.removesuffix(".parquet")
+        # One file, or all parts of a table in order (a build in parts), read as one table.
+        entries = [f for f in dataset.files if f.name == wanted] or sorted(
+            (f for f in dataset.files if f.name.startswith(f"{table}/")), key=lambda f: f.name
+        )
+        if not entries:
+            tables = sorted({f.name.split("/")[0].removesuffix(".parquet") for f in dataset.files})
+            shown = (
+                [f"{t}.parquet" for t in tables]
+                if dataset.parts > 1
+                else [f.name for f in dataset.files]
+            )
             raise InvalidArgument.one(
-                "file", f"{quote(file)} is not a file of this dataset; one of {', '.join(names)}"
+                "file", f"{quote(file)} is not a file of this dataset; one of {', '.join(shown)}"
             )
+        name = wanted if len(entries) > 1 else entries[0].name
+        opened: list[OpenFile] = []
         try:
-            opened = await asyncio.to_thread(
-                open_file, location, dataset.id, entry.name, entry.sha256
-            )
-        except (ManifestMismatch, OSError, pa.ArrowException) as exc:
-            raise _files_mismatch(dataset, exc) from None
-        try:
+            try:
+                for entry in entries:
+                    opened.append(
+                        await asyncio.to_thread(
+                            open_file, location, dataset.id, entry.name, entry.sha256
+                        )
+                    )
+            except (ManifestMismatch, OSError, pa.ArrowException) as exc:
+                raise _files_mismatch(dataset, exc) from None
             v = Violations()
-            known = set(opened.schema.names)
+            schema = opened[0].schema
+            known = set(schema.names)
             for i, column in enumerate(columns):
                 if column not in known:
                     v.add(
                         f"columns[{i}]",
-                        f"{quote(column)} is not a column of {entry.name}; its columns: "
-                        f"{', '.join(opened.schema.names)}",
+                        f"{quote(column)} is not a column of {name}; its columns: "
+                        f"{', '.join(schema.names)}",
                     )
-            if offset > opened.rows:
-                v.add("offset", f"{entry.name} has {opened.rows} rows; got offset {offset}")
+            rows = sum(o.rows for o in opened)
+            if offset > rows:
+                v.add("offset", f"{name} has {rows} rows; got offset {offset}")
             v.raise_if_any()
-            messages = ipc_messages(opened, list(columns), offset, limit, budget)
+            messages = ipc_messages_of(opened, list(columns), offset, limit, budget)
             while True:
                 try:
                     message = await asyncio.to_thread(_next, messages)
@@ -277,7 +316,8 @@ class Datasets:
                     return
                 yield message
         finally:
-            await asyncio.to_thread(opened.close)
+            for o in opened:
+                await asyncio.to_thread(o.close)
 
     async def verify(self, dataset_id: str) -> tuple[Dataset, Sequence[str]]:
         """Recomputes every file's sha256, size, rows and schema where the files
@@ -307,7 +347,13 @@ class Datasets:
         final_dir = self.folder(dataset.name, dataset.version)
         files: Sequence[DatasetFile]
         try:
-            result = await self._write(dataset, sources, final_dir)
+            if dataset.parts > 1:
+                parts_result = await self._coordinate(dataset, sources, final_dir)
+                if isinstance(parts_result, str):
+                    return parts_result
+                result = parts_result
+            else:
+                result = await self._write(dataset, sources, final_dir)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(dataset_id))
             raise
@@ -345,8 +391,25 @@ class Datasets:
             await self._evidence.enqueue(links)
         return f"ready: {counts.kept} of {counts.total} runs kept"
 
+    @staticmethod
+    def _manifest_extra(dataset: Dataset, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": dataset.id,
+            "name": dataset.name,
+            "version": dataset.version,
+            "batch_ids": list(dataset.batch_ids),
+            "sources": {b: sources[b] for b in sorted(sources)},
+            "context_ref_id": dataset.context_ref_id,
+            "create_time": dataset.create_time.isoformat(),
+            "status": DatasetStatus.READY.value,
+        }
+
     async def _write(
-        self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Location
+        self,
+        dataset: Dataset,
+        sources: dict[str, dict[str, Any]],
+        final_dir: Location,
+        part: DatasetPart | None = None,
     ) -> Any:
         last_renewal = time.monotonic()
 
@@ -356,27 +419,142 @@ class Datasets:
                 last_renewal = time.monotonic()
                 async with self._uow() as renew:
                     await renew.datasets.renew(dataset.id, self._lease, now())
+                    if part is not None:
+                        await renew.datasets.renew_part(dataset.id, part.part, self._lease, now())
                     await renew.commit()
 
         async with self._uow() as tx:
             return await build_dataset(
-                tx.datasets.completed_runs(dataset.batch_ids, sources),
+                tx.datasets.completed_runs(
+                    dataset.batch_ids,
+                    sources,
+                    first_run_id=part.first_run_id if part else None,
+                    end_run_id=part.end_run_id if part else None,
+                ),
                 filters=dataset.filters,
                 metrics=self._metrics,
                 final_dir=final_dir,
-                manifest_extra={
-                    "id": dataset.id,
-                    "name": dataset.name,
-                    "version": dataset.version,
-                    "batch_ids": list(dataset.batch_ids),
-                    "sources": {b: sources[b] for b in sorted(sources)},
-                    "context_ref_id": dataset.context_ref_id,
-                    "create_time": dataset.create_time.isoformat(),
-                    "status": DatasetStatus.READY.value,
-                },
+                manifest_extra=self._manifest_extra(dataset, sources),
                 progress=progress,
-                allow_empty=dataset.allow_empty,
+                allow_empty=dataset.allow_empty or part is not None,
+                part=part.part if part else None,
+                staging=parts_staging(final_dir, dataset.id) if part else None,
             )
+
+    # -- builds in parts -------------------------------------------------------------
+
+    async def _coordinate(
+        self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Location
+    ) -> BuildResult | str:
+        """The BUILD_DATASET job of a build in parts (holding the dataset's lease):
+        plans the parts once, (re)starts the parts nobody builds, and once every
+        part is written, writes the manifest (the commit point). The last part
+        to finish runs this job again; so does the reconciler when no part
+        renewed the dataset's lease in time (a part's worker died)."""
+        async with self._uow() as tx:
+            parts = await tx.datasets.parts(dataset.id)
+            if not parts:
+                # No part has started: leftovers of earlier, killed builds of this version go.
+                await asyncio.to_thread(self._store.remove_uncommitted, final_dir.path)
+                bounds = await tx.datasets.part_bounds(dataset.batch_ids, dataset.parts)
+                await tx.datasets.plan_parts(dataset.id, bounds)
+                await tx.commit()
+                parts = await tx.datasets.parts(dataset.id)
+        at = now()
+        waiting = [p for p in parts if p.status != PART_DONE]
+        if waiting:
+            stale = [
+                part_job_id(dataset.id, p.part)
+                for p in waiting
+                if p.lease_expires is None or p.lease_expires < at
+            ]
+            try:
+                await self._queue.release(BUILD_DATASET_PART, stale)
+            except Exception as exc:  # Redis away: the reconciler runs this job again
+                log.warning("could not enqueue the parts of dataset %s (%s)", dataset.id, exc)
+            return f"building: {len(parts) - len(waiting)} of {len(parts)} parts written"
+        if not dataset.allow_empty and sum(p.counts.kept for p in parts) == 0:
+            total = sum(p.counts.total for p in parts)
+            drops = [
+                WrittenDrop(
+                    d.index, d.filter, sum(p.counts.dropped[d.index].dropped for p in parts)
+                )
+                for d in parts[0].counts.dropped
+            ]
+            await asyncio.to_thread(self._store.delete_tree, parts_staging(final_dir, dataset.id))
+            raise EmptyDatasetError(total, drops)
+        written = [
+            BuildResult(
+                files=[_written(f) for f in p.files],
+                total=p.counts.total,
+                kept=p.counts.kept,
+                dropped=[WrittenDrop(d.index, d.filter, d.dropped) for d in p.counts.dropped],
+                uri=final_dir.uri,
+            )
+            for p in parts
+        ]
+        return await asyncio.to_thread(
+            commit_parts,
+            final_dir,
+            parts_staging(final_dir, dataset.id),
+            written,
+            filters=[filter_to_dict(f) for f in dataset.filters],
+            manifest_extra=self._manifest_extra(dataset, sources),
+        )
+
+    async def run_part(self, job_id: str, worker_id: str = "") -> str:
+        """Writes one part of a build in parts (BUILD_DATASET_PART); idempotent.
+        The last part to finish hands the build back to BUILD_DATASET, which
+        writes the manifest."""
+        dataset_id, index = _parse_part_job_id(job_id)
+        async with self._uow() as tx:
+            dataset = await tx.datasets.get(dataset_id)
+            if dataset is None or dataset.status is not DatasetStatus.BUILDING:
+                return "skipped: the dataset is not building"
+            part = await tx.datasets.claim_part(dataset_id, index, self._lease, now(), worker_id)
+            if part is None:
+                return "skipped: written, or another worker holds it"
+            await tx.datasets.renew(dataset_id, self._lease, now())
+            await tx.commit()
+            sources = await tx.datasets.sources(dataset.batch_ids)
+        final_dir = self.folder(dataset.name, dataset.version)
+        try:
+            result: BuildResult = await self._write(dataset, sources, final_dir, part)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release_part(dataset_id, index))
+            raise
+        except DatasetExistsError:  # committed already: the build's job records it
+            await self._queue.try_enqueue(BUILD_DATASET, [dataset_id])
+            return "skipped: the dataset is in place"
+        except Exception as exc:
+            log.exception("dataset %s part %d failed", dataset_id, index)
+            return await self._fail(
+                dataset, "BUILD_FAILED", f"part {index}: {type(exc).__name__}: {exc}"
+            )
+        async with self._uow() as tx:
+            await tx.datasets.lock(dataset_id)
+            await tx.datasets.finish_part(
+                dataset_id,
+                index,
+                [DatasetFile(f.name, f.sha256, f.rows, f.bytes) for f in result.files],
+                DatasetCounts(
+                    result.total,
+                    result.kept,
+                    tuple(FilterDrop(d.index, d.filter, d.dropped) for d in result.dropped),
+                ),
+            )
+            last = all(p.status == PART_DONE for p in await tx.datasets.parts(dataset_id))
+            if last:  # the manifest is BUILD_DATASET's to write, now
+                await tx.datasets.renew(dataset_id, timedelta(0), now())
+            await tx.commit()
+        if last:
+            await self._queue.try_enqueue(BUILD_DATASET, [dataset_id])
+        return f"part {index} written: {result.kept} of {result.total} runs kept"
+
+    async def _release_part(self, dataset_id: str, index: int) -> None:
+        async with self._uow() as tx:
+            await tx.datasets.renew_part(dataset_id, index, timedelta(0), now())
+            await tx.commit()
 
     def _adopt(
         self, dataset: Dataset, final_dir: Location
@@ -414,6 +592,10 @@ class Datasets:
         async with self._uow() as tx:
             await tx.datasets.renew(dataset_id, timedelta(0), now())
             await tx.commit()
+
+
+def _written(f: DatasetFile) -> DatasetFileInfo:
+    return DatasetFileInfo(f.name, f.sha256, f.rows, f.bytes)
 
 
 def _files_mismatch(dataset: Dataset, exc: BaseException) -> FailedPrecondition:

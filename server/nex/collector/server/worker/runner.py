@@ -12,12 +12,25 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import Retry, Worker, func
 
 from nex.collector.server.bootstrap import Container
-from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, job_timeouts
+from nex.collector.server.queue import (
+    BUILD_DATASET,
+    BUILD_DATASET_PART,
+    DELIVER_EVIDENCE,
+    EXECUTE_RUN,
+    job_timeouts,
+)
 from nex.collector.server.services.throttle import Throttled
 from nex.collector.server.supervisor import is_outage, supervise
 from nex.collector.server.worker.arq_worker import BatchStartWorker
 
 log = logging.getLogger(__name__)
+
+# A part of a dataset build is CPU-bound: a worker process writes one at a time,
+# so that the parts of a build spread over the worker processes (arq hands a
+# worker every job it can take). A part job that finds this worker busy goes
+# back to the queue for another worker (or for this one, once free).
+PART_BUSY_DEFER_S = 0.2
+PART_MAX_TRIES = 1_000_000
 
 
 def job_functions(container: Container) -> list[Any]:
@@ -32,6 +45,14 @@ def job_functions(container: Container) -> list[Any]:
     async def build_dataset(ctx: dict[str, Any], dataset_id: str) -> str:
         return await container.datasets.run_build(dataset_id)
 
+    part_slot = asyncio.Semaphore(1)
+
+    async def build_dataset_part(ctx: dict[str, Any], part_job_id: str) -> str:
+        if part_slot.locked():
+            raise Retry(defer=PART_BUSY_DEFER_S)
+        async with part_slot:
+            return await container.datasets.run_part(part_job_id, container.heartbeat.worker_id)
+
     async def deliver_evidence(ctx: dict[str, Any], link_id: str) -> str:
         return await container.evidence.deliver(link_id)
 
@@ -39,6 +60,13 @@ def job_functions(container: Container) -> list[Any]:
     return [
         func(execute_run, name=EXECUTE_RUN, timeout=timeouts[EXECUTE_RUN], keep_result=0),
         func(build_dataset, name=BUILD_DATASET, timeout=timeouts[BUILD_DATASET], keep_result=0),
+        func(
+            build_dataset_part,
+            name=BUILD_DATASET_PART,
+            timeout=timeouts[BUILD_DATASET_PART],
+            keep_result=0,
+            max_tries=PART_MAX_TRIES,  # a busy worker hands the part back (above)
+        ),
         func(
             deliver_evidence,
             name=DELIVER_EVIDENCE,

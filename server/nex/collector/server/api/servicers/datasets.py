@@ -37,6 +37,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                 context_ref_id=request.context_ref_id,
                 link_evidence=request.link_evidence,
                 allow_empty=request.allow_empty,
+                parts=request.parts,
             )
         )
         return pb.BuildDatasetResponse(dataset=convert.dataset(dataset))

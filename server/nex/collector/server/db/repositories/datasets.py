@@ -10,12 +10,15 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
-from nex.collector.server.db.tables import batches, datasets, templates
+from nex.collector.server.db.tables import batches, dataset_parts, datasets, runs, templates
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
+    PART_DONE,
+    PART_PENDING,
     Dataset,
     DatasetCounts,
     DatasetFile,
+    DatasetPart,
     DatasetStatus,
     FilterDrop,
 )
@@ -57,7 +60,37 @@ def _entity(row: Mapping[Any, Any]) -> Dataset:
         link_evidence=row["link_evidence"],
         allow_empty=row["allow_empty"],
         ready_time=row["ready_time"],
+        parts=row["parts"],
     )
+
+
+def _part(row: Mapping[Any, Any]) -> DatasetPart:
+    counts = row["counts"] or {}
+    return DatasetPart(
+        dataset_id=row["dataset_id"],
+        part=row["part"],
+        first_run_id=row["first_run_id"],
+        end_run_id=row["end_run_id"],
+        status=row["status"],
+        lease_expires=row["lease_expires"],
+        worker_id=row["worker_id"],
+        files=tuple(DatasetFile(**f) for f in row["files"]),
+        counts=DatasetCounts(
+            total=counts.get("total", 0),
+            kept=counts.get("kept", 0),
+            dropped=tuple(FilterDrop(**d) for d in counts.get("dropped", [])),
+        ),
+    )
+
+
+def _counts_json(c: DatasetCounts) -> dict[str, Any]:
+    return {
+        "total": c.total,
+        "kept": c.kept,
+        "dropped": [
+            {"index": d.index, "filter": d.filter, "dropped": d.dropped} for d in c.dropped
+        ],
+    }
 
 
 class DatasetRepository(Repository):
@@ -100,6 +133,7 @@ class DatasetRepository(Repository):
                 context_ref_id=d.context_ref_id,
                 link_evidence=d.link_evidence,
                 allow_empty=d.allow_empty,
+                parts=d.parts,
                 request_id=request_id or None,
                 create_time=d.create_time,
             )
@@ -169,6 +203,102 @@ class DatasetRepository(Repository):
             .values(**values)
         )
 
+    # -- builds in parts ---------------------------------------------------------
+
+    async def lock(self, id_: str) -> None:
+        """Locks the dataset's row until the transaction ends (serialises the
+        parts' "am I the last one" checks)."""
+        await self.session.execute(
+            select(datasets.c.id).where(datasets.c.id == id_).with_for_update()
+        )
+
+    async def part_bounds(self, batch_ids: Sequence[str], parts: int) -> list[str | None]:
+        """The first run id of parts 1..parts-1 when the completed runs of the
+        batches (in id order) are split into `parts` runs of (nearly) equal size;
+        None for a part that would hold no run."""
+        where = (runs.c.batch_id.in_(list(batch_ids)), runs.c.status == RunStatus.COMPLETED.value)
+        n = int((await self.session.execute(select(func.count()).where(*where))).scalar_one())
+        bounds: list[str | None] = []
+        for i in range(1, parts):
+            rank = i * n // parts
+            row = (
+                await self.session.execute(
+                    select(runs.c.id).where(*where).order_by(runs.c.id).offset(rank).limit(1)
+                )
+            ).first()
+            bounds.append(row[0] if row else None)
+        return bounds
+
+    async def plan_parts(self, id_: str, bounds: Sequence[str | None]) -> None:
+        """Records the parts (once: a second plan of the same dataset is ignored)."""
+        edges = [None, *bounds, None]
+        rows = []
+        for i in range(len(bounds) + 1):
+            first, end = edges[i], edges[i + 1]
+            if i > 0 and first is None:  # no run from here on: an empty part
+                first = end = ""
+            rows.append(
+                {
+                    "dataset_id": id_,
+                    "part": i,
+                    "first_run_id": first,
+                    "end_run_id": end,
+                    "status": PART_PENDING,
+                }
+            )
+        await self.session.execute(insert(dataset_parts).values(rows).on_conflict_do_nothing())
+
+    async def parts(self, id_: str) -> list[DatasetPart]:
+        stmt = select(dataset_parts).where(dataset_parts.c.dataset_id == id_)
+        rows = (await self.session.execute(stmt.order_by(dataset_parts.c.part))).mappings()
+        return [_part(r) for r in rows]
+
+    async def claim_part(
+        self, id_: str, part: int, lease: timedelta, now: datetime, worker_id: str
+    ) -> DatasetPart | None:
+        """Takes the lease of a pending part nobody (alive) builds."""
+        stmt = (
+            update(dataset_parts)
+            .where(
+                dataset_parts.c.dataset_id == id_,
+                dataset_parts.c.part == part,
+                dataset_parts.c.status == PART_PENDING,
+                or_(dataset_parts.c.lease_expires.is_(None), dataset_parts.c.lease_expires < now),
+            )
+            .values(lease_expires=now + lease, worker_id=worker_id)
+            .returning(*dataset_parts.c)
+        )
+        row = (await self.session.execute(stmt)).mappings().first()
+        return _part(row) if row else None
+
+    async def renew_part(self, id_: str, part: int, lease: timedelta, now: datetime) -> None:
+        await self.session.execute(
+            update(dataset_parts)
+            .where(dataset_parts.c.dataset_id == id_, dataset_parts.c.part == part)
+            .values(lease_expires=now + lease)
+        )
+
+    async def finish_part(
+        self, id_: str, part: int, files: Sequence[DatasetFile], counts: DatasetCounts
+    ) -> None:
+        await self.session.execute(
+            update(dataset_parts)
+            .where(
+                dataset_parts.c.dataset_id == id_,
+                dataset_parts.c.part == part,
+                dataset_parts.c.status == PART_PENDING,
+            )
+            .values(
+                status=PART_DONE,
+                lease_expires=None,
+                files=[
+                    {"name": f.name, "sha256": f.sha256, "rows": f.rows, "bytes": f.bytes}
+                    for f in files
+                ],
+                counts=_counts_json(counts),
+            )
+        )
+
     async def count_building(self) -> int:
         stmt = select(func.count()).where(datasets.c.status == DatasetStatus.BUILDING.value)
         return int((await self.session.execute(stmt)).scalar_one())
@@ -225,6 +355,8 @@ class DatasetRepository(Repository):
         sources: Mapping[str, Mapping[str, Any]],
         *,
         chunk: int = 1000,
+        first_run_id: str | None = None,
+        end_run_id: str | None = None,
     ) -> AsyncIterator[list[CompletedRun]]:
         """The completed runs of the batches in id order, streamed through a
         server-side cursor `chunk` rows at a time (memory stays flat).
@@ -237,9 +369,19 @@ class DatasetRepository(Repository):
         assert driver is not None
         # A transaction for the cursor (a savepoint if the session has one open).
         async with driver.transaction():
-            cursor = await driver.cursor(
-                _COMPLETED_RUNS, list(batch_ids), RunStatus.COMPLETED.value
-            )
+            query, args = _COMPLETED_RUNS, [list(batch_ids), RunStatus.COMPLETED.value]
+            if first_run_id is not None:
+                query, args = (
+                    query.replace(" ORDER BY", " AND id >= $3 ORDER BY"),
+                    [*args, first_run_id],
+                )
+            if end_run_id is not None:
+                n = len(args) + 1
+                query, args = (
+                    query.replace(" ORDER BY", f" AND id < ${n} ORDER BY"),
+                    [*args, end_run_id],
+                )
+            cursor = await driver.cursor(query, *args)
             while rows := await cursor.fetch(chunk):
                 # Token texts arrive joined (see _COMPLETED_RUNS); the rare run with
                 # a separator inside a token is read again as arrays.
