@@ -28,7 +28,10 @@ from nex.collector.server.db.repositories.events import EVENTS_LOCK
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import (
+    RunningCollector,
+    serving_for_worker_processes,
+)
 from tests.support.db import fetch_all
 from tests.support.processes import RedisProcess, WorkerProcess
 
@@ -50,10 +53,7 @@ def env(
 
 @pytest.fixture
 def server(env: dict[str, str], own_backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
-    """A collector serving gRPC with no worker of its own: workers are processes."""
-    overrides = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
-    settings = collector_settings(own_backing, tmp_path / "data", **overrides)
-    with running_collector(settings, work=False) as running:
+    with serving_for_worker_processes(env, own_backing, tmp_path / "data") as running:
         yield running
 
 

@@ -97,3 +97,15 @@ def integrated_collector(
         )
         with running_collector(settings) as running:
             yield running
+
+
+@contextmanager
+def serving_for_worker_processes(
+    env: dict[str, str], backing: Backing, data_dir: Path
+) -> Iterator[RunningCollector]:
+    """A collector serving gRPC with no worker of its own, configured like the
+    worker processes started with `env` (their DATABASE_URL and DATA_DIR aside)."""
+    overrides = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
+    settings = collector_settings(backing, data_dir, **overrides)
+    with running_collector(settings, work=False) as running:
+        yield running
