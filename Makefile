@@ -76,12 +76,14 @@ lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 BENCH_RUNS ?= 400
 BENCH_REPEATS ?= 1
 DATASET_SIZES ?= 20000,100000
+PROVIDER_BATCH_RUNS ?= 100000
 bench: $(STAMP) ## benchmarks, printed as ratios against same-run peers (Curator: bench/.venv-curator, made on first use)
 	$(BIN)/python bench/collect.py --runs $(BENCH_RUNS) --repeats $(BENCH_REPEATS)
 	$(BIN)/python bench/limited.py
 	$(BIN)/python bench/dataset.py --sizes $(DATASET_SIZES)
 	$(BIN)/python bench/watch.py --runs 2000 --watchers 1,200,1000
 	$(BIN)/python bench/read.py --sizes 20000,100000
+	$(BIN)/python bench/provider_batch.py --runs $(PROVIDER_BATCH_RUNS)
 
 clean:
 	rm -rf $(VENV) bench/.venv-curator bench/.venv-curator.log bench/.curator-pass.log .tools .pytest_cache .mypy_cache .ruff_cache build *.egg-info \
