@@ -18,6 +18,8 @@ from nex.collector.server.db.tables import batches, budget_reservations, budgets
 from nex.collector.server.domain.budgets import Budget
 from nex.collector.server.domain.teacher import ACTIVE_STATUSES
 
+_KEYS_PER_STATEMENT = 10_000  # (run id, attempt) pairs in one IN list
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
@@ -152,21 +154,24 @@ class BudgetRepository(Repository):
         await self._apply(moved, moved)
 
     async def _take(self, keys: Sequence[tuple[str, int]]) -> list[tuple[str, int, str, float]]:
-        if not keys:
-            return []
-        stmt = (
-            delete(budget_reservations)
-            .where(
-                tuple_(budget_reservations.c.run_id, budget_reservations.c.attempt).in_(list(keys))
+        taken: list[tuple[str, int, str, float]] = []
+        # Two parameters a key, and asyncpg takes at most 32,767 a statement
+        # (a provider job that fails whole settles up to 100,000 runs).
+        for i in range(0, len(keys), _KEYS_PER_STATEMENT):
+            part = list(keys[i : i + _KEYS_PER_STATEMENT])
+            key = tuple_(budget_reservations.c.run_id, budget_reservations.c.attempt)
+            stmt = (
+                delete(budget_reservations)
+                .where(key.in_(part))
+                .returning(
+                    budget_reservations.c.run_id,
+                    budget_reservations.c.attempt,
+                    budget_reservations.c.scope,
+                    budget_reservations.c.amount_usd,
+                )
             )
-            .returning(
-                budget_reservations.c.run_id,
-                budget_reservations.c.attempt,
-                budget_reservations.c.scope,
-                budget_reservations.c.amount_usd,
-            )
-        )
-        return [(r[0], r[1], r[2], r[3]) for r in await self.session.execute(stmt)]
+            taken += [(r[0], r[1], r[2], r[3]) for r in await self.session.execute(stmt)]
+        return taken
 
     async def _apply(self, spent: Mapping[str, float], freed: Mapping[str, float]) -> None:
         scopes = sorted(set(spent) | set(freed))

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ColumnElement, Text, and_, any_, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.repositories.batches import provider_job_view
@@ -18,6 +18,13 @@ from nex.collector.server.domain.teacher import RunStatus
 
 # States after which the job needs nothing more from us.
 DONE = ("ingested", "abandoned")
+
+
+def _run_among(ids: Sequence[str]) -> ColumnElement[bool]:
+    """`runs.id = ANY($1)`: one array parameter however many runs a job holds
+    (an IN list takes one per id, and asyncpg refuses more than 32,767, while
+    an OpenAI job holds up to 50,000 requests)."""
+    return runs.c.id == any_(literal(list(ids), ARRAY(Text)))
 
 
 class ProviderJobRepository(Repository):
@@ -72,7 +79,7 @@ class ProviderJobRepository(Repository):
         and they hold no lease: the job does, in this table."""
         await self.session.execute(
             update(runs)
-            .where(runs.c.id.in_(list(run_ids)), runs.c.status == RunStatus.QUEUED.value)
+            .where(_run_among(run_ids), runs.c.status == RunStatus.QUEUED.value)
             .values(
                 status=RunStatus.RUNNING.value,
                 attempt=runs.c.attempt + 1,
@@ -206,7 +213,7 @@ class ProviderJobRepository(Repository):
                 runs.c.teacher_failures,
                 runs.c.lost_count,
             )
-            .where(runs.c.id.in_(list(wanted)), runs.c.status == RunStatus.RUNNING.value)
+            .where(_run_among(list(wanted)), runs.c.status == RunStatus.RUNNING.value)
             .with_for_update()
         )
         rows = (await self.session.execute(stmt)).mappings()
@@ -219,7 +226,7 @@ class ProviderJobRepository(Repository):
             return
         await self.session.execute(
             update(runs)
-            .where(runs.c.id.in_(list(ids)))
+            .where(_run_among(ids))
             .values(
                 status=RunStatus.QUEUED.value,
                 teacher_failures=runs.c.teacher_failures + 1,
@@ -237,7 +244,7 @@ class ProviderJobRepository(Repository):
             return
         await self.session.execute(
             update(runs)
-            .where(runs.c.id.in_(list(ids)))
+            .where(_run_among(ids))
             .values(
                 status=(RunStatus.CANCELLED if cancelled else RunStatus.FAILED).value,
                 teacher_failures=runs.c.teacher_failures + (0 if cancelled else 1),
