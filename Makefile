@@ -71,7 +71,8 @@ lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy client server tests bench
 
-# 15-25 min on the 2-core box, by how busy it is (limited.py alone takes 5-9). Bigger runs:
+# 18-28 min on the 2-core box, by how busy it is (limited.py alone takes 5-9,
+# provider_batch.py about 3). Bigger runs:
 #   make bench BENCH_RUNS=2000 BENCH_REPEATS=3 DATASET_SIZES=200000,500000
 BENCH_RUNS ?= 400
 BENCH_REPEATS ?= 1

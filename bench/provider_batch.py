@@ -48,6 +48,7 @@ MIB = 2**20
 RSS_GROWTH_TARGET_MIB = 100.0
 # Ended at the provider (results can be read) or read: ingestion has begun.
 _INGESTING = frozenset({"completed", "failed", "expired", "cancelled", "ingested"})
+_SETTLED = frozenset({"ingested", "abandoned"})  # nothing more to do
 
 
 @dataclass
@@ -132,7 +133,7 @@ async def _collect(address: str, n: int, tokens: int, top: int) -> Outcome:
         create_s = time.perf_counter() - started
         print(f"  {n} runs created in {create_s:.1f} s", flush=True)
         ingest_from = time.monotonic()
-        last_note = ""
+        last_states, printed = "", 0.0
         while True:
             looked = time.monotonic()
             view = await client.get_batch(batch.id)
@@ -141,14 +142,23 @@ async def _collect(address: str, n: int, tokens: int, top: int) -> Outcome:
             )
             if not ingesting:
                 ingest_from = looked
-            note = ", ".join(
+            states = ", ".join(
                 f"{j.state} {j.request_completed}/{j.request_total}" for j in view.provider_jobs
             )
-            note = f"jobs [{note}]  completed {view.counts.completed}"
-            if note != last_note:
-                print(f"  {time.perf_counter() - started:7.1f} s  {note}", flush=True)
-                last_note = note
-            if view.status in (BatchStatus.COMPLETED, BatchStatus.CANCELLED):
+            # The batch is COMPLETED with its last run stored, a moment before
+            # its last job is marked ingested with its cost (and the saving).
+            ended = view.status in (BatchStatus.COMPLETED, BatchStatus.CANCELLED) and all(
+                j.state in _SETTLED for j in view.provider_jobs
+            )
+            # Each change of a job, else every 5 s.
+            if states != last_states or looked - printed >= 5 or ended:
+                elapsed = time.perf_counter() - started
+                print(
+                    f"  {elapsed:7.1f} s  jobs [{states}]  completed {view.counts.completed}",
+                    flush=True,
+                )
+                last_states, printed = states, looked
+            if ended:
                 break
             await asyncio.sleep(SAMPLE_S)
         return Outcome(
@@ -213,7 +223,8 @@ def report(out: Outcome, sampler: Sampler, began: float) -> bool:
     online = out.cost_usd + out.saved_usd
     print(
         f"N={n}: {n / out.total_s:7.1f} runs/s ({out.total_s:.1f} s from the first "
-        f"BatchCreateRuns to the batch COMPLETED; creating the runs {out.create_s:.1f} s)"
+        f"BatchCreateRuns to the batch COMPLETED and its jobs ingested; creating the runs "
+        f"{out.create_s:.1f} s)"
     )
     print(
         f"provider jobs: {len(out.jobs)} (fewest possible {math.ceil(n / OPENAI_MAX_REQUESTS)}), "
