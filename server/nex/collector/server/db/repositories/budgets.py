@@ -10,15 +10,13 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Integer, Text, bindparam, delete, func, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, budget_reservations, budgets, runs
 from nex.collector.server.domain.budgets import Budget
 from nex.collector.server.domain.teacher import ACTIVE_STATUSES
-
-_KEYS_PER_STATEMENT = 10_000  # (run id, attempt) pairs in one IN list
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,24 +152,27 @@ class BudgetRepository(Repository):
         await self._apply(moved, moved)
 
     async def _take(self, keys: Sequence[tuple[str, int]]) -> list[tuple[str, int, str, float]]:
-        taken: list[tuple[str, int, str, float]] = []
-        # Two parameters a key, and asyncpg takes at most 32,767 a statement
-        # (a provider job that fails whole settles up to 100,000 runs).
-        for i in range(0, len(keys), _KEYS_PER_STATEMENT):
-            part = list(keys[i : i + _KEYS_PER_STATEMENT])
-            key = tuple_(budget_reservations.c.run_id, budget_reservations.c.attempt)
-            stmt = (
-                delete(budget_reservations)
-                .where(key.in_(part))
-                .returning(
-                    budget_reservations.c.run_id,
-                    budget_reservations.c.attempt,
-                    budget_reservations.c.scope,
-                    budget_reservations.c.amount_usd,
-                )
+        if not keys:
+            return []
+        # The keys as two arrays, unnested side by side: two parameters however
+        # many keys (a provider job that fails whole settles up to 100,000
+        # runs; an IN list of pairs takes two parameters a key, and asyncpg
+        # refuses more than 32,767, PostgreSQL's stack thousands of pairs).
+        wanted = select(
+            func.unnest(literal([k[0] for k in keys], ARRAY(Text))),
+            func.unnest(literal([k[1] for k in keys], ARRAY(Integer))),
+        )
+        stmt = (
+            delete(budget_reservations)
+            .where(tuple_(budget_reservations.c.run_id, budget_reservations.c.attempt).in_(wanted))
+            .returning(
+                budget_reservations.c.run_id,
+                budget_reservations.c.attempt,
+                budget_reservations.c.scope,
+                budget_reservations.c.amount_usd,
             )
-            taken += [(r[0], r[1], r[2], r[3]) for r in await self.session.execute(stmt)]
-        return taken
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in await self.session.execute(stmt)]
 
     async def _apply(self, spent: Mapping[str, float], freed: Mapping[str, float]) -> None:
         scopes = sorted(set(spent) | set(freed))
