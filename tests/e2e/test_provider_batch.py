@@ -8,6 +8,7 @@ clock."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,7 +133,19 @@ def _topics(tag: str, n: int) -> list[dict[str, str]]:
 def _wait(client: Client, batch_id: str) -> TeacherBatch:
     for _ in client.watch_batch(batch_id):
         pass
-    return client.get_batch(batch_id)
+    return _settled(client, batch_id)
+
+
+def _settled(client: Client, batch_id: str, timeout: float = 30) -> TeacherBatch:
+    """The batch once its provider jobs are final too: a job is marked ingested
+    or abandoned, with its cost, just after its last run ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.get_batch(batch_id)
+        if all(j.state in ("ingested", "abandoned") for j in batch.provider_jobs):
+            return batch
+        assert time.monotonic() < deadline, batch.provider_jobs
+        time.sleep(0.05)
 
 
 def test_a_whole_batch_through_openai_at_half_price(
@@ -149,7 +162,7 @@ def test_a_whole_batch_through_openai_at_half_price(
     for run in runs:
         statuses = [e.status for e in events if e.run_id == run.id]
         assert statuses == [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED]
-    done = client.get_batch(batch.id)
+    done = _settled(client, batch.id)
     assert done.counts.completed == 10
     (job,) = done.provider_jobs
     assert job.state == "ingested" and job.request_total == 10 and job.request_completed == 10
@@ -334,7 +347,7 @@ def test_a_crash_anywhere_sends_nothing_twice_and_ingests_every_run_once(
                 break
             running.call(second.tick())
 
-        done = client.get_batch(batch.id)
+        done = _settled(client, batch.id)
         assert done.counts.completed == 7
         assert api.batches.uploads - uploads == (1 if provider == "openai" else 0)
         assert api.batches.created[provider] - created == 1
@@ -601,7 +614,7 @@ def test_a_wrong_key_fails_the_job_and_its_runs_with_the_providers_error(
         events = list(client.watch_batch(batch.id, on_provider_job=seen.append))
     finally:
         api.api_key = TEACHER_KEY
-    done = client.get_batch(batch.id)
+    done = _settled(client, batch.id)
     assert done.status is BatchStatus.COMPLETED or done.counts.failed == 3
     assert done.counts.failed == 3 and done.counts.done == 3
     for run in runs:
@@ -627,7 +640,7 @@ def test_a_provider_that_stays_down_fails_the_runs_once_attempts_are_used_up(
     runs = client.create_runs(batch.id, _topics(unique("dn"), 2))
     seen: list[ProviderJobProgress] = []
     events = list(client.watch_batch(batch.id, on_provider_job=seen.append))
-    done = client.get_batch(batch.id)
+    done = _settled(client, batch.id)
     assert done.counts.failed == 2 and done.counts.done == 2
     # Each job is given up after PROVIDER_JOB_MAX_STEP_FAILURES (8) steps in a
     # row; its runs go to the next job until TEACHER_MAX_ATTEMPTS (3) are used.
