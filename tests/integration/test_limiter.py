@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -12,7 +13,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from nex.collector.server.domain.ratelimits import RateSnapshot
-from nex.collector.server.limiter import PROBE_IN_FLIGHT, BucketLimits, RateLimiter
+from nex.collector.server.limiter import (
+    BACKOFF_CUT,
+    PROBE_IN_FLIGHT,
+    BucketLimits,
+    RateLimiter,
+)
 from tests.support.backing import Backing
 
 NONE = BucketLimits()
@@ -88,8 +94,10 @@ async def test_a_429_under_the_limit_cuts_the_pace(redis: aioredis.Redis) -> Non
     )
     await asyncio.sleep(0.01)
     grants = [await limiter.acquire("t", "m", f"r{i}", 10, limits) for i in range(9)]
-    # 9 x 0.85 = 7.65: the one already in the window and 6 more
-    assert [g.granted for g in grants] == [True] * 6 + [False] * 3
+    # 9 x BACKOFF_CUT in the second: the one already in the window and the rest
+    allowed = math.floor(9 * BACKOFF_CUT)
+    assert allowed < 9
+    assert [g.granted for g in grants] == [True] * (allowed - 1) + [False] * (10 - allowed)
 
 
 async def test_high_limits_allow_no_burst(redis: aioredis.Redis) -> None:

@@ -50,9 +50,9 @@ USAGE_SLOT_MS = 10_000
 # (calls from a busy worker reach it bunched, its clock is not ours), so the
 # pace is cut by CUT (at most once a second, never below FLOOR) and recovers
 # by RECOVER_PER_S of the limit each second without one.
-BACKOFF_CUT = 0.85
-BACKOFF_FLOOR = 0.5
-BACKOFF_RECOVER_PER_S = 0.05
+BACKOFF_CUT = 0.95
+BACKOFF_FLOOR = 0.7
+BACKOFF_RECOVER_PER_S = 0.1
 
 
 def _script(text: str) -> str:
