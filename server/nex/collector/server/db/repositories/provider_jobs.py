@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.repositories.batches import provider_job_view
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
+from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS
 from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
 from nex.collector.server.domain.batches import ProviderJobView
 from nex.collector.server.domain.teacher import RunStatus
@@ -186,11 +187,7 @@ class ProviderJobRepository(Repository):
         """Runs still running in the job (locked): no result came for them."""
         stmt = (
             select(
-                runs.c.id,
-                runs.c.batch_id,
-                runs.c.attempt,
-                runs.c.teacher_failures,
-                runs.c.lost_count,
+                *ATTEMPT_COLUMNS,
             )
             .where(
                 runs.c.provider_job_id == job_id,
@@ -207,11 +204,7 @@ class ProviderJobRepository(Repository):
         wanted = dict(keys)
         stmt = (
             select(
-                runs.c.id,
-                runs.c.batch_id,
-                runs.c.attempt,
-                runs.c.teacher_failures,
-                runs.c.lost_count,
+                *ATTEMPT_COLUMNS,
             )
             .where(_run_among(list(wanted)), runs.c.status == RunStatus.RUNNING.value)
             .with_for_update()

@@ -31,6 +31,14 @@ from nex.collector.server.domain.validation import storable_texts
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
+# What deciding a run's next attempt needs to know of it.
+ATTEMPT_COLUMNS = (
+    runs.c.id,
+    runs.c.batch_id,
+    runs.c.attempt,
+    runs.c.teacher_failures,
+    runs.c.lost_count,
+)
 # What a teacher's answer sets on its run, bound by name (one executemany).
 _ANSWER_VALUES: dict[str, Any] = {name: bindparam(name) for name in ANSWER_COLUMNS}
 # No run of a paused batch starts; the reconciler leaves its queued runs alone.
@@ -405,11 +413,7 @@ class RunRepository(Repository):
         owner_alive = exists().where(workers.c.id == runs.c.worker_id, workers.c.expires_at > now)
         stmt = (
             select(
-                runs.c.id,
-                runs.c.batch_id,
-                runs.c.attempt,
-                runs.c.teacher_failures,
-                runs.c.lost_count,
+                *ATTEMPT_COLUMNS,
                 runs.c.answer_time,
                 runs.c.cost_usd,
             )
