@@ -28,7 +28,7 @@ from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
 from tests.conftest import teacher_settings, unique
-from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector, collector_settings, running_collector
@@ -154,6 +154,9 @@ def test_a_killed_worker_leaks_no_reservation_and_its_calls_count(
     api = fresh_teacher_api
     api.prices = {MODEL: PRICE}
     api.latency_s = 0.5
+    # Five calls stall at the teacher, so the kill always finds calls in flight
+    # with no answer (answers are stored within milliseconds of arriving).
+    api.script(*[Scripted() for _ in range(5)], *[Scripted(delay_s=60) for _ in range(5)])
     overrides = {k: v for k, v in worker_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
     with (
