@@ -338,6 +338,40 @@ async def _drained(pool: ArqRedis) -> bool:
     return queued == 0 and not await pool.keys(constants.in_progress_key_prefix + "*")
 
 
+async def test_a_job_back_while_it_still_runs_here_runs_once_that_run_ends(
+    pools: PoolFactory,
+) -> None:
+    """Redis lost the job's marker (FLUSHDB) and the job came back while this
+    worker still runs it, its own Redis bookkeeping already done. The new start
+    waits for the run in flight, then runs: it never leaves behind a marker that a
+    live worker holds (the reconciler leaves those alone: the job would be stuck)."""
+    pool = await pools()
+    calls: list[str] = []
+
+    async def execute(ctx: dict[str, Any], job_id: str) -> None:
+        calls.append(job_id)
+
+    await JobQueue(pool, marker_ttl_ms=60_000).enqueue(EXECUTE_RUN, ["r1"])
+    worker = BatchStartWorker(
+        functions=[func(execute, name=EXECUTE_RUN, timeout=30, keep_result=0)],
+        redis_pool=await pools(),
+        max_jobs=4,
+        keep_result=0,
+        handle_signals=False,
+        owner="w1",
+    )
+    in_flight = asyncio.Event()
+    worker.tasks["r1"] = asyncio.create_task(in_flight.wait())  # the run still ending here
+    await worker.start_jobs([b"r1"])
+    await asyncio.sleep(0.1)
+    assert calls == []  # not twice at once
+    assert await pool.get(constants.in_progress_key_prefix + "r1") == b"w1"
+    in_flight.set()
+    await _until(lambda: asyncio.sleep(0, calls == ["r1"]), "the job ran once the first run ended")
+    await _until(lambda: _drained(pool), "its marker freed and the queue drained")
+    await worker.close()
+
+
 async def test_close_cancels_the_jobs_in_flight_and_waits_for_each(pools: PoolFactory) -> None:
     pool = await pools()
     running: set[str] = set()

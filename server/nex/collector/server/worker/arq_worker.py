@@ -7,8 +7,8 @@ one Lua script scans the head of the queue inside Redis and does the same
 checks and marks (same keys, same semantics) for as many jobs as there are
 free slots. Its in-progress markers hold the worker's id instead of arq's "1",
 so that the reconciler frees a job only when the worker that started it is
-dead; and a job this worker is already running is never started a second time
-(arq keeps one task per job id: a second would overwrite the first's).
+dead; and a job this worker is already running is never run twice at once
+(arq keeps one task per job id): the second start waits for the first to end.
 
 Its `close` waits for every job it cancels: arq's own gathers them without
 `return_exceptions`, so it re-raises the first job's CancelledError and
@@ -75,15 +75,32 @@ class BatchStartWorker(Worker):
         for i in range(0, len(started), 2):
             job_id, score = started[i].decode(), int(float(started[i + 1]))
             running = self.tasks.get(job_id)
-            if running is not None and not running.done():
-                # Freed while we run it (Redis lost its marker, or a bug): not twice.
-                log.warning("job %s is already running here: not started twice", job_id)
-                continue
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
+            if running is not None and not running.done():
+                # Redis lost the marker of a job this worker still runs (FLUSHDB, a
+                # failover) and the job came back. Not twice at once: this start
+                # waits for the run in flight. Dropping it instead would leave the
+                # marker just set, held by a live worker, for its whole TTL (hours)
+                # when the run in flight had already done its own Redis bookkeeping.
+                log.warning("job %s is already running here: starts again once it ends", job_id)
+                job = self._after(running, job_id, score)
+            else:
+                job = self.run_job(job_id, score)
+            task = self.loop.create_task(job)
             task.add_done_callback(self._job_ended)
             self.tasks[job_id] = task
+
+    async def _after(self, running: asyncio.Task[Any], job_id: str, score: int) -> None:
+        """Runs the job once `running` (its run in flight here) has ended; the job
+        then completes, or finds its own work done or gone."""
+        try:
+            await asyncio.wait({running})
+        except asyncio.CancelledError:  # closing: the run in flight is no longer in `tasks`
+            running.cancel()
+            await asyncio.wait({running})
+            raise
+        await self.run_job(job_id, score)
 
     def _job_ended(self, _: object) -> None:
         """Frees the slot `start_jobs` took (what arq's own start does on completion)."""
