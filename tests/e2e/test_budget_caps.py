@@ -196,6 +196,43 @@ def test_a_killed_worker_leaks_no_reservation_and_its_calls_count(
     assert api.spent_usd <= done.budget.spent_usd + 1e-12  # never less than the bill
 
 
+def test_a_call_that_timed_out_counts_at_its_worst_case(
+    own_backing: Backing, fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
+) -> None:
+    """The worker stops waiting (TEACHER_TIMEOUT_S) for a call the teacher got:
+    the teacher still generates the answer and bills it, so the books count that
+    call at its worst case, and never less than the teacher's bill."""
+    api = fresh_teacher_api
+    api.prices = {MODEL: PRICE}
+    api.script(Scripted(delay_s=2.0))  # the first call outlasts the timeout
+    settings = collector_settings(
+        own_backing, tmp_path / "data", **{**teacher_settings(api), "TEACHER_TIMEOUT_S": 0.5}
+    )
+    with (
+        running_collector(settings) as running,
+        connect(running.address, token=running.token) as client,
+    ):
+        template = client.create_template(unique("t"), user_template="Say {{ x }}", variables=["x"])
+        batch = client.create_batch(
+            unique("t"),
+            template.id,
+            "openai",
+            MODEL,
+            params=GenerationParams(max_tokens=MAX_TOKENS),
+            max_cost_usd=1.0,
+        )
+        (run,) = client.create_runs(batch.id, [{"x": "item"}])
+        done = _wait_for(client, batch.id, BatchStatus.COMPLETED)
+        deadline = time.monotonic() + 30
+        while api.spent_usd < 2 * done.usage.cost_usd * 0.999:  # the stalled call, billed too
+            assert time.monotonic() < deadline, (api.spent_usd, done.usage.cost_usd)
+            time.sleep(0.05)
+        assert client.get_run(run.id).attempt == 2
+    assert done.budget.reserved_usd == pytest.approx(0)
+    assert done.budget.spent_usd > done.usage.cost_usd  # the timed-out call, at worst case
+    assert api.spent_usd <= done.budget.spent_usd + 1e-12
+
+
 def test_a_cap_needs_a_priced_model_and_max_tokens(client: Client) -> None:
     template = client.create_template(unique("cap"), user_template="Say {{ x }}", variables=["x"])
     with pytest.raises(FailedPreconditionError) as caught:

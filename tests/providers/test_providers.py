@@ -377,15 +377,20 @@ async def test_timeout_is_retryable(api: FakeTeacherAPI) -> None:
         error = await failure(provider)
         assert time.monotonic() - started < 1.5
         assert (error.code, error.retryable) == (errors.TIMEOUT, True)
+        assert error.maybe_billed  # the teacher got the request and may bill the answer
         await provider.aclose()
 
 
-async def test_unreachable_server_is_retryable() -> None:
-    provider = OpenAIProvider(api_key=KEY, base_url="http://127.0.0.1:9/v1", timeout=2)
-    error = await failure(provider)
-    assert error.retryable
-    assert error.code in (errors.CONNECTION, errors.TIMEOUT)
-    await provider.aclose()
+async def test_unreachable_server_is_retryable_and_bills_nothing() -> None:
+    for provider in (
+        OpenAIProvider(api_key=KEY, base_url="http://127.0.0.1:9/v1", timeout=2),
+        AnthropicProvider(api_key=KEY, base_url="http://127.0.0.1:9", timeout=2),
+    ):
+        error = await failure(provider)
+        assert error.retryable
+        assert error.code in (errors.CONNECTION, errors.TIMEOUT)
+        assert not error.maybe_billed  # the request never left
+        await provider.aclose()
 
 
 async def test_garbled_answer_is_a_retryable_bad_response(

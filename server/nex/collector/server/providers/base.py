@@ -30,7 +30,10 @@ class Completion:
 
 class ProviderError(Exception):
     """A failed teacher call. `retryable` calls may be tried again after
-    `retry_after` seconds (from the provider's Retry-After, when it sent one)."""
+    `retry_after` seconds (from the provider's Retry-After, when it sent one).
+    `maybe_billed`: the request may have reached the teacher and no answer said
+    it failed (a timeout, a connection cut mid-way): providers bill a generation
+    the client stopped waiting for, so the call's worst case counts."""
 
     def __init__(
         self,
@@ -40,6 +43,7 @@ class ProviderError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         rate_headers: Mapping[str, str] | None = None,
+        maybe_billed: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -47,6 +51,7 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.rate_headers = rate_headers
+        self.maybe_billed = maybe_billed
 
 
 def rate_headers(headers: Mapping[str, str]) -> dict[str, str] | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import anthropic
 import httpx2
 import openai
@@ -41,6 +42,16 @@ _TIMEOUT_ERRORS = (
     anthropic.APITimeoutError,
     httpx2.TimeoutException,
     TimeoutError,
+)
+# Failures before the request left: nothing can have been billed. (The SDKs'
+# aiohttp transport re-raises aiohttp's errors as httpx ones, the original as the
+# cause, and maps every aiohttp connection error to ConnectTimeout: only the
+# original says whether the request was sent.)
+_NOT_SENT = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    httpx2.ConnectError,
+    httpx2.PoolTimeout,
 )
 _CONNECTION_ERRORS = (
     openai.APIConnectionError,
@@ -134,10 +145,20 @@ def to_provider_error(exc: BaseException, *, secrets: Iterable[str | None] = ())
             secrets=secrets,
         )
     if isinstance(exc, _TIMEOUT_ERRORS):
-        return ProviderError(TIMEOUT, "the teacher did not answer in time", retryable=True)
+        return ProviderError(
+            TIMEOUT,
+            "the teacher did not answer in time",
+            retryable=True,
+            maybe_billed=_maybe_sent(exc),
+        )
     if isinstance(exc, _CONNECTION_ERRORS):
         detail = scrub(str(exc.__cause__ or exc), secrets)[:_MAX_MESSAGE]
-        return ProviderError(CONNECTION, f"could not reach the teacher: {detail}", retryable=True)
+        return ProviderError(
+            CONNECTION,
+            f"could not reach the teacher: {detail}",
+            retryable=True,
+            maybe_billed=_maybe_sent(exc),
+        )
     if isinstance(exc, openai.OpenAIError | anthropic.AnthropicError) or (
         isinstance(exc, TypeError) and "authentication" in str(exc)
     ):
@@ -145,6 +166,24 @@ def to_provider_error(exc: BaseException, *, secrets: Iterable[str | None] = ())
         return ProviderError(AUTH, scrub(str(exc), secrets)[:_MAX_MESSAGE], retryable=False)
     detail = scrub(f"{type(exc).__name__}: {exc}", secrets)[:_MAX_MESSAGE]
     return ProviderError(BAD_RESPONSE, f"unreadable teacher response ({detail})", retryable=True)
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """Whether the request may have reached the teacher before `exc`: unless its
+    causes show it failed while connecting, assume it did (the safe side for a
+    budget is to count a call that was perhaps billed)."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 16:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, _NOT_SENT) for e in chain):
+        return False
+    # httpx's own transport raises ConnectTimeout only while connecting; the
+    # aiohttp transport raises it for any connection error (see _NOT_SENT).
+    return not any(isinstance(e, httpx2.ConnectTimeout) for e in chain) or any(
+        isinstance(e, aiohttp.ClientError) for e in chain
+    )
 
 
 def _api_message(body: object) -> str | None:

@@ -188,6 +188,14 @@ class Budgets:
                 await tx.budgets.release([(r.run_id, r.attempt)])
                 await tx.commit()
 
+    async def charge(self, r: Reservation) -> None:
+        """The call ended with no answer after its request may have reached the
+        provider, which may bill it: its worst case counts as spent."""
+        if r.held:
+            async with self._uow() as tx:
+                await tx.budgets.charge([(r.run_id, r.attempt)])
+                await tx.commit()
+
     async def pause(self, batch: Batch, r: Reservation) -> None:
         """The call does not fit: the batch pauses and the run goes back to the
         queue with its attempt given back."""

@@ -198,7 +198,10 @@ class RunExecutor:
             try:
                 completion = await provider.generate(request)
             except ProviderError as err:
-                await self._budgets.release(hold)  # providers do not bill errors
+                if err.maybe_billed:  # no answer, but perhaps a bill: its worst case
+                    await self._budgets.charge(hold)
+                else:  # providers do not bill errors
+                    await self._budgets.release(hold)
                 _observe_call(batch.provider, err.code, started)
                 if self._gate is not None:
                     await self._gate.leave(ticket, error=err)
