@@ -142,6 +142,19 @@ def test_a_cap_is_never_passed_pauses_the_batch_and_raising_it_finishes(
     assert all(r.attempt == 1 for r in client.list_runs(batch.id))
 
 
+def _dollar_batch(client: Client) -> TeacherBatch:
+    """A batch capped at $1: far more than its calls cost, so it never pauses."""
+    template = client.create_template(unique("k"), user_template="Say {{ x }}", variables=["x"])
+    return client.create_batch(
+        unique("k"),
+        template.id,
+        "openai",
+        MODEL,
+        params=GenerationParams(max_tokens=MAX_TOKENS),
+        max_cost_usd=1.0,
+    )
+
+
 def test_a_killed_worker_leaks_no_reservation_and_its_calls_count(
     worker_env: dict[str, str],
     own_backing: Backing,
@@ -163,15 +176,7 @@ def test_a_killed_worker_leaks_no_reservation_and_its_calls_count(
         running_collector(settings, work=False) as running,
         connect(running.address, token=running.token) as client,
     ):
-        template = client.create_template(unique("k"), user_template="Say {{ x }}", variables=["x"])
-        batch = client.create_batch(
-            unique("k"),
-            template.id,
-            "openai",
-            MODEL,
-            params=GenerationParams(max_tokens=MAX_TOKENS),
-            max_cost_usd=1.0,
-        )
+        batch = _dollar_batch(client)
         client.create_runs(batch.id, [{"x": f"item {i}"} for i in range(30)])
         first = WorkerProcess(worker_env, tmp_path / "first.log").start()
         try:
@@ -212,15 +217,7 @@ def test_a_call_that_timed_out_counts_at_its_worst_case(
         running_collector(settings) as running,
         connect(running.address, token=running.token) as client,
     ):
-        template = client.create_template(unique("t"), user_template="Say {{ x }}", variables=["x"])
-        batch = client.create_batch(
-            unique("t"),
-            template.id,
-            "openai",
-            MODEL,
-            params=GenerationParams(max_tokens=MAX_TOKENS),
-            max_cost_usd=1.0,
-        )
+        batch = _dollar_batch(client)
         (run,) = client.create_runs(batch.id, [{"x": "item"}])
         done = _wait_for(client, batch.id, BatchStatus.COMPLETED)
         deadline = time.monotonic() + 30

@@ -10,14 +10,16 @@ attempt takes it; a run that moved on keeps nothing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from nex.collector.server.db.tables import runs
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.run_records import Answer, RunAnswer
+from nex.collector.server.domain.teacher import RunStatus, TokenLogprobs
+from nex.collector.server.domain.validation import storable_text, storable_texts
 
 # What a teacher's answer sets on its run (besides answer_time).
 ANSWER_COLUMNS = (
@@ -34,6 +36,9 @@ ANSWER_COLUMNS = (
     "cost_usd",
     "latency_ms",
 )
+TOKEN_COLUMNS = ANSWER_COLUMNS[3:8]
+_NO_TOKENS = (None,) * len(TOKEN_COLUMNS)
+_NO_ANSWER = (None, None, False, *_NO_TOKENS, 0, 0, 0.0, 0)
 _SETS = ", ".join(f"{name} = ${i}" for i, name in enumerate(ANSWER_COLUMNS, start=4))
 _STORE = (
     f"UPDATE {runs.name} SET answer_time = $3, {_SETS} "
@@ -54,14 +59,12 @@ class AnswerWriter:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
-    async def store(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Rows with `b_id`, `b_attempt`, `answer_time` and ANSWER_COLUMNS."""
-        if not rows:
+    async def store(self, answers: Sequence[RunAnswer]) -> None:
+        """Stores the answers of runs still running at their attempt, durably,
+        in one round trip."""
+        if not answers:
             return
-        args = [
-            (r["b_id"], r["b_attempt"], r["answer_time"], *(r[c] for c in ANSWER_COLUMNS))
-            for r in rows
-        ]
+        args = [(a.run_id, a.attempt, a.answered_at, *answer_values(a.answer)) for a in answers]
         pool = await self._open()
         try:
             await pool.executemany(_STORE, args)
@@ -82,3 +85,38 @@ class AnswerWriter:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def tokens_values(tokens: TokenLogprobs | None) -> tuple[Any, ...]:
+    """The TOKEN_COLUMNS of an answer's logprobs, as PostgreSQL can store them."""
+    if tokens is None:
+        return _NO_TOKENS
+    return (
+        storable_texts(tokens.tokens),
+        tokens.logprobs,
+        tokens.top_counts,
+        storable_texts(tokens.top_tokens),
+        tokens.top_logprobs,
+    )
+
+
+def answer_values(a: Answer | None) -> tuple[Any, ...]:
+    """The ANSWER_COLUMNS of an answer (of none: a run that ended without one),
+    as PostgreSQL can store them."""
+    if a is None:
+        return _NO_ANSWER
+    return (
+        storable_text(a.text),
+        storable_text(a.finish_reason),
+        a.tokens is not None,
+        *tokens_values(a.tokens),
+        a.input_tokens,
+        a.output_tokens,
+        a.cost_usd,
+        a.latency_ms,
+    )
+
+
+def answer_columns(a: Answer | None) -> dict[str, Any]:
+    """`answer_values` by column name."""
+    return dict(zip(ANSWER_COLUMNS, answer_values(a), strict=True))

@@ -51,6 +51,10 @@ class ExecutionMode(StrEnum):
         return self is not ExecutionMode.ONLINE
 
 
+# A provider job's states once it is over (any other: still at the provider).
+PROVIDER_JOB_FINAL_STATES = ("ingested", "abandoned")
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderJobView:
     """One provider batch job as GetBatch shows it."""
@@ -70,6 +74,11 @@ class ProviderJobView:
     online_cost_usd: float = 0.0
     # When its state or counts last changed.
     update_time: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        """Ingested or abandoned: the job changes no more."""
+        return self.state in PROVIDER_JOB_FINAL_STATES
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.errors import Violations
@@ -62,6 +63,29 @@ class Dataset:
     allow_empty: bool = False
     ready_time: datetime | None = None
     parts: int = 1  # >1: built in parts by several workers at once (format_version 2)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSource:
+    """Where a dataset's runs of one batch came from: its template and teacher."""
+
+    provider: str
+    model: str
+    params: dict[str, Any]
+    template_id: str
+    template_name: str
+    template_version: int
+
+    def manifest(self) -> dict[str, Any]:
+        """As the dataset's manifest records it."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "params": self.params,
+            "template_id": self.template_id,
+            "template_name": self.template_name,
+            "template_version": self.template_version,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     PART_DONE,
+    BatchSource,
     Dataset,
     DatasetCounts,
     DatasetFile,
@@ -392,13 +393,13 @@ class Datasets:
         return f"ready: {counts.kept} of {counts.total} runs kept"
 
     @staticmethod
-    def _manifest_extra(dataset: Dataset, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _manifest_extra(dataset: Dataset, sources: Mapping[str, BatchSource]) -> dict[str, Any]:
         return {
             "id": dataset.id,
             "name": dataset.name,
             "version": dataset.version,
             "batch_ids": list(dataset.batch_ids),
-            "sources": {b: sources[b] for b in sorted(sources)},
+            "sources": {b: sources[b].manifest() for b in sorted(sources)},
             "context_ref_id": dataset.context_ref_id,
             "create_time": dataset.create_time.isoformat(),
             "status": DatasetStatus.READY.value,
@@ -407,7 +408,7 @@ class Datasets:
     async def _write(
         self,
         dataset: Dataset,
-        sources: dict[str, dict[str, Any]],
+        sources: Mapping[str, BatchSource],
         final_dir: Location,
         part: DatasetPart | None = None,
     ) -> Any:
@@ -444,7 +445,7 @@ class Datasets:
     # -- builds in parts -------------------------------------------------------------
 
     async def _coordinate(
-        self, dataset: Dataset, sources: dict[str, dict[str, Any]], final_dir: Location
+        self, dataset: Dataset, sources: Mapping[str, BatchSource], final_dir: Location
     ) -> BuildResult | str:
         """The BUILD_DATASET job of a build in parts (holding the dataset's lease):
         plans the parts once, (re)starts the parts nobody builds, and once every

@@ -22,12 +22,11 @@ from typing import Any, Protocol, TypeVar
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
-from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
 from nex.collector.server.domain.budgets import batch_scope
+from nex.collector.server.domain.run_records import Answer, ClaimedRun, RunAnswer, RunEnding
 from nex.collector.server.domain.teacher import RunStatus
-from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.providers.base import (
     Completion,
     GenerationRequest,
@@ -50,19 +49,9 @@ T = TypeVar("T")
 
 
 class AnswerSink(Protocol):
-    async def store(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Stores answers (b_id, b_attempt, answer_time and the answer's columns)
-        of runs still running at that attempt, durably, in one round trip."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    run_id: str
-    batch_id: str
-    attempt: int
-    messages: list[Any]
-    teacher_failures: int = 0
-    workers_lost: int = 0
+    async def store(self, answers: Sequence[RunAnswer]) -> None:
+        """Stores the answers of runs still running at their attempt, durably,
+        in one round trip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +100,7 @@ class RunExecutor:
         # cap set or changed by UpdateBatch applies within seconds.
         self._batches: dict[str, tuple[Batch, float]] = {}
         self._batch_ttl_s = batch_ttl_s
-        self._claims: MicroBatcher[str, Claim | None] = MicroBatcher(
+        self._claims: MicroBatcher[str, ClaimedRun | None] = MicroBatcher(
             self._claim_many, name="claims"
         )
         # No linger: an answer is written as soon as a connection is free; answers
@@ -151,9 +140,7 @@ class RunExecutor:
         try:
             batch = await self._batch(claim.batch_id)
             provider = self._provider_for(batch.provider)
-            request = GenerationRequest(
-                batch.model, messages_from_json(claim.messages), batch.params
-            )
+            request = GenerationRequest(batch.model, claim.messages, batch.params)
             result = await self._attempts(claim, run_id, batch, provider, request)
         except Throttled as throttled:
             if not await self._hand_back_throttled(run_id, throttled):
@@ -173,7 +160,7 @@ class RunExecutor:
 
     async def _attempts(
         self,
-        claim: Claim,
+        claim: ClaimedRun,
         run_id: str,
         batch: Batch,
         provider: TeacherProvider,
@@ -209,7 +196,7 @@ class RunExecutor:
                     continue  # not an attempt: the limiter now holds every worker off
                 failures += 1
                 if not self._policy.should_retry(failures, err):
-                    message = teacher_gave_up(err.message, failures, claim.workers_lost)
+                    message = teacher_gave_up(err.message, failures, claim.lost_count)
                     outcome = Outcome(
                         run_id,
                         batch.id,
@@ -287,27 +274,17 @@ class RunExecutor:
         self._batches[batch_id] = (batch, time.monotonic())
         return batch
 
-    async def _claim_many(self, run_ids: Sequence[str]) -> list[Claim | None]:
+    async def _claim_many(self, run_ids: Sequence[str]) -> list[ClaimedRun | None]:
         async with self._uow() as tx:
-            rows = await tx.runs.claim(
+            claimed = await tx.runs.claim(
                 list(dict.fromkeys(run_ids)), self._lease, now(), self._worker_id
             )
             await tx.events.append(
-                [NewEvent(r["id"], r["batch_id"], RunStatus.RUNNING, r["attempt"]) for r in rows]
+                [NewEvent(c.id, c.batch_id, RunStatus.RUNNING, c.attempt) for c in claimed]
             )
             await tx.commit()
-        claims = {
-            r["id"]: Claim(
-                r["id"],
-                r["batch_id"],
-                r["attempt"],
-                r["messages"],
-                r["teacher_failures"],
-                r["lost_count"],
-            )
-            for r in rows
-        }
-        self._held.update({c.run_id: (c.batch_id, c.attempt) for c in claims.values()})
+        claims = {c.id: c for c in claimed}
+        self._held.update({c.id: (c.batch_id, c.attempt) for c in claimed})
         return [claims.pop(run_id, None) for run_id in run_ids]
 
     async def _on_answers_loop(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -324,7 +301,9 @@ class RunExecutor:
         answered_at = now()
         # Guarded by the statement itself (running, same attempt): no lock round
         # trip. A run that moved on keeps nothing, and its completion finds it gone.
-        await self._answer_sink.store([_answer_row(o, answered_at) for o in outcomes])
+        await self._answer_sink.store(
+            [RunAnswer(o.run_id, o.attempt, _answer(o), answered_at) for o in outcomes]
+        )
         committed = time.perf_counter()
         for o in outcomes:
             metrics.ANSWER_COMMIT_SECONDS.observe(committed - o.received)
@@ -341,7 +320,11 @@ class RunExecutor:
                 [o.run_id for o in done if o.status is RunStatus.COMPLETED], finished_at
             )
             await tx.runs.finish(
-                [_row(o, finished_at) for o in done if o.status is not RunStatus.COMPLETED]
+                [
+                    RunEnding(o.run_id, o.status, finished_at, o.error)
+                    for o in done
+                    if o.status is not RunStatus.COMPLETED
+                ]
             )
             await tx.budgets.settle(
                 [
@@ -483,34 +466,15 @@ def _observe_completion(provider: str, o: Outcome) -> None:
         metrics.TEACHER_COST.labels(provider).inc(o.cost_usd)
 
 
-def _answer(o: Outcome) -> dict[str, Any]:
-    """The columns of what the teacher answered (none for a failed call), as
-    PostgreSQL can store them."""
+def _answer(o: Outcome) -> Answer:
     c = o.completion
-    row: dict[str, Any] = {
-        "output_text": storable_text(c.text) if c else None,
-        "finish_reason": storable_text(c.finish_reason) if c else None,
-        "has_logprobs": bool(c and c.tokens is not None),
-        "input_tokens": c.input_tokens if c else 0,
-        "output_tokens": c.output_tokens if c else 0,
-        "cost_usd": o.cost_usd,
-        "latency_ms": o.latency_ms,
-    }
-    row.update(tokens_to_row(c.tokens if c else None))
-    return row
-
-
-def _answer_row(o: Outcome, answered_at: Any) -> Mapping[str, Any]:
-    assert o.completion is not None
-    return {"b_id": o.run_id, "b_attempt": o.attempt, "answer_time": answered_at, **_answer(o)}
-
-
-def _row(o: Outcome, finished_at: Any) -> Mapping[str, Any]:
-    return {
-        "b_id": o.run_id,
-        "status": o.status.value,
-        "error_code": o.error.code if o.error else None,
-        "error_message": storable_text(o.error.message) if o.error else None,
-        "end_time": finished_at,
-        **_answer(o),
-    }
+    assert c is not None
+    return Answer(
+        c.text,
+        c.finish_reason,
+        c.tokens,
+        c.input_tokens,
+        c.output_tokens,
+        o.cost_usd,
+        o.latency_ms,
+    )

@@ -81,45 +81,35 @@ class Reconciler:
             rows = await tx.runs.orphaned(at, at - self._lease, self._limit)
             if not rows:
                 return 0
-            answered = [r for r in rows if r["answer_time"] is not None]
-            lost = [r for r in rows if r["answer_time"] is None]
-            give_up = [r for r in lost if r["lost_count"] + 1 >= self._max_losses]
-            retry = [r for r in lost if r["lost_count"] + 1 < self._max_losses]
-            await tx.runs.complete([r["id"] for r in answered], at)
-            events = [
-                NewEvent(r["id"], r["batch_id"], RunStatus.COMPLETED, r["attempt"])
-                for r in answered
-            ]
+            answered = [r for r in rows if r.answered]
+            lost = [r for r in rows if not r.answered]
+            give_up = [r for r in lost if r.lost_count + 1 >= self._max_losses]
+            retry = [r for r in lost if r.lost_count + 1 < self._max_losses]
+            await tx.runs.complete([r.id for r in answered], at)
+            events = [NewEvent(r.id, r.batch_id, RunStatus.COMPLETED, r.attempt) for r in answered]
             for r in give_up:
                 error = RunError(
-                    "WORKER_LOST", workers_gave_up(r["lost_count"] + 1, r["teacher_failures"])
+                    "WORKER_LOST", workers_gave_up(r.lost_count + 1, r.teacher_failures)
                 )
-                await tx.runs.fail_many([r["id"]], error.code, error.message, at, lost=True)
-                events.append(
-                    NewEvent(r["id"], r["batch_id"], RunStatus.FAILED, r["attempt"], error)
-                )
+                await tx.runs.fail_many([r.id], error.code, error.message, at, lost=True)
+                events.append(NewEvent(r.id, r.batch_id, RunStatus.FAILED, r.attempt, error))
             if retry:
-                await tx.runs.requeue_lost([r["id"] for r in retry])
+                await tx.runs.requeue_lost([r.id for r in retry])
             # Answers stored: their real cost. The others: the lost worker may have
             # been billed for its call, so its worst case counts.
             await tx.budgets.settle(
-                [
-                    Settlement(r["id"], r["attempt"], batch_scope(r["batch_id"]), r["cost_usd"])
-                    for r in answered
-                ]
+                [Settlement(r.id, r.attempt, batch_scope(r.batch_id), r.cost_usd) for r in answered]
             )
-            await tx.budgets.charge([(r["id"], r["attempt"]) for r in lost])
-            events += [
-                NewEvent(r["id"], r["batch_id"], RunStatus.QUEUED, r["attempt"]) for r in retry
-            ]
+            await tx.budgets.charge([(r.id, r.attempt) for r in lost])
+            events += [NewEvent(r.id, r.batch_id, RunStatus.QUEUED, r.attempt) for r in retry]
             await tx.events.append(events)
             links = await self._evidence.link_finished_batches(
-                tx, {r["batch_id"] for r in answered + give_up}
+                tx, {r.batch_id for r in answered + give_up}
             )
             await tx.commit()
         await self._evidence.enqueue(links)
         if retry:
-            await self._queue.release(EXECUTE_RUN, [r["id"] for r in retry], live_workers=live)
+            await self._queue.release(EXECUTE_RUN, [r.id for r in retry], live_workers=live)
         metrics.RUNS_RECOVERED.labels("lease_expired").inc(len(retry))
         metrics.RUNS_RECOVERED.labels("answer_stored").inc(len(answered))
         return len(rows)

@@ -15,6 +15,7 @@ from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     PART_DONE,
     PART_PENDING,
+    BatchSource,
     Dataset,
     DatasetCounts,
     DatasetFile,
@@ -322,7 +323,7 @@ class DatasetRepository(Repository):
         )
         return [r[0] for r in await self.session.execute(stmt)]
 
-    async def sources(self, batch_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def sources(self, batch_ids: Sequence[str]) -> dict[str, BatchSource]:
         """Per batch: its template (id, version) and teacher (provider, model, params)."""
         stmt = (
             select(
@@ -338,21 +339,21 @@ class DatasetRepository(Repository):
             .where(batches.c.id.in_(list(batch_ids)))
         )
         return {
-            r["id"]: {
-                "provider": r["provider"],
-                "model": r["model"],
-                "params": r["params"],
-                "template_id": r["template_id"],
-                "template_name": r["name"],
-                "template_version": r["version"],
-            }
+            r["id"]: BatchSource(
+                provider=r["provider"],
+                model=r["model"],
+                params=r["params"],
+                template_id=r["template_id"],
+                template_name=r["name"],
+                template_version=r["version"],
+            )
             for r in (await self.session.execute(stmt)).mappings()
         }
 
     async def completed_runs(
         self,
         batch_ids: Sequence[str],
-        sources: Mapping[str, Mapping[str, Any]],
+        sources: Mapping[str, BatchSource],
         *,
         chunk: int = 1000,
         first_run_id: str | None = None,
@@ -428,16 +429,16 @@ def _json(text: str) -> Any:
 
 def _completed_run(
     r: Sequence[Any],
-    src: Mapping[str, Any],
+    src: BatchSource,
     texts: tuple[Any, Any] | None = None,
 ) -> CompletedRun:
     return CompletedRun(
         run_id=r[0],
         batch_id=r[1],
-        template_id=src["template_id"],
-        template_version=src["template_version"],
-        provider=src["provider"],
-        model=src["model"],
+        template_id=src.template_id,
+        template_version=src.template_version,
+        provider=src.provider,
+        model=src.model,
         variables=_json(r[2]),
         messages=[ChatMessage(m["role"], m["content"]) for m in _json(r[3])],
         output_text=r[4] or "",

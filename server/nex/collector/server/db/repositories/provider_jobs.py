@@ -12,13 +12,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.repositories.batches import provider_job_view
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
-from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS
+from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS, move
 from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
-from nex.collector.server.domain.batches import ProviderJobView
+from nex.collector.server.domain.batches import PROVIDER_JOB_FINAL_STATES, ProviderJobView
+from nex.collector.server.domain.run_transitions import CANCEL_RUNNING, FAIL, RELEASE, SUBMIT
 from nex.collector.server.domain.teacher import RunStatus
 
 # States after which the job needs nothing more from us.
-DONE = ("ingested", "abandoned")
+DONE = PROVIDER_JOB_FINAL_STATES
 
 
 def _run_among(ids: Sequence[str]) -> ColumnElement[bool]:
@@ -79,10 +80,7 @@ class ProviderJobRepository(Repository):
         """Queued -> running in job `job_id` (attempt + 1). No worker owns them
         and they hold no lease: the job does, in this table."""
         await self.session.execute(
-            update(runs)
-            .where(_run_among(run_ids), runs.c.status == RunStatus.QUEUED.value)
-            .values(
-                status=RunStatus.RUNNING.value,
+            move(SUBMIT, _run_among(run_ids)).values(
                 attempt=runs.c.attempt + 1,
                 start_time=func.coalesce(runs.c.start_time, now),
                 provider_job_id=job_id,
@@ -218,10 +216,7 @@ class ProviderJobRepository(Repository):
         if not ids:
             return
         await self.session.execute(
-            update(runs)
-            .where(_run_among(ids))
-            .values(
-                status=RunStatus.QUEUED.value,
+            move(RELEASE, _run_among(ids)).values(
                 teacher_failures=runs.c.teacher_failures + 1,
                 via_provider=via_provider,
                 provider_job_id=None,
@@ -236,10 +231,7 @@ class ProviderJobRepository(Repository):
         if not ids:
             return
         await self.session.execute(
-            update(runs)
-            .where(_run_among(ids))
-            .values(
-                status=(RunStatus.CANCELLED if cancelled else RunStatus.FAILED).value,
+            move(CANCEL_RUNNING if cancelled else FAIL, _run_among(ids)).values(
                 teacher_failures=runs.c.teacher_failures + (0 if cancelled else 1),
                 error_code=None if cancelled else code,
                 error_message=None if cancelled else message,

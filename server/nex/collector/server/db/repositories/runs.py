@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Text,
+    Update,
     and_,
     bindparam,
     cast,
@@ -19,18 +20,29 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
-from nex.collector.server.db.answers import ANSWER_COLUMNS
+from nex.collector.server.db.answers import ANSWER_COLUMNS, TOKEN_COLUMNS, answer_columns
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, runs, workers
 from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.estimates import prompt_token_bound
 from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.run_records import ClaimedRun, LostRun, RunEnding
+from nex.collector.server.domain.run_transitions import (
+    CANCEL_QUEUED,
+    CANCEL_RUNNING,
+    CLAIM,
+    COMPLETE,
+    FAIL,
+    RELEASE,
+    RETRY,
+    Transition,
+    ending,
+)
 from nex.collector.server.domain.sizes import page_cut
 from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
-from nex.collector.server.domain.validation import storable_texts
+from nex.collector.server.domain.validation import storable_text
 
-_TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
-BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in _TOKEN_COLUMNS]
+BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in TOKEN_COLUMNS]
 # What deciding a run's next attempt needs to know of it.
 ATTEMPT_COLUMNS = (
     runs.c.id,
@@ -47,6 +59,13 @@ _BATCH_NOT_PAUSED = (
     .where(batches.c.id == runs.c.batch_id, batches.c.pause_time.is_not(None))
     .exists()
 )
+
+
+def move(t: Transition, *where: ColumnElement[bool]) -> Update:
+    """The guarded UPDATE of transition `t` (see domain/run_transitions.py): it
+    touches only runs in `t.source`, among those `where` selects, and sets
+    `t.target`. Every status change of a run is written through here."""
+    return update(runs).where(runs.c.status == t.source.value, *where).values(status=t.target.value)
 
 
 def messages_to_json(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -67,18 +86,6 @@ def tokens_from_row(row: Mapping[Any, Any]) -> TokenLogprobs | None:
         top_tokens=list(row["top_tokens"]),
         top_logprobs=list(row["top_logprobs"]),
     )
-
-
-def tokens_to_row(tokens: TokenLogprobs | None) -> dict[str, Any]:
-    if tokens is None:
-        return dict.fromkeys(_TOKEN_COLUMNS)
-    return {
-        "token_texts": storable_texts(tokens.tokens),
-        "token_logprobs": tokens.logprobs,
-        "top_counts": tokens.top_counts,
-        "top_tokens": storable_texts(tokens.top_tokens),
-        "top_logprobs": tokens.top_logprobs,
-    }
 
 
 def run_from_row(row: Mapping[Any, Any]) -> Run:
@@ -212,9 +219,8 @@ class RunRepository(Repository):
 
     async def cancel_queued(self, batch_id: str, when: datetime) -> list[tuple[str, int]]:
         stmt = (
-            update(runs)
-            .where(runs.c.batch_id == batch_id, runs.c.status == RunStatus.QUEUED.value)
-            .values(status=RunStatus.CANCELLED.value, end_time=when)
+            move(CANCEL_QUEUED, runs.c.batch_id == batch_id)
+            .values(end_time=when)
             .returning(runs.c.id, runs.c.attempt)
         )
         return [(r[0], r[1]) for r in await self.session.execute(stmt)]
@@ -236,20 +242,18 @@ class RunRepository(Repository):
 
     async def claim(
         self, ids: Sequence[str], lease: timedelta, now: datetime, worker_id: str | None = None
-    ) -> list[Mapping[Any, Any]]:
+    ) -> list[ClaimedRun]:
         """Queued -> running for the given runs (attempt + 1, a lease, owned by
-        `worker_id`); rows of runs that are not queued (done, cancelled, taken)
-        are simply absent."""
+        `worker_id`); runs that are not queued (done, cancelled, taken) are
+        simply absent."""
         stmt = (
-            update(runs)
-            .where(
+            move(
+                CLAIM,
                 runs.c.id.in_(list(ids)),
-                runs.c.status == RunStatus.QUEUED.value,
                 _BATCH_NOT_PAUSED,
                 runs.c.via_provider.is_(False),
             )
             .values(
-                status=RunStatus.RUNNING.value,
                 attempt=runs.c.attempt + 1,
                 start_time=func.coalesce(runs.c.start_time, now),
                 lease_expires=now + lease,
@@ -264,7 +268,10 @@ class RunRepository(Repository):
                 runs.c.lost_count,
             )
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [
+            ClaimedRun(id_, batch_id, attempt, messages_from_json(messages), failures, lost)
+            for id_, batch_id, attempt, messages, failures, lost in await self.session.execute(stmt)
+        ]
 
     async def lock_running(self, keys: Sequence[tuple[str, int]]) -> set[str]:
         """Locks the runs still running at the given attempt; returns their ids."""
@@ -278,13 +285,24 @@ class RunRepository(Repository):
         )
         return {r[0] for r in await self.session.execute(stmt) if wanted.get(r[0]) == r[1]}
 
-    async def finish(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Writes the final state of locked runs (one executemany)."""
-        if not rows:
+    async def finish(self, endings: Sequence[RunEnding]) -> None:
+        """Writes the final state of locked running runs (one executemany)."""
+        if not endings:
             return
+        rows = [
+            {
+                "b_id": e.run_id,
+                "status": ending(e.status).target.value,  # completed, failed or cancelled only
+                "error_code": e.error.code if e.error else None,
+                "error_message": storable_text(e.error.message) if e.error else None,
+                "end_time": e.end_time,
+                **answer_columns(e.answer),
+            }
+            for e in endings
+        ]
         stmt = (
             update(runs)
-            .where(runs.c.id == bindparam("b_id"))
+            .where(runs.c.id == bindparam("b_id"), runs.c.status == COMPLETE.source.value)
             .values(
                 status=bindparam("status"),
                 error_code=bindparam("error_code"),
@@ -294,30 +312,21 @@ class RunRepository(Repository):
                 **_ANSWER_VALUES,
             )
         )
-        await self.session.execute(
-            stmt, list(rows), execution_options={"synchronize_session": False}
-        )
+        await self.session.execute(stmt, rows, execution_options={"synchronize_session": False})
 
     async def complete(self, ids: Sequence[str], now: datetime) -> None:
         """Running -> completed for runs whose answer is stored."""
         if not ids:
             return
         await self.session.execute(
-            update(runs)
-            .where(runs.c.id.in_(list(ids)))
-            .values(status=RunStatus.COMPLETED.value, end_time=now, lease_expires=None)
+            move(COMPLETE, runs.c.id.in_(list(ids))).values(end_time=now, lease_expires=None)
         )
 
     async def next_attempt(self, id_: str, attempt: int, lease: timedelta, now: datetime) -> bool:
         """Running at `attempt`, whose teacher call failed -> running at attempt + 1
         with a fresh lease, one more teacher failure counted."""
         stmt = (
-            update(runs)
-            .where(
-                runs.c.id == id_,
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.attempt == attempt,
-            )
+            move(RETRY, runs.c.id == id_, runs.c.attempt == attempt)
             .values(
                 attempt=attempt + 1,
                 lease_expires=now + lease,
@@ -338,13 +347,12 @@ class RunRepository(Repository):
             return []
         attempt = runs.c.attempt - 1 if give_back_attempt else runs.c.attempt
         stmt = (
-            update(runs)
-            .where(
+            move(
+                RELEASE,
                 tuple_(runs.c.id, runs.c.attempt).in_(list(keys)),
-                runs.c.status == RunStatus.RUNNING.value,
                 runs.c.answer_time.is_(None),
             )
-            .values(status=RunStatus.QUEUED.value, lease_expires=None, attempt=attempt)
+            .values(lease_expires=None, attempt=attempt)
             .returning(runs.c.id)
         )
         return [r[0] for r in await self.session.execute(stmt)]
@@ -357,13 +365,12 @@ class RunRepository(Repository):
         if not keys:
             return []
         stmt = (
-            update(runs)
-            .where(
+            move(
+                COMPLETE,
                 tuple_(runs.c.id, runs.c.attempt).in_(list(keys)),
-                runs.c.status == RunStatus.RUNNING.value,
                 runs.c.answer_time.is_not(None),
             )
-            .values(status=RunStatus.COMPLETED.value, end_time=now, lease_expires=None)
+            .values(end_time=now, lease_expires=None)
             .returning(runs.c.id, runs.c.batch_id, runs.c.attempt, runs.c.cost_usd)
         )
         return list((await self.session.execute(stmt)).mappings())
@@ -372,13 +379,8 @@ class RunRepository(Repository):
         """Running at `attempt` -> queued at attempt - 1: the attempt was never
         made (its batch ran out of budget), so it is given back."""
         stmt = (
-            update(runs)
-            .where(
-                runs.c.id == id_,
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.attempt == attempt,
-            )
-            .values(status=RunStatus.QUEUED.value, attempt=attempt - 1, lease_expires=None)
+            move(RELEASE, runs.c.id == id_, runs.c.attempt == attempt)
+            .values(attempt=attempt - 1, lease_expires=None)
             .returning(runs.c.id)
         )
         return (await self.session.execute(stmt)).first() is not None
@@ -391,22 +393,15 @@ class RunRepository(Repository):
 
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
         stmt = (
-            update(runs)
-            .where(
-                runs.c.id == id_,
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.attempt == attempt,
-            )
-            .values(status=RunStatus.CANCELLED.value, end_time=now, lease_expires=None)
+            move(CANCEL_RUNNING, runs.c.id == id_, runs.c.attempt == attempt)
+            .values(end_time=now, lease_expires=None)
             .returning(runs.c.id)
         )
         return (await self.session.execute(stmt)).first() is not None
 
     # -- the reconciler ----------------------------------------------------------
 
-    async def orphaned(
-        self, now: datetime, answered_before: datetime, limit: int
-    ) -> list[Mapping[Any, Any]]:
+    async def orphaned(self, now: datetime, answered_before: datetime, limit: int) -> list[LostRun]:
         """Running runs nobody will finish: their worker's heartbeat expired (or,
         claimed with no owner, their lease did), or their answer was stored long
         ago and never marked completed."""
@@ -429,15 +424,12 @@ class RunRepository(Repository):
             .limit(limit)
             .with_for_update(of=runs, skip_locked=True)
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [LostRun(*row) for row in await self.session.execute(stmt)]
 
     async def requeue_lost(self, ids: Sequence[str]) -> None:
         """Running -> queued after their worker died: one more loss counted."""
         await self.session.execute(
-            update(runs)
-            .where(runs.c.id.in_(list(ids)))
-            .values(
-                status=RunStatus.QUEUED.value,
+            move(RELEASE, runs.c.id.in_(list(ids))).values(
                 lease_expires=None,
                 worker_id=None,
                 lost_count=runs.c.lost_count + 1,
@@ -449,11 +441,8 @@ class RunRepository(Repository):
     ) -> None:
         """Running -> failed; `lost`: their worker died once more."""
         await self.session.execute(
-            update(runs)
-            .where(runs.c.id.in_(list(ids)))
-            .values(
+            move(FAIL, runs.c.id.in_(list(ids))).values(
                 lost_count=runs.c.lost_count + (1 if lost else 0),
-                status=RunStatus.FAILED.value,
                 error_code=code,
                 error_message=message,
                 end_time=now,
