@@ -55,6 +55,11 @@ _WATCHERS_PER_COALESCE = 100
 _MAX_COALESCE_S = 0.5
 # Most buffer entries a run watch scans for its run before it lets others run.
 _SCAN = 4096
+# A provider job is marked ingested or abandoned just after its last run ends
+# (its NOTIFY wakes the feed again): a watch of an ended batch waits for that,
+# so that it ends with each job's final state; for at most this long, should
+# the process marking it have died.
+_JOBS_SETTLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,18 @@ class _Feed:
         self.track_jobs = False
         self.jobs: dict[str, JobEntry] = {}
         self.jobs_seq = 0
+        self.jobs_unsettled_since: float | None = None  # done, but a job not final yet
+
+    def settled(self, done: bool, jobs: list[ProviderJobView] | None) -> bool:
+        """`done` (no active run), once every job is final too, or after
+        _JOBS_SETTLE_S of waiting for that."""
+        if not done or not jobs or all(j.final for j in jobs):
+            self.jobs_unsettled_since = None
+            return done
+        now = asyncio.get_running_loop().time()
+        if self.jobs_unsettled_since is None:
+            self.jobs_unsettled_since = now
+        return now - self.jobs_unsettled_since >= _JOBS_SETTLE_S
 
     def update_jobs(self, views: list[ProviderJobView]) -> None:
         for view in views:
@@ -335,6 +352,7 @@ class RunWatcher:
             feed.append(events)
             if len(events) < _PAGE:
                 if feed.want_done > 0:  # not `check`: that is False after a first page
+                    done = feed.settled(done, jobs)
                     feed.done_at, feed.done_seq = (feed.head if done else None), seq
                 if jobs is not None:  # sent after every event read with them
                     feed.update_jobs(jobs)
@@ -406,6 +424,8 @@ class RunWatcher:
                     done = not follow and await tx.runs.active_count(feed.batch_id) == 0
                 # An ended batch's watch ends below: its jobs' final progress.
                 final = await tx.provider_jobs.of_batch(feed.batch_id) if want_jobs and done else []
+                if final and not all(j.final for j in final):
+                    done = False  # live, until the feed finds them final (see _read)
                 # Read before the page: the page then holds every event up to it.
                 top = await tx.events.last_revision()
                 events = await tx.events.after(
