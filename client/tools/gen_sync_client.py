@@ -12,9 +12,10 @@ event-loop thread (``_loop_thread.LoopThread``):
 - an ``Iterable`` argument is made a list first, in the caller's thread, so a
   generator passed in never runs on the loop thread.
 
-The lifecycle (``connect``, ``close``, ``with``, the ``timeout`` and
-``watch_retry`` properties) and the module's ``connect()`` are written out in
-``_PRELUDE`` and ``_EPILOGUE`` below.
+The lifecycle (``close``, ``with``, the ``timeout`` and ``watch_retry``
+properties) is written out in ``_PRELUDE`` below; ``Client.connect`` there and
+the module's ``connect()`` in ``_EPILOGUE`` take the parameters of
+``AsyncClient.connect``, which they run on the loop thread.
 """
 
 from __future__ import annotations
@@ -44,15 +45,12 @@ _SYNC_NOTES = {
     for name in ("watch_runs", "watch_batch")
 }
 
-# Names the prelude and the epilogue use, besides those the methods need.
+# Names the prelude and the epilogue use, besides those the signatures need.
 _FIXED_IMPORTS = {
-    "collections.abc": {"Iterable", "Iterator"},
     "types": {"TracebackType"},
-    "typing": {"Any"},
-    "._async_client": {"DEFAULT_TARGET", "AsyncClient"},
+    "._async_client": {"AsyncClient"},
     "._loop_thread": {"LoopThread"},
     "._watch": {"WatchRetry"},
-    "grpc": {"grpc"},
 }
 
 _HEADER = f'''\
@@ -87,32 +85,13 @@ class Client:
         self._client = client
 
     @classmethod
-    def connect(
-        cls,
-        target: str = DEFAULT_TARGET,
-        token: str | None = None,
-        *,
-        timeout: float | None = 30,
-        tls: bool | grpc.ChannelCredentials = False,
-        lazy: bool = False,
-        watch_retry: WatchRetry | None = None,
-        options: Iterable[tuple[str, Any]] = (),
-    ) -> Client:
+    def connect(@CONNECT_PARAMETERS@) -> Client:
         """Connects to ``target``; see ``AsyncClient.connect`` for the options."""
         loop = LoopThread()
         try:
-            opts = list(options)
-
+@CONNECT_LISTED@
             async def open_client() -> AsyncClient:
-                return await AsyncClient.connect(
-                    target,
-                    token,
-                    timeout=timeout,
-                    tls=tls,
-                    lazy=lazy,
-                    watch_retry=watch_retry,
-                    options=opts,
-                )
+                return await AsyncClient.connect(@CONNECT_ARGUMENTS@)
 
             client = loop.run(open_client())
         except BaseException:
@@ -150,26 +129,9 @@ class Client:
 
 _EPILOGUE = '''
 
-def connect(
-    target: str = DEFAULT_TARGET,
-    token: str | None = None,
-    *,
-    timeout: float | None = 30,
-    tls: bool | grpc.ChannelCredentials = False,
-    lazy: bool = False,
-    watch_retry: WatchRetry | None = None,
-    options: Iterable[tuple[str, Any]] = (),
-) -> Client:
+def connect(@FUNCTION_PARAMETERS@) -> Client:
     """Connects a blocking ``Client``: ``with connect(target, token) as client: ...``."""
-    return Client.connect(
-        target,
-        token,
-        timeout=timeout,
-        tls=tls,
-        lazy=lazy,
-        watch_retry=watch_retry,
-        options=options,
-    )
+    return Client.connect(@CONNECT_ARGUMENTS@)
 '''
 
 
@@ -207,6 +169,12 @@ class _Imports:
                 imports._add(node.body, type_checking=True)
             else:
                 imports._add([node], type_checking=False)
+            # what the async module defines itself (DEFAULT_TARGET, AsyncClient, ...)
+            defined = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                defined.append(node.name)
+            for name in defined:
+                imports.origin[name] = _Origin(f".{SOURCE.stem}", name, type_checking=False)
         return imports
 
     def _add(self, nodes: list[ast.stmt], *, type_checking: bool) -> None:
@@ -259,19 +227,41 @@ def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _forwarded_call(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
-    """``self._client.<name>(...)`` passing each parameter the way it was declared."""
+def _is_iterable(arg: ast.arg) -> bool:
+    return _outer_name(arg.annotation) == "Iterable"
+
+
+def _arguments(fn: ast.FunctionDef | ast.AsyncFunctionDef, *, listed: bool) -> str:
+    """The arguments that pass each parameter of ``fn`` on the way it was
+    declared; with ``listed``, an ``Iterable`` one as ``list(name)``."""
     args = fn.args
     if args.vararg or args.kwarg:
         raise GenerateError(f"{fn.name}: *args/**kwargs are not supported")
 
     def value(arg: ast.arg) -> str:
-        return f"list({arg.arg})" if _outer_name(arg.annotation) == "Iterable" else arg.arg
+        return f"list({arg.arg})" if listed and _is_iterable(arg) else arg.arg
 
-    positional = [*args.posonlyargs, *args.args][1:]  # without self
+    positional = [*args.posonlyargs, *args.args][1:]  # without self / cls
     parts = [value(a) for a in positional]
     parts += [f"{a.arg}={value(a)}" for a in args.kwonlyargs]
-    return f"self._client.{fn.name}({', '.join(parts)})"
+    return ", ".join(parts)
+
+
+def _parameters(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef, imports: _Imports, *, with_first: bool = True
+) -> str:
+    """``fn``'s parameters (async iterators made iterators), importing what they name."""
+    parameters = _SyncTypes().visit(copy.deepcopy(fn.args))
+    if not with_first:
+        del (parameters.posonlyargs or parameters.args)[0]
+    _need_names(parameters, imports)
+    return ast.unparse(parameters)
+
+
+def _need_names(node: ast.AST, imports: _Imports) -> None:
+    for name in sorted(_names(node) - {"Iterator"}):
+        if not hasattr(builtins, name):
+            imports.need(name)
 
 
 def _docstring(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
@@ -289,22 +279,36 @@ def _method(fn: ast.FunctionDef | ast.AsyncFunctionDef, imports: _Imports) -> st
     returns_iterator = _outer_name(fn.returns) == "AsyncIterator"
     if not returns_iterator and not isinstance(fn, ast.AsyncFunctionDef):
         raise GenerateError(f"{fn.name}: neither a coroutine nor an AsyncIterator")
-    signature = _SyncTypes().visit(copy.deepcopy(fn.args))
     returns = _SyncTypes().visit(copy.deepcopy(fn.returns)) if fn.returns else None
-    for node in [signature, *([returns] if returns else [])]:
-        for name in sorted(_names(node) - {"Iterator"}):
-            if not hasattr(builtins, name):
-                imports.need(name)
+    if returns is not None:
+        _need_names(returns, imports)
     if returns_iterator:
         imports.need("Iterator", _Origin("collections.abc", "Iterator", type_checking=False))
-    lines = [f"    def {fn.name}({ast.unparse(signature)})"]
+    lines = [f"    def {fn.name}({_parameters(fn, imports)})"]
     lines[0] += f" -> {ast.unparse(returns)}:" if returns else ":"
     doc = _docstring(fn)
     if doc is not None:
         lines.append(f'        """{doc}"""')
     how = "iterate" if returns_iterator else "run"
-    lines.append(f"        return self._loop.{how}({_forwarded_call(fn)})")
+    call = f"self._client.{fn.name}({_arguments(fn, listed=True)})"
+    lines.append(f"        return self._loop.{how}({call})")
     return "\n".join(lines) + "\n"
+
+
+def _connect(connect: ast.FunctionDef | ast.AsyncFunctionDef, imports: _Imports) -> tuple[str, str]:
+    """The prelude and the epilogue, their ``connect`` with the parameters of
+    ``AsyncClient.connect``; an Iterable argument is listed in the caller's thread."""
+    listed = [a.arg for a in [*connect.args.args, *connect.args.kwonlyargs] if _is_iterable(a)]
+    arguments = _arguments(connect, listed=False)
+    prelude = (
+        _PRELUDE.replace("@CONNECT_PARAMETERS@", _parameters(connect, imports))
+        .replace("@CONNECT_LISTED@", "".join(f"            {a} = list({a})\n" for a in listed))
+        .replace("@CONNECT_ARGUMENTS@", arguments)
+    )
+    epilogue = _EPILOGUE.replace(
+        "@FUNCTION_PARAMETERS@", _parameters(connect, imports, with_first=False)
+    ).replace("@CONNECT_ARGUMENTS@", arguments)
+    return prelude, epilogue
 
 
 def _section_comments(source_lines: list[str], start: int, end: int) -> list[str]:
@@ -321,7 +325,7 @@ def render(source: str) -> str:
     imports = _Imports.of(module)
     for mod, names in _FIXED_IMPORTS.items():
         for name in names:
-            imports.need(name, _Origin(mod, None if name == mod else name, type_checking=False))
+            imports.need(name, _Origin(mod, name, type_checking=False))
     cls = next(
         (n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "AsyncClient"), None
     )
@@ -329,6 +333,7 @@ def render(source: str) -> str:
         raise GenerateError(f"no class AsyncClient in {SOURCE.name}")
     source_lines = source.splitlines()
     methods: list[str] = []
+    connect = None
     previous_end = cls.lineno
     for node in cls.body:
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -336,14 +341,19 @@ def render(source: str) -> str:
         start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
         banners = _section_comments(source_lines, previous_end, start)
         previous_end = node.end_lineno or node.lineno
+        if node.name == "connect":
+            connect = node
         if node.name.startswith("_") or node.name in _LIFECYCLE:
             continue
         if node.decorator_list:
             raise GenerateError(f"{node.name}: decorated methods are not supported")
         methods.append("".join(f"\n{b}\n" for b in banners) + "\n" + _method(node, imports))
+    if connect is None:
+        raise GenerateError(f"no AsyncClient.connect in {SOURCE.name}")
+    prelude, epilogue = _connect(connect, imports)
     if any(o.type_checking for o in imports.needed.values()):
         imports.need("TYPE_CHECKING", _Origin("typing", "TYPE_CHECKING", type_checking=False))
-    return _HEADER + imports.render() + _PRELUDE + "".join(methods) + _EPILOGUE
+    return _HEADER + imports.render() + prelude + "".join(methods) + epilogue
 
 
 def _ruff(args: list[str], text: str, path: Path) -> str:

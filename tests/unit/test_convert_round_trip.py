@@ -330,40 +330,48 @@ def examples(values: list[Any]) -> Callable[[Callable[[Any], None]], Callable[[A
 _NO_SHRINK = tuple(p for p in Phase if p is not Phase.shrink)
 
 
-def check_response(case: Response, phases: Sequence[Phase] = tuple(Phase)) -> None:
+def check(
+    tp: Any,
+    proto: type[Message],
+    round_trip: Callable[[Any], Message],
+    phases: Sequence[Phase],
+) -> None:
+    """``round_trip`` (which asserts, and returns the proto sent) for many
+    values of ``tp``; then every field of ``proto`` must have been set."""
     seen: set[str] = set()
 
     @settings(max_examples=EXAMPLES, phases=phases)
-    @given(values(case.domain))
-    @examples(filled(case.domain))
-    def round_trip(domain: Any) -> None:
+    @given(values(tp))
+    @examples(filled(tp))
+    def each(value: Any) -> None:
+        set_fields(round_trip(value), seen)
+
+    each()
+    assert_every_field_set(seen, proto.DESCRIPTOR)
+
+
+def check_response(case: Response, phases: Sequence[Phase] = tuple(Phase)) -> None:
+    def round_trip(domain: Any) -> Message:
         sent = case.to_proto(domain)
         assert isinstance(sent, case.proto)
         received = case.from_proto(sent)
-        again = type(sent)()
+        again = case.proto()
         encode(received, again)
         assert again == sent, f"client value differs in {_differing(sent, again)}: {received!r}"
-        set_fields(sent, seen)
+        return sent
 
-    round_trip()
-    assert_every_field_set(seen, case.proto.DESCRIPTOR)
+    check(case.domain, case.proto, round_trip, phases)
 
 
 def check_request(case: Request, phases: Sequence[Phase] = tuple(Phase)) -> None:
-    seen: set[str] = set()
-
-    @settings(max_examples=EXAMPLES, phases=phases)
-    @given(values(case.client_type))
-    @examples(filled(case.client_type))
-    def round_trip(value: Any) -> None:
+    def round_trip(value: Any) -> Message:
         sent = case.to_proto(value)
         answered = case.server_to_proto(case.server_from_proto(sent))
         assert answered == sent, f"the server's answer differs in {_differing(sent, answered)}"
         assert case.from_proto(answered) == value, "the client reads back another value"
-        set_fields(sent, seen)
+        return sent
 
-    round_trip()
-    assert_every_field_set(seen, case.proto.DESCRIPTOR)
+    check(case.client_type, case.proto, round_trip, phases)
 
 
 def _differing(a: Message, b: Message) -> list[str]:

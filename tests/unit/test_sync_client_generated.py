@@ -37,7 +37,8 @@ from ._types import Thing
 
 class AsyncClient:
     def __init__(self) -> None: ...
-    async def connect(self) -> None: ...
+    @classmethod
+    def connect(cls, target: str = "here", *, options: Iterable[str] = ()) -> Connecting: ...
     async def _private(self) -> None: ...
 
     # ------------------------------------------------------------- things
@@ -60,6 +61,15 @@ def test_methods_become_blocking_with_the_same_signature(gen: types.ModuleType) 
     assert "return self._loop.iterate(self._client.list_things(page_size=page_size))" in text
     assert "_private" not in text
     assert "from ._types import Thing" in text
+
+
+def test_connect_takes_the_parameters_of_the_async_connect(gen: types.ModuleType) -> None:
+    text = gen.render(SOURCE)
+    assert "def connect(cls, target: str='here', *, options: Iterable[str]=()) -> Client:" in text
+    assert "options = list(options)" in text  # in the caller's thread
+    assert "return await AsyncClient.connect(target, options=options)" in text
+    assert "def connect(target: str='here', *, options: Iterable[str]=()) -> Client:" in text
+    assert "return Client.connect(target, options=options)" in text
 
 
 def test_a_method_it_cannot_mirror_is_an_error(gen: types.ModuleType) -> None:

@@ -73,7 +73,7 @@ class Client:
         """Connects to ``target``; see ``AsyncClient.connect`` for the options."""
         loop = LoopThread()
         try:
-            opts = list(options)
+            options = list(options)
 
             async def open_client() -> AsyncClient:
                 return await AsyncClient.connect(
@@ -83,7 +83,7 @@ class Client:
                     tls=tls,
                     lazy=lazy,
                     watch_retry=watch_retry,
-                    options=opts,
+                    options=options,
                 )
 
             client = loop.run(open_client())
@@ -527,11 +527,5 @@ def connect(
 ) -> Client:
     """Connects a blocking ``Client``: ``with connect(target, token) as client: ...``."""
     return Client.connect(
-        target,
-        token,
-        timeout=timeout,
-        tls=tls,
-        lazy=lazy,
-        watch_retry=watch_retry,
-        options=options,
+        target, token, timeout=timeout, tls=tls, lazy=lazy, watch_retry=watch_retry, options=options
     )
