@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTO_OUT := client
 PROTO_FILES := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: install dev test fuzz lint proto proto-check bench clean
+.PHONY: install dev test fuzz lint proto proto-check sync-client sync-client-check bench clean
 
 # The client distribution (./client) and the server (.), both editable, in one
 # resolve so the server's `nex-collector-client` requirement is the local one;
@@ -50,6 +50,14 @@ proto-check: proto ## fails when the committed generated code is stale
 	git diff --exit-code -- $(PROTO_OUT)/nex/collector/v1
 	@test -z "$$(git status --porcelain -- $(PROTO_OUT)/nex/collector/v1)" || \
 	  (git status --porcelain -- $(PROTO_OUT)/nex/collector/v1; echo "generated code is stale: run make proto"; exit 1)
+
+SYNC_CLIENT := client/nex/collector/client/_sync_client.py
+sync-client: $(STAMP) ## regenerate the blocking Client (_sync_client.py) from the AsyncClient
+	$(BIN)/python client/tools/gen_sync_client.py
+
+sync-client-check: sync-client ## fails when the committed _sync_client.py is stale
+	@git diff --exit-code -- $(SYNC_CLIENT) || \
+	  (echo "$(SYNC_CLIENT) is stale: run make sync-client"; exit 1)
 
 # The schema against the previous commit (CI's clone is main, so HEAD~1 is main
 # before the change under test) and against the newest release tag, if any.

@@ -217,14 +217,17 @@ class AsyncClient:
         with map_errors():
             return await method(request, timeout=self.timeout)
 
-    async def _paginate(
+    async def _list(
         self,
-        fetch: Callable[[str], Awaitable[_P]],
+        method: aio.UnaryUnaryMultiCallable[_Req, _P],
+        request: Callable[[str], _Req],
         items: Callable[[_P], Iterable[_T]],
     ) -> AsyncIterator[_T]:
+        """The items of every page of a ``List*`` call, each page fetched on
+        demand; ``request(page_token)`` builds the request for a page."""
         token = ""
         while True:
-            page = await fetch(token)
+            page = await self._call(method, request(token))
             for item in items(page):
                 yield item
             token = page.next_page_token
@@ -262,15 +265,13 @@ class AsyncClient:
     def list_context_refs(
         self, *, nex_context_id: str | None = None, page_size: int = 0
     ) -> AsyncIterator[ContextRef]:
-        async def fetch(token: str) -> context_ref_service_pb2.ListContextRefsResponse:
-            return await self._call(
-                self._context_refs.ListContextRefs,
-                context_ref_service_pb2.ListContextRefsRequest(
-                    nex_context_id=nex_context_id or "", page_size=page_size, page_token=token
-                ),
-            )
-
-        return self._paginate(fetch, lambda p: map(_convert.context_ref, p.context_refs))
+        return self._list(
+            self._context_refs.ListContextRefs,
+            lambda token: context_ref_service_pb2.ListContextRefsRequest(
+                nex_context_id=nex_context_id or "", page_size=page_size, page_token=token
+            ),
+            lambda page: map(_convert.context_ref, page.context_refs),
+        )
 
     # ------------------------------------------------------------- templates
 
@@ -308,15 +309,13 @@ class AsyncClient:
     def list_templates(
         self, name: str | None = None, *, page_size: int = 0
     ) -> AsyncIterator[PromptTemplate]:
-        async def fetch(token: str) -> template_service_pb2.ListTemplatesResponse:
-            return await self._call(
-                self._templates.ListTemplates,
-                template_service_pb2.ListTemplatesRequest(
-                    name=name or "", page_size=page_size, page_token=token
-                ),
-            )
-
-        return self._paginate(fetch, lambda p: map(_convert.template, p.templates))
+        return self._list(
+            self._templates.ListTemplates,
+            lambda token: template_service_pb2.ListTemplatesRequest(
+                name=name or "", page_size=page_size, page_token=token
+            ),
+            lambda page: map(_convert.template, page.templates),
+        )
 
     # --------------------------------------------------------------- batches
 
@@ -412,13 +411,13 @@ class AsyncClient:
         return _convert.batch(resp.batch)
 
     def list_batches(self, *, page_size: int = 0) -> AsyncIterator[TeacherBatch]:
-        async def fetch(token: str) -> teacher_service_pb2.ListBatchesResponse:
-            return await self._call(
-                self._teacher.ListBatches,
-                teacher_service_pb2.ListBatchesRequest(page_size=page_size, page_token=token),
-            )
-
-        return self._paginate(fetch, lambda p: map(_convert.batch, p.batches))
+        return self._list(
+            self._teacher.ListBatches,
+            lambda token: teacher_service_pb2.ListBatchesRequest(
+                page_size=page_size, page_token=token
+            ),
+            lambda page: map(_convert.batch, page.batches),
+        )
 
     async def cancel_batch(self, id: str) -> TeacherBatch:
         """Cancels every queued run; running ones end cancelled when they return."""
@@ -472,19 +471,17 @@ class AsyncClient:
         view: RunView = RunView.BASIC,
         page_size: int = 0,
     ) -> AsyncIterator[TeacherRun]:
-        async def fetch(token: str) -> teacher_service_pb2.ListRunsResponse:
-            return await self._call(
-                self._teacher.ListRuns,
-                teacher_service_pb2.ListRunsRequest(
-                    batch_id=batch_id,
-                    status=teacher_pb2.RunStatus.ValueType(status or 0),
-                    view=teacher_pb2.RunView.ValueType(view),
-                    page_size=page_size,
-                    page_token=token,
-                ),
-            )
-
-        return self._paginate(fetch, lambda p: map(_convert.run, p.runs))
+        return self._list(
+            self._teacher.ListRuns,
+            lambda token: teacher_service_pb2.ListRunsRequest(
+                batch_id=batch_id,
+                status=teacher_pb2.RunStatus.ValueType(status or 0),
+                view=teacher_pb2.RunView.ValueType(view),
+                page_size=page_size,
+                page_token=token,
+            ),
+            lambda page: map(_convert.run, page.runs),
+        )
 
     async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> TeacherRun:
         """Merges named scores into a completed run's scores."""
@@ -707,15 +704,13 @@ class AsyncClient:
     def list_datasets(
         self, name: str | None = None, *, page_size: int = 0
     ) -> AsyncIterator[DatasetManifest]:
-        async def fetch(token: str) -> dataset_service_pb2.ListDatasetsResponse:
-            return await self._call(
-                self._datasets.ListDatasets,
-                dataset_service_pb2.ListDatasetsRequest(
-                    name=name or "", page_size=page_size, page_token=token
-                ),
-            )
-
-        return self._paginate(fetch, lambda p: map(_convert.dataset, p.datasets))
+        return self._list(
+            self._datasets.ListDatasets,
+            lambda token: dataset_service_pb2.ListDatasetsRequest(
+                name=name or "", page_size=page_size, page_token=token
+            ),
+            lambda page: map(_convert.dataset, page.datasets),
+        )
 
     async def wait_dataset(
         self,
@@ -854,15 +849,13 @@ class AsyncClient:
     def list_evidence_links(
         self, context_ref_id: str | None = None, *, page_size: int = 0
     ) -> AsyncIterator[EvidenceLink]:
-        async def fetch(token: str) -> evidence_service_pb2.ListEvidenceLinksResponse:
-            return await self._call(
-                self._evidence.ListEvidenceLinks,
-                evidence_service_pb2.ListEvidenceLinksRequest(
-                    context_ref_id=context_ref_id or "", page_size=page_size, page_token=token
-                ),
-            )
-
-        return self._paginate(fetch, lambda p: map(_convert.evidence_link, p.evidence_links))
+        return self._list(
+            self._evidence.ListEvidenceLinks,
+            lambda token: evidence_service_pb2.ListEvidenceLinksRequest(
+                context_ref_id=context_ref_id or "", page_size=page_size, page_token=token
+            ),
+            lambda page: map(_convert.evidence_link, page.evidence_links),
+        )
 
 
 class Connecting:
