@@ -14,7 +14,7 @@ import grpc
 import pytest
 from rich.console import Console
 
-import nex.collector.server.cli.dataset as cli_dataset
+import nex.collector.server.cli.dataset_files as cli_dataset_files
 from nex.collector.client import (
     BooleanFilter,
     Client,
@@ -32,21 +32,10 @@ from nex.collector.client import (
     ScoreFilter,
     UnimplementedError,
 )
-from nex.collector.server.cli.batch import (
-    CHUNK_BYTES,
-    InputLine,
-    _chunks,
-    read_inputs,
-    violations_by_line,
-)
-from nex.collector.server.cli.dataset import (
-    FilterSyntaxError,
-    drops_table,
-    format_filter,
-    histogram,
-    parse_filter,
-    quantiles,
-)
+from nex.collector.server.cli.filter_syntax import FilterSyntaxError, format_filter, parse_filter
+from nex.collector.server.cli.inputs import InputLine, read_inputs
+from nex.collector.server.cli.render import drops_table, histogram, quantiles
+from nex.collector.server.cli.send_runs import CHUNK_BYTES, chunked, violations_by_line
 from tests.conftest import unique
 from tests.support.cli import invoke, no_traceback
 from tests.support.collector import RunningCollector
@@ -123,11 +112,11 @@ def test_field_violations_map_back_to_file_lines() -> None:
 def test_runs_are_sent_in_chunks_cut_by_count_and_by_bytes() -> None:
     """Each BatchCreateRuns stays well under the server's request size limit."""
     small = [InputLine(i, {"x": "a"}) for i in range(5)]
-    assert [len(c) for c in _chunks(small, 2)] == [2, 2, 1]
+    assert [len(c) for c in chunked(small, 2)] == [2, 2, 1]
     big = [InputLine(i, {"x": "b" * (CHUNK_BYTES // 3)}) for i in range(7)]
-    assert [len(c) for c in _chunks(big, 1000)] == [2, 2, 2, 1]
+    assert [len(c) for c in chunked(big, 1000)] == [2, 2, 2, 1]
     huge = [InputLine(1, {"x": "a"}), InputLine(2, {"x": "c" * CHUNK_BYTES}), small[0]]
-    assert [[i.line for i in c] for c in _chunks(huge, 1000)] == [[1], [2], [0]]
+    assert [[i.line for i in c] for c in chunked(huge, 1000)] == [[1], [2], [0]]
 
 
 @pytest.mark.parametrize(
@@ -411,7 +400,7 @@ def test_dataset_show_and_verify_need_no_access_to_the_files(
         pass
     ready = client.wait_dataset(client.build_dataset(unique("cli-rd"), "v1", [batch.id]).id)
     # The CLI's only way to the files: a file:// uri that is a folder here.
-    monkeypatch.setattr(cli_dataset, "local_dir", lambda uri: None)
+    monkeypatch.setattr(cli_dataset_files, "local_dir", lambda uri: None)
     shown = invoke(collector, "dataset", "show", ready.id, "--score", "length_chars")
     verified = invoke(collector, "dataset", "verify", ready.id)
     monkeypatch.undo()
