@@ -50,6 +50,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+# ------------------------------------------------------------------ options
+
 _MODES = {
     "online": ExecutionMode.ONLINE,
     "provider-batch": ExecutionMode.PROVIDER_BATCH,
@@ -88,6 +90,9 @@ ProviderOpt = Annotated[
         "(see `nex-collector teachers`)",
     ),
 ]
+
+
+# ----------------------------------------------------------------- commands
 
 
 @app.command("create")
@@ -370,6 +375,9 @@ def batch_update(
     out.print(batch_summary(run_with_client(target, action)))
 
 
+# ------------------------------------------------------------------ helpers
+
+
 async def _first_runs(
     client: AsyncClient, batch_id: str, limit: int, status: RunStatus | None = None
 ) -> list[TeacherRun]:
@@ -389,9 +397,6 @@ async def show_batch_result(client: AsyncClient, batch: TeacherBatch) -> None:
     if batch.counts.failed:
         failed = await _first_runs(client, batch.id, 5, RunStatus.FAILED)
         out.print(runs_table(failed, f"first failed runs ({batch.counts.failed:,} in all)"))
-
-
-# ------------------------------------------------------------------ helpers
 
 
 async def _print_estimate(
