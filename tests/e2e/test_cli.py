@@ -1,51 +1,24 @@
 """The person-at-a-terminal commands (template, batch, run, dataset, demo)
-through typer's CliRunner against the real collector, plus their pure parts
-(the JSONL reader, the filter mini-syntax, quantiles, the histogram)."""
+through typer's CliRunner against the real collector. Their pure parts (the
+JSONL reader, the filter mini-syntax, quantiles, the histogram) are tested in
+tests/unit/test_cli_*.py."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import re
 from pathlib import Path
 
-import grpc
 import pytest
-from rich.console import Console
 
-import nex.collector.server.cli.dataset as cli_dataset
+import nex.collector.server.cli.dataset_files as cli_dataset_files
 from nex.collector.client import (
-    BooleanFilter,
     Client,
     CollectorError,
-    DatasetCounts,
-    DatasetManifest,
     DatasetStatus,
-    EntropyFilter,
-    FieldViolation,
-    FilterDrop,
     GenerationParams,
-    InvalidArgumentError,
-    LengthFilter,
-    RegexFilter,
-    ScoreFilter,
     UnimplementedError,
-)
-from nex.collector.server.cli.batch import (
-    CHUNK_BYTES,
-    InputLine,
-    _chunks,
-    read_inputs,
-    violations_by_line,
-)
-from nex.collector.server.cli.dataset import (
-    FilterSyntaxError,
-    drops_table,
-    format_filter,
-    histogram,
-    parse_filter,
-    quantiles,
 )
 from tests.conftest import unique
 from tests.support.cli import invoke, no_traceback
@@ -75,132 +48,6 @@ def _jsonl(path: Path, rows: list[object]) -> Path:
 
 def _batch_count(client: Client) -> int:
     return sum(1 for _ in client.list_batches())
-
-
-# ------------------------------------------------------------- pure pieces
-
-
-def test_read_inputs_numbers_lines_and_encodes_values() -> None:
-    text = (
-        '{"topic": "tides", "style": "short", "_request_id": "q-1"}\n'
-        "\n"
-        '{"topic": "x", "n": 3, "tags": ["a"], "ok": true}\n'
-    )
-    lines, problems = read_inputs(io.BytesIO(text.encode()))
-    assert problems == []
-    assert lines == [
-        InputLine(1, {"topic": "tides", "style": "short"}, "q-1"),
-        InputLine(3, {"topic": "x", "n": "3", "tags": '["a"]', "ok": "true"}, None),
-    ]
-
-
-def test_read_inputs_reports_every_bad_line() -> None:
-    text = (
-        '{"a": "1"}\n{"a": \n[1]\n{"a": "2", "_request_id": 7}\n'
-        '{"_request_id": "r"}\n{"_request_id": "r"}\n'
-    )
-    _, problems = read_inputs(io.BytesIO(text.encode()))
-    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 6"]
-    assert "repeats line 5" in problems[-1]
-
-
-def test_field_violations_map_back_to_file_lines() -> None:
-    chunk = [InputLine(10, {}), InputLine(12, {}), InputLine(15, {})]
-    exc = InvalidArgumentError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "invalid request",
-        field_violations=[
-            FieldViolation("runs[2].variables", "missing variables style"),
-            FieldViolation("batch_id", "required"),
-        ],
-    )
-    assert violations_by_line(exc, chunk) == [
-        "line 15 (variables): missing variables style",
-        "batch_id: required",
-    ]
-
-
-def test_runs_are_sent_in_chunks_cut_by_count_and_by_bytes() -> None:
-    """Each BatchCreateRuns stays well under the server's request size limit."""
-    small = [InputLine(i, {"x": "a"}) for i in range(5)]
-    assert [len(c) for c in _chunks(small, 2)] == [2, 2, 1]
-    big = [InputLine(i, {"x": "b" * (CHUNK_BYTES // 3)}) for i in range(7)]
-    assert [len(c) for c in _chunks(big, 1000)] == [2, 2, 2, 1]
-    huge = [InputLine(1, {"x": "a"}), InputLine(2, {"x": "c" * CHUNK_BYTES}), small[0]]
-    assert [[i.line for i in c] for c in _chunks(huge, 1000)] == [[1], [2], [0]]
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("length:min_chars=10,max_chars=2000", LengthFilter(10, 2000)),
-        ("length:min=5", LengthFilter(min_chars=5)),
-        ("regex:pattern=^Answer,must_match=true", RegexFilter("^Answer", True)),
-        ("regex:pattern=a{1,3}|b,must_match=false", RegexFilter("a{1,3}|b", False)),
-        ("regex:x=y", RegexFilter("x=y")),
-        ("entropy:max=2.5", EntropyFilter(max=2.5)),
-        ("boolean:name=finish_reason_stop,value=true", BooleanFilter("finish_reason_stop", True)),
-        ("boolean:has_logprobs,value=no", BooleanFilter("has_logprobs", False)),
-        ("score:name=mean_logprob,min=-1.5", ScoreFilter("mean_logprob", min=-1.5)),
-        ("SCORE:perplexity,max=20", ScoreFilter("perplexity", max=20.0)),
-    ],
-)
-def test_filter_mini_syntax(spec: str, expected: object) -> None:
-    parsed = parse_filter(spec)
-    assert parsed == expected
-    assert parse_filter(format_filter(parsed)) == parsed
-
-
-@pytest.mark.parametrize(
-    ("spec", "words"),
-    [
-        ("size:max=3", "unknown filter kind"),
-        ("length", "give its settings"),
-        ("length:min_chars=ten", "integer"),
-        ("length:foo=1", "cannot read"),
-        ("entropy:min=1,min=2", "twice"),
-        ("entropy:min=3,max=1", "above the maximum"),
-        ("score:min=1", "name is required"),
-        ("score:mean_logprob", "min and/or a max"),
-        ("boolean:name=x,value=maybe", "true or false"),
-    ],
-)
-def test_bad_filters_say_why(spec: str, words: str) -> None:
-    with pytest.raises(FilterSyntaxError, match=words):
-        parse_filter(spec)
-
-
-def test_quantiles_and_histogram() -> None:
-    assert quantiles([4.0, 1.0, 3.0, 2.0, 5.0]) == [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert quantiles([0.0, 10.0]) == [0.0, 2.5, 5.0, 7.5, 10.0]
-    console = Console(width=100, record=True)
-    console.print(histogram("s", [0.0, 0.1, 0.1, 1.0], bins=4, width=8))
-    text = console.export_text()
-    assert "s: 4 values" in text and "████████ 3" in text  # the fullest bar is full width
-    console.print(histogram("same", [2.0, 2.0], bins=10))  # one value: one bar, no crash
-    assert "2" in console.export_text()
-
-
-def test_drops_per_filter_are_counts_not_negative_numbers() -> None:
-    manifest = DatasetManifest(
-        id="ds_1",
-        name="n",
-        version="v1",
-        status=DatasetStatus.READY,
-        counts=DatasetCounts(
-            total=12,
-            kept=5,
-            dropped=(
-                FilterDrop(index=0, filter="length(min_chars=1)", dropped=0),
-                FilterDrop(index=1, filter="boolean(finish_reason_stop)", dropped=7),
-            ),
-        ),
-    )
-    console = Console(width=100, record=True)
-    console.print(drops_table(manifest))
-    text = console.export_text()
-    assert re.search(r"boolean\(finish_reason_stop\)\s+│\s+7 ", text), text
-    assert "-7" not in text
 
 
 # ---------------------------------------------------------------- commands
@@ -411,7 +258,7 @@ def test_dataset_show_and_verify_need_no_access_to_the_files(
         pass
     ready = client.wait_dataset(client.build_dataset(unique("cli-rd"), "v1", [batch.id]).id)
     # The CLI's only way to the files: a file:// uri that is a folder here.
-    monkeypatch.setattr(cli_dataset, "local_dir", lambda uri: None)
+    monkeypatch.setattr(cli_dataset_files, "local_dir", lambda uri: None)
     shown = invoke(collector, "dataset", "show", ready.id, "--score", "length_chars")
     verified = invoke(collector, "dataset", "verify", ready.id)
     monkeypatch.undo()

@@ -43,23 +43,30 @@ from nex.collector.client import (
     TeacherBatch,
 )
 
-from .batch import DEFAULT_MOCK_MODEL, batch_summary, run_panel, watch_progress
-from .common import (
+from .connection import (
     AddrOpt,
     Target,
     TokenOpt,
     client_tls,
-    err,
-    fail,
     first_token,
-    fmt_usage,
     load_client_settings,
     open_client,
-    out,
     resolve_target,
-    show_errors,
 )
-from .dataset import dataset_view, format_filter, local_dir, verify_view, wait_with_progress
+from .consoles import err, out
+from .dataset_files import local_dir
+from .errors import fail, show_errors
+from .filter_syntax import format_filter
+from .options import DEFAULT_MOCK_MODEL
+from .render import (
+    batch_summary,
+    dataset_view,
+    fmt_usage,
+    run_panel,
+    verify_view,
+    wait_with_progress,
+    watch_progress,
+)
 
 if TYPE_CHECKING:
     from nex.collector.client import AsyncClient

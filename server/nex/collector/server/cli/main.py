@@ -15,10 +15,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from nex.collector.server.cli import batch as batch_cli
-from nex.collector.server.cli import common
-from nex.collector.server.cli import context as context_cli
-from nex.collector.server.cli import dataset as dataset_cli
+from nex.collector.server.cli import (
+    batches,
+    consoles,
+    contexts,
+    datasets,
+    evidence,
+    runs,
+    templates,
+)
 from nex.collector.server.cli.demo import demo
 from nex.collector.server.cli.teachers import teachers
 
@@ -38,18 +43,18 @@ console = Console(stderr=True)
 def _before_each_command() -> None:
     # --quiet silences the shared console for one command; the next command
     # run in this process (tests invoke the app many times) talks again.
-    common.out.quiet = False
+    consoles.out.quiet = False
 
 
 _CLIENT_PANEL = "Client commands (talk to a running collector)"
 app.command(rich_help_panel=_CLIENT_PANEL)(demo)
 app.command(rich_help_panel=_CLIENT_PANEL)(teachers)
-app.add_typer(batch_cli.template_app, name="template", rich_help_panel=_CLIENT_PANEL)
-app.add_typer(batch_cli.batch_app, name="batch", rich_help_panel=_CLIENT_PANEL)
-app.add_typer(batch_cli.run_app, name="run", rich_help_panel=_CLIENT_PANEL)
-app.add_typer(dataset_cli.app, name="dataset", rich_help_panel=_CLIENT_PANEL)
-app.add_typer(context_cli.context_app, name="context", rich_help_panel=_CLIENT_PANEL)
-app.add_typer(context_cli.evidence_app, name="evidence", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(templates.app, name="template", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(batches.app, name="batch", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(runs.app, name="run", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(datasets.app, name="dataset", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(contexts.app, name="context", rich_help_panel=_CLIENT_PANEL)
+app.add_typer(evidence.app, name="evidence", rich_help_panel=_CLIENT_PANEL)
 
 AddrOpt = Annotated[
     str | None, typer.Option("--addr", help="host:port to serve gRPC on [NEX_COLLECTOR_ADDR]")

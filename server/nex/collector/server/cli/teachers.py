@@ -14,7 +14,8 @@ from nex.collector.client import TeacherEndpoint, TeacherKind
 if TYPE_CHECKING:
     from nex.collector.client import AsyncClient
 
-from .common import AddrOpt, TokenOpt, out, resolve_target, run_with_client
+from .connection import AddrOpt, TokenOpt, resolve_target, run_with_client
+from .consoles import out
 
 _KINDS = {
     TeacherKind.OPENAI: "openai",

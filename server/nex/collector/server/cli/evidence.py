@@ -1,5 +1,5 @@
-"""``nex-collector context …`` and ``evidence …``: references to NEX contexts,
-and the evidence links delivered back to NEX (integrated mode).
+"""``nex-collector evidence …``: evidence links from a dataset or a run to a
+NEX context, delivered to NEX by the workers (integrated mode).
 
 ``evidence link --wait`` follows the link until NEX has accepted it, showing
 the delivery attempts and the last error while NEX is down; the link itself
@@ -19,134 +19,29 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from nex.collector.client import ContextRef, EvidenceLink, EvidenceStatus
+from nex.collector.client import EvidenceLink, EvidenceStatus
 
-from .common import (
-    AddrOpt,
-    QuietOpt,
-    TokenOpt,
-    err,
-    fail,
-    fmt_time,
-    out,
-    parse_labels,
-    print_id,
-    quiet_output,
-    resolve_target,
-    run_with_client,
-    shorten,
-)
+from .connection import AddrOpt, TokenOpt, resolve_target, run_with_client
+from .consoles import err, out
+from .errors import fail
+from .options import QuietOpt, print_id, quiet_output
+from .render import fmt_time, shorten
 
 if TYPE_CHECKING:
     from nex.collector.client import AsyncClient
 
-__all__ = ["context_app", "evidence_app", "evidence_table"]
+__all__ = ["app", "evidence_table"]
 
 POLL_S = 0.5
 """How often ``evidence link --wait`` asks for the link's status."""
 
-context_app = typer.Typer(
-    help="References to NEX contexts (id + version; never their content).",
-    no_args_is_help=True,
-)
-evidence_app = typer.Typer(
+app = typer.Typer(
     help="Evidence links to NEX contexts, delivered to NEX (integrated mode).",
     no_args_is_help=True,
 )
 
 
-# ------------------------------------------------------------------ context
-
-
-@context_app.command("create")
-def context_create(
-    nex_context_id: Annotated[str, typer.Argument(metavar="NEX_CONTEXT_ID")],
-    version: Annotated[str, typer.Argument(metavar="VERSION", help="the context's version")],
-    label: Annotated[
-        list[str] | None, typer.Option("--label", help="KEY=VALUE (repeat for each)")
-    ] = None,
-    quiet: QuietOpt = False,
-    addr: AddrOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Register a NEX context version; prints the ContextRef id.
-
-    The same id and version again give the existing reference. In integrated
-    mode the collector first asks NEX whether that version exists."""
-    quiet_output(quiet)
-    target = resolve_target(addr, token)
-    labels = parse_labels(label or [])
-
-    async def action(client: AsyncClient) -> ContextRef:
-        return await client.create_context_ref(nex_context_id, version, labels=labels)
-
-    ref = run_with_client(target, action)
-    out.print(
-        f"[green]✓[/green] context ref [bold]{ref.id}[/bold] → "
-        f"{escape(ref.nex_context_id)}@{escape(ref.nex_context_version)}"
-    )
-    print_id(quiet, ref.id)
-
-
-@context_app.command("show")
-def context_show(
-    ref_id: Annotated[str, typer.Argument(metavar="ID", help="ContextRef id")],
-    addr: AddrOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Show a ContextRef."""
-    target = resolve_target(addr, token)
-
-    async def action(client: AsyncClient) -> ContextRef:
-        return await client.get_context_ref(ref_id)
-
-    ref = run_with_client(target, action)
-    table = Table(box=box.SIMPLE, show_header=False, title=f"context ref {ref.id}")
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    table.add_row("NEX context", escape(ref.nex_context_id))
-    table.add_row("version", escape(ref.nex_context_version))
-    table.add_row("labels", escape(_labels_text(ref)) or "-")
-    table.add_row("created", fmt_time(ref.create_time))
-    out.print(table)
-
-
-@context_app.command("list")
-def context_list(
-    nex_context_id: Annotated[
-        str | None, typer.Option("--nex-context-id", help="only versions of this context")
-    ] = None,
-    addr: AddrOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """List ContextRefs, oldest first."""
-    target = resolve_target(addr, token)
-
-    async def action(client: AsyncClient) -> list[ContextRef]:
-        return [r async for r in client.list_context_refs(nex_context_id=nex_context_id)]
-
-    table = Table(title="context refs", box=box.SIMPLE_HEAD)
-    table.add_column("id", no_wrap=True)
-    table.add_column("NEX context", overflow="fold")
-    table.add_column("version", overflow="fold")
-    table.add_column("labels", overflow="fold")
-    table.add_column("created", no_wrap=True)
-    for ref in run_with_client(target, action):
-        table.add_row(
-            ref.id, escape(ref.nex_context_id), escape(ref.nex_context_version),
-            escape(_labels_text(ref)), fmt_time(ref.create_time, short=True),
-        )  # fmt: skip
-    out.print(table)
-
-
-def _labels_text(ref: ContextRef) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(ref.labels.items()))
-
-
-# ----------------------------------------------------------------- evidence
-
-
-@evidence_app.command("link")
+@app.command("link")
 def evidence_link(
     context_ref: Annotated[str, typer.Option("--context-ref", help="ContextRef id")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="dataset id")] = None,
@@ -197,7 +92,7 @@ def evidence_link(
         out.print(f"follow it with: nex-collector evidence show {link.id}")
 
 
-@evidence_app.command("show")
+@app.command("show")
 def evidence_show(
     link_id: Annotated[str, typer.Argument(metavar="ID", help="evidence link id")],
     addr: AddrOpt = None,
@@ -212,7 +107,7 @@ def evidence_show(
     out.print(evidence_table(run_with_client(target, action)))
 
 
-@evidence_app.command("list")
+@app.command("list")
 def evidence_list(
     context_ref: Annotated[
         str | None, typer.Option("--context-ref", help="only links to this ContextRef")
