@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from nex.collector.client import Client, connect
+from nex.collector.server.testing import CollectorEnvironment
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing, backing_services
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.processes import RedisProcess
 from tests.support.s3 import S3Server, s3_server
 
@@ -76,16 +77,16 @@ def teacher_settings(api: FakeTeacherAPI) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def collector(
     backing: Backing, teacher_api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     settings = collector_settings(
         backing, Path(tmp_path_factory.mktemp("data")), **teacher_settings(teacher_api)
     )
-    with running_collector(settings) as running:
+    with CollectorEnvironment(settings) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def client(collector: RunningCollector) -> Iterator[Client]:
+def client(collector: CollectorEnvironment) -> Iterator[Client]:
     """The shipped blocking client, authenticated."""
     with connect(collector.address, token=collector.token) as c:
         yield c

@@ -20,10 +20,11 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.db import execute
 from tests.support.processes import RedisProcess, WorkerProcess
 
@@ -51,16 +52,16 @@ def chaos_env(
 @pytest.fixture
 def server_only(
     chaos_env: dict[str, str], own_backing: Backing, tmp_path: Path
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     """A collector that serves gRPC but runs no worker: workers are processes."""
     overrides = {k: v for k, v in chaos_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
-    with running_collector(settings, work=False) as running:
+    with CollectorEnvironment(settings, work=False) as running:
         yield running
 
 
 @pytest.fixture
-def chaos_client(server_only: RunningCollector) -> Iterator[Client]:
+def chaos_client(server_only: CollectorEnvironment) -> Iterator[Client]:
     with connect(server_only.address, token=server_only.token) as c:
         yield c
 
@@ -222,7 +223,7 @@ def test_teacher_failing_a_fifth_of_calls(
         worker.stop()
 
 
-def _insert_completed_runs(collector: RunningCollector, batch_id: str, n: int) -> None:
+def _insert_completed_runs(collector: CollectorEnvironment, batch_id: str, n: int) -> None:
     """Many completed runs (64 tokens, top-5 each) straight into PostgreSQL."""
     execute(
         collector,
@@ -243,7 +244,10 @@ def _insert_completed_runs(collector: RunningCollector, batch_id: str, n: int) -
 
 
 def test_dataset_build_killed_midway_leaves_nothing_partial(
-    chaos_client: Client, chaos_env: dict[str, str], server_only: RunningCollector, tmp_path: Path
+    chaos_client: Client,
+    chaos_env: dict[str, str],
+    server_only: CollectorEnvironment,
+    tmp_path: Path,
 ) -> None:
     template = chaos_client.create_template(
         unique("bulk"), user_template="Say {{ x }}", variables=["x"]

@@ -25,13 +25,11 @@ from nex.collector.client import (
 )
 from nex.collector.server.bootstrap import plain_dsn
 from nex.collector.server.db.repositories.events import EVENTS_LOCK
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
-from tests.support.collector import (
-    RunningCollector,
-    serving_for_worker_processes,
-)
+from tests.support.collector import serving_for_worker_processes
 from tests.support.db import fetch_all
 from tests.support.processes import RedisProcess, WorkerProcess
 
@@ -52,13 +50,15 @@ def env(
 
 
 @pytest.fixture
-def server(env: dict[str, str], own_backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
+def server(
+    env: dict[str, str], own_backing: Backing, tmp_path: Path
+) -> Iterator[CollectorEnvironment]:
     with serving_for_worker_processes(env, own_backing, tmp_path / "data") as running:
         yield running
 
 
 @pytest.fixture
-def client(server: RunningCollector) -> Iterator[Client]:
+def client(server: CollectorEnvironment) -> Iterator[Client]:
     with connect(server.address, token=server.token) as c:
         yield c
 
@@ -167,7 +167,7 @@ def test_an_answer_is_stored_at_once_even_while_run_events_wait(
     client: Client,
     env: dict[str, str],
     own_backing: Backing,
-    server: RunningCollector,
+    server: CollectorEnvironment,
     fresh_teacher_api: FakeTeacherAPI,
     tmp_path: Path,
 ) -> None:

@@ -24,9 +24,9 @@ from nex.collector.client import (
     RunView,
     TeacherBatch,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
-from tests.support.collector import RunningCollector
 from tests.support.db import fetch_all
 
 
@@ -173,7 +173,7 @@ def test_non_retryable_errors_fail_at_once_without_leaking_the_key(
     client: Client,
     template: PromptTemplate,
     fresh_teacher_api: FakeTeacherAPI,
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     status: int,
     code: str,
 ) -> None:
@@ -300,7 +300,7 @@ def test_scores_attach_to_completed_runs(client: Client, template: PromptTemplat
 def test_a_watch_closed_mid_wait_leaves_no_pending_task(
     client: Client,
     template: PromptTemplate,
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     batch = _batch(client, template)

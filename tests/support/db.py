@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from nex.collector.server.bootstrap import plain_dsn
-from tests.support.collector import RunningCollector
+from nex.collector.server.testing import CollectorEnvironment
 
 
 async def _fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
@@ -19,7 +19,7 @@ async def _fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
         await conn.close()
 
 
-def fetch_all(collector: RunningCollector, query: str, *args: Any) -> list[dict[str, Any]]:
+def fetch_all(collector: CollectorEnvironment, query: str, *args: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = collector.call(
         _fetch(plain_dsn(collector.container.database_url), query, *args)
     )
@@ -34,5 +34,5 @@ async def _execute(dsn: str, query: str, *args: Any) -> None:
         await conn.close()
 
 
-def execute(collector: RunningCollector, query: str, *args: Any) -> None:
+def execute(collector: CollectorEnvironment, query: str, *args: Any) -> None:
     collector.call(_execute(plain_dsn(collector.container.database_url), query, *args))
