@@ -32,6 +32,27 @@ settings.register_profile("fuzz", max_examples=200, deadline=None, suppress_heal
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+# Each test gets the marker of its folder (`pytest -m unit`, `-m "not chaos"`):
+#   unit         pure code, no servers
+#   contract     what we take from arq, against a real Redis (one embedded pair)
+#   providers    the provider adapters through the real SDKs, against the fake teacher
+#   integration  repositories, limiter, migrations, object store on real PostgreSQL/Redis/S3
+#   e2e          a real collector through the shipped client and CLI
+#   chaos        killed workers, lost Redis, rate limits: slow by design
+#   fuzz         hostile requests and templates (Hypothesis)
+#   docs         every code block of README.md and docs/
+# `make test-fast` runs unit, contract and providers: under a minute on two cores.
+FOLDER_MARKERS = ("unit", "contract", "providers", "integration", "e2e", "chaos", "fuzz", "docs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(here).parts[0] if item.path.is_relative_to(here) else ""
+        if folder in FOLDER_MARKERS:
+            item.add_marker(folder)
+
+
 def unique(prefix: str) -> str:
     """A name no other test uses (the database is shared by the session)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
