@@ -3,6 +3,7 @@ teacher failing 20 % of calls. PostgreSQL is the source of truth."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -243,6 +244,15 @@ def _insert_completed_runs(collector: CollectorEnvironment, batch_id: str, n: in
     )
 
 
+def _staged_bytes(folder: Path) -> int:
+    """Bytes written so far in the staging folders of the dataset at `folder`."""
+    total = 0
+    for path in folder.parent.glob(f".{folder.name}.tmp-*/**/*"):
+        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
 def test_dataset_build_killed_midway_leaves_nothing_partial(
     chaos_client: Client,
     chaos_env: dict[str, str],
@@ -260,10 +270,9 @@ def test_dataset_build_killed_midway_leaves_nothing_partial(
     folder = Path(urlparse(started.uri).path)
     try:
         deadline = time.monotonic() + 60
-        while not list(folder.parent.glob(f".{folder.name}.tmp-*")):  # the build is writing
+        while not _staged_bytes(folder):  # the build has written part of the dataset
             assert time.monotonic() < deadline, (tmp_path / "worker1.log").read_text()[-3000:]
             time.sleep(0.02)
-        time.sleep(0.5)
         first.kill9()
     finally:
         first.stop()
