@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -36,3 +37,9 @@ async def _execute(dsn: str, query: str, *args: Any) -> None:
 
 def execute(collector: CollectorEnvironment, query: str, *args: Any) -> None:
     collector.call(_execute(plain_dsn(collector.container.database_url), query, *args))
+
+
+def fetch_from(database_url: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    """A read of the database at ``database_url`` (no collector needed); not
+    from inside a running event loop."""
+    return asyncio.run(_fetch(plain_dsn(database_url), query, *args))
