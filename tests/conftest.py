@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from nex.collector.client import Client, connect
+from nex.collector.server.testing import CollectorEnvironment
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing, backing_services
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.processes import RedisProcess
 from tests.support.s3 import S3Server, s3_server
 
@@ -29,6 +30,27 @@ settings.register_profile(
 )
 settings.register_profile("fuzz", max_examples=200, deadline=None, suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# Each test gets the marker of its folder (`pytest -m unit`, `-m "not chaos"`):
+#   unit         pure code, no servers
+#   contract     what we take from arq, against a real Redis (one embedded pair)
+#   providers    the provider adapters through the real SDKs, against the fake teacher
+#   integration  repositories, limiter, migrations, object store on real PostgreSQL/Redis/S3
+#   e2e          a real collector through the shipped client and CLI
+#   chaos        killed workers, lost Redis, rate limits: slow by design
+#   fuzz         hostile requests and templates (Hypothesis)
+#   docs         every code block of README.md and docs/
+# `make test-fast` runs unit, contract and providers: under a minute on two cores.
+FOLDER_MARKERS = ("unit", "contract", "providers", "integration", "e2e", "chaos", "fuzz", "docs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(here).parts[0] if item.path.is_relative_to(here) else ""
+        if folder in FOLDER_MARKERS:
+            item.add_marker(folder)
 
 
 def unique(prefix: str) -> str:
@@ -76,16 +98,16 @@ def teacher_settings(api: FakeTeacherAPI) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def collector(
     backing: Backing, teacher_api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     settings = collector_settings(
         backing, Path(tmp_path_factory.mktemp("data")), **teacher_settings(teacher_api)
     )
-    with running_collector(settings) as running:
+    with CollectorEnvironment(settings) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def client(collector: RunningCollector) -> Iterator[Client]:
+def client(collector: CollectorEnvironment) -> Iterator[Client]:
     """The shipped blocking client, authenticated."""
     with connect(collector.address, token=collector.token) as c:
         yield c

@@ -3,6 +3,7 @@ teacher failing 20 % of calls. PostgreSQL is the source of truth."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,10 +21,11 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.db import execute
 from tests.support.processes import RedisProcess, WorkerProcess
 
@@ -51,16 +53,16 @@ def chaos_env(
 @pytest.fixture
 def server_only(
     chaos_env: dict[str, str], own_backing: Backing, tmp_path: Path
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     """A collector that serves gRPC but runs no worker: workers are processes."""
     overrides = {k: v for k, v in chaos_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
-    with running_collector(settings, work=False) as running:
+    with CollectorEnvironment(settings, work=False) as running:
         yield running
 
 
 @pytest.fixture
-def chaos_client(server_only: RunningCollector) -> Iterator[Client]:
+def chaos_client(server_only: CollectorEnvironment) -> Iterator[Client]:
     with connect(server_only.address, token=server_only.token) as c:
         yield c
 
@@ -222,7 +224,7 @@ def test_teacher_failing_a_fifth_of_calls(
         worker.stop()
 
 
-def _insert_completed_runs(collector: RunningCollector, batch_id: str, n: int) -> None:
+def _insert_completed_runs(collector: CollectorEnvironment, batch_id: str, n: int) -> None:
     """Many completed runs (64 tokens, top-5 each) straight into PostgreSQL."""
     execute(
         collector,
@@ -242,8 +244,20 @@ def _insert_completed_runs(collector: RunningCollector, batch_id: str, n: int) -
     )
 
 
+def _staged_bytes(folder: Path) -> int:
+    """Bytes written so far in the staging folders of the dataset at `folder`."""
+    total = 0
+    for path in folder.parent.glob(f".{folder.name}.tmp-*/**/*"):
+        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
 def test_dataset_build_killed_midway_leaves_nothing_partial(
-    chaos_client: Client, chaos_env: dict[str, str], server_only: RunningCollector, tmp_path: Path
+    chaos_client: Client,
+    chaos_env: dict[str, str],
+    server_only: CollectorEnvironment,
+    tmp_path: Path,
 ) -> None:
     template = chaos_client.create_template(
         unique("bulk"), user_template="Say {{ x }}", variables=["x"]
@@ -256,10 +270,9 @@ def test_dataset_build_killed_midway_leaves_nothing_partial(
     folder = Path(urlparse(started.uri).path)
     try:
         deadline = time.monotonic() + 60
-        while not list(folder.parent.glob(f".{folder.name}.tmp-*")):  # the build is writing
+        while not _staged_bytes(folder):  # the build has written part of the dataset
             assert time.monotonic() < deadline, (tmp_path / "worker1.log").read_text()[-3000:]
             time.sleep(0.02)
-        time.sleep(0.5)
         first.kill9()
     finally:
         first.stop()

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 
 from nex.collector.client import Client, ExecutionMode, GenerationParams, RunStatus, connect
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import (
-    RunningCollector,
-    serving_for_worker_processes,
-)
+from tests.support.collector import serving_for_worker_processes
 from tests.support.db import fetch_all
 from tests.support.processes import RedisProcess, WorkerProcess
 
@@ -53,13 +51,15 @@ def env(
 
 
 @pytest.fixture
-def server(env: dict[str, str], own_backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
+def server(
+    env: dict[str, str], own_backing: Backing, tmp_path: Path
+) -> Iterator[CollectorEnvironment]:
     with serving_for_worker_processes(env, own_backing, tmp_path / "data") as running:
         yield running
 
 
 @pytest.fixture
-def client(server: RunningCollector) -> Iterator[Client]:
+def client(server: CollectorEnvironment) -> Iterator[Client]:
     with connect(server.address, token=server.token) as c:
         yield c
 
@@ -91,7 +91,7 @@ def _provider_batch(client: Client, n: int) -> str:
 @pytest.mark.parametrize("kill_while", ["ingesting"])
 def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(
     env: dict[str, str],
-    server: RunningCollector,
+    server: CollectorEnvironment,
     client: Client,
     api: FakeTeacherAPI,
     tmp_path: Path,

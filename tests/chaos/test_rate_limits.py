@@ -21,10 +21,11 @@ from nex.collector.client import (
     TeacherBatch,
     connect,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.processes import RedisProcess, WorkerProcess
 
 RPM = 1200  # 20 a second
@@ -69,7 +70,7 @@ class Deployment:
         overrides = {k: v for k, v in self.env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
         overrides = {k: v for k, v in overrides.items() if k != KEY_ENV}
         settings = collector_settings(self.own, self.tmp / "data", **overrides)
-        self._server = running_collector(settings, work=False)
+        self._server = CollectorEnvironment(settings, work=False)
         running = self._server.__enter__()
         self._workers = [
             WorkerProcess(self.env, self.tmp / f"worker{i}.log").start() for i in range(WORKERS)

@@ -3,14 +3,11 @@ failures: real worker processes, a real PostgreSQL and Redis, the fake teacher."
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from arq.constants import in_progress_key_prefix
 from redis import Redis
@@ -23,16 +20,14 @@ from nex.collector.client import (
     TeacherBatch,
     connect,
 )
-from nex.collector.server.bootstrap import plain_dsn
 from nex.collector.server.db.repositories.events import EVENTS_LOCK
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
-from tests.support.collector import (
-    RunningCollector,
-    serving_for_worker_processes,
-)
+from tests.support.collector import serving_for_worker_processes
 from tests.support.db import fetch_all
+from tests.support.locks import holding_events_lock
 from tests.support.processes import RedisProcess, WorkerProcess
 
 
@@ -52,13 +47,15 @@ def env(
 
 
 @pytest.fixture
-def server(env: dict[str, str], own_backing: Backing, tmp_path: Path) -> Iterator[RunningCollector]:
+def server(
+    env: dict[str, str], own_backing: Backing, tmp_path: Path
+) -> Iterator[CollectorEnvironment]:
     with serving_for_worker_processes(env, own_backing, tmp_path / "data") as running:
         yield running
 
 
 @pytest.fixture
-def client(server: RunningCollector) -> Iterator[Client]:
+def client(server: CollectorEnvironment) -> Iterator[Client]:
     with connect(server.address, token=server.token) as c:
         yield c
 
@@ -90,36 +87,6 @@ def _answers_per_prompt(api: FakeTeacherAPI) -> Counter[str]:
     return Counter(x.request["messages"][0]["content"] for x in api.exchanges if x.status == 200)
 
 
-class _EventsLockHolder:
-    """A session of its own holding the events advisory lock, like a psql
-    session would: every transaction appending run events waits for it."""
-
-    def __init__(self, database_url: str) -> None:
-        self._dsn = plain_dsn(database_url)
-        self._taken = threading.Event()
-        self._release = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._hold()), daemon=True)
-
-    async def _hold(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
-        try:
-            await conn.execute("SELECT pg_advisory_lock($1)", EVENTS_LOCK)
-            self._taken.set()
-            await asyncio.to_thread(self._release.wait)
-            await conn.execute("SELECT pg_advisory_unlock($1)", EVENTS_LOCK)
-        finally:
-            await conn.close()
-
-    def __enter__(self) -> _EventsLockHolder:
-        self._thread.start()
-        assert self._taken.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._release.set()
-        self._thread.join(10)
-
-
 def _wait_started(redis: RedisProcess, n: int, log: Path, timeout: float = 60) -> None:
     """Until n jobs are started (arq's in-progress markers)."""
     r = Redis.from_url(redis.url)
@@ -146,7 +113,7 @@ def test_slow_claims_are_never_taken_from_a_live_worker(
     logs = [tmp_path / "worker1.log", tmp_path / "worker2.log"]
     workers = [WorkerProcess({**env, "WORKER_MAX_JOBS": "8"}, log) for log in logs]
     try:
-        with _EventsLockHolder(own_backing.database_url):
+        with holding_events_lock(own_backing.database_url, EVENTS_LOCK):
             for worker in workers:
                 worker.start()
             _wait_started(redis, len(run_ids), logs[0])
@@ -167,7 +134,7 @@ def test_an_answer_is_stored_at_once_even_while_run_events_wait(
     client: Client,
     env: dict[str, str],
     own_backing: Backing,
-    server: RunningCollector,
+    server: CollectorEnvironment,
     fresh_teacher_api: FakeTeacherAPI,
     tmp_path: Path,
 ) -> None:
@@ -184,7 +151,7 @@ def test_an_answer_is_stored_at_once_even_while_run_events_wait(
         while fresh_teacher_api.total_requests < 1:  # claimed, and at the teacher
             assert time.monotonic() < deadline, _tail(log)
             time.sleep(0.02)
-        with _EventsLockHolder(own_backing.database_url):
+        with holding_events_lock(own_backing.database_url, EVENTS_LOCK):
             deadline = time.monotonic() + 30
             while not fetch_all(
                 server, "SELECT 1 FROM runs WHERE id = $1 AND answer_time IS NOT NULL", run_id

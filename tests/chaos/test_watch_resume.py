@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 from nex.collector.client import GenerationParams, RunEvent, RunStatus, WatchRetry, connect
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.processes import free_port
 
 
@@ -29,7 +30,7 @@ def test_watch_batch_resumes_across_a_server_restart(
         )
         seen: list[RunEvent] = []
         errors: list[BaseException] = []
-        first = running_collector(settings)
+        first = CollectorEnvironment(settings)
         running = first.__enter__()
         retry = WatchRetry(initial_backoff=0.05, max_backoff=0.5, give_up_after=60)
         client = connect(running.address, token=running.token, watch_retry=retry)
@@ -57,7 +58,7 @@ def test_watch_batch_resumes_across_a_server_restart(
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             first.__exit__(None, None, None)  # the server goes away mid-watch
-            with running_collector(settings):  # and comes back on the same address
+            with CollectorEnvironment(settings):  # and comes back on the same address
                 watcher.join(60)
                 assert not watcher.is_alive() and not errors
         finally:

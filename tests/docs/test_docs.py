@@ -41,10 +41,11 @@ from typing import Any
 
 import pytest
 
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -271,7 +272,7 @@ def _sql_as_python(query: str) -> str:
     )
 
 
-def run_page(page: Path, workdir: Path, collector: RunningCollector) -> list[str]:
+def run_page(page: Path, workdir: Path, collector: CollectorEnvironment) -> list[str]:
     """Runs every block of ``page`` in order; returns the skipped ones' places."""
     blocks = extract(page)
     for block in blocks:
@@ -323,7 +324,7 @@ def run_page(page: Path, workdir: Path, collector: RunningCollector) -> list[str
     return skipped
 
 
-def check_manifest_example(example: Any, block: Block, collector: RunningCollector) -> None:
+def check_manifest_example(example: Any, block: Block, collector: CollectorEnvironment) -> None:
     """A manifest.json shown in the docs has the keys of a real one (built by
     this or an earlier page)."""
     if not (isinstance(example, dict) and {"files", "format_version"} <= example.keys()):
@@ -378,7 +379,7 @@ def docs_root() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def docs_collector(
     backing: Backing, docs_root: Path, teacher_api: FakeTeacherAPI
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     """A collector as `make dev` runs it: no tokens; its DATA_DIR is ``.data``
     of the folders the blocks run in. Blocks that name `openai` or `anthropic`
     reach the fake teacher, as a real key would reach the real one."""
@@ -390,11 +391,11 @@ def docs_collector(
         settings = collector_settings(
             own, data, NEX_COLLECTOR_TOKENS="", **teacher_settings(teacher_api)
         )
-        with running_collector(settings) as running:
+        with CollectorEnvironment(settings) as running:
             yield running
 
 
-def _workdir(root: Path, name: str, collector: RunningCollector) -> Path:
+def _workdir(root: Path, name: str, collector: CollectorEnvironment) -> Path:
     """A folder of its own for a page, whose ``.data`` and ``.venv`` are the
     collector's DATA_DIR and the project's."""
     workdir = root / name
@@ -406,7 +407,7 @@ def _workdir(root: Path, name: str, collector: RunningCollector) -> Path:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_block_runs_in_order(
-    page: Path, docs_collector: RunningCollector, docs_root: Path
+    page: Path, docs_collector: CollectorEnvironment, docs_root: Path
 ) -> None:
     run_page(page, _workdir(docs_root, page.stem, docs_collector), docs_collector)
 

@@ -16,8 +16,8 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Request
 from grpc_health.v1.health_pb2 import HealthCheckResponse as Reply
 
 from nex.collector.server.api.interceptors import ServerInterceptor
+from nex.collector.server.testing import CollectorEnvironment
 from nex.collector.v1 import context_ref_service_pb2, teacher_service_pb2
-from tests.support.collector import RunningCollector
 
 CORRUPT = b"\x0a\x10ab"  # field 1 claims 16 bytes, 2 follow
 BAD_UTF8 = b"\x0a\x02\xff\xfe"  # field 1 (a string) holds bytes that are not UTF-8
@@ -62,7 +62,7 @@ def _bad_request(error: grpc.RpcError) -> error_details_pb2.BadRequest:
 
 
 @pytest.fixture
-def channel(collector: RunningCollector) -> Iterator[grpc.Channel]:
+def channel(collector: CollectorEnvironment) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(collector.address) as ch:
         yield ch
 
@@ -75,7 +75,7 @@ def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.parametrize("method", UNARY + STREAMING)
 @pytest.mark.parametrize("body", [CORRUPT, BAD_UTF8], ids=["corrupt", "bad-utf8"])
 def test_a_body_that_does_not_decode_is_unauthenticated_then_invalid(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     channel: grpc.Channel,
     caplog: pytest.LogCaptureFixture,
     method: str,
@@ -93,7 +93,7 @@ def test_a_body_that_does_not_decode_is_unauthenticated_then_invalid(
 
 
 def test_a_large_body_without_a_token_is_refused_unread(
-    collector: RunningCollector, channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+    collector: CollectorEnvironment, channel: grpc.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     # 3 MB of garbage under the 4 MiB limit: decoding it would answer INVALID_ARGUMENT.
@@ -223,7 +223,7 @@ async def test_every_handler_kind_fails_closed_and_decodes_after_auth(kind: str)
 
 
 def test_a_valid_body_still_reaches_its_servicer(
-    collector: RunningCollector, channel: grpc.Channel
+    collector: CollectorEnvironment, channel: grpc.Channel
 ) -> None:
     create = "/nex.collector.v1.ContextRefService/CreateContextRef"
     reply = channel.unary_unary(create, None, None)(

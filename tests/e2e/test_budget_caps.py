@@ -24,6 +24,7 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.services.budgets import no_daily_caps
+from nex.collector.server.testing import CollectorEnvironment
 from nex.collector.v1 import teacher_pb2
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
@@ -31,7 +32,7 @@ from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.db import execute
 from tests.support.processes import WorkerProcess
 
@@ -67,7 +68,7 @@ def capped_client(
     """A collector that serves gRPC only, and worker processes, all started."""
     overrides = {k: v for k, v in worker_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
-    with running_collector(settings, work=False) as running:
+    with CollectorEnvironment(settings, work=False) as running:
         logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]
         workers = [WorkerProcess(worker_env, log).start() for log in logs]
         try:
@@ -173,7 +174,7 @@ def test_a_killed_worker_leaks_no_reservation_and_its_calls_count(
     overrides = {k: v for k, v in worker_env.items() if k not in ("DATABASE_URL", "DATA_DIR")}
     settings = collector_settings(own_backing, tmp_path / "data", **overrides)
     with (
-        running_collector(settings, work=False) as running,
+        CollectorEnvironment(settings, work=False) as running,
         connect(running.address, token=running.token) as client,
     ):
         batch = _dollar_batch(client)
@@ -214,7 +215,7 @@ def test_a_call_that_timed_out_counts_at_its_worst_case(
         own_backing, tmp_path / "data", **{**teacher_settings(api), "TEACHER_TIMEOUT_S": 0.5}
     )
     with (
-        running_collector(settings) as running,
+        CollectorEnvironment(settings) as running,
         connect(running.address, token=running.token) as client,
     ):
         batch = _dollar_batch(client)
@@ -270,7 +271,7 @@ def test_a_cap_needs_a_priced_model_and_max_tokens(client: Client) -> None:
     )
 
 
-def test_update_batch_names_bad_mask_paths(collector: RunningCollector, client: Client) -> None:
+def test_update_batch_names_bad_mask_paths(collector: CollectorEnvironment, client: Client) -> None:
     template = client.create_template(unique("cap"), user_template="Say {{ x }}", variables=["x"])
     batch = client.create_batch(
         unique("cap"), template.id, "openai", MODEL, params=GenerationParams(max_tokens=8)
@@ -301,7 +302,7 @@ def test_update_batch_names_bad_mask_paths(collector: RunningCollector, client: 
 
 
 def test_dry_run_prints_the_worst_case_and_creates_nothing(
-    collector: RunningCollector, client: Client, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, tmp_path: Path
 ) -> None:
     template = client.create_template(unique("dry"), user_template="Say {{ x }}", variables=["x"])
     inputs = tmp_path / "inputs.jsonl"
@@ -330,7 +331,7 @@ def test_dry_run_prints_the_worst_case_and_creates_nothing(
 
 
 def test_the_cli_shows_spend_against_the_cap_and_stops_on_a_pause(
-    collector: RunningCollector, client: Client, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, tmp_path: Path
 ) -> None:
     template = client.create_template(unique("cli"), user_template="Say {{ x }}", variables=["x"])
     rows = [{"x": f"item {i}"} for i in range(12)]
@@ -357,7 +358,7 @@ def test_the_cli_shows_spend_against_the_cap_and_stops_on_a_pause(
 
 
 def test_a_daily_teacher_cap_pauses_every_batch_of_that_teacher_until_the_next_day(
-    collector: RunningCollector, client: Client, fresh_teacher_api: FakeTeacherAPI
+    collector: CollectorEnvironment, client: Client, fresh_teacher_api: FakeTeacherAPI
 ) -> None:
     """The teachers file's `daily_max_cost_usd` reaches the budgets as a callable;
     here the test plugs one in. The cap holds across batches without caps of

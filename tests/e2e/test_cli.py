@@ -20,15 +20,15 @@ from nex.collector.client import (
     GenerationParams,
     UnimplementedError,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
 from tests.support.cli import invoke, no_traceback
-from tests.support.collector import RunningCollector
 
 # ------------------------------------------------------------------ helpers
 
 
 @pytest.fixture(scope="module")
-def template_id(collector: RunningCollector) -> str:
+def template_id(collector: CollectorEnvironment) -> str:
     result = invoke(
         collector,
         "template", "create", "--name", unique("cli"),
@@ -54,7 +54,7 @@ def _batch_count(client: Client) -> int:
 
 
 def test_batch_create_watch_and_show(
-    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, template_id: str, tmp_path: Path
 ) -> None:
     rows: list[object] = [{"topic": f"topic {i}", "style": "plain"} for i in range(6)]
     rows.append({"topic": "numbers", "style": 3, "_request_id": unique("cli-rid")})
@@ -90,7 +90,7 @@ def test_batch_create_watch_and_show(
 
 
 def test_quiet_create_commands_print_only_the_new_id(
-    collector: RunningCollector, client: Client, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, tmp_path: Path
 ) -> None:
     """`ID=$(nex-collector … -q)`: stdout is the id alone, and the next command
     in the same process prints as usual again."""
@@ -127,7 +127,7 @@ def test_quiet_create_commands_print_only_the_new_id(
 
 
 def test_a_bad_line_is_named_and_nothing_is_created(
-    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, template_id: str, tmp_path: Path
 ) -> None:
     before = _batch_count(client)
     broken = _jsonl(
@@ -152,7 +152,7 @@ def test_a_bad_line_is_named_and_nothing_is_created(
 
 
 def test_every_bad_line_is_reported_in_one_pass_and_counted_once(
-    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, template_id: str, tmp_path: Path
 ) -> None:
     mixed = _jsonl(
         tmp_path / "mixed.jsonl",
@@ -172,7 +172,7 @@ def test_every_bad_line_is_reported_in_one_pass_and_counted_once(
     assert "line 3: variables extra are not declared" in said
 
 
-def test_client_errors_are_one_line_without_traceback(collector: RunningCollector) -> None:
+def test_client_errors_are_one_line_without_traceback(collector: CollectorEnvironment) -> None:
     result = invoke(collector, "batch", "show", "bat_doesnotexist")
     no_traceback(result)
     assert result.exit_code == 1
@@ -198,7 +198,7 @@ def _datasets_offered(client: Client) -> bool:
 
 
 def test_dataset_build_show_and_verify(
-    collector: RunningCollector, client: Client, template_id: str, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, template_id: str, tmp_path: Path
 ) -> None:
     if not _datasets_offered(client):
         pytest.skip("this collector answers UNIMPLEMENTED for BuildDataset")
@@ -240,7 +240,7 @@ def test_dataset_build_show_and_verify(
 
 
 def test_dataset_show_and_verify_need_no_access_to_the_files(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     client: Client,
     template_id: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -269,7 +269,9 @@ def test_dataset_show_and_verify_need_no_access_to_the_files(
     assert ready.uri in verified.output.replace("\n", "")
 
 
-def test_demo_runs_against_a_running_collector(collector: RunningCollector, client: Client) -> None:
+def test_demo_runs_against_a_running_collector(
+    collector: CollectorEnvironment, client: Client
+) -> None:
     datasets = _datasets_offered(client)
     result = invoke(collector, "demo", "--runs", "8")
     no_traceback(result)
@@ -299,7 +301,7 @@ def _run_the_try_lines(output: str) -> None:
 
 
 def test_client_commands_do_not_read_the_servers_configuration(
-    collector: RunningCollector, monkeypatch: pytest.MonkeyPatch
+    collector: CollectorEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A server setting that cannot start a server is none of a client's business.
     monkeypatch.setenv("MODE_INTEGRATION", "integrated")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
-from tests.support.collector import RunningCollector
+from tests.support.collector import TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,13 +101,11 @@ def test_the_wheel_brings_only_the_client_and_its_declared_dependencies(
 
 
 def test_the_client_alone_calls_a_running_collector(
-    client_python: Path, collector: RunningCollector, tmp_path: Path
+    client_python: Path, collector: CollectorEnvironment, tmp_path: Path
 ) -> None:
     name = unique("alone")
     # Run outside the checkout, so nothing but the venv's site-packages is importable.
-    stdout = _run(
-        client_python, "-I", "-c", SCRIPT, collector.address, collector.token, name, cwd=tmp_path
-    )
+    stdout = _run(client_python, "-I", "-c", SCRIPT, collector.address, TOKEN, name, cwd=tmp_path)
     out = json.loads(stdout.strip().splitlines()[-1])
     assert [(n, v) for _, n, v in out["listed"]] == [(name, 1)]
     assert out["listed"][0][0] == out["created"]

@@ -27,16 +27,12 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.bootstrap import plain_dsn
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
-from tests.support.collector import (
-    TOKEN,
-    RunningCollector,
-    collector_settings,
-    running_collector,
-)
+from tests.support.collector import TOKEN, collector_settings
 from tests.support.db import execute, fetch_all
 from tests.support.processes import WorkerProcess
 
@@ -161,14 +157,14 @@ def test_a_part_whose_worker_died_is_built_by_another_worker(
     part 1, which worker B writes; the last part hands back to the build's job,
     which writes the manifest."""
     settings = collector_settings(own_backing, tmp_path / "data", **teacher_settings(teacher_api))
-    with running_collector(settings) as running, connect(running.address, token=TOKEN) as c:
+    with CollectorEnvironment(settings) as running, connect(running.address, token=TOKEN) as c:
         template = c.create_template(unique("pt"), user_template="On {{ t }}.", variables=["t"])
         batch = c.create_batch(unique("pt"), template.id, "mock", "mock-1")
         c.create_runs(batch.id, [{"t": str(i)} for i in range(10)])
         for _ in c.watch_batch(batch.id):
             pass
     with (
-        running_collector(settings, work=False) as running,
+        CollectorEnvironment(settings, work=False) as running,
         connect(running.address, token=TOKEN) as c,
     ):
         datasets = running.container.datasets
@@ -214,7 +210,7 @@ def test_a_part_whose_worker_died_is_built_by_another_worker(
 
 
 def test_the_cli_builds_shows_and_verifies_a_dataset_in_parts(
-    collector: RunningCollector, batch_id: str, tmp_path: Path
+    collector: CollectorEnvironment, batch_id: str, tmp_path: Path
 ) -> None:
     built = invoke(
         collector,
@@ -231,7 +227,7 @@ def test_the_cli_builds_shows_and_verifies_a_dataset_in_parts(
     assert folder.exit_code == 0, folder.output
 
 
-def _manifest(collector: RunningCollector, dataset_id: str) -> DatasetManifest:
+def _manifest(collector: CollectorEnvironment, dataset_id: str) -> DatasetManifest:
     with connect(collector.address, token=collector.token) as c:
         return c.get_dataset(dataset_id)
 
@@ -251,7 +247,7 @@ def test_two_worker_processes_write_the_parts_of_one_build(
         "RECONCILE_INTERVAL_S": "1",
         **{k: str(v) for k, v in teacher_settings(teacher_api).items()},
     }
-    with running_collector(settings, work=False) as running, contextlib.ExitStack() as stack:
+    with CollectorEnvironment(settings, work=False) as running, contextlib.ExitStack() as stack:
         logs = [tmp_path / f"worker{i}.log" for i in range(2)]
         workers = [WorkerProcess(env, log).start() for log in logs]
         for w in workers:

@@ -32,8 +32,8 @@ from nex.collector.client import (
     TeacherRun,
 )
 from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
-from tests.support.collector import RunningCollector
 from tests.support.db import execute, fetch_all
 
 FILES = [
@@ -244,7 +244,9 @@ def test_anthropic_runs_give_a_dataset_without_soft_labels(client: Client) -> No
     assert "length_chars" in names and "mean_entropy" not in names and "perplexity" not in names
 
 
-def test_token_texts_reach_the_files_exactly(client: Client, collector: RunningCollector) -> None:
+def test_token_texts_reach_the_files_exactly(
+    client: Client, collector: CollectorEnvironment
+) -> None:
     # Builds read token texts joined by U+001F; a token holding that character,
     # an empty token and non-ASCII ones must still come out exactly as stored.
     batch, runs = _collect(client, n=4)

@@ -5,7 +5,6 @@ stopping dev stops every worker it started."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from nex.collector.client import BatchStatus, Client
 from tests.support.backing import Backing
-from tests.support.processes import free_port
+from tests.support.processes import free_port, process_env
 
 TOKEN = "dev-token"
 Dev = tuple[subprocess.Popen[bytes], str, Path]  # the dev process, its address, its log
@@ -48,15 +47,13 @@ def _until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
 def dev(own_backing: Backing, tmp_path: Path) -> Iterator[Dev]:
     port = free_port()
     log = tmp_path / "dev.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": own_backing.database_url,
-        "REDIS_URL": own_backing.redis_url,
-        "DATA_DIR": str(tmp_path / "data"),
-        "NEX_COLLECTOR_TOKENS": TOKEN,
-        "METRICS_ADDR": f"127.0.0.1:{free_port()}",  # the server's; never a worker's
-        "COLUMNS": "300",
-    }
+    env = process_env(
+        own_backing,
+        tmp_path / "data",
+        NEX_COLLECTOR_TOKENS=TOKEN,
+        METRICS_ADDR=f"127.0.0.1:{free_port()}",  # the server's; never a worker's
+        COLUMNS="300",
+    )
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nex.collector.server.cli", "dev", "--workers", "2"],

@@ -27,13 +27,13 @@ from nex.collector.client import (
     ScoreFilter,
     TeacherBatch,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from nex.collector.v1 import (
     context_ref_service_pb2,
     context_ref_service_pb2_grpc,
 )
 from tests.conftest import unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
-from tests.support.collector import RunningCollector
 
 MB = "x" * (1 << 20)
 
@@ -312,7 +312,7 @@ def test_refused_runs_leave_nothing_behind(client: Client, seeds: Seeds) -> None
 
 @pytest.fixture
 def raw_refs(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
 ) -> Iterator[context_ref_service_pb2_grpc.ContextRefServiceStub]:
     with grpc.insecure_channel(collector.address) as channel:
         yield context_ref_service_pb2_grpc.ContextRefServiceStub(channel)
@@ -336,7 +336,7 @@ def _token(key: str, filter_key: str) -> str:
     ],
 )
 def test_page_tokens_are_checked_inside_too(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     raw_refs: context_ref_service_pb2_grpc.ContextRefServiceStub,
     token: str,
 ) -> None:
@@ -350,7 +350,7 @@ def test_page_tokens_are_checked_inside_too(
 
 
 def test_a_long_request_id_header_is_not_echoed_whole(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     raw_refs: context_ref_service_pb2_grpc.ContextRefServiceStub,
 ) -> None:
     """x-request-id comes back in the trailers: it is clipped like any echo."""

@@ -11,15 +11,15 @@ from typing import Any, TypeVar
 import pytest
 
 from nex.collector.client import AsyncClient, RunInput, connect_async
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
-from tests.support.collector import RunningCollector
 
 CALLERS = 20
 T = TypeVar("T")
 
 
 @pytest.fixture
-async def aclient(collector: RunningCollector) -> AsyncIterator[AsyncClient]:
+async def aclient(collector: CollectorEnvironment) -> AsyncIterator[AsyncClient]:
     async with connect_async(collector.address, token=collector.token) as c:
         yield c
 

@@ -26,12 +26,13 @@ from nex.collector.client import (
     connect,
     connect_async,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.collector import integrated_collector as start_integrated
 
 
@@ -50,7 +51,7 @@ def integrated_collector(
     nex: FakeNex,
     teacher_api: FakeTeacherAPI,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     """A collector in integrated mode, on its own database, talking to the fake NEX."""
     with start_integrated(
         backing, nex, tmp_path_factory.mktemp("integrated"), **teacher_settings(teacher_api)
@@ -59,7 +60,7 @@ def integrated_collector(
 
 
 @pytest.fixture(scope="module")
-def integrated(integrated_collector: RunningCollector) -> Iterator[Client]:
+def integrated(integrated_collector: CollectorEnvironment) -> Iterator[Client]:
     with connect(integrated_collector.address, token=integrated_collector.token) as client:
         yield client
 
@@ -172,7 +173,7 @@ def test_bad_evidence_requests(integrated: Client, nex: FakeNex) -> None:
 
 
 def test_standalone_never_calls_nex(
-    client: Client, collector: RunningCollector, nex: FakeNex
+    client: Client, collector: CollectorEnvironment, nex: FakeNex
 ) -> None:
     before = nex.requests
     ref = client.create_context_ref(unique("standalone"), "1")  # not checked: NEX may not know it
@@ -210,7 +211,7 @@ def _id(prefix: str, result: Result) -> str:
 
 
 def test_the_acceptance_story_from_a_terminal(
-    integrated_collector: RunningCollector, integrated: Client, nex: FakeNex
+    integrated_collector: CollectorEnvironment, integrated: Client, nex: FakeNex
 ) -> None:
     """Create a ContextRef in integrated mode, build a dataset from a batch, link
     it as evidence, see it POSTED: all with `nex-collector` commands."""
@@ -254,7 +255,7 @@ def test_the_acceptance_story_from_a_terminal(
 
 
 def test_waiting_for_a_link_while_nex_is_down_gives_up_but_delivery_goes_on(
-    integrated_collector: RunningCollector, integrated: Client, nex: FakeNex
+    integrated_collector: CollectorEnvironment, integrated: Client, nex: FakeNex
 ) -> None:
     ref_id, dataset_id = _dataset(integrated, nex)
     nex.down = True
@@ -272,7 +273,7 @@ def test_waiting_for_a_link_while_nex_is_down_gives_up_but_delivery_goes_on(
     assert nex.posts[link_id] == 1
 
 
-def test_evidence_link_needs_exactly_one_target(integrated_collector: RunningCollector) -> None:
+def test_evidence_link_needs_exactly_one_target(integrated_collector: CollectorEnvironment) -> None:
     both = invoke(
         integrated_collector, "evidence", "link", "--context-ref", "ctx_x",
         "--dataset", "ds_x", "--run", "run_x",
@@ -285,7 +286,7 @@ def test_evidence_link_needs_exactly_one_target(integrated_collector: RunningCol
 
 
 async def test_concurrent_creates_with_one_request_id_make_one_ref_and_one_link(
-    integrated_collector: RunningCollector, nex: FakeNex
+    integrated_collector: CollectorEnvironment, nex: FakeNex
 ) -> None:
     """Integrated mode asks NEX before storing a ref, which widens the race."""
     address, token = integrated_collector.address, integrated_collector.token
@@ -320,7 +321,7 @@ def test_a_ref_made_in_standalone_mode_is_confirmed_before_integrated_use(
     with backing.isolated() as own:
         base = collector_settings(own, tmp_path / "data", **teacher_settings(teacher_api))
         with (
-            running_collector(base) as standalone,
+            CollectorEnvironment(base) as standalone,
             connect(standalone.address, token=standalone.token) as client,
         ):
             ref = client.create_context_ref(cid, "2")  # NEX is never asked
@@ -334,7 +335,7 @@ def test_a_ref_made_in_standalone_mode_is_confirmed_before_integrated_use(
             **teacher_settings(teacher_api),
         )
         with (
-            running_collector(integrated_settings, migrate=False) as later,
+            CollectorEnvironment(integrated_settings, migrate=False) as later,
             connect(later.address, token=later.token) as client,
         ):
             with pytest.raises(FailedPreconditionError) as caught:

@@ -20,10 +20,11 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.config import ConfigError, load_settings
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.processes import free_port
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -74,7 +75,10 @@ def metered(
             METRICS_ADDR=f"127.0.0.1:{port}",
             **teacher_settings(teacher_api),
         )
-        with running_collector(settings) as running, connect(running.address, running.token) as c:
+        with (
+            CollectorEnvironment(settings) as running,
+            connect(running.address, running.token) as c,
+        ):
             yield c, f"http://127.0.0.1:{port}/metrics"
 
 

@@ -33,11 +33,12 @@ from nex.collector.client import (
 )
 from nex.collector.server.providers.batch_jobs import BatchBackends
 from nex.collector.server.services.provider_jobs import ProviderJobs, ProviderJobSettings
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
 from tests.support.cli import invoke, no_traceback
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.db import fetch_all
 
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
@@ -72,7 +73,7 @@ def api() -> Iterator[FakeTeacherAPI]:
 @pytest.fixture(scope="module")
 def collector(
     backing: Backing, api: FakeTeacherAPI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     data = tmp_path_factory.mktemp("pbatch")
     teachers = data / "teachers.toml"
     # A local OpenAI-compatible server: no Batch API unless its entry says so.
@@ -81,13 +82,13 @@ def collector(
     )
     with (
         backing.isolated() as own,
-        running_collector(_settings(own, data, api, TEACHERS_FILE=str(teachers))) as running,
+        CollectorEnvironment(_settings(own, data, api, TEACHERS_FILE=str(teachers))) as running,
     ):
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(collector: RunningCollector) -> Iterator[Client]:
+def client(collector: CollectorEnvironment) -> Iterator[Client]:
     with connect(collector.address, token=collector.token) as c:
         yield c
 
@@ -253,7 +254,7 @@ def test_an_expired_job_falls_back_online_before_the_deadline(
 
 
 def test_cancel_cancels_the_provider_job_and_keeps_what_it_produced(
-    client: Client, template: PromptTemplate, api: FakeTeacherAPI, collector: RunningCollector
+    client: Client, template: PromptTemplate, api: FakeTeacherAPI, collector: CollectorEnvironment
 ) -> None:
     api.batches.hold = True
     batch = _batch(client, template)
@@ -277,7 +278,7 @@ class Crash(Exception):
     pass
 
 
-def _jobs(running: RunningCollector, crash_at: str | None, chunk: int = 500) -> ProviderJobs:
+def _jobs(running: CollectorEnvironment, crash_at: str | None, chunk: int = 500) -> ProviderJobs:
     c = running.container
 
     def crash(point: str) -> None:
@@ -320,7 +321,7 @@ def test_a_crash_anywhere_sends_nothing_twice_and_ingests_every_run_once(
     # No worker: the two "processes" below are the only ones driving the job.
     settings = _settings(own_backing, tmp_path, api)
     with (
-        running_collector(settings, work=False) as running,
+        CollectorEnvironment(settings, work=False) as running,
         connect(running.address, token=running.token) as client,
     ):
         template = client.create_template(
@@ -363,7 +364,7 @@ def test_a_crash_anywhere_sends_nothing_twice_and_ingests_every_run_once(
 
 
 def test_the_cli_creates_a_provider_batch_and_shows_its_jobs_and_saving(
-    collector: RunningCollector, client: Client, template: PromptTemplate, tmp_path: Path
+    collector: CollectorEnvironment, client: Client, template: PromptTemplate, tmp_path: Path
 ) -> None:
     tag = unique("cli")
     inputs = tmp_path / "vars.jsonl"
@@ -401,7 +402,7 @@ def test_the_cli_creates_a_provider_batch_and_shows_its_jobs_and_saving(
 
 
 def test_the_mock_teacher_has_an_offline_batch_api_and_the_demo_uses_it(
-    collector: RunningCollector, client: Client, template: PromptTemplate
+    collector: CollectorEnvironment, client: Client, template: PromptTemplate
 ) -> None:
     batch = client.create_batch(
         unique("b"),
@@ -446,7 +447,7 @@ price_factor = 0.25
     try:
         settings = _settings(own_backing, tmp_path, api, TEACHERS_FILE=str(teachers))
         with (
-            running_collector(settings) as running,
+            CollectorEnvironment(settings) as running,
             connect(running.address, token=running.token) as client,
         ):
             (cheap,) = [t for t in client.list_teachers() if t.name == "cheap"]
@@ -537,7 +538,7 @@ _STATE_ORDER = (
 
 
 async def test_a_batch_watch_shows_each_provider_jobs_progress_in_order(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     client: Client,
     template: PromptTemplate,
     api: FakeTeacherAPI,

@@ -25,10 +25,11 @@ from nex.collector.client import (
     NotFoundError,
     connect,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.s3 import S3Server
 
 FILES = ("examples", "inputs", "teacher", "targets", "scores")
@@ -85,7 +86,7 @@ def test_columns_and_row_ranges(client: Client, ready: DatasetManifest) -> None:
 
 
 async def test_the_async_client_reads_the_same(
-    collector: RunningCollector, ready: DatasetManifest
+    collector: CollectorEnvironment, ready: DatasetManifest
 ) -> None:
     async with AsyncClient.connect(collector.address, token=collector.token) as c:
         table = await c.read_dataset(ready.id, file="inputs")
@@ -150,7 +151,7 @@ def test_verify_through_the_server_finds_a_changed_file(
 @pytest.fixture
 def s3_collector(
     own_backing: Backing, teacher_api: FakeTeacherAPI, s3: S3Server, tmp_path: Path
-) -> Iterator[tuple[RunningCollector, str]]:
+) -> Iterator[tuple[CollectorEnvironment, str]]:
     bucket = s3.new_bucket()
     settings = collector_settings(
         own_backing,
@@ -159,12 +160,12 @@ def s3_collector(
         **s3.env,
         **teacher_settings(teacher_api),
     )
-    with running_collector(settings) as running:
+    with CollectorEnvironment(settings) as running:
         yield running, bucket
 
 
 def test_a_dataset_on_s3_is_built_read_and_verified_through_the_server(
-    s3_collector: tuple[RunningCollector, str], s3: S3Server
+    s3_collector: tuple[CollectorEnvironment, str], s3: S3Server
 ) -> None:
     collector, bucket = s3_collector
     with connect(collector.address, token=collector.token) as client:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 
 from nex.collector.client import Client, GenerationParams, RunStatus, TeacherRun
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
 from tests.fakes.teacher_api import FakeTeacherAPI
-from tests.support.collector import RunningCollector
 from tests.support.db import execute, fetch_all
 
 _DEAD = "gone-host:1:deadbeef"  # a worker with no heartbeat row
@@ -35,7 +35,7 @@ def _completed_runs(client: Client, n: int) -> list[TeacherRun]:
 
 
 def test_a_dead_workers_stored_answer_is_completed_not_asked_again(
-    client: Client, collector: RunningCollector, fresh_teacher_api: FakeTeacherAPI
+    client: Client, collector: CollectorEnvironment, fresh_teacher_api: FakeTeacherAPI
 ) -> None:
     (run,) = _completed_runs(client, 1)
     assert run.status == RunStatus.COMPLETED
@@ -57,7 +57,7 @@ def test_a_dead_workers_stored_answer_is_completed_not_asked_again(
 
 
 def test_a_run_that_keeps_losing_workers_ends_as_worker_lost(
-    client: Client, collector: RunningCollector
+    client: Client, collector: CollectorEnvironment
 ) -> None:
     lost, requeued = _completed_runs(client, 2)
     for run, losses in ((lost, 9), (requeued, 3)):  # MAX_WORKER_LOSSES defaults to 10

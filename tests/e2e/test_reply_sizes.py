@@ -23,9 +23,9 @@ from nex.collector.client import (
 from nex.collector.server.domain.limits import MAX_VARIABLE_VALUE
 from nex.collector.server.domain.sizes import MAX_CALL_INPUT_BYTES, MAX_RUN_INPUT_BYTES, PAGE_BYTES
 from nex.collector.server.domain.templates import MAX_RENDERED_CHARS
+from nex.collector.server.testing import CollectorEnvironment
 from nex.collector.v1 import teacher_pb2, teacher_service_pb2, teacher_service_pb2_grpc
 from tests.conftest import unique
-from tests.support.collector import RunningCollector
 
 REPEATS = 8
 KB = 1024
@@ -62,7 +62,7 @@ def _batch(client: Client, template_id: str) -> str:
 
 
 @pytest.fixture
-def stub(collector: RunningCollector) -> Iterator[teacher_service_pb2_grpc.TeacherServiceStub]:
+def stub(collector: CollectorEnvironment) -> Iterator[teacher_service_pb2_grpc.TeacherServiceStub]:
     with grpc.insecure_channel(
         collector.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     ) as channel:
@@ -110,7 +110,7 @@ def test_big_runs_get_a_small_reply_and_list_at_every_page_size(
     client: Client,
     amplifying_template: str,
     stub: teacher_service_pb2_grpc.TeacherServiceStub,
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
 ) -> None:
     batch_id = _batch(client, amplifying_template)
     n = 20  # 20 x 64 KiB sent, 20 x 576 KiB stored: 11 MiB, three pages' worth

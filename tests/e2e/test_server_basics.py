@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nex.collector.client import UnauthenticatedError, connect
-from tests.support.collector import RunningCollector
+from nex.collector.server.testing import CollectorEnvironment
 
 SERVICES = {
     "nex.collector.v1.ContextRefService",
@@ -26,14 +26,14 @@ SERVICES = {
 
 
 def test_calls_without_or_with_a_wrong_token_are_unauthenticated(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
 ) -> None:
     for token in (None, "wrong"):
         with connect(collector.address, token=token) as c, pytest.raises(UnauthenticatedError):
             c.get_context_ref("ctx_x")
 
 
-def test_health_answers_without_a_token(collector: RunningCollector) -> None:
+def test_health_answers_without_a_token(collector: CollectorEnvironment) -> None:
     with grpc.insecure_channel(collector.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "nex.collector.v1.TeacherService"):
@@ -48,7 +48,7 @@ def _grpcurl() -> str:
     return found
 
 
-def test_grpcurl_lists_services_by_reflection(collector: RunningCollector) -> None:
+def test_grpcurl_lists_services_by_reflection(collector: CollectorEnvironment) -> None:
     out = subprocess.run(
         [_grpcurl(), "-plaintext", collector.address, "list"],
         capture_output=True,
@@ -59,7 +59,7 @@ def test_grpcurl_lists_services_by_reflection(collector: RunningCollector) -> No
     assert set(out) >= SERVICES
 
 
-def test_grpcurl_creates_and_reads_a_context_ref(collector: RunningCollector) -> None:
+def test_grpcurl_creates_and_reads_a_context_ref(collector: CollectorEnvironment) -> None:
     auth = ["-H", f"authorization: Bearer {collector.token}"]
     created = subprocess.run(
         [

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import asyncpg
 import pytest
+from sqlalchemy.pool import QueuePool
 
 from nex.collector.client import (
     Client,
@@ -30,14 +31,12 @@ from nex.collector.server.datasets.storage import Location
 from nex.collector.server.domain.datasets import Dataset, DatasetCounts, DatasetFile
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.reconcile import Reconciler
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import (
-    RunningCollector,
-    integrated_collector,
-)
+from tests.support.collector import integrated_collector
 from tests.support.db import execute, fetch_all
 
 
@@ -56,7 +55,7 @@ def collector_(
     nex: FakeNex,
     teacher_api: FakeTeacherAPI,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     with integrated_collector(
         backing,
         nex,
@@ -70,7 +69,7 @@ def collector_(
 
 
 @pytest.fixture(scope="module")
-def client(collector_: RunningCollector) -> Iterator[Client]:
+def client(collector_: CollectorEnvironment) -> Iterator[Client]:
     with connect(collector_.address, token=collector_.token) as c:
         yield c
 
@@ -95,7 +94,7 @@ def _batch(client: Client, ref_id: str, *, link: bool) -> str:
 
 
 @contextmanager
-def failing_inserts(collector: RunningCollector, request_id_like: str) -> Iterator[str]:
+def failing_inserts(collector: CollectorEnvironment, request_id_like: str) -> Iterator[str]:
     """A fault in the database: inserting an evidence link whose request_id is
     LIKE `request_id_like` fails. Yields a sequence counting the failures (a
     sequence, because it keeps counting whatever the transaction's fate)."""
@@ -125,7 +124,7 @@ def failing_inserts(collector: RunningCollector, request_id_like: str) -> Iterat
         execute(collector, f"DROP SEQUENCE {name}")
 
 
-def _wait_for_fault(collector: RunningCollector, sequence: str, timeout: float = 30) -> None:
+def _wait_for_fault(collector: CollectorEnvironment, sequence: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not fetch_all(collector, f"SELECT is_called FROM {sequence}")[0]["is_called"]:
         assert time.monotonic() < deadline, "the automatic link was never attempted"
@@ -133,7 +132,7 @@ def _wait_for_fault(collector: RunningCollector, sequence: str, timeout: float =
 
 
 def test_a_finished_batch_always_has_its_link(
-    collector_: RunningCollector, client: Client, nex: FakeNex
+    collector_: CollectorEnvironment, client: Client, nex: FakeNex
 ) -> None:
     """The link commits with the last run's end: when inserting it fails, the run
     does not end either (before, the batch finished and the link was lost)."""
@@ -153,7 +152,7 @@ def test_a_finished_batch_always_has_its_link(
 
 
 def test_a_ready_dataset_always_has_its_link(
-    collector_: RunningCollector, client: Client, nex: FakeNex
+    collector_: CollectorEnvironment, client: Client, nex: FakeNex
 ) -> None:
     ref_id = _context_ref(client, nex)
     batch_id = _batch(client, ref_id, link=False)
@@ -187,7 +186,7 @@ def test_a_batch_is_linked_in_the_commit_that_finishes_it(client: Client, nex: F
 
 
 def test_delivery_holds_no_row_lock_while_nex_is_slow(
-    collector_: RunningCollector, client: Client, nex: FakeNex
+    collector_: CollectorEnvironment, client: Client, nex: FakeNex
 ) -> None:
     ref_id = _context_ref(client, nex)
     batch_id = _batch(client, ref_id, link=False)
@@ -218,8 +217,9 @@ def test_delivery_holds_no_row_lock_while_nex_is_slow(
     assert nex.posts[link.id] == 1
 
 
-def test_the_pool_size_comes_from_the_settings(collector_: RunningCollector) -> None:
+def test_the_pool_size_comes_from_the_settings(collector_: CollectorEnvironment) -> None:
     pool = collector_.container.engine.pool
+    assert isinstance(pool, QueuePool)
     assert (pool.size(), pool._max_overflow) == (6, 3)
 
 
@@ -235,7 +235,7 @@ def test_unavailable_says_when_to_retry(client: Client, nex: FakeNex) -> None:
 
 
 def test_a_request_id_that_keeps_conflicting_gives_up(
-    collector_: RunningCollector, client: Client, nex: FakeNex
+    collector_: CollectorEnvironment, client: Client, nex: FakeNex
 ) -> None:
     """A run insert that never lands (a trigger drops it) looks like a concurrent
     call taking its request id, every time: the retry is bounded (before, it
@@ -267,7 +267,9 @@ def test_a_request_id_that_keeps_conflicting_gives_up(
 
 
 def test_a_crashed_reconciler_is_logged_and_restarted(
-    collector_: RunningCollector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    collector_: CollectorEnvironment,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     reconciler: Reconciler = collector_.container.reconciler
     real_tick = reconciler.tick
@@ -305,7 +307,7 @@ def test_teacher_calls_log_no_line_per_request(
 
 
 def test_adopting_a_built_folder_reads_its_manifest_off_the_event_loop(
-    collector_: RunningCollector,
+    collector_: CollectorEnvironment,
     client: Client,
     nex: FakeNex,
     monkeypatch: pytest.MonkeyPatch,

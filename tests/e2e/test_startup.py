@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from nex.collector.server.testing import CollectorEnvironment
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector
 from tests.support.processes import free_port
 
 
@@ -87,7 +87,7 @@ def test_unreachable_redis_is_named(backing: Backing, tmp_path: Path) -> None:
 
 
 def test_a_taken_address_is_refused_not_shared(
-    collector: RunningCollector, backing: Backing, tmp_path: Path
+    collector: CollectorEnvironment, backing: Backing, tmp_path: Path
 ) -> None:
     # gRPC's default SO_REUSEPORT would let a second server share the port.
     result = nex_collector(

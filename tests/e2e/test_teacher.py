@@ -24,10 +24,11 @@ from nex.collector.client import (
     RunView,
     TeacherBatch,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
-from tests.support.collector import RunningCollector
 from tests.support.db import fetch_all
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def test_non_retryable_errors_fail_at_once_without_leaking_the_key(
     client: Client,
     template: PromptTemplate,
     fresh_teacher_api: FakeTeacherAPI,
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     status: int,
     code: str,
 ) -> None:
@@ -236,18 +237,25 @@ def test_bad_batch_requests(client: Client, template: PromptTemplate) -> None:
 def test_cancel_stops_further_teacher_calls(
     client: Client, template: PromptTemplate, fresh_teacher_api: FakeTeacherAPI
 ) -> None:
-    fresh_teacher_api.latency_s = 0.3
+    fresh_teacher_api.hold_answers()  # the test says when answers come
     batch = _batch(client, template, "openai")
     client.create_runs(batch.id, [_vars(i) for i in range(400)])
-    time.sleep(0.5)
+    until("calls waiting at the teacher", lambda: fresh_teacher_api.held_answers > 0)
+    fresh_teacher_api.release_answers(5)
+    until("five answers stored", lambda: client.get_batch(batch.id).counts.completed >= 5)
     cancelled = client.cancel_batch(batch.id)
     assert cancelled.status == BatchStatus.CANCELLED
+    fresh_teacher_api.release_answers()  # the calls in flight at the cancel end
     final = _wait(client, batch.id)
     assert final.counts.active == 0 and final.counts.cancelled > 0
     calls = fresh_teacher_api.total_requests
     assert calls == final.counts.completed < 400
-    time.sleep(1.0)
-    assert fresh_teacher_api.total_requests == calls
+    # Runs queued after the cancelled ones complete: the worker has taken every
+    # job before them, and none of the cancelled runs called the teacher.
+    later = _batch(client, template, "openai")
+    client.create_runs(later.id, [_vars(i) for i in range(3)])
+    assert _wait(client, later.id).counts.completed == 3
+    assert fresh_teacher_api.total_requests == calls + 3
     with pytest.raises(FailedPreconditionError):
         client.create_run(batch.id, _vars(0))
 
@@ -300,7 +308,7 @@ def test_scores_attach_to_completed_runs(client: Client, template: PromptTemplat
 def test_a_watch_closed_mid_wait_leaves_no_pending_task(
     client: Client,
     template: PromptTemplate,
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     batch = _batch(client, template)
@@ -318,9 +326,18 @@ async def _cancel_a_watch_mid_wait(watcher: Any, batch_id: str) -> None:
 
     for _ in range(3):
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)  # replayed nothing; now waiting for events
+        await _parked(watcher, batch_id)  # replayed nothing; now waiting for events
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     gc.collect()
     await asyncio.sleep(0)
+
+
+async def _parked(watcher: Any, batch_id: str, timeout_s: float = 10.0) -> None:
+    """Until a watch of the batch waits for its feed's next change."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not ((feed := watcher._feeds.get(batch_id)) and feed.changed._waiters):
+        assert loop.time() < deadline, "the watch never waited for events"
+        await asyncio.sleep(0.005)

@@ -19,11 +19,12 @@ from nex.collector.client import (
     TeacherKind,
     connect,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, unique
 from tests.e2e.test_startup import nex_collector, refused
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import collector_settings, running_collector
+from tests.support.collector import collector_settings
 
 KEY_ENV = "NEXC_TEST_TEACHER_KEY"
 
@@ -84,7 +85,7 @@ def teachers_client(
         with backing.isolated() as own:
             settings = collector_settings(own, data, TEACHERS_FILE=str(path), TEACHER_TIMEOUT_S=5)
             with (
-                running_collector(settings) as running,
+                CollectorEnvironment(settings) as running,
                 connect(running.address, token=running.token) as client,
             ):
                 yield client

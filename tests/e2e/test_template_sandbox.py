@@ -22,9 +22,10 @@ from nex.collector.client import (
     InvalidArgumentError,
     connect,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 from tests.support.health import check_health, probing_health
 
 # A process past its CPU limit is killed by the kernel; on a loaded host the wall
@@ -38,7 +39,7 @@ NESTED_LOOPS = (
 @pytest.fixture(scope="module")
 def sandboxed(
     backing: Backing, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     """A server whose template sandbox has small limits, so hostile cases end fast."""
     settings = collector_settings(
         backing,
@@ -47,12 +48,12 @@ def sandboxed(
         TEMPLATE_MEMORY_MB=512,
         TEMPLATE_PROCESSES=2,
     )
-    with running_collector(settings, work=False) as running:
+    with CollectorEnvironment(settings, work=False) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def sc(sandboxed: RunningCollector) -> Iterator[Client]:
+def sc(sandboxed: CollectorEnvironment) -> Iterator[Client]:
     with connect(sandboxed.address, token=sandboxed.token) as c:
         yield c
 
@@ -109,7 +110,7 @@ def test_a_constant_beyond_the_limits_is_refused_at_create_template(
 
 
 def test_a_constant_that_burns_cpu_while_compiling_is_refused(
-    sc: Client, sandboxed: RunningCollector
+    sc: Client, sandboxed: CollectorEnvironment
 ) -> None:
     # Jinja folds this filter chain into a constant while compiling: minutes of CPU.
     name = unique("fold")
@@ -125,7 +126,7 @@ def test_a_constant_that_burns_cpu_while_compiling_is_refused(
 
 
 def test_nested_range_loops_end_at_the_cpu_limit_while_health_answers(
-    sc: Client, sandboxed: RunningCollector
+    sc: Client, sandboxed: CollectorEnvironment
 ) -> None:
     batch_id = batch_of(sc, "{{ x }}" + NESTED_LOOPS)
     outcome: dict[str, object] = {}
@@ -154,7 +155,7 @@ def test_nested_range_loops_end_at_the_cpu_limit_while_health_answers(
 
 
 def test_a_caller_that_gives_up_mid_render_leaves_a_working_sandbox(
-    sc: Client, sandboxed: RunningCollector
+    sc: Client, sandboxed: CollectorEnvironment
 ) -> None:
     batch_id = batch_of(sc, "{{ x }}" + NESTED_LOOPS)
     with (
@@ -174,7 +175,7 @@ def test_a_caller_that_gives_up_mid_render_leaves_a_working_sandbox(
 
 
 def test_a_stored_template_that_cannot_compile_any_more_is_refused_per_call(
-    sc: Client, sandboxed: RunningCollector
+    sc: Client, sandboxed: CollectorEnvironment
 ) -> None:
     """A template stored before these checks existed (put straight into the
     database here) is compiled in the sandbox too, at its first render."""
@@ -242,7 +243,7 @@ def test_create_run_names_the_field_without_an_index(sc: Client) -> None:
 
 
 def test_a_refused_template_leaves_nothing_in_the_compile_cache(
-    sc: Client, sandboxed: RunningCollector
+    sc: Client, sandboxed: CollectorEnvironment
 ) -> None:
     def cached() -> int:
         return sum(sandboxed.call(sandboxed.container.sandbox.cached_templates()))
@@ -301,7 +302,7 @@ values = st.one_of(
 
 @given(source=sources, first=values, second=values)
 def test_hostile_templates_are_ok_or_invalid_argument_and_health_stays_up(
-    sc: Client, sandboxed: RunningCollector, source: str, first: str, second: str
+    sc: Client, sandboxed: CollectorEnvironment, source: str, first: str, second: str
 ) -> None:
     name = unique("fuzz")
     try:
@@ -323,7 +324,7 @@ def test_hostile_templates_are_ok_or_invalid_argument_and_health_stays_up(
     assert check_health(sandboxed.address, timeout=5)
 
 
-def test_a_process_that_does_not_serve_starts_no_sandbox(sandboxed: RunningCollector) -> None:
+def test_a_process_that_does_not_serve_starts_no_sandbox(sandboxed: CollectorEnvironment) -> None:
     from nex.collector.server.bootstrap import open_container
 
     async def processes(serve: bool) -> int:

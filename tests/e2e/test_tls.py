@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 from nex.collector.client import UnavailableError, connect
 from nex.collector.server.cli.main import app
 from nex.collector.server.config import ConfigError, load_settings
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import TOKEN, collector_settings
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def tls_collector(
     backing: Backing, pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     settings = collector_settings(
         backing,
         Path(tmp_path_factory.mktemp("tls")),
         NEX_COLLECTOR_TLS_CERT=pki.cert,
         NEX_COLLECTOR_TLS_KEY=pki.key,
     )
-    with running_collector(settings, work=False) as running:
+    with CollectorEnvironment(settings, work=False) as running:
         yield running
 
 
 def test_the_client_talks_tls_with_the_trusted_ca(
-    tls_collector: RunningCollector, pki: Pki
+    tls_collector: CollectorEnvironment, pki: Pki
 ) -> None:
     trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
     with connect(tls_collector.address, tls_collector.token, tls=trusted) as client:
@@ -67,7 +68,7 @@ def test_the_client_talks_tls_with_the_trusted_ca(
 
 
 def test_plaintext_and_untrusted_clients_are_turned_away(
-    tls_collector: RunningCollector,
+    tls_collector: CollectorEnvironment,
 ) -> None:
     with pytest.raises(UnavailableError):
         connect(tls_collector.address, tls_collector.token, timeout=2)
@@ -75,9 +76,11 @@ def test_plaintext_and_untrusted_clients_are_turned_away(
         connect(tls_collector.address, tls_collector.token, timeout=2, tls=True)
 
 
-def test_cli_commands_trust_nex_collector_tls_ca(tls_collector: RunningCollector, pki: Pki) -> None:
+def test_cli_commands_trust_nex_collector_tls_ca(
+    tls_collector: CollectorEnvironment, pki: Pki
+) -> None:
     args = ["template", "create", "--name", unique("cli-tls"), "--user", "Hi {{ x }}", "--var", "x"]
-    args += ["--addr", tls_collector.address, "--token", tls_collector.token]
+    args += ["--addr", tls_collector.address, "--token", TOKEN]
     with ThreadPoolExecutor(1) as pool:
         result = pool.submit(
             CliRunner().invoke, app, args, env={"NEX_COLLECTOR_TLS_CA": str(pki.ca)}
@@ -99,7 +102,7 @@ def test_a_key_that_is_not_pem_stops_the_start(backing: Backing, pki: Pki, tmp_p
     )
     with (
         pytest.raises(RuntimeError, match="must be PEM files"),
-        running_collector(settings, work=False),
+        CollectorEnvironment(settings, work=False),
     ):
         pass
 
@@ -115,6 +118,6 @@ def test_a_key_that_does_not_match_stops_the_start(
     )
     with (
         pytest.raises(RuntimeError, match="do not form a valid pair"),
-        running_collector(settings, work=False),
+        CollectorEnvironment(settings, work=False),
     ):
         pass

@@ -22,12 +22,13 @@ from nex.collector.client import (
     RunEvent,
     RunStatus,
 )
+from nex.collector.server.testing import CollectorEnvironment
 from nex.collector.v1 import teacher_service_pb2 as pb
 from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.collector import RunningCollector, collector_settings, running_collector
+from tests.support.collector import collector_settings
 
 LEAK = "Task was destroyed but it is pending"
 
@@ -67,7 +68,7 @@ def _assert_once_in_order(seen: list[RunEvent], log: list[RunEvent]) -> None:
 
 
 @contextlib.contextmanager
-def _loop_errors(collector: RunningCollector) -> Iterator[list[dict[str, Any]]]:
+def _loop_errors(collector: CollectorEnvironment) -> Iterator[list[dict[str, Any]]]:
     """What the collector's event loop reports to its exception handler."""
     errors: list[dict[str, Any]] = []
     loop = collector.loop
@@ -97,7 +98,7 @@ async def _collect_garbage() -> None:
 
 
 async def test_every_watcher_of_a_batch_gets_every_event_once_in_order(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
 ) -> None:
     runs, watchers = 40, 25
     async with AsyncClient.connect(collector.address, token=collector.token) as client:
@@ -127,7 +128,7 @@ async def test_every_watcher_of_a_batch_gets_every_event_once_in_order(
 
 
 async def test_a_client_that_knows_only_single_events_gets_them_one_by_one(
-    collector: RunningCollector,
+    collector: CollectorEnvironment,
 ) -> None:
     async with AsyncClient.connect(collector.address, token=collector.token) as client:
         batch_id = await _new_batch(client)
@@ -166,17 +167,17 @@ async def test_a_client_that_knows_only_single_events_gets_them_one_by_one(
 @pytest.fixture
 def small_buffer(
     own_backing: Backing, fresh_teacher_api: FakeTeacherAPI, tmp_path: Path
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     """A collector whose processes keep only the last 100 live events per batch."""
     settings = collector_settings(
         own_backing, tmp_path, WATCH_BUFFER_EVENTS=100, **teacher_settings(fresh_teacher_api)
     )
-    with running_collector(settings) as running:
+    with CollectorEnvironment(settings) as running:
         yield running
 
 
 async def test_a_slow_watcher_is_cut_off_and_resumes_while_the_others_keep_up(
-    small_buffer: RunningCollector,
+    small_buffer: CollectorEnvironment,
 ) -> None:
     collector = small_buffer
     runs = 300
@@ -214,7 +215,7 @@ async def test_a_slow_watcher_is_cut_off_and_resumes_while_the_others_keep_up(
 
 
 async def test_closing_watches_leaves_no_pending_task(
-    collector: RunningCollector, caplog: pytest.LogCaptureFixture
+    collector: CollectorEnvironment, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with AsyncClient.connect(collector.address, token=collector.token) as client:
         batch_id = await _new_batch(client)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import hashlib
 import math
@@ -35,6 +36,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -285,6 +287,13 @@ def error_body(path: str, status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class FakeTeacherAPI:
     """The fake server. Every knob (`latency_s`, `failure_rate`,
     `failure_statuses`, `api_key`) may be changed while it runs."""
@@ -329,6 +338,10 @@ class FakeTeacherAPI:
         self._rng = random.Random(seed)
         self._failures = 0
         self._script: deque[Scripted] = deque()
+        # The answer gate (hold_answers / release_answers); touched on the fake's loop only.
+        self._holding = False
+        self._allowance = 0
+        self._held: deque[asyncio.Future[None]] = deque()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -385,8 +398,72 @@ class FakeTeacherAPI:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         self.script(*(Scripted(status, headers=headers, path=path) for _ in range(times)))
 
+    def hold_answers(self) -> None:
+        """From now on every answer waits, after its latency, until
+        `release_answers` lets it go: the test decides when answers come."""
+        self._on_loop(self._hold)
+
+    def release_answers(self, count: int | None = None) -> None:
+        """Lets `count` answers go: held ones first, then the next ones to
+        arrive. None: all of them, and stops holding."""
+        self._on_loop(lambda: self._release(count))
+
+    @property
+    def held_answers(self) -> int:
+        """Requests received and waiting at the gate now."""
+        return len(self._held)
+
+    def _on_loop(self, action: Callable[[], None]) -> None:
+        """Runs `action` on the fake's loop (it runs in a thread of its own, or
+        on the caller's), and returns once it has run."""
+        loop = self._loop
+        if loop is None or not loop.is_running() or _running_loop() is loop:
+            action()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(run)
+        if not done.wait(10):
+            raise TimeoutError("the fake teacher API's loop did not answer")
+
+    def _hold(self) -> None:
+        self._holding = True
+
+    def _release(self, count: int | None) -> None:
+        if count is None:
+            self._holding, self._allowance = False, 0
+            count = len(self._held)
+        while count > 0 and self._held:
+            waiter = self._held.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+            count -= 1
+        self._allowance += count
+
+    async def _pass_gate(self) -> None:
+        if not self._holding:
+            return
+        if self._allowance > 0:
+            self._allowance -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._held.append(waiter)
+        try:
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):  # released: no longer there
+                self._held.remove(waiter)
+
     def reset(self) -> None:
-        """Clears counters, recorded exchanges, the script and the failure RNG."""
+        """Clears counters, recorded exchanges, the script and the failure RNG,
+        and opens the answer gate."""
+        self._on_loop(lambda: self._release(None))
         self.requests_by_path.clear()
         self.requests_by_prompt.clear()
         self.exchanges.clear()
@@ -502,6 +579,7 @@ class FakeTeacherAPI:
         delay = self.latency_s + (scripted.delay_s if scripted else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
+        await self._pass_gate()
 
         status, headers, answer = self._answer(path, request, body, scripted)
         if status == 200:

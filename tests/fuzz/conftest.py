@@ -12,20 +12,18 @@ import grpc
 import pytest
 
 from nex.collector.client import Client, connect
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.nex_api import FakeNex
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.fuzz.strategies import Pools
 from tests.support.backing import Backing
-from tests.support.collector import (
-    RunningCollector,
-    integrated_collector,
-)
+from tests.support.collector import integrated_collector
 
 
 @dataclass
 class Fuzzed:
-    collector: RunningCollector
+    collector: CollectorEnvironment
     channel: grpc.Channel
     metadata: tuple[tuple[str, str], ...]
     pools: Pools
@@ -48,7 +46,7 @@ def fuzz_collector(
     fuzz_nex: FakeNex,
     teacher_api: FakeTeacherAPI,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningCollector]:
+) -> Iterator[CollectorEnvironment]:
     with integrated_collector(
         backing, fuzz_nex, tmp_path_factory.mktemp("fuzz"), **teacher_settings(teacher_api)
     ) as running:
@@ -72,7 +70,7 @@ def _seed(client: Client) -> tuple[Pools, str]:
 
 
 @pytest.fixture(scope="session")
-def fuzzed(fuzz_collector: RunningCollector) -> Iterator[Fuzzed]:
+def fuzzed(fuzz_collector: CollectorEnvironment) -> Iterator[Fuzzed]:
     with connect(fuzz_collector.address, token=fuzz_collector.token) as client:
         pools, batch_id = _seed(client)
     options = [("grpc.max_send_message_length", 64 << 20)]

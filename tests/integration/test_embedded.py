@@ -17,8 +17,9 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nex.collector.server.embedded import EmbeddedRedis, start_embedded
+from nex.collector.server.testing import CollectorEnvironment
 from tests.support.backing import Backing
-from tests.support.collector import collector_settings, running_collector
+from tests.support.collector import collector_settings
 
 NEX_COLLECTOR = Path(sys.executable).parent / "nex-collector"
 
@@ -126,7 +127,7 @@ def test_health_is_not_serving_while_redis_is_unreachable(
     own.join()
     settings = collector_settings(backing, tmp_path / "data", REDIS_URL=own.url)
     try:
-        with running_collector(settings, work=False) as collector:
+        with CollectorEnvironment(settings, work=False) as collector:
             assert _health(collector.address) == health_pb2.HealthCheckResponse.SERVING
             own.leave()  # Redis goes away under the running server
             _wait_health(collector.address, health_pb2.HealthCheckResponse.NOT_SERVING)

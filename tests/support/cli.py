@@ -7,13 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typer.testing import CliRunner, Result
 
 from nex.collector.server.cli.main import app
-from tests.support.collector import RunningCollector
+from nex.collector.server.testing import CollectorEnvironment
 
 
-def invoke(collector: RunningCollector | None, *args: str) -> Result:
+def invoke(collector: CollectorEnvironment | None, *args: str) -> Result:
     """Runs ``nex-collector ARGS`` in a worker thread (the commands call
     asyncio.run, which must not touch the test's event loop)."""
-    conn = ["--addr", collector.address, "--token", collector.token] if collector else []
+    conn: list[str] = []
+    if collector is not None:
+        conn = ["--addr", collector.address]
+        conn += ["--token", collector.token] if collector.token else []
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(CliRunner().invoke, app, [*args, *conn]).result(timeout=60)
 

