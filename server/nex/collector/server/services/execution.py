@@ -37,10 +37,10 @@ from nex.collector.server.providers.base import (
 from nex.collector.server.providers.errors import RATE_LIMITED
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
-from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.budgets import Budgets
 from nex.collector.server.services.common import now
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.microbatch import MicroBatcher
 from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.throttle import CallGate, Throttled
 
