@@ -19,7 +19,7 @@ from nex.collector.client import (
     TeacherBatch,
     connect,
 )
-from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.parquet.verify import verify_dataset
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing

@@ -13,24 +13,6 @@ from typing import Any
 import pyarrow as pa
 
 from nex.collector.server import metrics
-from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
-from nex.collector.server.datasets.reader import (
-    ManifestMismatch,
-    OpenFile,
-    ipc_messages_of,
-    open_file,
-    read_manifest,
-)
-from nex.collector.server.datasets.storage import DatasetStore, Location
-from nex.collector.server.datasets.verify import verify_dataset
-from nex.collector.server.datasets.writer import (
-    BuildResult,
-    DatasetExistsError,
-    DatasetFileInfo,
-    commit_parts,
-    parts_staging,
-)
-from nex.collector.server.datasets.writer import FilterDrop as WrittenDrop
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
@@ -56,6 +38,24 @@ from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.sizes import READ_MESSAGE_BYTES
 from nex.collector.server.domain.validation import check_request_id
 from nex.collector.server.ids import new_id
+from nex.collector.server.parquet.builder import EmptyDatasetError, build_dataset
+from nex.collector.server.parquet.reader import (
+    ManifestMismatch,
+    OpenFile,
+    ipc_messages_of,
+    open_file,
+    read_manifest,
+)
+from nex.collector.server.parquet.storage import DatasetStore, Location
+from nex.collector.server.parquet.verify import verify_dataset
+from nex.collector.server.parquet.writer import (
+    BuildResult,
+    DatasetExistsError,
+    DatasetFileInfo,
+    commit_parts,
+    parts_staging,
+)
+from nex.collector.server.parquet.writer import FilterDrop as WrittenDrop
 from nex.collector.server.queue import BUILD_DATASET, BUILD_DATASET_PART, JobQueue
 from nex.collector.server.services.common import (
     check_id,
@@ -248,7 +248,7 @@ class Datasets:
         budget: int = READ_MESSAGE_BYTES,
     ) -> AsyncIterator[tuple[bytes, int]]:
         """(Arrow IPC message, rows in it) of rows [offset, offset + limit) of one file of a
-        READY dataset (see datasets.reader); the file is read a row group at a
+        READY dataset (see parquet.reader); the file is read a row group at a
         time, in a thread. Every check happens before the first message."""
         v = Violations()
         if offset < 0:
