@@ -33,7 +33,7 @@ from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgume
 from nex.collector.server.domain.estimates import output_token_bound, prompt_token_bound
 from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
 from nex.collector.server.providers import pricing
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,15 @@ from nex.collector.server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     Violations,
+    integration_disabled,
     quote,
+    require,
 )
 from nex.collector.server.domain.filters import Filter, filter_to_dict, validate_filters
 from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET, MAX_DATASET_PARTS
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.sizes import READ_MESSAGE_BYTES
-from nex.collector.server.domain.validation import check_request_id
+from nex.collector.server.domain.validation import check_id, check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.parquet.builder import EmptyDatasetError, build_dataset
 from nex.collector.server.parquet.reader import (
@@ -57,15 +59,10 @@ from nex.collector.server.parquet.writer import (
 )
 from nex.collector.server.parquet.writer import FilterDrop as WrittenDrop
 from nex.collector.server.queue import BUILD_DATASET, BUILD_DATASET_PART, JobQueue
-from nex.collector.server.services.common import (
-    check_id,
-    integration_disabled,
-    list_page,
-    now,
-    require,
-)
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.pages import list_page
 
 log = logging.getLogger(__name__)
 

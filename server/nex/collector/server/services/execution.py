@@ -38,7 +38,7 @@ from nex.collector.server.providers.errors import RATE_LIMITED
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.microbatch import MicroBatcher
 from nex.collector.server.services.side_loop import SideLoop

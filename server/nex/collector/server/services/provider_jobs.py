@@ -69,7 +69,7 @@ from nex.collector.server.providers.batch_jobs import (
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import Outcome, RunExecutor
 

@@ -17,7 +17,7 @@ from nex.collector.server.domain.budgets import batch_scope
 from nex.collector.server.domain.teacher import RunStatus
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, JobQueue
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.evidence import Evidence
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,8 @@ from nex.collector.server.domain.errors import (
     InvalidArgument,
     Unavailable,
     Violations,
+    integration_disabled,
+    require,
 )
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.sizes import (
@@ -41,19 +43,19 @@ from nex.collector.server.domain.templates import (
     TemplateEngine,
     check_variables,
 )
-from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
+from nex.collector.server.domain.validation import (
+    check_id,
+    check_labels,
+    check_request_id,
+    check_required,
+)
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import (
-    check_id,
-    integration_disabled,
-    list_page,
-    now,
-    require,
-)
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.pages import list_page
 
 # Tries of create_runs' transaction before a conflict on request ids is UNAVAILABLE.
 CREATE_RUNS_ATTEMPTS = 5
