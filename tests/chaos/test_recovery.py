@@ -24,7 +24,7 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.bootstrap import plain_dsn
-from nex.collector.server.db.repositories.events import EVENTS_LOCK
+from nex.collector.server.db.locks import EVENTS_LOCK
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing

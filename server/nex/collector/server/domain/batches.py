@@ -11,7 +11,6 @@ from enum import StrEnum
 from nex.collector.server.domain.budgets import BatchPause, Budget
 from nex.collector.server.domain.errors import Violations, key_path
 from nex.collector.server.domain.limits import (
-    MAX_RUNS_PER_CALL,
     MAX_SCORE_NAME,
     MAX_SCORES,
     MAX_STOP_LENGTH,
@@ -25,8 +24,6 @@ from nex.collector.server.domain.teacher import (
     RunStatus,
     TokenLogprobs,
 )
-
-__all__ = ["MAX_RUNS_PER_CALL", "MAX_STOP_SEQUENCES", "MAX_TOP_LOGPROBS"]
 
 
 class BatchStatus(StrEnum):

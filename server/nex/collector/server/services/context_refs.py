@@ -9,8 +9,8 @@ from datetime import datetime
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.errors import FailedPrecondition, Violations, quote, require
+from nex.collector.server.domain.limits import MAX_NAME
 from nex.collector.server.domain.validation import (
-    MAX_NAME,
     check_id,
     check_labels,
     check_request_id,

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import (
-    MAX_RUNS_PER_CALL,
     Batch,
     BatchView,
     ExecutionMode,
@@ -26,6 +25,7 @@ from nex.collector.server.domain.errors import (
     integration_disabled,
     require,
 )
+from nex.collector.server.domain.limits import MAX_RUNS_PER_CALL
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.sizes import (
     MAX_CALL_INPUT_BYTES,
