@@ -17,7 +17,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from nex.collector.server.db.tables import runs
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunStatus
 
 # What a teacher's answer sets on its run (besides answer_time).
 ANSWER_COLUMNS = (

@@ -14,7 +14,6 @@ import pyarrow as pa
 
 from nex.collector.server import metrics
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     PART_DONE,
     Dataset,
@@ -36,6 +35,7 @@ from nex.collector.server.domain.errors import (
 )
 from nex.collector.server.domain.filters import Filter, filter_to_dict, validate_filters
 from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET, MAX_DATASET_PARTS
+from nex.collector.server.domain.runs import RunError
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.sizes import READ_MESSAGE_BYTES
 from nex.collector.server.domain.validation import check_id, check_request_id

@@ -24,9 +24,9 @@ from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json, tokens_to_row
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
+from nex.collector.server.domain.batches import Batch
 from nex.collector.server.domain.budgets import batch_scope
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunError, RunStatus, teacher_gave_up
 from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.providers.base import (
     Completion,

@@ -12,7 +12,6 @@ from nex.collector.server.domain.batches import (
     Batch,
     BatchView,
     ExecutionMode,
-    Run,
     check_params,
     check_scores,
 )
@@ -27,6 +26,7 @@ from nex.collector.server.domain.errors import (
 )
 from nex.collector.server.domain.limits import MAX_RUNS_PER_CALL
 from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.runs import Run, RunStatus
 from nex.collector.server.domain.sizes import (
     MAX_CALL_INPUT_BYTES,
     MAX_RUN_INPUT_BYTES,
@@ -35,7 +35,7 @@ from nex.collector.server.domain.sizes import (
     input_size,
     run_bytes,
 )
-from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams
 from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.domain.templates import (
     PromptTemplate,

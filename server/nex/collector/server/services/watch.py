@@ -38,8 +38,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.batches import ProviderJobView, RunEvent
+from nex.collector.server.domain.batches import ProviderJobView
 from nex.collector.server.domain.errors import Aborted, Unavailable, Violations, require
+from nex.collector.server.domain.runs import RunEvent
 from nex.collector.server.domain.validation import check_id
 from nex.collector.server.supervisor import supervise
 

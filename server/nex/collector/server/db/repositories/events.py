@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nex.collector.server.db.locks import EVENTS_LOCK
 from nex.collector.server.db.tables import run_events
-from nex.collector.server.domain.batches import RunError, RunEvent
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunError, RunEvent, RunStatus
 
 NOTIFY_CHANNEL = "nex_run_events"
 

@@ -15,7 +15,7 @@ from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
 from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS
 from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
 from nex.collector.server.domain.batches import ProviderJobView
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunStatus
 
 # States after which the job needs nothing more from us.
 DONE = ("ingested", "abandoned")

@@ -22,11 +22,11 @@ from sqlalchemy.dialects.postgresql import insert
 from nex.collector.server.db.answers import ANSWER_COLUMNS
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, runs, workers
-from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.estimates import prompt_token_bound
 from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.runs import Run, RunError, RunStatus, Usage
 from nex.collector.server.domain.sizes import page_cut
-from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+from nex.collector.server.domain.teacher import ChatMessage, TokenLogprobs
 from nex.collector.server.domain.validation import storable_texts
 
 _TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
