@@ -31,6 +31,7 @@ from nex.collector.server.config import (
     teacher_credentials,
 )
 from nex.collector.server.db.answers import AnswerWriter
+from nex.collector.server.db.event_hub import EventHub
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
@@ -63,7 +64,7 @@ from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.teachers import TeacherEndpoints
 from nex.collector.server.services.templates import Templates
 from nex.collector.server.services.throttle import CallGate
-from nex.collector.server.services.watch import EventHub, RunWatcher
+from nex.collector.server.services.watch import RunWatcher
 
 log = logging.getLogger(__name__)
 
