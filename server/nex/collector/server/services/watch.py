@@ -31,11 +31,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import asyncpg
-from sqlalchemy.exc import SQLAlchemyError
-
 from nex.collector.server.db.event_hub import EventHub
-from nex.collector.server.db.uow import UnitOfWorkFactory
+from nex.collector.server.db.uow import DB_DOWN, UnitOfWorkFactory
 from nex.collector.server.domain.batches import ProviderJobView
 from nex.collector.server.domain.errors import Aborted, Unavailable, Violations, require
 from nex.collector.server.domain.runs import RunEvent
@@ -44,7 +41,6 @@ from nex.collector.server.domain.validation import check_id
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
-_DB_DOWN = (OSError, TimeoutError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _COALESCE_S = 0.05
 # Each watcher costs one message per read of the feed, so a crowd of watchers
 # waits a little longer between reads (50 ms per 100 watchers, at most 0.5 s):
@@ -228,7 +224,7 @@ class RunWatcher:
                 wakeup.clear()
                 try:
                     await self._read(feed)
-                except _DB_DOWN as exc:
+                except DB_DOWN as exc:
                     # Expected while PostgreSQL restarts; the watchers keep waiting.
                     log.warning("watch feed of batch %s cannot read (%s)", feed.batch_id, exc)
                     await asyncio.sleep(1)
