@@ -78,12 +78,13 @@ breaking: $(BUF) ## buf breaking against the previous commit and the last tag
 	if [ -z "$$against" ]; then echo "buf breaking: no previous commit or tag to compare with; skipped"; fi; \
 	for a in $$against; do echo "buf breaking --against $$a"; $(BUF) breaking --against "$$a" || exit 1; done
 
-lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy
+lint: $(STAMP) $(BUF) ## buf lint/format, ruff, mypy, import layers (lint-imports)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy client server tests bench
+	$(BIN)/lint-imports
 
 # 18-28 min on the 2-core box, by how busy it is (limited.py alone takes 5-9,
 # provider_batch.py about 3). Bigger runs:

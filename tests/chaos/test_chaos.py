@@ -20,7 +20,7 @@ from nex.collector.client import (
     TeacherBatch,
     connect,
 )
-from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.parquet.verify import verify_dataset
 from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI

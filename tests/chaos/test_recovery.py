@@ -20,7 +20,7 @@ from nex.collector.client import (
     TeacherBatch,
     connect,
 )
-from nex.collector.server.db.repositories.events import EVENTS_LOCK
+from nex.collector.server.db.locks import EVENTS_LOCK
 from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted

@@ -31,7 +31,7 @@ from nex.collector.client import (
     TeacherBatch,
     TeacherRun,
 )
-from nex.collector.server.datasets.verify import verify_dataset
+from nex.collector.server.parquet.verify import verify_dataset
 from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
 from tests.support.db import execute, fetch_all

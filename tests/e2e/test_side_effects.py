@@ -27,8 +27,8 @@ from nex.collector.client import (
     connect,
 )
 from nex.collector.server.bootstrap import plain_dsn
-from nex.collector.server.datasets.storage import Location
 from nex.collector.server.domain.datasets import Dataset, DatasetCounts, DatasetFile
+from nex.collector.server.parquet.storage import Location
 from nex.collector.server.services.datasets import Datasets
 from nex.collector.server.services.reconcile import Reconciler
 from nex.collector.server.testing import CollectorEnvironment

@@ -51,7 +51,9 @@ ANTHROPIC_PATH = "/v1/messages"
 STATS_PATH = "/stats"  # the fake's own counts, for benchmarks in another process
 
 DEFAULT_MAX_TOKENS = 1024
-MAX_TOP_LOGPROBS = 20
+# The OpenAI API's own cap, which the fake answers by (the collector's is
+# domain/limits.py MAX_TOP_LOGPROBS; the two happen to be equal).
+OPENAI_MAX_TOP_LOGPROBS = 20
 
 # A few non-ASCII words so that `bytes` and unicode round trips are exercised.
 VOCAB: tuple[str, ...] = (
@@ -157,7 +159,7 @@ def generate(
         mass = 0.55 + 0.44 * rng.random()
         chosen = 1 if rng.random() < 0.2 else 0
         # p_j = mass * (1 - r) r^j / (1 - r^20): decreasing, summing to `mass` over all 20.
-        head = math.log(mass * (1 - ratio) / (1 - ratio**MAX_TOP_LOGPROBS))
+        head = math.log(mass * (1 - ratio) / (1 - ratio**OPENAI_MAX_TOP_LOGPROBS))
         log_ratio = math.log(ratio)
         prefix = "" if i == 0 else " "
         top = [
@@ -180,7 +182,9 @@ def openai_completion(request: dict[str, Any], length: int | None = None) -> dic
     messages = list(request.get("messages") or [])
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     want_logprobs = bool(request.get("logprobs"))
-    top_k = min(int(request.get("top_logprobs") or 0), MAX_TOP_LOGPROBS) if want_logprobs else 0
+    top_k = (
+        min(int(request.get("top_logprobs") or 0), OPENAI_MAX_TOP_LOGPROBS) if want_logprobs else 0
+    )
     positions, cut = generate(model, messages, "", max_tokens or DEFAULT_MAX_TOKENS, top_k, length)
     logprobs = None
     if want_logprobs:

@@ -12,7 +12,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from nex.collector.server.datasets import (
+from nex.collector.server.domain.scoring import MetricRegistry
+from nex.collector.server.parquet import (
     FILE_NAMES,
     MANIFEST_NAME,
     DatasetExistsError,
@@ -22,10 +23,9 @@ from nex.collector.server.datasets import (
     build_dataset,
     verify_dataset,
 )
-from nex.collector.server.datasets.reader import ManifestMismatch, ipc_messages, open_file
-from nex.collector.server.datasets.storage import STAGING_MARK
-from nex.collector.server.datasets.writer import BuildResult, commit_parts, parts_staging
-from nex.collector.server.domain.scoring import MetricRegistry
+from nex.collector.server.parquet.reader import ManifestMismatch, ipc_messages, open_file
+from nex.collector.server.parquet.storage import STAGING_MARK
+from nex.collector.server.parquet.writer import BuildResult, commit_parts, parts_staging
 from tests.support.s3 import S3Server
 from tests.unit.distill_factories import synthetic_runs
 from tests.unit.test_dataset_writer import EXTRA, build, failing_after

@@ -22,7 +22,7 @@ from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.tables import batches, runs, templates
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain import run_transitions as rt
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunStatus
 from tests.support.backing import Backing
 
 BATCH = "bat_transitions"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from nex.collector.server.datasets.storage import DatasetStore
+from nex.collector.server.parquet.storage import DatasetStore
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"

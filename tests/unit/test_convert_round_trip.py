@@ -41,11 +41,12 @@ from hypothesis import strategies as st
 from nex.collector.client import _convert as client
 from nex.collector.client import _types as client_types
 from nex.collector.server.api import convert as server
-from nex.collector.server.domain.batches import BatchView, ProviderJobView, Run, RunError, RunEvent
+from nex.collector.server.domain.batches import BatchView, ProviderJobView
 from nex.collector.server.domain.budgets import CostEstimate
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.datasets import Dataset
 from nex.collector.server.domain.evidence import EvidenceLink
+from nex.collector.server.domain.runs import Run, RunError, RunEvent
 from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.domain.templates import PromptTemplate
 from nex.collector.server.services.teachers import TeacherView

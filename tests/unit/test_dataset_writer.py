@@ -14,16 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nex.collector.server.datasets import (
-    FILE_NAMES,
-    SCHEMAS,
-    BuildResult,
-    DatasetExistsError,
-    build_dataset,
-    verify_dataset,
-)
-from nex.collector.server.datasets.storage import Location
-from nex.collector.server.datasets.writer import _DICTIONARY_COLUMNS, _STATISTICS_COLUMNS
 from nex.collector.server.domain.filters import (
     BooleanFilter,
     EntropyFilter,
@@ -35,6 +25,16 @@ from nex.collector.server.domain.filters import (
 from nex.collector.server.domain.scoring import MetricError, MetricRegistry, mean_entropy
 from nex.collector.server.domain.targets import soft_labels
 from nex.collector.server.domain.teacher import CompletedRun, TokenLogprobs
+from nex.collector.server.parquet import (
+    FILE_NAMES,
+    SCHEMAS,
+    BuildResult,
+    DatasetExistsError,
+    build_dataset,
+    verify_dataset,
+)
+from nex.collector.server.parquet.storage import Location
+from nex.collector.server.parquet.writer import _DICTIONARY_COLUMNS, _STATISTICS_COLUMNS
 from tests.unit.distill_factories import LN, make_run, positions, synthetic_runs
 
 EXTRA = {"id": "ds-1", "name": "cats", "version": "v1", "batch_ids": ["batch-1"]}

@@ -18,11 +18,11 @@ from google.rpc import error_details_pb2
 from nex.collector.server import bootstrap
 from nex.collector.server.api.errors import status_for
 from nex.collector.server.config import load_settings
-from nex.collector.server.datasets import build_dataset
 from nex.collector.server.domain import errors as domain
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.teacher import CompletedRun
 from nex.collector.server.embedded import EmbeddedRedis, EmbeddedServices
+from nex.collector.server.parquet import build_dataset
 from nex.collector.server.supervisor import supervised
 from tests.unit.distill_factories import synthetic_runs
 

@@ -8,20 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from nex.collector.server.api import convert
-from nex.collector.server.domain.batches import Run, RunError
 from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.runs import Run, RunError, RunStatus
 from nex.collector.server.domain.sizes import (
     check_output_size,
     page_cut,
     run_bytes,
     template_bytes,
 )
-from nex.collector.server.domain.teacher import (
-    ChatMessage,
-    GenerationParams,
-    RunStatus,
-    TokenLogprobs,
-)
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, TokenLogprobs
 from nex.collector.server.domain.templates import PromptTemplate
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

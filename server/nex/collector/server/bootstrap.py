@@ -30,8 +30,8 @@ from nex.collector.server.config import (
     load_teachers,
     teacher_credentials,
 )
-from nex.collector.server.datasets.storage import DatasetStore, StorageConfigError
 from nex.collector.server.db.answers import AnswerWriter
+from nex.collector.server.db.event_hub import EventHub
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.scoring import MetricRegistry
@@ -39,6 +39,7 @@ from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.embedded import EmbeddedServices, start_embedded
 from nex.collector.server.integrations.nex import NexClient
 from nex.collector.server.limiter import RateLimiter
+from nex.collector.server.parquet.storage import DatasetStore, StorageConfigError
 from nex.collector.server.providers import pricing
 from nex.collector.server.providers.batch_jobs import BatchBackends
 from nex.collector.server.providers.registry import ProviderSet
@@ -63,7 +64,7 @@ from nex.collector.server.services.teacher import Teacher
 from nex.collector.server.services.teachers import TeacherEndpoints
 from nex.collector.server.services.templates import Templates
 from nex.collector.server.services.throttle import CallGate
-from nex.collector.server.services.watch import EventHub, RunWatcher
+from nex.collector.server.services.watch import RunWatcher
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nex.collector.server.domain.limits import MAX_TOP_LOGPROBS
 from nex.collector.server.domain.teachers import (
     OPENAI_BATCH,
     BatchSupport,
@@ -303,7 +304,7 @@ class _LimitsSpec(_Strict):
 
 class _CapabilitiesSpec(_Strict):
     logprobs: bool | None = None
-    max_top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class _PriceSpec(_Strict):

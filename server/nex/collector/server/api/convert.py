@@ -13,17 +13,14 @@ from nex.collector.server.domain.batches import (
     BatchView,
     ExecutionMode,
     ProviderJobView,
-    Run,
-    RunError,
-    RunEvent,
-    Usage,
 )
 from nex.collector.server.domain.budgets import BatchPause, CostEstimate
 from nex.collector.server.domain.context_refs import ContextRef
 from nex.collector.server.domain.datasets import Dataset, DatasetStatus
 from nex.collector.server.domain.errors import InvalidArgument
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
-from nex.collector.server.domain.teacher import GenerationParams, RunStatus, TokenLogprobs
+from nex.collector.server.domain.runs import Run, RunError, RunEvent, RunStatus, Usage
+from nex.collector.server.domain.teacher import GenerationParams, TokenLogprobs
 from nex.collector.server.domain.teachers import TeacherKind
 from nex.collector.server.domain.templates import PromptTemplate
 from nex.collector.server.services.teachers import TeacherView

@@ -41,6 +41,7 @@ from nex.collector.client import (
     RunView,
     TeacherBatch,
 )
+from nex.collector.server.domain.limits import MAX_RUNS_PER_CALL
 
 from .connection import (
     AddrOpt,
@@ -430,7 +431,9 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    runs: Annotated[int, typer.Option("--runs", min=1, max=5000, help="runs in the batch")] = 24,
+    runs: Annotated[
+        int, typer.Option("--runs", min=1, max=MAX_RUNS_PER_CALL, help="runs in the batch")
+    ] = 24,
     provider_batch: Annotated[
         bool,
         typer.Option(

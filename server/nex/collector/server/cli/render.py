@@ -518,7 +518,7 @@ async def wait_with_progress(
 def verify_view(directory: Path) -> tuple[RenderableType, list[str]]:
     """Checks a dataset folder against its manifest.json: a table of the files
     and the problems found (empty: intact)."""
-    from nex.collector.server.datasets.verify import verify_dataset
+    from nex.collector.server.parquet.verify import verify_dataset
 
     problems = verify_dataset(directory)
     try:

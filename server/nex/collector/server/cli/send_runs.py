@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from nex.collector.client import RunInput
+from nex.collector.server.domain.limits import MAX_RUNS_PER_CALL
 
 from .consoles import err, out
 from .errors import print_collector_error
@@ -32,7 +33,7 @@ __all__ = [
     "violations_by_line",
 ]
 
-MAX_CHUNK = 5000
+MAX_CHUNK = MAX_RUNS_PER_CALL
 """The most runs one BatchCreateRuns call may carry."""
 
 

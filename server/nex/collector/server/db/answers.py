@@ -17,8 +17,8 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from nex.collector.server.db.tables import runs
-from nex.collector.server.domain.run_records import Answer, RunAnswer
-from nex.collector.server.domain.teacher import RunStatus, TokenLogprobs
+from nex.collector.server.domain.runs import Answer, RunAnswer, RunStatus
+from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.domain.validation import storable_text, storable_texts
 
 # What a teacher's answer sets on its run (besides answer_time).

@@ -11,6 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nex.collector.server.db.locks import MIGRATIONS_LOCK
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -31,12 +33,12 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
     """Brings the schema to the newest migration; safe to run concurrently
     (an advisory lock serialises migrators)."""
     async with engine.connect() as connection:
-        await connection.exec_driver_sql("SELECT pg_advisory_lock(7262001)")
+        await connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATIONS_LOCK})")
         try:
             await connection.run_sync(_upgrade, engine.url.render_as_string(hide_password=False))
             await connection.commit()
         finally:
-            await connection.exec_driver_sql("SELECT pg_advisory_unlock(7262001)")
+            await connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATIONS_LOCK})")
             await connection.commit()
 
 

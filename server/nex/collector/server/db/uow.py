@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from sqlalchemy.exc import DBAPIError
+import asyncpg
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nex.collector.server.db.repositories.batches import BatchRepository
@@ -19,6 +20,10 @@ from nex.collector.server.db.repositories.runs import RunRepository
 from nex.collector.server.db.repositories.templates import TemplateRepository
 from nex.collector.server.db.repositories.workers import WorkerRepository
 from nex.collector.server.domain.errors import Unavailable
+
+# What a read through a unit of work raises while PostgreSQL cannot be reached
+# (it restarts, the network is down), for callers that wait and read again.
+DB_DOWN = (OSError, TimeoutError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # PostgreSQL's answers for two transactions that got in each other's way
 # (deadlock_detected, serialization_failure): the one it broke may simply retry.

@@ -1,4 +1,4 @@
-"""Teacher batches and the state of their runs."""
+"""Teacher batches: their status, counts and checks (the runs: domain/runs.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,15 @@ from enum import StrEnum
 from nex.collector.server.domain.budgets import BatchPause, Budget
 from nex.collector.server.domain.errors import Violations, key_path
 from nex.collector.server.domain.limits import (
-    MAX_RUNS_PER_CALL,
     MAX_SCORE_NAME,
     MAX_SCORES,
     MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
     MAX_TOP_LOGPROBS,
 )
+from nex.collector.server.domain.runs import RunError, RunStatus, Usage
 from nex.collector.server.domain.scoring import BUILTIN_SCORES
-from nex.collector.server.domain.teacher import (
-    ChatMessage,
-    GenerationParams,
-    RunStatus,
-    TokenLogprobs,
-)
-
-__all__ = ["MAX_RUNS_PER_CALL", "MAX_STOP_SEQUENCES", "MAX_TOP_LOGPROBS"]
+from nex.collector.server.domain.teacher import GenerationParams
 
 
 class BatchStatus(StrEnum):
@@ -79,13 +72,6 @@ class ProviderJobView:
     def final(self) -> bool:
         """Ingested or abandoned: the job changes no more."""
         return self.state in PROVIDER_JOB_FINAL_STATES
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,45 +143,6 @@ class BatchView:
         return BatchStatus.RUNNING if self.counts.active else BatchStatus.COMPLETED
 
 
-@dataclass(frozen=True, slots=True)
-class RunError:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    id: str
-    batch_id: str
-    status: RunStatus
-    variables: dict[str, str]
-    messages: list[ChatMessage]
-    request_id: str
-    attempt: int
-    create_time: datetime
-    error: RunError | None = None
-    output_text: str = ""
-    finish_reason: str = ""
-    has_logprobs: bool = False
-    tokens: TokenLogprobs | None = None
-    usage: Usage = field(default_factory=Usage)
-    latency_ms: int = 0
-    scores: dict[str, float] = field(default_factory=dict)
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RunEvent:
-    revision: int
-    run_id: str
-    batch_id: str
-    status: RunStatus
-    attempt: int
-    error: RunError | None
-    time: datetime
-
-
 def check_params(v: Violations, field: str, p: GenerationParams) -> None:
     def bad(name: str, what: str) -> None:
         v.add(f"{field}.{name}", what)
@@ -229,22 +176,3 @@ def check_scores(v: Violations, field: str, scores: Mapping[str, float]) -> None
             v.add(key_path(field, name), "is a built-in score (computed by the collector)")
         if not math.isfinite(value):
             v.add(key_path(field, name), "must be a finite number")
-
-
-def _times(n: int) -> str:
-    return f"{n} time" if n == 1 else f"{n} times"
-
-
-def teacher_gave_up(message: str, teacher_failures: int, workers_lost: int) -> str:
-    """A failed run's message: the last teacher error, and how often the teacher
-    failed and workers died when it was not the first call that failed."""
-    if teacher_failures <= 1 and workers_lost == 0:
-        return message
-    text = f"teacher failed {_times(teacher_failures)} (last: {message})"
-    return text + (f"; worker lost {_times(workers_lost)}" if workers_lost else "")
-
-
-def workers_gave_up(workers_lost: int, teacher_failures: int) -> str:
-    """The message of a run failed because the workers running it kept dying."""
-    text = f"worker lost {_times(workers_lost)} while running this run"
-    return text + (f"; teacher failed {_times(teacher_failures)}" if teacher_failures else "")

@@ -8,10 +8,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.errors import Violations
 from nex.collector.server.domain.filters import Filter
 from nex.collector.server.domain.limits import MAX_PATH_COMPONENT
+from nex.collector.server.domain.runs import RunError
 
 # Matched whole (fullmatch): with `$`, "a\n" would pass and become a folder name.
 _PATH_SAFE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_PATH_COMPONENT - 1}}}")

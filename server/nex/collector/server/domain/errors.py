@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nex.collector.server.domain.limits import MAX_QUOTE
 
 ELLIPSIS = "…"
+
+T = TypeVar("T")
 
 
 def clip(value: str, limit: int = MAX_QUOTE) -> str:
@@ -73,12 +76,27 @@ class NotFound(DomainError):
         self.reason = f"{resource.upper()}_NOT_FOUND"
 
 
+def require(value: T | None, resource: str, id_: str) -> T:
+    """`value`, or NotFound(resource, id_) when there is none."""
+    if value is None:
+        raise NotFound(resource, id_)
+    return value
+
+
 class AlreadyExists(DomainError):
     reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
+
+
+def integration_disabled(what: str) -> FailedPrecondition:
+    """What standalone mode answers when asked for something only NEX can take."""
+    return FailedPrecondition(
+        f"{what} need integrated mode: set MODE_INTEGRATION=integrated and NEX_BASE_URL",
+        reason="INTEGRATION_DISABLED",
+    )
 
 
 class _Retryable(DomainError):

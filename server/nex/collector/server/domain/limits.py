@@ -30,6 +30,8 @@ MAX_VARIABLES = 100
 MAX_VARIABLE_NAME = 64
 MAX_VARIABLE_VALUE = 100_000
 MAX_RUNS_PER_CALL = 5000
+# A deadline further than a year away is no deadline a batch job can mean.
+MAX_DEADLINE_S = 366 * 86400
 
 # -- generation params -----------------------------------------------------------------
 MAX_STOP_SEQUENCES = 4

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from nex.collector.server.domain.batches import Run
 from nex.collector.server.domain.errors import Violations
 from nex.collector.server.domain.estimates import output_token_bound
+from nex.collector.server.domain.runs import Run
 from nex.collector.server.domain.teacher import ChatMessage, GenerationParams
 from nex.collector.server.domain.templates import PromptTemplate
 

@@ -1,4 +1,5 @@
-"""Teacher runs: statuses, generation parameters, prompts and token logprobs."""
+"""What a teacher is asked and answers: generation parameters, prompts, token
+logprobs, and a completed run as the distillation pipeline reads it."""
 
 from __future__ import annotations
 
@@ -12,22 +13,6 @@ class Provider(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     MOCK = "mock"
-
-
-class RunStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.limits import MAX_TOP_LOGPROBS
 
 
 class TeacherKind(StrEnum):
@@ -39,7 +40,7 @@ class TeacherLimits:
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     logprobs: bool = True
-    max_top_logprobs: int = 20
+    max_top_logprobs: int = MAX_TOP_LOGPROBS
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class TeacherEndpoint:
 
 # Anthropic returns no logprobs; a batch asking for them is accepted as it
 # always was (its runs have no tokens), not refused.
-_ANTHROPIC_CAPABILITIES = Capabilities(logprobs=False, max_top_logprobs=20)
+_ANTHROPIC_CAPABILITIES = Capabilities(logprobs=False, max_top_logprobs=MAX_TOP_LOGPROBS)
 
 
 def builtin_teachers(

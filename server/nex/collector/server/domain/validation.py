@@ -22,13 +22,6 @@ from nex.collector.server.domain.limits import (
 )
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_LABELS",
-    "MAX_LABEL_KEY",
-    "MAX_LABEL_VALUE",
-    "MAX_NAME",
-    "MAX_PAGE_SIZE",
-    "MAX_REQUEST_ID",
     "check_id",
     "check_labels",
     "check_request_id",

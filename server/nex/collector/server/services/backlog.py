@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from nex.collector.server import metrics
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunStatus
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Hold
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.batches import Batch, BatchView, RunError
+from nex.collector.server.domain.batches import Batch, BatchView
 from nex.collector.server.domain.budgets import (
     BUDGET_EXHAUSTED,
     MAX_COST_USD,
@@ -31,9 +31,10 @@ from nex.collector.server.domain.budgets import (
 )
 from nex.collector.server.domain.errors import FailedPrecondition, InvalidArgument
 from nex.collector.server.domain.estimates import output_token_bound, prompt_token_bound
-from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
+from nex.collector.server.domain.runs import RunError, RunStatus
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams
 from nex.collector.server.providers import pricing
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,18 @@ from datetime import datetime
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
 from nex.collector.server.domain.context_refs import ContextRef
-from nex.collector.server.domain.errors import FailedPrecondition, Violations, quote
+from nex.collector.server.domain.errors import FailedPrecondition, Violations, quote, require
+from nex.collector.server.domain.limits import MAX_NAME
 from nex.collector.server.domain.validation import (
-    MAX_NAME,
+    check_id,
     check_labels,
     check_request_id,
     check_required,
     check_url_segment,
 )
 from nex.collector.server.ids import new_id
-from nex.collector.server.services.common import check_id, list_page, now, require
+from nex.collector.server.services.clock import now
+from nex.collector.server.services.pages import list_page
 
 # Asks NEX whether a context version exists (integrated mode); None in standalone.
 ContextChecker = Callable[[str, str], Awaitable[bool]]

@@ -13,26 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from nex.collector.server import metrics
-from nex.collector.server.datasets.builder import EmptyDatasetError, build_dataset
-from nex.collector.server.datasets.reader import (
-    ManifestMismatch,
-    OpenFile,
-    ipc_messages_of,
-    open_file,
-    read_manifest,
-)
-from nex.collector.server.datasets.storage import DatasetStore, Location
-from nex.collector.server.datasets.verify import verify_dataset
-from nex.collector.server.datasets.writer import (
-    BuildResult,
-    DatasetExistsError,
-    DatasetFileInfo,
-    commit_parts,
-    parts_staging,
-)
-from nex.collector.server.datasets.writer import FilterDrop as WrittenDrop
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     PART_DONE,
     BatchSource,
@@ -49,24 +30,40 @@ from nex.collector.server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     Violations,
+    integration_disabled,
     quote,
+    require,
 )
 from nex.collector.server.domain.filters import Filter, filter_to_dict, validate_filters
 from nex.collector.server.domain.limits import MAX_BATCHES_PER_DATASET, MAX_DATASET_PARTS
+from nex.collector.server.domain.runs import RunError
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.sizes import READ_MESSAGE_BYTES
-from nex.collector.server.domain.validation import check_request_id
+from nex.collector.server.domain.validation import check_id, check_request_id
 from nex.collector.server.ids import new_id
-from nex.collector.server.queue import BUILD_DATASET, BUILD_DATASET_PART, JobQueue
-from nex.collector.server.services.common import (
-    check_id,
-    integration_disabled,
-    list_page,
-    now,
-    require,
+from nex.collector.server.parquet.builder import EmptyDatasetError, build_dataset
+from nex.collector.server.parquet.reader import (
+    ManifestMismatch,
+    OpenFile,
+    ipc_messages_of,
+    open_file,
+    read_manifest,
 )
+from nex.collector.server.parquet.storage import DatasetStore, Location
+from nex.collector.server.parquet.verify import verify_dataset
+from nex.collector.server.parquet.writer import (
+    BuildResult,
+    DatasetExistsError,
+    DatasetFileInfo,
+    commit_parts,
+    parts_staging,
+)
+from nex.collector.server.parquet.writer import FilterDrop as WrittenDrop
+from nex.collector.server.queue import BUILD_DATASET, BUILD_DATASET_PART, JobQueue
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.pages import list_page
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +246,7 @@ class Datasets:
         budget: int = READ_MESSAGE_BYTES,
     ) -> AsyncIterator[tuple[bytes, int]]:
         """(Arrow IPC message, rows in it) of rows [offset, offset + limit) of one file of a
-        READY dataset (see datasets.reader); the file is read a row group at a
+        READY dataset (see parquet.reader); the file is read a row group at a
         time, in a thread. Every check happens before the first message."""
         v = Violations()
         if offset < 0:

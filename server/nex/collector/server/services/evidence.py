@@ -11,22 +11,22 @@ from datetime import timedelta
 from nex.collector.server import metrics
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.datasets import Dataset
-from nex.collector.server.domain.errors import Unavailable, Violations
+from nex.collector.server.domain.errors import (
+    Unavailable,
+    Violations,
+    integration_disabled,
+    require,
+)
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus, retry_delay
 from nex.collector.server.domain.limits import MAX_KIND, MAX_NOTE
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.validation import check_request_id
+from nex.collector.server.domain.validation import check_id, check_request_id
 from nex.collector.server.ids import new_id
 from nex.collector.server.integrations.nex import NexClient, NexRejected
 from nex.collector.server.queue import DELIVER_EVIDENCE, JobQueue
-from nex.collector.server.services.common import (
-    check_id,
-    integration_disabled,
-    list_page,
-    now,
-    require,
-)
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
+from nex.collector.server.services.pages import list_page
 
 log = logging.getLogger(__name__)
 

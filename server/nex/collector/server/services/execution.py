@@ -23,10 +23,17 @@ from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
+from nex.collector.server.domain.batches import Batch
 from nex.collector.server.domain.budgets import batch_scope
-from nex.collector.server.domain.run_records import Answer, ClaimedRun, RunAnswer, RunEnding
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import (
+    Answer,
+    ClaimedRun,
+    RunAnswer,
+    RunEnding,
+    RunError,
+    RunStatus,
+    teacher_gave_up,
+)
 from nex.collector.server.providers.base import (
     Completion,
     GenerationRequest,
@@ -36,10 +43,10 @@ from nex.collector.server.providers.base import (
 from nex.collector.server.providers.errors import RATE_LIMITED
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.providers.retry import RetryPolicy
-from nex.collector.server.services.batching import MicroBatcher
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.microbatch import MicroBatcher
 from nex.collector.server.services.side_loop import SideLoop
 from nex.collector.server.services.throttle import CallGate, Throttled
 

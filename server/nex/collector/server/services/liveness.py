@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.side_loop import SideLoop
 
 log = logging.getLogger(__name__)

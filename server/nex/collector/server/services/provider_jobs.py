@@ -50,9 +50,9 @@ from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.repositories.runs import messages_from_json
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.batches import Batch, RunError, teacher_gave_up
+from nex.collector.server.domain.batches import Batch
 from nex.collector.server.domain.budgets import BUDGET_EXHAUSTED
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunError, RunStatus, teacher_gave_up
 from nex.collector.server.domain.teachers import OPENAI_BATCH, BatchSupport, TeacherDirectory
 from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.ids import new_id
@@ -69,7 +69,7 @@ from nex.collector.server.providers.batch_jobs import (
 from nex.collector.server.providers.pricing import cost_usd
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.evidence import Evidence
 from nex.collector.server.services.execution import Outcome, RunExecutor
 

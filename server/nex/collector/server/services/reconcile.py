@@ -12,12 +12,11 @@ from nex.collector.server import metrics
 from nex.collector.server.db.repositories.budgets import Settlement
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.batches import RunError, workers_gave_up
 from nex.collector.server.domain.budgets import batch_scope
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunError, RunStatus, workers_gave_up
 from nex.collector.server.queue import BUILD_DATASET, DELIVER_EVIDENCE, EXECUTE_RUN, JobQueue
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import now
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.evidence import Evidence
 
 log = logging.getLogger(__name__)

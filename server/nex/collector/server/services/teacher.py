@@ -9,11 +9,9 @@ from datetime import datetime, timedelta
 from nex.collector.server.db.repositories.events import NewEvent
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import (
-    MAX_RUNS_PER_CALL,
     Batch,
     BatchView,
     ExecutionMode,
-    Run,
     check_params,
     check_scores,
 )
@@ -23,8 +21,12 @@ from nex.collector.server.domain.errors import (
     InvalidArgument,
     Unavailable,
     Violations,
+    integration_disabled,
+    require,
 )
+from nex.collector.server.domain.limits import MAX_RUNS_PER_CALL
 from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.runs import Run, RunStatus
 from nex.collector.server.domain.sizes import (
     MAX_CALL_INPUT_BYTES,
     MAX_RUN_INPUT_BYTES,
@@ -33,7 +35,7 @@ from nex.collector.server.domain.sizes import (
     input_size,
     run_bytes,
 )
-from nex.collector.server.domain.teacher import ChatMessage, GenerationParams, RunStatus
+from nex.collector.server.domain.teacher import ChatMessage, GenerationParams
 from nex.collector.server.domain.teachers import TeacherDirectory
 from nex.collector.server.domain.templates import (
     PromptTemplate,
@@ -41,19 +43,19 @@ from nex.collector.server.domain.templates import (
     TemplateEngine,
     check_variables,
 )
-from nex.collector.server.domain.validation import check_labels, check_request_id, check_required
+from nex.collector.server.domain.validation import (
+    check_id,
+    check_labels,
+    check_request_id,
+    check_required,
+)
 from nex.collector.server.ids import new_id, new_ids
 from nex.collector.server.queue import EXECUTE_RUN, JobQueue
 from nex.collector.server.services.budgets import Budgets
-from nex.collector.server.services.common import (
-    check_id,
-    integration_disabled,
-    list_page,
-    now,
-    require,
-)
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
 from nex.collector.server.services.evidence import Evidence
+from nex.collector.server.services.pages import list_page
 
 # Tries of create_runs' transaction before a conflict on request ids is UNAVAILABLE.
 CREATE_RUNS_ATTEMPTS = 5

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.errors import Violations
+from nex.collector.server.domain.errors import Violations, require
 from nex.collector.server.domain.sizes import template_bytes
 from nex.collector.server.domain.templates import (
     PromptTemplate,
@@ -14,10 +14,11 @@ from nex.collector.server.domain.templates import (
     check_template_length,
     check_variable_names,
 )
-from nex.collector.server.domain.validation import check_request_id, check_required
+from nex.collector.server.domain.validation import check_id, check_request_id, check_required
 from nex.collector.server.ids import new_id
-from nex.collector.server.services.common import check_id, list_page, now, require
+from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
+from nex.collector.server.services.pages import list_page
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,25 +28,19 @@ import asyncio
 import bisect
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
-import asyncpg
-from sqlalchemy.exc import SQLAlchemyError
-
-from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
-from nex.collector.server.db.uow import UnitOfWorkFactory
-from nex.collector.server.domain.batches import ProviderJobView, RunEvent
-from nex.collector.server.domain.errors import Aborted, Unavailable, Violations
-from nex.collector.server.services.common import check_id, require
-from nex.collector.server.supervisor import supervise
+from nex.collector.server.db.event_hub import EventHub
+from nex.collector.server.db.uow import DB_DOWN, UnitOfWorkFactory
+from nex.collector.server.domain.batches import ProviderJobView
+from nex.collector.server.domain.errors import Aborted, Unavailable, Violations, require
+from nex.collector.server.domain.runs import RunEvent
+from nex.collector.server.domain.validation import check_id
 
 log = logging.getLogger(__name__)
 
 _PAGE = 1000
-_DB_DOWN = (OSError, TimeoutError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _COALESCE_S = 0.05
 # Each watcher costs one message per read of the feed, so a crowd of watchers
 # waits a little longer between reads (50 ms per 100 watchers, at most 0.5 s):
@@ -95,72 +89,6 @@ class JobProgress:
     """Provider jobs whose progress changed, for a batch watch."""
 
     jobs: list[JobEntry]
-
-
-class EventHub:
-    """One LISTEN connection per process, fanning wake-ups out to watchers."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
-        self._conn: Any = None
-        self._stop = asyncio.Event()
-
-    async def start(self) -> None:
-        self._task = supervise("event-listener", self._listen, stop=self._stop)
-
-    async def aclose(self) -> None:
-        self._stop.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def _listen(self) -> None:
-        while True:
-            if self._conn is not None:  # left open by a crash: the supervisor restarted us
-                with contextlib.suppress(Exception):
-                    await self._conn.close()
-                self._conn = None
-            try:
-                lost = asyncio.Event()
-                self._conn = await asyncpg.connect(self._dsn)
-                self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await self._conn.add_listener(NOTIFY_CHANNEL, self._notified)
-                self._wake_all()  # anything missed while disconnected
-                await lost.wait()
-                raise ConnectionError("LISTEN connection closed")
-            except asyncio.CancelledError:
-                if self._conn is not None:
-                    with contextlib.suppress(Exception):
-                        await self._conn.close()
-                raise
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # Expected when PostgreSQL restarts; anything else crashes the
-                # task, and its supervisor logs the traceback and restarts it.
-                log.warning("event listener lost its connection (%s); reconnecting", exc)
-                await asyncio.sleep(1)
-
-    def _notified(self, _conn: Any, _pid: int, _channel: str, batch_id: str) -> None:
-        for event in self._waiters.get(batch_id, ()):
-            event.set()
-
-    def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
-
-    @contextlib.contextmanager
-    def subscribe(self, batch_id: str) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._waiters[batch_id].add(event)
-        try:
-            yield event
-        finally:
-            self._waiters[batch_id].discard(event)
-            if not self._waiters[batch_id]:
-                del self._waiters[batch_id]
 
 
 class _Feed:
@@ -313,7 +241,7 @@ class RunWatcher:
                 wakeup.clear()
                 try:
                     await self._read(feed)
-                except _DB_DOWN as exc:
+                except DB_DOWN as exc:
                     # Expected while PostgreSQL restarts; the watchers keep waiting.
                     log.warning("watch feed of batch %s cannot read (%s)", feed.batch_id, exc)
                     await asyncio.sleep(1)

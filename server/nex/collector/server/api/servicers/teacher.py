@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nex.collector.server.api import convert
 from nex.collector.server.api.types import Context
 from nex.collector.server.domain.errors import InvalidArgument
+from nex.collector.server.domain.limits import MAX_DEADLINE_S
 from nex.collector.server.services.teacher import NewBatch, NewRun, Teacher
 from nex.collector.server.services.teachers import TeacherEndpoints
 from nex.collector.server.services.watch import Heartbeat, JobEntry, JobProgress, RunWatcher
@@ -37,10 +38,6 @@ def _job_message(entry: JobEntry) -> bytes:
 def _events_message(fields: list[bytes]) -> bytes:
     """One event alone as `event` (the shape every client knows), more as `events`."""
     return fields[0] if len(fields) == 1 else convert.events_response(fields)
-
-
-# A deadline further than a year away is no deadline a batch job can mean.
-MAX_DEADLINE_S = 366 * 86400
 
 
 def _full(view: int, default: bool) -> bool:

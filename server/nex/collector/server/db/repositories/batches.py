@@ -16,12 +16,11 @@ from nex.collector.server.domain.batches import (
     ExecutionMode,
     ProviderJobView,
     RunCounts,
-    RunError,
-    Usage,
 )
 from nex.collector.server.domain.budgets import BatchPause, Budget, batch_scope
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.teacher import GenerationParams, RunStatus
+from nex.collector.server.domain.runs import RunError, RunStatus, Usage
+from nex.collector.server.domain.teacher import GenerationParams
 
 
 def params_to_json(p: GenerationParams) -> dict[str, Any]:

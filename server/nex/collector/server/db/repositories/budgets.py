@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, budget_reservations, budgets, runs
 from nex.collector.server.domain.budgets import Budget
-from nex.collector.server.domain.teacher import ACTIVE_STATUSES
+from nex.collector.server.domain.runs import ACTIVE_STATUSES
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from sqlalchemy.dialects.postgresql import insert
 
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, dataset_parts, datasets, runs, templates
-from nex.collector.server.domain.batches import RunError
 from nex.collector.server.domain.datasets import (
     PART_DONE,
     PART_PENDING,
@@ -25,12 +24,12 @@ from nex.collector.server.domain.datasets import (
 )
 from nex.collector.server.domain.filters import filter_from_dict, filter_to_dict
 from nex.collector.server.domain.pagination import PageRequest
+from nex.collector.server.domain.runs import RunError, RunStatus
 from nex.collector.server.domain.teacher import (
     TOKEN_SEPARATOR,
     ChatMessage,
     CompletedRun,
     PackedStrings,
-    RunStatus,
     TokenLogprobs,
 )
 

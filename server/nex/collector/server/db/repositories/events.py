@@ -9,14 +9,10 @@ from typing import Any
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nex.collector.server.db.locks import EVENTS_LOCK
 from nex.collector.server.db.tables import run_events
-from nex.collector.server.domain.batches import RunError, RunEvent
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunError, RunEvent, RunStatus
 
-# Taken (transaction-scoped) right before events are inserted and held until commit,
-# so revisions become visible in increasing order: a reader that saw revision N
-# can never later find a committed event below N.
-EVENTS_LOCK = 7262002
 NOTIFY_CHANNEL = "nex_run_events"
 
 

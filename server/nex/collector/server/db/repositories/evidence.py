@@ -7,13 +7,11 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from nex.collector.server.db.locks import LINK_LOCK
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import evidence_links
 from nex.collector.server.domain.evidence import EvidenceLink, EvidenceStatus
 from nex.collector.server.domain.pagination import PageRequest
-
-# The first key of the per-batch linking locks (the second is the batch id's hash).
-LINK_LOCK = 7262003
 
 
 def _entity(row: Mapping[Any, Any]) -> EvidenceLink:

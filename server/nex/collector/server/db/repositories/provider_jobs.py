@@ -16,7 +16,7 @@ from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS, move
 from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
 from nex.collector.server.domain.batches import PROVIDER_JOB_FINAL_STATES, ProviderJobView
 from nex.collector.server.domain.run_transitions import CANCEL_RUNNING, FAIL, RELEASE, SUBMIT
-from nex.collector.server.domain.teacher import RunStatus
+from nex.collector.server.domain.runs import RunStatus
 
 # States after which the job needs nothing more from us.
 DONE = PROVIDER_JOB_FINAL_STATES

@@ -23,10 +23,8 @@ from sqlalchemy.dialects.postgresql import insert
 from nex.collector.server.db.answers import ANSWER_COLUMNS, TOKEN_COLUMNS, answer_columns
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import batches, runs, workers
-from nex.collector.server.domain.batches import Run, RunError, Usage
 from nex.collector.server.domain.estimates import prompt_token_bound
 from nex.collector.server.domain.pagination import PageRequest
-from nex.collector.server.domain.run_records import ClaimedRun, LostRun, RunEnding
 from nex.collector.server.domain.run_transitions import (
     CANCEL_QUEUED,
     CANCEL_RUNNING,
@@ -38,8 +36,17 @@ from nex.collector.server.domain.run_transitions import (
     Transition,
     ending,
 )
+from nex.collector.server.domain.runs import (
+    ClaimedRun,
+    LostRun,
+    Run,
+    RunEnding,
+    RunError,
+    RunStatus,
+    Usage,
+)
 from nex.collector.server.domain.sizes import page_cut
-from nex.collector.server.domain.teacher import ChatMessage, RunStatus, TokenLogprobs
+from nex.collector.server.domain.teacher import ChatMessage, TokenLogprobs
 from nex.collector.server.domain.validation import storable_text
 
 BASIC_COLUMNS: list[ColumnElement[Any]] = [c for c in runs.c if c.name not in TOKEN_COLUMNS]

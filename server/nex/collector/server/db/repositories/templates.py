@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from nex.collector.server.db.locks import TEMPLATE_NAME_SEED
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.tables import templates
 from nex.collector.server.domain.pagination import PageRequest
@@ -40,7 +41,8 @@ class TemplateRepository(Repository):
         """The next version of `name`; holds a transaction lock on the name so
         concurrent creates of one name get consecutive versions."""
         await self.session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 17))"), {"name": name}
+            text(f"SELECT pg_advisory_xact_lock(hashtextextended(:name, {TEMPLATE_NAME_SEED}))"),
+            {"name": name},
         )
         current = (
             await self.session.execute(

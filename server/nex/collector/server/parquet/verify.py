@@ -9,13 +9,13 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
 
-from nex.collector.server.datasets.schema import (
+from nex.collector.server.parquet.schema import (
     FILE_NAMES,
     FORMAT_VERSION,
     PARTS_FORMAT_VERSION,
     SCHEMAS,
 )
-from nex.collector.server.datasets.storage import MANIFEST_NAME, Location
+from nex.collector.server.parquet.storage import MANIFEST_NAME, Location
 
 __all__ = ["sha256_of", "verify_dataset"]
 

@@ -24,10 +24,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from nex.collector.server.datasets.columns import ChunkTables, LogprobColumns, estimated_bytes
-from nex.collector.server.datasets.schema import SCHEMAS
-from nex.collector.server.datasets.storage import Location
-from nex.collector.server.datasets.writer import (
+from nex.collector.server.domain.filters import Filter, FilterChain, describe, filter_to_dict
+from nex.collector.server.domain.scoring import MetricRegistry, compute_scores
+from nex.collector.server.domain.teacher import CompletedRun
+from nex.collector.server.parquet.columns import ChunkTables, LogprobColumns, estimated_bytes
+from nex.collector.server.parquet.schema import SCHEMAS
+from nex.collector.server.parquet.storage import Location
+from nex.collector.server.parquet.writer import (
     RESERVED_MANIFEST_KEYS,
     BuildResult,
     DatasetExistsError,
@@ -36,9 +39,6 @@ from nex.collector.server.datasets.writer import (
     json_default,
     remove_stale_staging,
 )
-from nex.collector.server.domain.filters import Filter, FilterChain, describe, filter_to_dict
-from nex.collector.server.domain.scoring import MetricRegistry, compute_scores
-from nex.collector.server.domain.teacher import CompletedRun
 
 __all__ = ["DEFAULT_MAX_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "Progress", "build_dataset"]
 

@@ -3,21 +3,21 @@
 See docs/dataset-format.md for the files and their columns.
 """
 
-from nex.collector.server.datasets.builder import (
+from nex.collector.server.parquet.builder import (
     DEFAULT_MAX_ROW_GROUP_BYTES,
     DEFAULT_ROW_GROUP_SIZE,
     Progress,
     build_dataset,
 )
-from nex.collector.server.datasets.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
-from nex.collector.server.datasets.storage import (
+from nex.collector.server.parquet.schema import FILE_NAMES, FORMAT_VERSION, SCHEMAS
+from nex.collector.server.parquet.storage import (
     MANIFEST_NAME,
     DatasetStore,
     Location,
     StorageConfigError,
 )
-from nex.collector.server.datasets.verify import verify_dataset
-from nex.collector.server.datasets.writer import (
+from nex.collector.server.parquet.verify import verify_dataset
+from nex.collector.server.parquet.writer import (
     BuildResult,
     DatasetExistsError,
     DatasetFileInfo,

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nex.collector.server.datasets.storage import MANIFEST_NAME, Location
+from nex.collector.server.parquet.storage import MANIFEST_NAME, Location
 
 __all__ = [
     "ManifestMismatch",

@@ -1,47 +1,24 @@
-"""Small helpers the use cases share."""
+"""Paging of the List RPCs: page size and token checks, one page per call."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
-from nex.collector.server.domain.errors import FailedPrecondition, NotFound, Violations
+from nex.collector.server.domain.errors import Violations
 from nex.collector.server.domain.pagination import PageRequest, decode_token, encode_token
 from nex.collector.server.domain.sizes import page_cut
-from nex.collector.server.domain.validation import check_id, page_size
+from nex.collector.server.domain.validation import page_size
 
-__all__ = ["check_id", "integration_disabled", "list_page", "now", "page_request", "require"]
+T = TypeVar("T")
 
-
-def now() -> datetime:
-    return datetime.now(UTC)
+Fetch = Callable[[UnitOfWork, PageRequest], Awaitable[tuple[Sequence[T], str | None]]]
 
 
 def page_request(v: Violations, size: int, token: str, filter_key: str) -> PageRequest:
     """Validates page_size and page_token into a PageRequest (violations go to `v`)."""
     return PageRequest(size=page_size(v, size), after=decode_token(v, token, filter_key))
-
-
-T = TypeVar("T")
-
-
-def integration_disabled(what: str) -> FailedPrecondition:
-    """What standalone mode answers when asked for something only NEX can take."""
-    return FailedPrecondition(
-        f"{what} need integrated mode: set MODE_INTEGRATION=integrated and NEX_BASE_URL",
-        reason="INTEGRATION_DISABLED",
-    )
-
-
-def require(value: T | None, resource: str, id_: str) -> T:
-    if value is None:
-        raise NotFound(resource, id_)
-    return value
-
-
-Fetch = Callable[[UnitOfWork, PageRequest], Awaitable[tuple[Sequence[T], str | None]]]
 
 
 async def list_page(

@@ -17,7 +17,9 @@ from itertools import accumulate
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nex.collector.server.datasets.schema import (
+from nex.collector.server.domain.scoring import has_logprobs, score_sources
+from nex.collector.server.domain.teacher import TOKEN_SEPARATOR, CompletedRun, PackedStrings
+from nex.collector.server.parquet.schema import (
     EXAMPLES,
     INPUTS,
     MESSAGE,
@@ -29,8 +31,6 @@ from nex.collector.server.datasets.schema import (
     VARIABLE,
     list_of,
 )
-from nex.collector.server.domain.scoring import has_logprobs, score_sources
-from nex.collector.server.domain.teacher import TOKEN_SEPARATOR, CompletedRun, PackedStrings
 
 __all__ = ["ChunkTables", "LogprobColumns", "estimated_bytes"]
 

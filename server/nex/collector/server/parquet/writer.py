@@ -23,13 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nex.collector.server.datasets.schema import (
+from nex.collector.server.parquet.schema import (
     FILE_NAMES,
     FORMAT_VERSION,
     PARTS_FORMAT_VERSION,
     SCHEMAS,
 )
-from nex.collector.server.datasets.storage import (
+from nex.collector.server.parquet.storage import (
     DIR_MODE,
     FILE_MODE,
     MANIFEST_NAME,
