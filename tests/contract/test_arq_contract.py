@@ -105,7 +105,7 @@ def test_serialize_job_writes_what_arq_reads() -> None:
     ]
     job = deserialize_job(serialize_job(EXECUTE_RUN, ("run_1",), {}, None, 1_700_000_000_123))
     assert (job.function, job.args, job.kwargs) == (EXECUTE_RUN, ("run_1",), {})
-    assert job.job_try is None  # type: ignore[comparison-overlap]  # arq's hint says int
+    assert job.job_try is None
     assert job.enqueue_time == ms_to_datetime(1_700_000_000_123)
 
 

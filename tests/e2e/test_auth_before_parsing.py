@@ -50,7 +50,7 @@ def _call(channel: grpc.Channel, method: str, body: bytes, token: str | None) ->
 
 
 def _bad_request(error: grpc.RpcError) -> error_details_pb2.BadRequest:
-    trailers: Any = error.trailing_metadata()  # type: ignore[attr-defined]
+    trailers: Any = error.trailing_metadata()
     raw = dict(trailers or ())["grpc-status-details-bin"]
     status = status_pb2.Status.FromString(raw)
     for detail in status.details:

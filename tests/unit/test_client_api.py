@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
 
 import nex.collector.client as client_pkg

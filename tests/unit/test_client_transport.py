@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from nex.collector.client import (

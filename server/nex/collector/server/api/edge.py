@@ -260,7 +260,7 @@ class EdgeInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         if handler is None or not method.startswith(self._prefixes):
             return handler
         if handler.unary_unary:

@@ -185,11 +185,11 @@ class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(details)
         if handler is None:
             return handler
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         decode = _decoder(handler, method)
         if method.startswith(OPEN_SERVICES):
             return _guard(handler, decode, _open_call, _open_stream)
-        metadata = tuple(details.invocation_metadata or ())  # type: ignore[attr-defined]
+        metadata = tuple(details.invocation_metadata or ())
         authorised = self._authorised(metadata)
         # Echoed in the trailers: clipped, so a long one cannot overflow them.
         incoming = next((str(v)[:MAX_REQUEST_ID] for k, v in metadata if k == "x-request-id"), None)

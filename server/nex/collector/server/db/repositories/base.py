@@ -31,5 +31,5 @@ class Repository:
         )
         if len(rows) > page.size:
             rows = rows[: page.size]
-            return rows, str(rows[-1][key.key])  # type: ignore[attr-defined]
+            return rows, str(rows[-1][key.key])
         return rows, None
