@@ -55,12 +55,12 @@ def main() -> None:
     # tiktoken would download its encodings (no network here); litellm, a
     # dependency of Curator, ships cl100k_base and o200k_base under the names
     # tiktoken's cache uses.
-    import litellm  # type: ignore[import-not-found,unused-ignore]
+    import litellm
 
     tokenizers = os.path.join(os.path.dirname(litellm.__file__), "litellm_core_utils", "tokenizers")
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", tokenizers)
 
-    from bespokelabs import curator  # type: ignore[import-not-found,unused-ignore]
+    from bespokelabs import curator
 
     prompts = [
         USER.format(topic=f"subject {i}") for i in range(args.offset, args.offset + args.runs)

@@ -31,7 +31,7 @@ from nex.collector.v1 import teacher_service_pb2_grpc as pb_grpc
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.backing import Backing
-from tests.support.cli import invoke, no_traceback
+from tests.support.cli import invoke, no_traceback, printed_id
 from tests.support.collector import collector_settings
 from tests.support.db import execute
 from tests.support.processes import WorkerProcess
@@ -348,7 +348,7 @@ def test_the_cli_shows_spend_against_the_cap_and_stops_on_a_pause(
     no_traceback(result)
     assert result.exit_code == 0, result.output
     assert "budget $" in result.output and "of cap $" in result.output
-    batch_id = re.search(r"(bat_\w+)", result.output).group(1)  # type: ignore[union-attr]
+    batch_id = printed_id(result, "bat")
     assert f"nex-collector batch update {batch_id} --max-cost-usd" in result.output
     assert client.get_batch(batch_id).status == BatchStatus.PAUSED
 

@@ -22,7 +22,7 @@ from nex.collector.client import (
 )
 from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
-from tests.support.cli import invoke, no_traceback
+from tests.support.cli import invoke, no_traceback, printed_id
 
 # ------------------------------------------------------------------ helpers
 
@@ -67,7 +67,7 @@ def test_batch_create_watch_and_show(
     )  # fmt: skip
     no_traceback(result)
     assert result.exit_code == 0, result.output
-    batch_id = re.search(r"(bat_\w+)", result.output).group(1)  # type: ignore[union-attr]
+    batch_id = printed_id(result, "bat")
     assert "queued 7 runs" in result.output
     batch = client.get_batch(batch_id)
     assert (batch.name, batch.counts.total, batch.counts.completed) == (name, 7, 7)
@@ -77,7 +77,7 @@ def test_batch_create_watch_and_show(
     shown = invoke(collector, "batch", "show", batch_id, "--runs", "2")
     assert shown.exit_code == 0, shown.output
     assert "completed 7" in shown.output and "total 7" in shown.output
-    run_id = re.search(r"(run_\w+)", shown.output).group(1)  # type: ignore[union-attr]
+    run_id = printed_id(shown, "run")
 
     run = invoke(collector, "run", "show", run_id, "--tokens", "3")
     assert run.exit_code == 0, run.output
@@ -215,7 +215,7 @@ def test_dataset_build_show_and_verify(
     )  # fmt: skip
     no_traceback(built)
     assert built.exit_code == 0, built.output
-    dataset_id = re.search(r"(ds_\w+)", built.output).group(1)  # type: ignore[union-attr]
+    dataset_id = printed_id(built, "ds")
     for words in ("ready", "score quantiles", "p50", "mean_logprob", "runs dropped per filter"):
         assert words in built.output
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from nex.collector.client import Client, InvalidArgumentError, NotFoundError
+from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import unique
 
 
@@ -89,7 +90,7 @@ def test_bad_page_token_and_negative_page_size(client: Client) -> None:
     assert [v.field for v in caught.value.field_violations] == ["page_size"]
 
 
-def test_page_token_is_bound_to_its_filter(client: Client, collector: object) -> None:
+def test_page_token_is_bound_to_its_filter(client: Client, collector: CollectorEnvironment) -> None:
     import grpc
 
     from nex.collector.v1 import context_ref_service_pb2 as pb
@@ -98,9 +99,9 @@ def test_page_token_is_bound_to_its_filter(client: Client, collector: object) ->
     nex_id = unique("bound")
     for v in range(3):
         client.create_context_ref(nex_id, str(v))
-    with grpc.insecure_channel(collector.address) as channel:  # type: ignore[attr-defined]
+    with grpc.insecure_channel(collector.address) as channel:
         stub = pb_grpc.ContextRefServiceStub(channel)
-        md = (("authorization", f"Bearer {collector.token}"),)  # type: ignore[attr-defined]
+        md = (("authorization", f"Bearer {collector.token}"),)
         page = stub.ListContextRefs(
             pb.ListContextRefsRequest(nex_context_id=nex_id, page_size=2), metadata=md
         )

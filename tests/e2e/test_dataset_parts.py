@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import teacher_settings, unique
 from tests.fakes.teacher_api import FakeTeacherAPI
 from tests.support.backing import Backing
-from tests.support.cli import invoke, no_traceback
+from tests.support.cli import invoke, no_traceback, printed_id
 from tests.support.collector import TOKEN, collector_settings
 from tests.support.db import execute, fetch_all
 from tests.support.processes import WorkerProcess
@@ -220,7 +219,7 @@ def test_the_cli_builds_shows_and_verifies_a_dataset_in_parts(
     no_traceback(built)
     assert built.exit_code == 0, built.output
     assert "examples/part-00001.parquet" in built.output and "length_chars" in built.output
-    dataset_id = re.search(r"(ds_\w+)", built.output).group(1)  # type: ignore[union-attr]
+    dataset_id = printed_id(built, "ds")
     verified = invoke(collector, "dataset", "verify", dataset_id)
     assert verified.exit_code == 0 and "every file matches manifest.json" in verified.output
     folder = invoke(None, "dataset", "verify", str(_folder(_manifest(collector, dataset_id))))

@@ -77,9 +77,15 @@ def _folder(manifest: DatasetManifest) -> Path:
 
 
 def _build(
-    client: Client, batch_ids: list[str], filters: Sequence[Filter] = (), **kw: object
+    client: Client,
+    batch_ids: list[str],
+    filters: Sequence[Filter] = (),
+    *,
+    allow_empty: bool = False,
 ) -> DatasetManifest:
-    started = client.build_dataset(unique("set"), "v1", batch_ids, filters=filters, **kw)  # type: ignore[arg-type]
+    started = client.build_dataset(
+        unique("set"), "v1", batch_ids, filters=filters, allow_empty=allow_empty
+    )
     assert started.status == DatasetStatus.BUILDING
     return client.wait_dataset(started.id, timeout=60)
 

@@ -5,8 +5,8 @@ raced through the shipped async client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -29,10 +29,15 @@ async def race(make: Callable[[], Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*(make() for _ in range(CALLERS))))
 
 
-def one_id(results: list[Any]) -> str:
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+def one_id(results: Sequence[_Identified]) -> str:
     ids = {r.id for r in results}
     assert len(ids) == 1, ids
-    return ids.pop()  # type: ignore[no-any-return]
+    return ids.pop()
 
 
 async def count(items: AsyncIterator[Any]) -> int:

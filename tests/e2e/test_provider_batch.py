@@ -527,7 +527,7 @@ def test_bad_modes_and_deadlines_are_named(client: Client, template: PromptTempl
         _batch(client, template, deadline=timedelta(days=400))
     assert [v.field for v in err.value.field_violations] == ["deadline_after"]
     with pytest.raises(InvalidArgumentError) as err:
-        _batch(client, template, mode=7)  # type: ignore[arg-type]
+        _batch(client, template, mode=7)  # type: ignore[arg-type]  # deliberately unknown
     assert [v.field for v in err.value.field_violations] == ["execution_mode"]
 
 

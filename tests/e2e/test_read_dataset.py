@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -96,8 +97,15 @@ async def test_the_async_client_reads_the_same(
     assert table.equals(_local(ready, "inputs")) and rows == 7
 
 
+class _ReadArgs(TypedDict, total=False):
+    file: str
+    columns: list[str]
+    offset: int
+    limit: int
+
+
 def test_bad_reads_name_the_field(client: Client, ready: DatasetManifest) -> None:
-    cases = [
+    cases: list[tuple[_ReadArgs, str]] = [
         ({"file": "secrets.parquet"}, "file"),
         ({"file": ""}, "file"),
         ({"file": "targets", "columns": ["y_text", "nope"]}, "columns[1]"),
@@ -108,7 +116,7 @@ def test_bad_reads_name_the_field(client: Client, ready: DatasetManifest) -> Non
     ]
     for kwargs, field in cases:
         with pytest.raises(InvalidArgumentError) as caught:
-            client.read_dataset(ready.id, **kwargs)  # type: ignore[arg-type]
+            client.read_dataset(ready.id, **kwargs)
         assert field in {v.field for v in caught.value.field_violations}, kwargs
     with pytest.raises(InvalidArgumentError) as caught:
         client.read_dataset("not an id", file="targets")

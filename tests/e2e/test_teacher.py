@@ -42,7 +42,7 @@ def template(client: Client) -> PromptTemplate:
 
 
 def _batch(
-    client: Client, template: PromptTemplate, provider: str = "mock", **params: object
+    client: Client, template: PromptTemplate, provider: str = "mock", top_logprobs: int = 3
 ) -> TeacherBatch:
     model = {"mock": "mock-1", "openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}[
         provider
@@ -52,7 +52,7 @@ def _batch(
         template.id,
         provider,
         model,
-        params=GenerationParams(**{"top_logprobs": 3, "max_tokens": 24, **params}),  # type: ignore[arg-type]
+        params=GenerationParams(top_logprobs=top_logprobs, max_tokens=24),
     )
 
 

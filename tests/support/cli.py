@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 from typer.testing import CliRunner, Result
@@ -24,3 +25,10 @@ def invoke(collector: CollectorEnvironment | None, *args: str) -> Result:
 def no_traceback(result: Result) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output
+
+
+def printed_id(result: Result, prefix: str) -> str:
+    """The first ``PREFIX_...`` id the command printed (the test fails without one)."""
+    match = re.search(rf"({prefix}_\w+)", result.output)
+    assert match, result.output
+    return match.group(1)

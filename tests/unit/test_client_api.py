@@ -195,7 +195,9 @@ def test_run_without_error_has_none() -> None:
 
 
 def test_unknown_enum_value_becomes_unspecified() -> None:
-    event = _convert.run_event(teacher_pb2.RunEvent(revision=3, status=99))  # type: ignore[arg-type]
+    event = _convert.run_event(
+        teacher_pb2.RunEvent(revision=3, status=teacher_pb2.RunStatus.ValueType(99))
+    )
     assert event.status is RunStatus.UNSPECIFIED
 
 
@@ -227,7 +229,7 @@ def test_filters_round_trip() -> None:
     assert protos[1].regex.must_match is True
     assert [_convert.filter_from_proto(p) for p in protos] == filters
     with pytest.raises(TypeError):
-        _convert.filter_to_proto("length")  # type: ignore[arg-type]
+        _convert.filter_to_proto("length")  # type: ignore[arg-type]  # deliberately not a Filter
 
 
 def test_dataset_conversion() -> None:

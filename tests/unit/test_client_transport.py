@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -176,7 +176,7 @@ class FakeTeacher(teacher_service_pb2_grpc.TeacherServiceServicer):
 
 def new_fake() -> FakeTeacher:
     # The servicer's other RPCs keep the generated UNIMPLEMENTED bodies.
-    return FakeTeacher()  # type: ignore[abstract]
+    return FakeTeacher()  # type: ignore[abstract]  # mypy-protobuf marks every RPC abstract
 
 
 @asynccontextmanager
@@ -367,7 +367,8 @@ async def test_watch_survives_a_server_restart() -> None:
     await asyncio.sleep(0.3)
     async with serve(fake, port):
         seen.append((await asyncio.wait_for(nxt, 10)).revision)
-        await watch.aclose()  # type: ignore[attr-defined]
+        assert isinstance(watch, AsyncGenerator)
+        await watch.aclose()
         await client.close()
     assert seen == list(range(1, 11))
     assert fake.watch_requests[-1].after_revision == 9
@@ -392,7 +393,8 @@ def test_sync_client_in_a_thread_while_a_loop_runs() -> None:
                         client.get_batch("zzz")
                     it: Iterator[RunEvent] = client.watch_batch("b1")
                     results["first"] = next(it).revision
-                    it.close()  # type: ignore[attr-defined]
+                    assert isinstance(it, Generator)
+                    it.close()
 
             await asyncio.to_thread(use_sync)
 
@@ -476,7 +478,7 @@ class FakeDatasets(dataset_service_pb2_grpc.DatasetServiceServicer):
 
 async def test_wait_dataset() -> None:
     server = aio.server()
-    fake = FakeDatasets()  # type: ignore[abstract]
+    fake = FakeDatasets()  # type: ignore[abstract]  # mypy-protobuf marks every RPC abstract
     dataset_service_pb2_grpc.add_DatasetServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

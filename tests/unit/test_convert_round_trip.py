@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
@@ -183,8 +184,8 @@ def encode(value: Any, msg: Message) -> None:
     """Fills ``msg`` from a client value, reading each proto field from the
     attribute of the same name (AttributeError: the client lacks the field)."""
     name = msg.DESCRIPTOR.full_name
-    if name == "google.protobuf.Timestamp":
-        msg.FromDatetime(value)  # type: ignore[attr-defined]
+    if isinstance(msg, timestamp_pb2.Timestamp):
+        msg.FromDatetime(value)
         return
     if name in _CLIENT_TO_PROTO:
         msg.CopyFrom(_CLIENT_TO_PROTO[name](value))

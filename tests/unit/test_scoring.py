@@ -169,7 +169,7 @@ def test_registry_refuses_bad_registrations() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         registry.register("", lambda run: 2.0)
     with pytest.raises(TypeError, match="not callable"):
-        registry.register("x", 3)  # type: ignore[arg-type]
+        registry.register("x", 3)  # type: ignore[arg-type]  # deliberately not callable
     assert registry.names == ("ok",) and "ok" in registry and len(registry) == 1
     assert set(BUILTIN_SCORES) >= {"mean_entropy", "perplexity"}
 

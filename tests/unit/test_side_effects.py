@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from sqlalchemy.pool import QueuePool
 
 from nex.collector.server import bootstrap
 from nex.collector.server.api.errors import status_for
@@ -169,7 +170,7 @@ def test_retryable_statuses_carry_retry_info() -> None:
         (domain.Unavailable("NEX is down"), grpc.StatusCode.UNAVAILABLE, 1.0),
         (domain.ResourceExhausted("slow down"), grpc.StatusCode.RESOURCE_EXHAUSTED, 1.0),
         (
-            domain.ResourceExhausted("slow down", retry_after_s=2.5),  # type: ignore[call-arg,unused-ignore]
+            domain.ResourceExhausted("slow down", retry_after_s=2.5),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             2.5,
         ),
@@ -196,5 +197,6 @@ def test_the_database_pool_is_a_setting() -> None:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    assert engine.pool.size() == 3  # type: ignore[attr-defined]
-    assert engine.pool._max_overflow == 7  # type: ignore[attr-defined]
+    assert isinstance(engine.pool, QueuePool)
+    assert engine.pool.size() == 3
+    assert engine.pool._max_overflow == 7

@@ -343,7 +343,7 @@ class AsyncClient:
         is not done by ``deadline`` (a time, or a duration from now) minus a
         margin."""
         request = teacher_service_pb2.CreateBatchRequest(
-            execution_mode=int(execution_mode),  # type: ignore[arg-type]
+            execution_mode=teacher_pb2.ExecutionMode.ValueType(execution_mode),
         )
         if isinstance(deadline, timedelta):
             request.deadline_after.FromTimedelta(deadline)

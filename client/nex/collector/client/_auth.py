@@ -27,6 +27,7 @@ class _TokenInterceptor:
         return f"{type(self).__name__}(token=***)"
 
 
+# ignore: generic in grpc-stubs only, the runtime class is not subscriptable
 class _UnaryUnaryToken(_TokenInterceptor, aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(
         self,
@@ -37,6 +38,7 @@ class _UnaryUnaryToken(_TokenInterceptor, aio.UnaryUnaryClientInterceptor):  # t
         return await continuation(_with_token(client_call_details, self._header), request)
 
 
+# ignore: generic in grpc-stubs only, the runtime class is not subscriptable
 class _UnaryStreamToken(_TokenInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(
         self,

@@ -76,7 +76,8 @@ def start_embedded(data_dir: Path) -> EmbeddedServices:
             f"({exc.name or exc}): set both URLs, or pip install 'nex-collector[embedded]'"
         ) from None
 
-    pg = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")  # type: ignore[attr-defined]
+    # Named where it is defined: pgserver's __init__ does not re-export it for mypy.
+    pg = pgserver.postgres_server.get_server(data_dir / "postgres", cleanup_mode="stop")
     pg_dir = quote(str(data_dir / "postgres"), safe="")
     database_url = f"postgresql+asyncpg://postgres@/postgres?host={pg_dir}"
     embedded_redis = EmbeddedRedis(data_dir / "redis")

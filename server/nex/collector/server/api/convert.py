@@ -86,13 +86,15 @@ _BATCH_STATUS = {
 }
 
 
-def run_status_from_pb(value: int, field: str = "status") -> RunStatus | None:
+def run_status_from_pb(
+    value: teacher_pb2.RunStatus.ValueType, field: str = "status"
+) -> RunStatus | None:
     """None for UNSPECIFIED; an unknown number is INVALID_ARGUMENT."""
     if value == teacher_pb2.RUN_STATUS_UNSPECIFIED:
         return None
     if value not in _RUN_STATUS_FROM_PB:
         raise InvalidArgument.one(field, f"unknown run status {value}")
-    return _RUN_STATUS_FROM_PB[value]  # type: ignore[index]
+    return _RUN_STATUS_FROM_PB[value]
 
 
 def params_from_pb(p: teacher_pb2.GenerationParams) -> GenerationParams:

@@ -245,6 +245,7 @@ def check_request(request: Message) -> None:
     walk.v.raise_if_any()
 
 
+# ignore: generic in grpc-stubs only, the runtime class is not subscriptable
 class EdgeInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Runs check_request on every request of our services before the servicer.
 

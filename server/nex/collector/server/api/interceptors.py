@@ -160,6 +160,7 @@ async def _open_stream(
         await _refuse_malformed(context, exc)
 
 
+# ignore: generic in grpc-stubs only, the runtime class is not subscriptable
 class ServerInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Request id, auth, decoding and error mapping, in that order, for every RPC."""
 

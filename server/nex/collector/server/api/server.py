@@ -96,7 +96,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lack .aio
         self._monitor: asyncio.Task[None] | None = None
         self.port = 0
 

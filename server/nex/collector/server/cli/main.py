@@ -28,6 +28,8 @@ from nex.collector.server.cli.demo import demo
 from nex.collector.server.cli.teachers import teachers
 
 if TYPE_CHECKING:
+    from nex.collector.server.api.server import GrpcServer
+    from nex.collector.server.bootstrap import Container
     from nex.collector.server.config import Settings
 
 app = typer.Typer(
@@ -102,7 +104,7 @@ def _run(
     # stays private to the service's user and group.
     os.umask(PRIVATE_UMASK)
 
-    def ready(container: object, server: object) -> None:
+    def ready(container: Container, server: GrpcServer | None) -> None:
         where = (
             "embedded PostgreSQL + Redis in " + str(settings.data_dir)
             if settings.embedded
@@ -110,7 +112,7 @@ def _run(
         )
         parts = []
         if server is not None:
-            parts.append(f"gRPC on {server.address}")  # type: ignore[attr-defined]
+            parts.append(f"gRPC on {server.address}")
         if work:
             parts.append("worker running")
         if worker_processes:

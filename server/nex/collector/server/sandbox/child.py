@@ -11,6 +11,7 @@ process, and answers INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import mmap
@@ -107,7 +108,7 @@ class Sandbox:
                     compiled,
                     variables,
                     i,
-                    lambda k, i=i: self._mark(i, k),  # type: ignore[misc]
+                    functools.partial(self._mark, i),
                 )
             except RenderFailed as exc:
                 return {"failed": [exc.index, SOURCE_FIELDS.index(exc.field), exc.description]}

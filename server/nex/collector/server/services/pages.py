@@ -30,18 +30,20 @@ async def list_page(
     v: Violations | None = None,
     *,
     size_of: Callable[[T], int] | None = None,
-    id_of: Callable[[T], str] = lambda item: item.id,  # type: ignore[attr-defined]
+    id_of: Callable[[T], str] | None = None,
 ) -> tuple[Sequence[T], str]:
     """One page of a List RPC: validates size and token (with any violations
     already in `v`), fetches, and issues the next token bound to `key`. With
-    `size_of`, the page also ends once its items reach PAGE_BYTES (pages are
-    keyed by id, so the next one starts after the last item kept)."""
+    `size_of`, the page also ends once its items reach PAGE_BYTES; then `id_of`
+    is needed too (pages are keyed by id: the next starts after the last kept)."""
+    if size_of is not None and id_of is None:
+        raise TypeError("list_page: size_of needs id_of")
     v = v or Violations()
     page = page_request(v, page_size, page_token, key)
     v.raise_if_any()
     async with uow() as tx:
         items, last = await fetch(tx, page)
-    if size_of is not None:
+    if size_of is not None and id_of is not None:
         kept = page_cut([size_of(item) for item in items])
         if kept < len(items):
             items, last = items[:kept], id_of(items[kept - 1])

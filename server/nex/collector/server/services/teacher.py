@@ -491,7 +491,9 @@ class Teacher:
             return await tx.runs.page(page, batch_id=batch_id, status=status, full=full)
 
         key = f"runs|{batch_id}|{status or ''}"
-        return await list_page(self._uow, key, page_size, page_token, fetch, v, size_of=run_bytes)
+        return await list_page(
+            self._uow, key, page_size, page_token, fetch, v, size_of=run_bytes, id_of=lambda r: r.id
+        )
 
     async def set_run_scores(self, run_id: str, scores: Mapping[str, float]) -> Run:
         v = Violations()
