@@ -8,12 +8,16 @@ from nex.collector.v1 import context_ref_service_pb2_grpc as pb_grpc
 
 
 class ContextRefServicer(pb_grpc.ContextRefServiceServicer):
+    """ContextRefService over the ContextRefs use cases."""
+
     def __init__(self, context_refs: ContextRefs) -> None:
         self._refs = context_refs
 
     async def CreateContextRef(
         self, request: pb.CreateContextRefRequest, context: Context
     ) -> pb.CreateContextRefResponse:
+        """Registers a NEX context; the same context version, or request id, again
+        returns the existing reference."""
         ref = await self._refs.create(
             NewContextRef(
                 nex_context_id=request.nex_context_id,
@@ -27,6 +31,7 @@ class ContextRefServicer(pb_grpc.ContextRefServiceServicer):
     async def GetContextRef(
         self, request: pb.GetContextRefRequest, context: Context
     ) -> pb.GetContextRefResponse:
+        """One reference by id (NOT_FOUND when there is none)."""
         return pb.GetContextRefResponse(
             context_ref=convert.context_ref(await self._refs.get(request.id))
         )
@@ -34,6 +39,7 @@ class ContextRefServicer(pb_grpc.ContextRefServiceServicer):
     async def ListContextRefs(
         self, request: pb.ListContextRefsRequest, context: Context
     ) -> pb.ListContextRefsResponse:
+        """A page of references, of one NEX context when named."""
         items, token = await self._refs.list(
             nex_context_id=request.nex_context_id,
             page_size=request.page_size,

@@ -13,12 +13,16 @@ from nex.collector.v1 import dataset_service_pb2_grpc as pb_grpc
 
 
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
+    """DatasetService over the Datasets use cases."""
+
     def __init__(self, datasets: Datasets) -> None:
         self._datasets = datasets
 
     async def BuildDataset(
         self, request: pb.BuildDatasetRequest, context: Context
     ) -> pb.BuildDatasetResponse:
+        """Validates every filter (all bad ones reported together), stores the
+        manifest as BUILDING and returns it; a worker builds the files."""
         v = Violations()
         filters: list[Filter] = []
         for i, f in enumerate(request.filters):
@@ -45,11 +49,13 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     async def GetDataset(
         self, request: pb.GetDatasetRequest, context: Context
     ) -> pb.GetDatasetResponse:
+        """One dataset's manifest by id."""
         return pb.GetDatasetResponse(dataset=convert.dataset(await self._datasets.get(request.id)))
 
     async def ListDatasets(
         self, request: pb.ListDatasetsRequest, context: Context
     ) -> pb.ListDatasetsResponse:
+        """A page of datasets, of one name when named."""
         items, token = await self._datasets.list(
             name=request.name, page_size=request.page_size, page_token=request.page_token
         )
@@ -60,6 +66,8 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     async def ReadDataset(
         self, request: pb.ReadDatasetRequest, context: Context
     ) -> AsyncIterator[pb.ReadDatasetResponse]:
+        """Streams one file of a READY dataset as Arrow IPC messages: the schema
+        first, then record batches."""
         async for message, rows in self._datasets.read(
             request.dataset_id,
             file=request.file,
@@ -72,6 +80,8 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
     async def VerifyDataset(
         self, request: pb.VerifyDatasetRequest, context: Context
     ) -> pb.VerifyDatasetResponse:
+        """Rechecks the stored files against the manifest; the problems found, the
+        first MAX_VIOLATIONS of them and how many more."""
         dataset, problems = await self._datasets.verify(request.id)
         shown = list(problems[:MAX_VIOLATIONS])
         if len(problems) > len(shown):

@@ -8,12 +8,15 @@ from nex.collector.v1 import evidence_service_pb2_grpc as pb_grpc
 
 
 class EvidenceServicer(pb_grpc.EvidenceServiceServicer):
+    """EvidenceService over the Evidence use cases (integrated mode)."""
+
     def __init__(self, evidence: Evidence) -> None:
         self._evidence = evidence
 
     async def CreateEvidenceLink(
         self, request: pb.CreateEvidenceLinkRequest, context: Context
     ) -> pb.CreateEvidenceLinkResponse:
+        """Records a link for delivery to NEX (idempotent by request id)."""
         link = await self._evidence.create(
             NewEvidenceLink(
                 context_ref_id=request.context_ref_id,
@@ -29,6 +32,7 @@ class EvidenceServicer(pb_grpc.EvidenceServiceServicer):
     async def GetEvidenceLink(
         self, request: pb.GetEvidenceLinkRequest, context: Context
     ) -> pb.GetEvidenceLinkResponse:
+        """One link, with its delivery state, by id."""
         return pb.GetEvidenceLinkResponse(
             evidence_link=convert.evidence_link(await self._evidence.get(request.id))
         )
@@ -36,6 +40,7 @@ class EvidenceServicer(pb_grpc.EvidenceServiceServicer):
     async def ListEvidenceLinks(
         self, request: pb.ListEvidenceLinksRequest, context: Context
     ) -> pb.ListEvidenceLinksResponse:
+        """A page of links, of one context reference when named."""
         items, token = await self._evidence.list(
             context_ref_id=request.context_ref_id,
             page_size=request.page_size,

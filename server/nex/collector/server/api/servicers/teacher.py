@@ -49,6 +49,9 @@ def _full(view: int, default: bool) -> bool:
 
 
 class TeacherServicer(pb_grpc.TeacherServiceServicer):
+    """TeacherService over the Teacher use cases, the run watcher and the
+    configured teacher endpoints."""
+
     def __init__(
         self, teacher: Teacher, watcher: RunWatcher, endpoints: TeacherEndpoints | None = None
     ) -> None:
@@ -59,6 +62,8 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def CreateBatch(
         self, request: pb.CreateBatchRequest, context: Context
     ) -> pb.CreateBatchResponse:
+        """Creates an empty batch (idempotent by request id), with its cost cap,
+        execution mode and deadline."""
         view = await self._teacher.create_batch(
             NewBatch(
                 name=request.name,
@@ -81,6 +86,8 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def UpdateBatch(
         self, request: pb.UpdateBatchRequest, context: Context
     ) -> pb.UpdateBatchResponse:
+        """Changes the masked fields (only max_cost_usd); raising the cap of a
+        batch paused by its budget resumes it."""
         b = request.batch
         view = await self._teacher.update_batch(
             b.id,
@@ -92,6 +99,8 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def EstimateBatch(
         self, request: pb.EstimateBatchRequest, context: Context
     ) -> pb.EstimateBatchResponse:
+        """The worst-case cost of a would-be batch: renders each input, creates
+        nothing and calls no teacher."""
         estimate = await self._teacher.estimate_batch(
             template_id=request.template_id,
             provider=request.provider,
@@ -102,11 +111,13 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
         return pb.EstimateBatchResponse(estimate=convert.cost_estimate(estimate))
 
     async def GetBatch(self, request: pb.GetBatchRequest, context: Context) -> pb.GetBatchResponse:
+        """One batch with its counts, usage and budget."""
         return pb.GetBatchResponse(batch=convert.batch(await self._teacher.get_batch(request.id)))
 
     async def ListBatches(
         self, request: pb.ListBatchesRequest, context: Context
     ) -> pb.ListBatchesResponse:
+        """A page of batches with their counts, usage and budgets."""
         views, token = await self._teacher.list_batches(
             page_size=request.page_size, page_token=request.page_token
         )
@@ -117,6 +128,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def CancelBatch(
         self, request: pb.CancelBatchRequest, context: Context
     ) -> pb.CancelBatchResponse:
+        """Cancels the batch's queued runs and stops its further teacher calls."""
         return pb.CancelBatchResponse(
             batch=convert.batch(await self._teacher.cancel_batch(request.id))
         )
@@ -124,6 +136,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def CreateRun(
         self, request: pb.CreateRunRequest, context: Context
     ) -> pb.CreateRunResponse:
+        """Renders the batch's template with the variables and queues one run."""
         runs = await self._teacher.create_runs(
             request.batch_id, [NewRun(dict(request.variables), request.request_id)], single=True
         )
@@ -132,16 +145,21 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def BatchCreateRuns(
         self, request: pb.BatchCreateRunsRequest, context: Context
     ) -> pb.BatchCreateRunsResponse:
+        """Queues many runs at once; one bad input rejects the call and creates
+        nothing."""
         runs = await self._teacher.create_runs(
             request.batch_id, [NewRun(dict(r.variables), r.request_id) for r in request.runs]
         )
         return pb.BatchCreateRunsResponse(runs=[convert.run_created(r) for r in runs])
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        """One run, in the full view unless the request asks for the basic one."""
         run = await self._teacher.get_run(request.id, full=_full(request.view, True))
         return pb.GetRunResponse(run=convert.run(run))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        """A page of a batch's runs, of one status when set; basic view unless
+        asked for full (pages also end by size, see list_page)."""
         runs, token = await self._teacher.list_runs(
             batch_id=request.batch_id,
             status=convert.run_status_from_pb(request.status),
@@ -156,6 +174,8 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     ) -> AsyncIterator[pb.WatchRunsResponse | bytes]:
         # Messages go out already encoded (bytes): each event is encoded once per
         # server process and the encoding shared by every watcher it reaches.
+        """Replays the events after after_revision, then follows live ones, with
+        heartbeats and provider job progress between them."""
         async for item in self._watcher.watch(
             batch_id=request.batch_id,
             run_id=request.run_id,
@@ -188,12 +208,15 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
     async def SetRunScores(
         self, request: pb.SetRunScoresRequest, context: Context
     ) -> pb.SetRunScoresResponse:
+        """Attaches named scores (e.g. a judge's) to a completed run."""
         run = await self._teacher.set_run_scores(request.run_id, dict(request.scores))
         return pb.SetRunScoresResponse(run=convert.run(run))
 
     async def ListTeachers(
         self, request: pb.ListTeachersRequest, context: Context
     ) -> pb.ListTeachersResponse:
+        """The teacher endpoints a batch may name, with their live usage (none
+        when no teachers are configured)."""
         views = await self._endpoints.list_teachers() if self._endpoints else []
         return pb.ListTeachersResponse(teachers=[convert.teacher_endpoint(v) for v in views])
 

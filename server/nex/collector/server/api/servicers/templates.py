@@ -8,12 +8,16 @@ from nex.collector.v1 import template_service_pb2_grpc as pb_grpc
 
 
 class TemplateServicer(pb_grpc.TemplateServiceServicer):
+    """TemplateService over the Templates use cases."""
+
     def __init__(self, templates: Templates) -> None:
         self._templates = templates
 
     async def CreateTemplate(
         self, request: pb.CreateTemplateRequest, context: Context
     ) -> pb.CreateTemplateResponse:
+        """Checks the template compiles and stores it as the next version of its
+        name (idempotent by request id)."""
         created = await self._templates.create(
             NewTemplate(
                 name=request.name,
@@ -29,6 +33,7 @@ class TemplateServicer(pb_grpc.TemplateServiceServicer):
     async def GetTemplate(
         self, request: pb.GetTemplateRequest, context: Context
     ) -> pb.GetTemplateResponse:
+        """One template version by id."""
         return pb.GetTemplateResponse(
             template=convert.template(await self._templates.get(request.id))
         )
@@ -36,6 +41,7 @@ class TemplateServicer(pb_grpc.TemplateServiceServicer):
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
+        """A page of templates, of one name's versions when named."""
         items, token = await self._templates.list(
             name=request.name, page_size=request.page_size, page_token=request.page_token
         )

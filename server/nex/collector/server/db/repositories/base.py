@@ -12,6 +12,9 @@ from nex.collector.server.domain.pagination import PageRequest
 
 
 class Repository:
+    """Base of the table repositories: one unit of work's session, one-row lookups
+    and keyset pages."""
+
     table: Table
 
     def __init__(self, session: AsyncSession) -> None:

@@ -75,6 +75,8 @@ def _select() -> Select[Any]:
 
 
 class BatchRepository(Repository):
+    """Batches, their budget rows, and the views derived from their runs."""
+
     table = batches
 
     async def get(
@@ -89,10 +91,13 @@ class BatchRepository(Repository):
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> Batch | None:
+        """The batch an earlier create with this request id made (idempotent retries)."""
         row = await self._one(_select().where(batches.c.request_id == request_id))
         return _entity(row) if row else None
 
     async def insert(self, b: Batch, request_id: str) -> bool:
+        """Stores the batch and its budget row; False when a create with the same
+        request id won (nothing is written then)."""
         stmt = (
             insert(batches)
             .values(
@@ -133,6 +138,7 @@ class BatchRepository(Repository):
         return (await self.session.execute(stmt)).first() is not None
 
     async def resume(self, id_: str) -> bool:
+        """Clears the batch's pause; False when it was not paused."""
         stmt = (
             update(batches)
             .where(batches.c.id == id_, batches.c.pause_time.is_not(None))
@@ -157,6 +163,7 @@ class BatchRepository(Repository):
         return [r[0] for r in await self.session.execute(stmt)]
 
     async def mark_cancelled(self, id_: str, when: datetime) -> None:
+        """Records the first cancel time; a second cancel keeps it."""
         await self.session.execute(
             update(batches)
             .where(batches.c.id == id_, batches.c.cancel_time.is_(None))
@@ -164,6 +171,7 @@ class BatchRepository(Repository):
         )
 
     async def view(self, batch: Batch) -> BatchView:
+        """One batch with its counts and usage (see `views`)."""
         return (await self.views([batch]))[0]
 
     async def views(self, items: Sequence[Batch]) -> list[BatchView]:
@@ -228,6 +236,7 @@ class BatchRepository(Repository):
         return result
 
     async def page(self, page: PageRequest) -> tuple[Sequence[Batch], str | None]:
+        """One page of batches in id order, and the key to continue after."""
         rows, next_key = await self._page(_select(), page, batches.c.id)
         return [_entity(r) for r in rows], next_key
 

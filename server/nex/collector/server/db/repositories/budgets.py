@@ -42,9 +42,12 @@ class Settlement:
 
 
 class BudgetRepository(Repository):
+    """Cost caps and what is spent and reserved against them, per scope."""
+
     table = budgets
 
     async def get(self, scope: str) -> Budget | None:
+        """The budget of `scope` (a batch, or a teacher on one day), or None."""
         row = await self._one(select(budgets).where(budgets.c.scope == scope))
         return Budget(row["max_cost_usd"], row["spent_usd"], row["reserved_usd"]) if row else None
 

@@ -25,9 +25,12 @@ def _entity(row: Mapping[Any, Any]) -> ContextRef:
 
 
 class ContextRefRepository(Repository):
+    """References to NEX contexts."""
+
     table = context_refs
 
     async def get(self, id_: str) -> ContextRef | None:
+        """The reference with this id, or None."""
         row = await self._one(select(context_refs).where(context_refs.c.id == id_))
         return _entity(row) if row else None
 
@@ -71,6 +74,7 @@ class ContextRefRepository(Repository):
         return (await self.session.execute(stmt)).first() is not None
 
     async def confirm(self, id_: str, when: datetime) -> None:
+        """Records when NEX confirmed the context; only the first time counts."""
         await self.session.execute(
             update(context_refs)
             .where(context_refs.c.id == id_, context_refs.c.confirm_time.is_(None))
@@ -80,6 +84,7 @@ class ContextRefRepository(Repository):
     async def page(
         self, page: PageRequest, *, nex_context_id: str = ""
     ) -> tuple[Sequence[ContextRef], str | None]:
+        """One page in id order, of one NEX context's references when named."""
         stmt = select(context_refs)
         if nex_context_id:
             stmt = stmt.where(context_refs.c.nex_context_id == nex_context_id)

@@ -94,15 +94,20 @@ def _counts_json(c: DatasetCounts) -> dict[str, Any]:
 
 
 class DatasetRepository(Repository):
+    """Dataset manifests, their build leases and their parts."""
+
     table = datasets
 
     async def get(self, id_: str) -> Dataset | None:
+        """The dataset with this id, or None."""
         row = await self._one(select(datasets).where(datasets.c.id == id_))
         return _entity(row) if row else None
 
     async def find(
         self, *, request_id: str = "", name: str = "", version: str = ""
     ) -> Dataset | None:
+        """By request id, else by (name, version) among builds that did not fail
+        (a failed build leaves its version free)."""
         if request_id:
             row = await self._one(select(datasets).where(datasets.c.request_id == request_id))
             if row:
@@ -120,6 +125,8 @@ class DatasetRepository(Repository):
         return None
 
     async def insert(self, d: Dataset, request_id: str) -> bool:
+        """Stores a new BUILDING dataset; False when a concurrent build won (same
+        request id, or name and version)."""
         stmt = (
             insert(datasets)
             .values(
@@ -145,6 +152,7 @@ class DatasetRepository(Repository):
     async def page(
         self, page: PageRequest, *, name: str = ""
     ) -> tuple[Sequence[Dataset], str | None]:
+        """One page in id order, of one name's datasets when named."""
         stmt = select(datasets)
         if name:
             stmt = stmt.where(datasets.c.name == name)
@@ -166,6 +174,7 @@ class DatasetRepository(Repository):
         return (await self.session.execute(stmt)).first() is not None
 
     async def renew(self, id_: str, lease: timedelta, now: datetime) -> None:
+        """Extends the build lease to `now + lease` (a zero lease gives it up)."""
         await self.session.execute(
             update(datasets).where(datasets.c.id == id_).values(lease_expires=now + lease)
         )
@@ -180,6 +189,8 @@ class DatasetRepository(Repository):
         counts: DatasetCounts | None = None,
         error: RunError | None = None,
     ) -> None:
+        """Ends a BUILDING dataset as `status`, with its files and counts when READY
+        or its error; a dataset no longer BUILDING is left as it is."""
         values: dict[str, Any] = {"status": status.value, "lease_expires": None}
         if status is DatasetStatus.READY:
             values["ready_time"] = now
@@ -249,6 +260,7 @@ class DatasetRepository(Repository):
         await self.session.execute(insert(dataset_parts).values(rows).on_conflict_do_nothing())
 
     async def parts(self, id_: str) -> list[DatasetPart]:
+        """The planned parts of the dataset, in part order."""
         stmt = select(dataset_parts).where(dataset_parts.c.dataset_id == id_)
         rows = (await self.session.execute(stmt.order_by(dataset_parts.c.part))).mappings()
         return [_part(r) for r in rows]
@@ -272,6 +284,7 @@ class DatasetRepository(Repository):
         return _part(row) if row else None
 
     async def renew_part(self, id_: str, part: int, lease: timedelta, now: datetime) -> None:
+        """Extends the lease of one part's builder to `now + lease`."""
         await self.session.execute(
             update(dataset_parts)
             .where(dataset_parts.c.dataset_id == id_, dataset_parts.c.part == part)
@@ -281,6 +294,7 @@ class DatasetRepository(Repository):
     async def finish_part(
         self, id_: str, part: int, files: Sequence[DatasetFile], counts: DatasetCounts
     ) -> None:
+        """Records a pending part's files and counts and marks it done."""
         await self.session.execute(
             update(dataset_parts)
             .where(
@@ -300,6 +314,7 @@ class DatasetRepository(Repository):
         )
 
     async def count_building(self) -> int:
+        """How many datasets are BUILDING (the build backlog)."""
         stmt = select(func.count()).where(datasets.c.status == DatasetStatus.BUILDING.value)
         return int((await self.session.execute(stmt)).scalar_one())
 

@@ -18,6 +18,8 @@ NOTIFY_CHANNEL = "nex_run_events"
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
+    """A run's status change, to append to the event log."""
+
     run_id: str
     batch_id: str
     status: RunStatus
@@ -40,6 +42,8 @@ def _entity(row: Any) -> RunEvent:
 
 
 class EventRepository:
+    """The run event log: watchers replay it by revision and follow its notifications."""
+
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
@@ -74,6 +78,8 @@ class EventRepository:
     async def after(
         self, *, revision: int, batch_id: str = "", run_id: str = "", limit: int = 1000
     ) -> list[RunEvent]:
+        """Up to `limit` events after `revision`, of one run when `run_id` is set,
+        else of one batch, in revision order."""
         stmt = select(run_events).where(run_events.c.revision > revision)
         if run_id:
             stmt = stmt.where(run_events.c.run_id == run_id)

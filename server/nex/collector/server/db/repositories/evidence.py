@@ -31,19 +31,25 @@ def _entity(row: Mapping[Any, Any]) -> EvidenceLink:
 
 
 class EvidenceRepository(Repository):
+    """Evidence links and the state of their delivery to NEX."""
+
     table = evidence_links
 
     async def get(self, id_: str) -> EvidenceLink | None:
+        """The link with this id, or None."""
         row = await self._one(select(evidence_links).where(evidence_links.c.id == id_))
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> EvidenceLink | None:
+        """The link an earlier create with this request id made (idempotent retries)."""
         row = await self._one(
             select(evidence_links).where(evidence_links.c.request_id == request_id)
         )
         return _entity(row) if row else None
 
     async def insert(self, link: EvidenceLink, request_id: str) -> bool:
+        """Stores a PENDING link, due for delivery at once; False when a create with
+        the same request id won."""
         stmt = (
             insert(evidence_links)
             .values(
@@ -66,6 +72,7 @@ class EvidenceRepository(Repository):
     async def page(
         self, page: PageRequest, *, context_ref_id: str = ""
     ) -> tuple[Sequence[EvidenceLink], str | None]:
+        """One page in id order, of one context reference's links when named."""
         stmt = select(evidence_links)
         if context_ref_id:
             stmt = stmt.where(evidence_links.c.context_ref_id == context_ref_id)
@@ -93,6 +100,7 @@ class EvidenceRepository(Repository):
         return (_entity(row), until) if row else None
 
     async def mark_posted(self, id_: str, now: datetime) -> None:
+        """Marks a PENDING link delivered (a link no longer pending is left alone)."""
         await self.session.execute(
             update(evidence_links)
             .where(
@@ -133,10 +141,12 @@ class EvidenceRepository(Repository):
         )
 
     async def count_pending(self) -> int:
+        """How many links wait for delivery (the delivery backlog)."""
         stmt = select(func.count()).where(evidence_links.c.status == EvidenceStatus.PENDING.value)
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def due(self, now: datetime, limit: int = 1000) -> list[str]:
+        """Ids of PENDING links whose next attempt is due, the longest waiting first."""
         stmt = (
             select(evidence_links.c.id)
             .where(

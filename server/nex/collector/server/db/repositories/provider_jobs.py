@@ -30,6 +30,8 @@ def _run_among(ids: Sequence[str]) -> ColumnElement[bool]:
 
 
 class ProviderJobRepository(Repository):
+    """Jobs sent to a teacher's Batch API and the runs they carry."""
+
     table = provider_jobs
 
     async def batches_waiting(
@@ -74,6 +76,7 @@ class ProviderJobRepository(Repository):
         return list((await self.session.execute(stmt)).mappings())
 
     async def insert(self, values: Mapping[str, Any]) -> None:
+        """Stores a new job from its column values."""
         await self.session.execute(insert(provider_jobs).values(**values))
 
     async def assign(self, run_ids: Sequence[str], job_id: str, now: datetime) -> None:
@@ -134,6 +137,7 @@ class ProviderJobRepository(Repository):
         )
 
     async def set(self, job_id: str, **values: Any) -> None:
+        """Sets the named columns of one job."""
         await self.session.execute(
             update(provider_jobs).where(provider_jobs.c.id == job_id).values(**values)
         )
@@ -163,6 +167,7 @@ class ProviderJobRepository(Repository):
         return frozenset(r[0] for r in await self.session.execute(stmt))
 
     async def get(self, job_id: str) -> Mapping[Any, Any] | None:
+        """The job's row, or None."""
         return await self._one(select(provider_jobs).where(provider_jobs.c.id == job_id))
 
     async def requests(self, job_id: str) -> AsyncIterator[Mapping[Any, Any]]:
@@ -228,6 +233,8 @@ class ProviderJobRepository(Repository):
     async def fail(
         self, ids: Sequence[str], code: str, message: str, now: datetime, *, cancelled: bool
     ) -> None:
+        """Ends the RUNNING runs among `ids` as FAILED with the error, or as
+        CANCELLED (no error, no teacher failure counted) when `cancelled`."""
         if not ids:
             return
         await self.session.execute(
@@ -255,12 +262,14 @@ class ProviderJobRepository(Repository):
         return [r[0] for r in await self.session.execute(stmt)]
 
     async def completed_cost(self, job_id: str) -> float:
+        """What the job's completed runs cost, in USD."""
         stmt = select(func.coalesce(func.sum(runs.c.cost_usd), 0.0)).where(
             runs.c.provider_job_id == job_id, runs.c.status == RunStatus.COMPLETED.value
         )
         return float((await self.session.execute(stmt)).scalar() or 0.0)
 
     async def request_cancel(self, batch_id: str, now: datetime) -> None:
+        """Asks every unfinished job of the batch to cancel, polled at once."""
         await self.session.execute(
             update(provider_jobs)
             .where(provider_jobs.c.batch_id == batch_id, provider_jobs.c.state.not_in(DONE))

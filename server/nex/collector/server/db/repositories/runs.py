@@ -148,16 +148,22 @@ def _stored_bytes(full: bool) -> Any:
 
 
 class RunRepository(Repository):
+    """Teacher runs; every status change goes through `move` (the guarded
+    transitions of domain/run_transitions.py)."""
+
     table = runs
 
     def _select(self, full: bool) -> Any:
         return select(runs) if full else select(*BASIC_COLUMNS)
 
     async def get(self, id_: str, *, full: bool = True) -> Run | None:
+        """The run with this id (without its output and logprobs unless `full`), or None."""
         row = await self._one(self._select(full).where(runs.c.id == id_))
         return run_from_row(row) if row else None
 
     async def by_request_ids(self, request_ids: Sequence[str]) -> dict[str, Run]:
+        """The runs earlier creates made with these request ids, by request id
+        (basic view)."""
         if not request_ids:
             return {}
         stmt = self._select(False).where(runs.c.request_id.in_(list(request_ids)))
@@ -225,6 +231,7 @@ class RunRepository(Repository):
         return [run_from_row(r) for r in rows], next_key
 
     async def cancel_queued(self, batch_id: str, when: datetime) -> list[tuple[str, int]]:
+        """Cancels every QUEUED run of the batch; (id, attempt) of each, for events."""
         stmt = (
             move(CANCEL_QUEUED, runs.c.batch_id == batch_id)
             .values(end_time=when)
@@ -233,6 +240,8 @@ class RunRepository(Repository):
         return [(r[0], r[1]) for r in await self.session.execute(stmt)]
 
     async def merge_scores(self, id_: str, scores: Mapping[str, float]) -> bool:
+        """Adds `scores` to the run's, replacing any of the same name; False when
+        there is no such run."""
         stmt = (
             update(runs)
             .where(runs.c.id == id_)
@@ -393,12 +402,14 @@ class RunRepository(Repository):
         return (await self.session.execute(stmt)).first() is not None
 
     async def queued_ids(self, batch_id: str) -> list[str]:
+        """Ids of the batch's QUEUED runs."""
         stmt = select(runs.c.id).where(
             runs.c.batch_id == batch_id, runs.c.status == RunStatus.QUEUED.value
         )
         return [r[0] for r in await self.session.execute(stmt)]
 
     async def cancel_running(self, id_: str, attempt: int, now: datetime) -> bool:
+        """Cancels the run while it is RUNNING `attempt`; False when it is not."""
         stmt = (
             move(CANCEL_RUNNING, runs.c.id == id_, runs.c.attempt == attempt)
             .values(end_time=now, lease_expires=None)
@@ -458,6 +469,8 @@ class RunRepository(Repository):
         )
 
     async def stale_queued(self, older_than: datetime, limit: int) -> list[str]:
+        """Online runs QUEUED since before `older_than` in batches not paused:
+        their job may be lost, so the reconciler enqueues them again."""
         stmt = (
             select(runs.c.id)
             .where(
@@ -482,6 +495,7 @@ class RunRepository(Repository):
         return {s: found.get(s, 0) for s in statuses}
 
     async def active_count(self, batch_id: str) -> int:
+        """How many of the batch's runs are QUEUED or RUNNING."""
         stmt = select(func.count()).where(
             runs.c.batch_id == batch_id,
             runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]),
@@ -489,5 +503,6 @@ class RunRepository(Repository):
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def status_of(self, id_: str) -> RunStatus | None:
+        """The run's status alone, or None when there is no such run."""
         value = (await self.session.execute(select(runs.c.status).where(runs.c.id == id_))).scalar()
         return RunStatus(value) if value else None

@@ -27,13 +27,18 @@ def _entity(row: Mapping[Any, Any]) -> PromptTemplate:
 
 
 class TemplateRepository(Repository):
+    """Prompt templates, versioned by name."""
+
     table = templates
 
     async def get(self, id_: str) -> PromptTemplate | None:
+        """The template with this id, or None."""
         row = await self._one(select(templates).where(templates.c.id == id_))
         return _entity(row) if row else None
 
     async def get_by_request_id(self, request_id: str) -> PromptTemplate | None:
+        """The template an earlier create with this request id made (idempotent
+        retries)."""
         row = await self._one(select(templates).where(templates.c.request_id == request_id))
         return _entity(row) if row else None
 
@@ -54,6 +59,7 @@ class TemplateRepository(Repository):
         return int(current) + 1
 
     async def insert(self, template: PromptTemplate, request_id: str) -> bool:
+        """Stores the template; False when a create with the same request id won."""
         stmt = (
             insert(templates)
             .values(
@@ -75,6 +81,7 @@ class TemplateRepository(Repository):
     async def page(
         self, page: PageRequest, *, name: str = ""
     ) -> tuple[Sequence[PromptTemplate], str | None]:
+        """One page in id order, of one name's versions when named."""
         stmt = select(templates)
         if name:
             stmt = stmt.where(templates.c.name == name)

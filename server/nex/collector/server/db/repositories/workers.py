@@ -12,6 +12,8 @@ from nex.collector.server.db.tables import workers
 
 
 class WorkerRepository(Repository):
+    """Worker heartbeats: which worker processes are alive."""
+
     table = workers
 
     async def beat(self, worker_id: str, expires_at: datetime) -> None:
@@ -24,9 +26,11 @@ class WorkerRepository(Repository):
         )
 
     async def remove(self, worker_id: str) -> None:
+        """Forgets the worker at once (it stopped cleanly)."""
         await self.session.execute(delete(workers).where(workers.c.id == worker_id))
 
     async def live(self, now: datetime) -> set[str]:
+        """Ids of the workers whose heartbeat has not expired at `now`."""
         stmt = select(workers.c.id).where(workers.c.expires_at > now)
         return {r[0] for r in await self.session.execute(stmt)}
 
