@@ -25,6 +25,8 @@ class DatasetStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DatasetFile:
+    """One written file of a dataset: its name in the folder, digest, rows, size."""
+
     name: str
     sha256: str
     rows: int
@@ -33,8 +35,11 @@ class DatasetFile:
 
 @dataclass(frozen=True, slots=True)
 class FilterDrop:
+    """How many runs filter `index` dropped (a run counts for the first filter
+    that drops it)."""
+
     index: int
-    filter: str
+    filter: str  # the filter in words, see domain.filters.describe
     dropped: int
 
 

@@ -20,8 +20,6 @@ from nex.collector.server.parquet.verify import verify_dataset
 from nex.collector.server.parquet.writer import (
     BuildResult,
     DatasetExistsError,
-    DatasetFileInfo,
-    FilterDrop,
     remove_stale_staging,
 )
 
@@ -34,9 +32,7 @@ __all__ = [
     "SCHEMAS",
     "BuildResult",
     "DatasetExistsError",
-    "DatasetFileInfo",
     "DatasetStore",
-    "FilterDrop",
     "Location",
     "Progress",
     "StorageConfigError",

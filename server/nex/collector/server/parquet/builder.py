@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from nex.collector.server.domain.datasets import FilterDrop
 from nex.collector.server.domain.filters import Filter, FilterChain, describe, filter_to_dict
 from nex.collector.server.domain.scoring import MetricRegistry, compute_scores
 from nex.collector.server.domain.teacher import CompletedRun
@@ -35,7 +36,6 @@ from nex.collector.server.parquet.writer import (
     BuildResult,
     DatasetExistsError,
     DatasetWriter,
-    FilterDrop,
     json_default,
     remove_stale_staging,
 )

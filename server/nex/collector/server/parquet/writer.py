@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nex.collector.server.domain.datasets import DatasetFile, FilterDrop
 from nex.collector.server.parquet.schema import (
     FILE_NAMES,
     FORMAT_VERSION,
@@ -45,9 +46,7 @@ __all__ = [
     "RESERVED_MANIFEST_KEYS",
     "BuildResult",
     "DatasetExistsError",
-    "DatasetFileInfo",
     "DatasetWriter",
-    "FilterDrop",
     "commit_parts",
     "json_default",
     "make_dirs",
@@ -118,26 +117,8 @@ class DatasetExistsError(FileExistsError):
 
 
 @dataclass(frozen=True, slots=True)
-class DatasetFileInfo:
-    name: str
-    sha256: str
-    rows: int
-    bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class FilterDrop:
-    """How many runs filter `index` dropped (a run counts for the first filter
-    that drops it)."""
-
-    index: int
-    filter: str  # the filter in words, see domain.filters.describe
-    dropped: int
-
-
-@dataclass(frozen=True, slots=True)
 class BuildResult:
-    files: list[DatasetFileInfo]
+    files: list[DatasetFile]
     total: int
     kept: int
     dropped: list[FilterDrop]
@@ -246,12 +227,12 @@ class _TableFile:
             self.writer.write_table(table, row_group_size=table.num_rows)
             self.rows += table.num_rows
 
-    def close(self) -> DatasetFileInfo:
+    def close(self) -> DatasetFile:
         try:
             self.writer.close()
         finally:
             self.sink.close()  # fsyncs
-        return DatasetFileInfo(self.name, self.sink.digest.hexdigest(), self.rows, self.sink.size)
+        return DatasetFile(self.name, self.sink.digest.hexdigest(), self.rows, self.sink.size)
 
 
 class DatasetWriter:
@@ -374,7 +355,7 @@ class DatasetWriter:
                     if self.location.store.exists(path):
                         self.location.store.fs.delete_file(path)
 
-    def _close_files(self) -> list[DatasetFileInfo]:
+    def _close_files(self) -> list[DatasetFile]:
         files, self._files = self._files, {}
         infos = []
         errors = []
@@ -392,7 +373,7 @@ def _commit(
     location: Location,
     staging: str,
     *,
-    files: Sequence[DatasetFileInfo],
+    files: Sequence[DatasetFile],
     total: int,
     kept: int,
     dropped: Sequence[FilterDrop],

@@ -54,11 +54,9 @@ from nex.collector.server.parquet.verify import verify_dataset
 from nex.collector.server.parquet.writer import (
     BuildResult,
     DatasetExistsError,
-    DatasetFileInfo,
     commit_parts,
     parts_staging,
 )
-from nex.collector.server.parquet.writer import FilterDrop as WrittenDrop
 from nex.collector.server.queue import BUILD_DATASET, BUILD_DATASET_PART, JobQueue
 from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
@@ -370,11 +368,11 @@ class Datasets:
             log.exception("dataset %s failed", dataset_id)
             return await self._fail(dataset, "BUILD_FAILED", f"{type(exc).__name__}: {exc}")
         else:
-            files = [DatasetFile(f.name, f.sha256, f.rows, f.bytes) for f in result.files]
+            files = result.files
             counts = DatasetCounts(
                 result.total,
                 result.kept,
-                tuple(FilterDrop(d.index, d.filter, d.dropped) for d in result.dropped),
+                tuple(result.dropped),
             )
         async with self._uow() as tx:
             await tx.datasets.finish(
@@ -474,19 +472,17 @@ class Datasets:
         if not dataset.allow_empty and sum(p.counts.kept for p in parts) == 0:
             total = sum(p.counts.total for p in parts)
             drops = [
-                WrittenDrop(
-                    d.index, d.filter, sum(p.counts.dropped[d.index].dropped for p in parts)
-                )
+                FilterDrop(d.index, d.filter, sum(p.counts.dropped[d.index].dropped for p in parts))
                 for d in parts[0].counts.dropped
             ]
             await asyncio.to_thread(self._store.delete_tree, parts_staging(final_dir, dataset.id))
             raise EmptyDatasetError(total, drops)
         written = [
             BuildResult(
-                files=[_written(f) for f in p.files],
+                files=list(p.files),
                 total=p.counts.total,
                 kept=p.counts.kept,
-                dropped=[WrittenDrop(d.index, d.filter, d.dropped) for d in p.counts.dropped],
+                dropped=list(p.counts.dropped),
                 uri=final_dir.uri,
             )
             for p in parts
@@ -534,11 +530,11 @@ class Datasets:
             await tx.datasets.finish_part(
                 dataset_id,
                 index,
-                [DatasetFile(f.name, f.sha256, f.rows, f.bytes) for f in result.files],
+                result.files,
                 DatasetCounts(
                     result.total,
                     result.kept,
-                    tuple(FilterDrop(d.index, d.filter, d.dropped) for d in result.dropped),
+                    tuple(result.dropped),
                 ),
             )
             last = all(p.status == PART_DONE for p in await tx.datasets.parts(dataset_id))
@@ -590,10 +586,6 @@ class Datasets:
         async with self._uow() as tx:
             await tx.datasets.renew(dataset_id, timedelta(0), now())
             await tx.commit()
-
-
-def _written(f: DatasetFile) -> DatasetFileInfo:
-    return DatasetFileInfo(f.name, f.sha256, f.rows, f.bytes)
 
 
 def _files_mismatch(dataset: Dataset, exc: BaseException) -> FailedPrecondition:

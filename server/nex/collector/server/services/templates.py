@@ -100,4 +100,5 @@ class Templates:
             page_token,
             lambda tx, page: tx.templates.page(page, name=name),
             size_of=template_bytes,
+            id_of=lambda t: t.id,
         )
