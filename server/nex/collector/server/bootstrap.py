@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from pydantic import SecretStr
 from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -159,7 +160,7 @@ def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 1
     )
 
 
-def _secret(value: Any) -> str | None:
+def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nex.collector.server.domain import filters
@@ -321,7 +322,7 @@ _DATASET_STATUS = {
 }
 
 
-def _opt(message: Any, name: str) -> Any:
+def _opt(message: Message, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
 

@@ -156,7 +156,7 @@ def _rule(fd: FieldDescriptor) -> _Rule:
 _PLANS: dict[str, dict[str, _Rule]] = {}
 
 
-def _plan(descriptor: Any) -> dict[str, _Rule]:
+def _plan(descriptor: Any) -> dict[str, _Rule]:  # either protobuf backend's Descriptor
     plan = _PLANS.get(descriptor.full_name)
     if plan is None:
         plan = _PLANS[descriptor.full_name] = {fd.name: _rule(fd) for fd in descriptor.fields}

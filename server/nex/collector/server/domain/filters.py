@@ -223,16 +223,26 @@ def filter_to_dict(f: Filter) -> dict[str, dict[str, Any]]:
     return {kind: {k: v for k, v in fields.items() if v is not None}}
 
 
-def _number(kind: str, name: str, value: Any, *, integer: bool) -> Any:
+def _number(kind: str, name: str, value: object) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{kind}.{name} must be a number, got {value!r}")
-    if integer:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{kind}.{name} must be an integer, got {value!r}")
-        return int(value)
-    return float(value)
+    return value
+
+
+def _integer(kind: str, name: str, value: object) -> int | None:
+    number = _number(kind, name, value)
+    if number is None:
+        return None
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(f"{kind}.{name} must be an integer, got {value!r}")
+    return int(number)
+
+
+def _real(kind: str, name: str, value: object) -> float | None:
+    number = _number(kind, name, value)
+    return None if number is None else float(number)
 
 
 def filter_from_dict(data: Mapping[str, Any]) -> Filter:
@@ -260,20 +270,23 @@ def filter_from_dict(data: Mapping[str, Any]) -> Filter:
             raise ValueError(f"{kind}.{name} must be a boolean, got {value!r}")
         return value
 
-    def num(name: str, *, integer: bool = False) -> Any:
-        return _number(kind, name, fields.get(name), integer=integer)
+    def integer(name: str) -> int | None:
+        return _integer(kind, name, fields.get(name))
+
+    def real(name: str) -> float | None:
+        return _real(kind, name, fields.get(name))
 
     match kind:
         case "length":
-            return LengthFilter(num("min_chars", integer=True), num("max_chars", integer=True))
+            return LengthFilter(integer("min_chars"), integer("max_chars"))
         case "regex":
             return RegexFilter(text("pattern"), flag("must_match", True))
         case "entropy":
-            return EntropyFilter(num("min"), num("max"))
+            return EntropyFilter(real("min"), real("max"))
         case "boolean":
             return BooleanFilter(text("name"), flag("value", True))
         case _:
-            return ScoreFilter(text("name"), num("min"), num("max"))
+            return ScoreFilter(text("name"), real("min"), real("max"))
 
 
 # --- evaluation ------------------------------------------------------------------------------

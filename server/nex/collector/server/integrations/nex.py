@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TypedDict
 from urllib.parse import quote
 
 import httpx
 
 from nex.collector.server.domain.errors import Unavailable
+
+
+class EvidencePayload(TypedDict):
+    """The JSON body of POST /v1/evidence: one evidence link and its NEX context."""
+
+    collector_link_id: str
+    nex_context_id: str
+    nex_context_version: str
+    kind: str
+    note: str
+    dataset_id: str | None
+    run_id: str | None
+    uri: str
 
 
 class NexRejected(Exception):
@@ -49,7 +61,7 @@ class NexClient:
             metadata={"status": str(response.status_code)},
         )
 
-    async def post_evidence(self, payload: Mapping[str, Any]) -> None:
+    async def post_evidence(self, payload: EvidencePayload) -> None:
         """Delivers one evidence link; raises Unavailable (retry soon) or NexRejected."""
         try:
             response = await self._http.post("/v1/evidence", json=dict(payload))

@@ -100,7 +100,7 @@ class _Child:
             raise
         return child
 
-    async def call(self, payload: bytes) -> Any:
+    async def call(self, payload: bytes) -> protocol.Message:
         """Sends one request and reads its reply; _Died when the child dies."""
         stdin = self.proc.stdin
         assert stdin is not None
@@ -113,7 +113,7 @@ class _Child:
             returncode = await self.proc.wait()
             raise _Died(_cause_of_exit(returncode), self.marker()) from exc
 
-    async def _read(self) -> Any:
+    async def _read(self) -> protocol.Message:
         stdout = self.proc.stdout
         assert stdout is not None
         header = await stdout.readexactly(protocol.header_size())
@@ -239,7 +239,7 @@ class TemplateSandbox:
         child = await self._acquire()
         try:
             async with asyncio.timeout(self.limits.wall_timeout_s):
-                reply: dict[str, Any] = await child.call(payload)
+                reply = await child.call(payload)
         except _Died as died:
             self._replace(child, died.cause)
             return {"failed": [*died.marker, self._describe(died.cause)]}

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO
+from collections.abc import Mapping
+from typing import Any, BinaryIO, cast
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 2**31 - 1
@@ -18,8 +19,12 @@ MAX_FRAME = 2**31 - 1
 MARKER = struct.Struct("<ii")
 MARKER_SIZE = 4096
 
+# Every message either side sends is a JSON object: {"op": ...} requests, replies,
+# the child's {"ready": pid}. Its fields depend on the op.
+Message = dict[str, Any]
 
-def encode(message: Any) -> bytes:
+
+def encode(message: Mapping[str, Any]) -> bytes:
     body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     if len(body) > MAX_FRAME:
         raise ValueError(f"a sandbox message of {len(body)} bytes is too large")
@@ -35,11 +40,11 @@ def body_size(header: bytes) -> int:
     return int(size)
 
 
-def decode(body: bytes) -> Any:
-    return json.loads(body)
+def decode(body: bytes) -> Message:
+    return cast(Message, json.loads(body))
 
 
-def read_frame(stream: BinaryIO) -> Any | None:
+def read_frame(stream: BinaryIO) -> Message | None:
     """The next message, or None at end of stream (blocking; the child's side)."""
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
@@ -51,6 +56,6 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return decode(body)
 
 
-def write_frame(stream: BinaryIO, message: Any) -> None:
+def write_frame(stream: BinaryIO, message: Mapping[str, Any]) -> None:
     stream.write(encode(message))
     stream.flush()

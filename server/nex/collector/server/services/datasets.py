@@ -406,7 +406,7 @@ class Datasets:
         sources: Mapping[str, BatchSource],
         final_dir: Location,
         part: DatasetPart | None = None,
-    ) -> Any:
+    ) -> BuildResult:
         last_renewal = time.monotonic()
 
         async def progress(total: int, kept: int) -> None:

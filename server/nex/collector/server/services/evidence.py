@@ -22,7 +22,7 @@ from nex.collector.server.domain.limits import MAX_KIND, MAX_NOTE
 from nex.collector.server.domain.pagination import PageRequest
 from nex.collector.server.domain.validation import check_id, check_request_id
 from nex.collector.server.ids import new_id
-from nex.collector.server.integrations.nex import NexClient, NexRejected
+from nex.collector.server.integrations.nex import EvidencePayload, NexClient, NexRejected
 from nex.collector.server.queue import DELIVER_EVIDENCE, JobQueue
 from nex.collector.server.services.clock import now
 from nex.collector.server.services.context_refs import usable_ref
@@ -244,7 +244,7 @@ class Evidence:
             if link.dataset_id and (dataset := await tx.datasets.get(link.dataset_id)):
                 uri = dataset.uri
             await tx.commit()
-        payload = {
+        payload: EvidencePayload = {
             "collector_link_id": link.id,
             "nex_context_id": ref.nex_context_id,
             "nex_context_version": ref.nex_context_version,

@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 from nex.collector.server import metrics
@@ -283,7 +283,9 @@ class ProviderJobs:
             fits.append(r)
         return fits
 
-    async def _pause(self, tx: UnitOfWork, batch: Batch, first: Mapping[Any, Any], at: Any) -> None:
+    async def _pause(
+        self, tx: UnitOfWork, batch: Batch, first: Mapping[Any, Any], at: datetime
+    ) -> None:
         """The batch pauses (as an online one does); the run that did not fit
         tells watchers why with a QUEUED event whose error is BUDGET_EXHAUSTED."""
         message = (
@@ -600,5 +602,5 @@ class ProviderJobs:
             await self._queue.enqueue(EXECUTE_RUN, online)
 
 
-def _request(batch: Batch, messages: Any) -> GenerationRequest:
+def _request(batch: Batch, messages: Sequence[Mapping[str, str]]) -> GenerationRequest:
     return GenerationRequest(batch.model, messages_from_json(messages), batch.params)

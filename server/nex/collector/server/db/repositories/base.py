@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table
+from sqlalchemy import ColumnElement, RowMapping, Select, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nex.collector.server.domain.pagination import PageRequest
@@ -20,12 +20,13 @@ class Repository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def _one(self, stmt: Select[Any]) -> Any | None:
-        return (await self.session.execute(stmt)).mappings().first()
+    async def _one(self, stmt: Select[Any]) -> RowMapping | None:
+        row: RowMapping | None = (await self.session.execute(stmt)).mappings().first()
+        return row
 
     async def _page(
         self, stmt: Select[Any], page: PageRequest, key: ColumnElement[Any]
-    ) -> tuple[Sequence[Any], str | None]:
+    ) -> tuple[Sequence[RowMapping], str | None]:
         """Rows of one page ordered by `key`, and the key to continue after (or None)."""
         if page.after is not None:
             stmt = stmt.where(key > page.after)

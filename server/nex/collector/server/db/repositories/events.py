@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import RowMapping, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nex.collector.server.db.locks import EVENTS_LOCK
@@ -27,7 +26,7 @@ class NewEvent:
     error: RunError | None = None
 
 
-def _entity(row: Any) -> RunEvent:
+def _entity(row: RowMapping) -> RunEvent:
     return RunEvent(
         revision=row["revision"],
         run_id=row["run_id"],

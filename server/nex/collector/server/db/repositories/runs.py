@@ -6,6 +6,8 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Label,
+    Select,
     Text,
     Update,
     and_,
@@ -120,11 +122,11 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
     )
 
 
-def _text_bytes(column: Any) -> Any:
+def _text_bytes(column: ColumnElement[Any]) -> ColumnElement[int]:
     return func.coalesce(func.octet_length(column), 0)
 
 
-def _array_bytes(column: Any) -> Any:
+def _array_bytes(column: ColumnElement[Any]) -> ColumnElement[int]:
     """Bytes of a text array's items, plus an allowance per item for its logprob
     and encoding."""
     return _text_bytes(func.array_to_string(column, "")) + 32 * func.coalesce(
@@ -132,7 +134,7 @@ def _array_bytes(column: Any) -> Any:
     )
 
 
-def _stored_bytes(full: bool) -> Any:
+def _stored_bytes(full: bool) -> Label[int]:
     """About what a run's reply weighs, measured by PostgreSQL (JSON text is at
     least the size of the strings it holds)."""
     size = (
@@ -153,7 +155,7 @@ class RunRepository(Repository):
 
     table = runs
 
-    def _select(self, full: bool) -> Any:
+    def _select(self, full: bool) -> Select[Any]:
         return select(runs) if full else select(*BASIC_COLUMNS)
 
     async def get(self, id_: str, *, full: bool = True) -> Run | None:
