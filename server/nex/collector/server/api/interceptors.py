@@ -35,6 +35,7 @@ log = logging.getLogger("nex.collector.rpc")
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+# Any: these wrap the handlers of every service, each with its own message classes.
 Decode = Callable[[bytes], Any]
 
 

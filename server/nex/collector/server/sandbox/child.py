@@ -33,7 +33,13 @@ from nex.collector.server.domain.templates import (
     render_prompt,
     template_problems,
 )
-from nex.collector.server.sandbox.protocol import MARKER, MARKER_SIZE, read_frame, write_frame
+from nex.collector.server.sandbox.protocol import (
+    MARKER,
+    MARKER_SIZE,
+    Message,
+    read_frame,
+    write_frame,
+)
 
 MAX_RENDERED_CHARS_PER_CALL = 64_000_000
 
@@ -72,7 +78,7 @@ class Sandbox:
         self._cpu_s = cpu_s
         self.cache = CompiledCache()
 
-    def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    def handle(self, request: Message) -> Message:
         self._mark(-1, -1)
         self._limit_cpu()
         if request["op"] == "check":

@@ -232,7 +232,7 @@ class TemplateSandbox:
 
     # -- plumbing -------------------------------------------------------------------
 
-    async def _request(self, message: Mapping[str, Any]) -> dict[str, Any]:
+    async def _request(self, message: Mapping[str, Any]) -> protocol.Message:
         """The child's reply; a child that dies or overruns yields a "failed" reply
         naming the run and source it was working on."""
         payload = protocol.encode(message)
