@@ -126,6 +126,16 @@ class RunRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AnsweredRun:
+    """A running run found answered (its answer stored) and completed."""
+
+    id: str
+    batch_id: str
+    attempt: int
+    cost_usd: float  # the stored answer's cost
+
+
+@dataclass(frozen=True, slots=True)
 class LostRun:
     """A running run nobody will finish: its worker died (or, claimed with no
     owner, its lease ran out), or its stored answer was never marked completed."""
