@@ -105,6 +105,37 @@ class ClaimedRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RunAttempt:
+    """A running run at its attempt, with what deciding its next one needs."""
+
+    id: str
+    batch_id: str
+    attempt: int
+    teacher_failures: int
+    lost_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What a run asks its teacher, at `attempt` (a queued run's last one, a
+    running run's current one)."""
+
+    id: str
+    attempt: int
+    messages: list[ChatMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredRun:
+    """A running run found answered (its answer stored) and completed."""
+
+    id: str
+    batch_id: str
+    attempt: int
+    cost_usd: float  # the stored answer's cost
+
+
+@dataclass(frozen=True, slots=True)
 class LostRun:
     """A running run nobody will finish: its worker died (or, claimed with no
     owner, its lease ran out), or its stored answer was never marked completed."""

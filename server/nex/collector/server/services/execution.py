@@ -377,20 +377,20 @@ class RunExecutor:
                 # been billed: its worst case counts.
                 await tx.budgets.settle(
                     [
-                        Settlement(r["id"], r["attempt"], batch_scope(r["batch_id"]), r["cost_usd"])
+                        Settlement(r.id, r.attempt, batch_scope(r.batch_id), r.cost_usd)
                         for r in answered
                     ]
                 )
-                done = {r["id"] for r in answered}
+                done = {r.id for r in answered}
                 await tx.budgets.charge([k for k in keys if k[0] not in done])
                 await tx.events.append(
                     [NewEvent(r, held[r][0], RunStatus.QUEUED, held[r][1]) for r in released]
                     + [
-                        NewEvent(r["id"], r["batch_id"], RunStatus.COMPLETED, held[r["id"]][1])
+                        NewEvent(r.id, r.batch_id, RunStatus.COMPLETED, held[r.id][1])
                         for r in answered
                     ]
                 )
-                links = await self._link_finished(tx, {r["batch_id"] for r in answered})
+                links = await self._link_finished(tx, {r.batch_id for r in answered})
                 await tx.commit()
         except Exception as exc:  # the reconciler takes them back once we are gone
             log.warning("could not hand back %d runs: %s", len(held), exc)

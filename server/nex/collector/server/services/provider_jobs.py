@@ -42,17 +42,18 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import IO, Any
 
 from nex.collector.server import metrics
 from nex.collector.server.db.repositories.events import NewEvent
-from nex.collector.server.db.repositories.runs import messages_from_json
 from nex.collector.server.db.uow import UnitOfWork, UnitOfWorkFactory
 from nex.collector.server.domain.batches import Batch
 from nex.collector.server.domain.budgets import BUDGET_EXHAUSTED
-from nex.collector.server.domain.runs import RunError, RunStatus, teacher_gave_up
+from nex.collector.server.domain.provider_jobs import ProviderJob
+from nex.collector.server.domain.runs import RunError, RunRequest, RunStatus, teacher_gave_up
+from nex.collector.server.domain.teacher import ChatMessage
 from nex.collector.server.domain.teachers import OPENAI_BATCH, BatchSupport, TeacherDirectory
 from nex.collector.server.domain.validation import storable_text
 from nex.collector.server.ids import new_id
@@ -144,24 +145,24 @@ class ProviderJobs:
                 # From the row: a part of this step that worked (a poll before
                 # a failed download) has reset the count.
                 async with self._uow() as tx:
-                    current = await tx.provider_jobs.get(job["id"]) or job
-                failures = current["step_failures"] + 1
+                    current = await tx.provider_jobs.get(job.id) or job
+                failures = current.step_failures + 1
                 if not err.retryable or failures >= self._s.max_step_failures:
                     log.warning(
                         "provider job %s: %s (%s); giving it up after %d failed step(s)",
-                        job["id"],
+                        job.id,
                         err.message,
                         err.code,
                         failures,
                     )
                     await self._abandon(current, err, failures)
                     continue
-                log.warning("provider job %s: %s (%s); retrying", job["id"], err.message, err.code)
+                log.warning("provider job %s: %s (%s); retrying", job.id, err.message, err.code)
                 async with self._uow() as tx:
                     await tx.provider_jobs.set(
-                        job["id"],
-                        next_poll_time=now() + timedelta(seconds=self._backoff(job["polls"])),
-                        polls=job["polls"] + 1,
+                        job.id,
+                        next_poll_time=now() + timedelta(seconds=self._backoff(job.polls)),
+                        polls=job.polls + 1,
                         step_failures=failures,
                         error_code=err.code,
                         error_message=storable_text(err.message),
@@ -170,7 +171,7 @@ class ProviderJobs:
             finally:
                 if self._worker_id is not None:
                     async with self._uow() as tx:
-                        await tx.provider_jobs.release(job["id"], self._worker_id)
+                        await tx.provider_jobs.release(job.id, self._worker_id)
                         await tx.commit()
         return len(due)
 
@@ -186,9 +187,9 @@ class ProviderJobs:
     async def _deadlines(self) -> None:
         at = now()
         async with self._uow() as tx:
-            for j in await tx.provider_jobs.overdue(at, self._s.deadline_margin):
-                log.info("provider job %s: deadline near, cancelling it", j["id"])
-                await tx.provider_jobs.set(j["id"], cancel_requested=True, next_poll_time=at)
+            for job_id in await tx.provider_jobs.overdue(at, self._s.deadline_margin):
+                log.info("provider job %s: deadline near, cancelling it", job_id)
+                await tx.provider_jobs.set(job_id, cancel_requested=True, next_poll_time=at)
             online: list[str] = []
             for batch_id in await tx.provider_jobs.auto_batches_due(at, self._s.deadline_margin):
                 online += await tx.provider_jobs.go_online(batch_id)
@@ -204,11 +205,11 @@ class ProviderJobs:
                 100, now() - self._s.settle, OPENAI_BATCH.max_requests
             )
         for b in waiting:
-            teacher = self._teachers.get(b["provider"])
+            teacher = self._teachers.get(b.provider)
             if teacher is None or not teacher.batch.supported:
                 continue
             backend = self._backend_for(teacher.name)
-            while await self._new_job(b["id"], teacher.batch, backend):
+            while await self._new_job(b.id, teacher.batch, backend):
                 pass
 
     async def _new_job(self, batch_id: str, limits: BatchSupport, backend: BatchBackend) -> bool:
@@ -219,11 +220,11 @@ class ProviderJobs:
             rows = await tx.provider_jobs.take_queued(batch_id, max_requests)
             if batch is None or not rows:
                 return False
-            chosen: list[Mapping[Any, Any]] = []
+            chosen: list[RunRequest] = []
             sizes: list[int] = []
             for r in rows:
                 line = backend.request_line(
-                    custom_id(r["id"], r["attempt"] + 1), _request(batch, r["messages"])
+                    custom_id(r.id, r.attempt + 1), _request(batch, r.messages)
                 )
                 if chosen and sum(sizes) + len(line) > max_bytes:
                     break
@@ -254,9 +255,9 @@ class ProviderJobs:
                     "update_time": at,
                 }
             )
-            await tx.provider_jobs.assign([r["id"] for r in chosen], job_id, at)
+            await tx.provider_jobs.assign([r.id for r in chosen], job_id, at)
             await tx.events.append(
-                [NewEvent(r["id"], batch_id, RunStatus.RUNNING, r["attempt"] + 1) for r in chosen]
+                [NewEvent(r.id, batch_id, RunStatus.RUNNING, r.attempt + 1) for r in chosen]
             )
             await tx.commit()
         log.info(
@@ -265,17 +266,17 @@ class ProviderJobs:
         return more
 
     async def _reserve(
-        self, tx: UnitOfWork, batch: Batch, rows: list[Mapping[Any, Any]], factor: float
-    ) -> list[Mapping[Any, Any]]:
+        self, tx: UnitOfWork, batch: Batch, rows: list[RunRequest], factor: float
+    ) -> list[RunRequest]:
         """Reserves each request's worst case at the batch price under the
         batch's cap and its teacher's daily cap; the rows that fit, in order."""
-        fits: list[Mapping[Any, Any]] = []
+        fits: list[RunRequest] = []
         for r in rows:
-            holds = self._budgets.holds(batch, messages_from_json(r["messages"]), factor)
+            holds = self._budgets.holds(batch, r.messages, factor)
             if not holds:
                 return rows  # no cap applies
             savepoint = await tx.session.begin_nested()
-            refused = await tx.budgets.reserve(r["id"], r["attempt"] + 1, holds, batch_id=batch.id)
+            refused = await tx.budgets.reserve(r.id, r.attempt + 1, holds, batch_id=batch.id)
             if refused is not None:
                 await savepoint.rollback()
                 break
@@ -283,9 +284,7 @@ class ProviderJobs:
             fits.append(r)
         return fits
 
-    async def _pause(
-        self, tx: UnitOfWork, batch: Batch, first: Mapping[Any, Any], at: datetime
-    ) -> None:
+    async def _pause(self, tx: UnitOfWork, batch: Batch, first: RunRequest, at: datetime) -> None:
         """The batch pauses (as an online one does); the run that did not fit
         tells watchers why with a QUEUED event whose error is BUDGET_EXHAUSTED."""
         message = (
@@ -296,14 +295,14 @@ class ProviderJobs:
         if await tx.batches.pause(batch.id, BUDGET_EXHAUSTED, message, at):
             error = RunError(BUDGET_EXHAUSTED, message)
             await tx.events.append(
-                [NewEvent(first["id"], batch.id, RunStatus.QUEUED, first["attempt"], error)]
+                [NewEvent(first.id, batch.id, RunStatus.QUEUED, first.attempt, error)]
             )
             metrics.BATCHES_PAUSED.labels(BUDGET_EXHAUSTED).inc()
             log.info("batch %s paused: %s", batch.id, message)
 
     # -- a job's steps -----------------------------------------------------------
 
-    def _content(self, job: Mapping[str, Any], backend: BatchBackend) -> Content:
+    def _content(self, job: ProviderJob, backend: BatchBackend) -> Content:
         """Reads the job's input from PostgreSQL (the same lines each time):
         rows streamed by a server-side cursor into a file spooled to disk past
         SPOOL_BYTES, so a 200 MB job never sits in memory."""
@@ -312,11 +311,11 @@ class ProviderJobs:
             out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
             try:
                 async with self._uow() as tx:
-                    batch = await tx.batches.get(job["batch_id"])
+                    batch = await tx.batches.get(job.batch_id)
                     assert batch is not None
-                    async for r in tx.provider_jobs.requests(job["id"]):
-                        cid = custom_id(r["id"], r["attempt"])
-                        out.write(backend.request_line(cid, _request(batch, r["messages"])))
+                    async for r in tx.provider_jobs.requests(job.id):
+                        cid = custom_id(r.id, r.attempt)
+                        out.write(backend.request_line(cid, _request(batch, r.messages)))
             except BaseException:
                 out.close()
                 raise
@@ -325,14 +324,14 @@ class ProviderJobs:
 
         return read
 
-    async def _step(self, job: Mapping[str, Any]) -> None:
-        backend = self._backend_for(job["teacher"])
-        state = job["state"]
-        job_id = job["id"]
+    async def _step(self, job: ProviderJob) -> None:
+        backend = self._backend_for(job.teacher)
+        state = job.state
+        job_id = job.id
         content = self._content(job, backend)
         if state == PREPARING:
             # Tried before (polls > 0): the provider may hold it already.
-            file_id = await backend.find_upload(job_id) if job["polls"] else None
+            file_id = await backend.find_upload(job_id) if job.polls else None
             if file_id is None:
                 await self._mark_attempt(job_id)
                 file_id = await backend.upload(job_id, content)
@@ -340,33 +339,33 @@ class ProviderJobs:
             async with self._uow() as tx:
                 await tx.provider_jobs.set_progress(
                     job_id,
-                    job["batch_id"],
+                    job.batch_id,
                     state=UPLOADED,
                     input_file_id=file_id,
                     polls=0,
                     step_failures=0,
                 )
                 await tx.commit()
-            job = {**job, "state": UPLOADED, "input_file_id": file_id, "polls": 0}
+            job = replace(job, state=UPLOADED, input_file_id=file_id, polls=0)
             state = UPLOADED
         if state == UPLOADED:
             provider_id = None
-            if job["polls"]:
+            if job.polls:
                 async with self._uow() as tx:
                     known = await tx.provider_jobs.known_ids(
-                        job["teacher"], job["create_time"] - timedelta(hours=1)
+                        job.teacher, job.create_time - timedelta(hours=1)
                     )
                 provider_id = await backend.find_job(
-                    job_id, job["create_time"], job["request_total"], known
+                    job_id, job.create_time, job.request_total, known
                 )
             if provider_id is None:
                 await self._mark_attempt(job_id)
-                provider_id = await backend.create(job_id, job["input_file_id"], content)
+                provider_id = await backend.create(job_id, job.input_file_id, content)
             self._hook("created")
             async with self._uow() as tx:
                 await tx.provider_jobs.set_progress(
                     job_id,
-                    job["batch_id"],
+                    job.batch_id,
                     state="submitted",
                     provider_job_id=provider_id,
                     submit_time=now(),
@@ -377,18 +376,19 @@ class ProviderJobs:
                 await tx.commit()
             if not backend.instant:
                 return
-            job = {**job, "state": "submitted", "provider_job_id": provider_id, "polls": 0}
+            job = replace(job, state="submitted", provider_job_id=provider_id, polls=0)
             state = "submitted"
-        provider_id = job["provider_job_id"]
-        if job["cancel_requested"] and state not in ("cancelling", "canceling", "cancelled"):
+        provider_id = job.provider_job_id
+        assert provider_id is not None  # set with state "submitted", kept since
+        if job.cancel_requested and state not in ("cancelling", "canceling", "cancelled"):
             await backend.cancel(provider_id)
         status = await backend.retrieve(provider_id)
-        total = status.total or job["request_total"]
+        total = status.total or job.request_total
         changed = (status.state, total, status.completed, status.failed) != (
             state,
-            job["request_total"],
-            job["request_completed"],
-            job["request_failed"],
+            job.request_total,
+            job.request_completed,
+            job.request_failed,
         )
         values: dict[str, Any] = {
             "state": status.state,
@@ -396,41 +396,41 @@ class ProviderJobs:
             "request_completed": status.completed,
             "request_failed": status.failed,
             "step_failures": 0,
-            "polls": job["polls"] + 1,
-            "next_poll_time": now() + timedelta(seconds=self._backoff(job["polls"] + 1)),
+            "polls": job.polls + 1,
+            "next_poll_time": now() + timedelta(seconds=self._backoff(job.polls + 1)),
             "error_code": "PROVIDER_BATCH_FAILED" if status.error else None,
             "error_message": storable_text(status.error) if status.error else None,
         }
         async with self._uow() as tx:
             # Only a change wakes the batch's watchers (and moves update_time).
             if changed:
-                await tx.provider_jobs.set_progress(job_id, job["batch_id"], **values)
+                await tx.provider_jobs.set_progress(job_id, job.batch_id, **values)
             else:
                 await tx.provider_jobs.set(job_id, **values)
             await tx.commit()
         if status.ended:
-            await self._ingest(job, status, backend)
+            await self._ingest(job, provider_id, status, backend)
 
-    async def _abandon(self, job: Mapping[str, Any], err: ProviderError, failures: int) -> None:
+    async def _abandon(self, job: ProviderJob, err: ProviderError, failures: int) -> None:
         """The provider keeps refusing the job's steps: its runs are settled
         with the provider's error (tried again or failed, as for a request that
         errored inside a job), then the job is given up. Settled first: a
         process that dies in between finds the job again, its runs settled."""
-        provider_id = job["provider_job_id"]
-        if provider_id and job["state"] not in ENDED:
+        provider_id = job.provider_job_id
+        if provider_id and job.state not in ENDED:
             try:  # as far as the provider lets us: it may refuse this too
-                await self._backend_for(job["teacher"]).cancel(provider_id)
+                await self._backend_for(job.teacher).cancel(provider_id)
             except ProviderError as exc:
-                log.info("provider job %s: cannot cancel %s (%s)", job["id"], provider_id, exc)
+                log.info("provider job %s: cannot cancel %s (%s)", job.id, provider_id, exc)
         async with self._uow() as tx:
-            batch = await tx.batches.get(job["batch_id"])
+            batch = await tx.batches.get(job.batch_id)
         assert batch is not None
-        status = JobStatus(state=ABANDONED, total=job["request_total"], completed=0, failed=0)
+        status = JobStatus(state=ABANDONED, total=job.request_total, completed=0, failed=0)
         await self._settle_unanswered(job, batch, {}, status, refused=err)
         async with self._uow() as tx:
             await tx.provider_jobs.set_progress(
-                job["id"],
-                job["batch_id"],
+                job.id,
+                job.batch_id,
                 state=ABANDONED,
                 step_failures=failures,
                 error_code=err.code,
@@ -450,10 +450,12 @@ class ProviderJobs:
     # -- results -----------------------------------------------------------------
 
     async def _ingest(
-        self, job: Mapping[str, Any], status: JobStatus, backend: BatchBackend
+        self, job: ProviderJob, provider_id: str, status: JobStatus, backend: BatchBackend
     ) -> None:
+        """Stores the results of the ended job `provider_id` (the provider's id
+        of `job`) and settles the runs that got none."""
         async with self._uow() as tx:
-            batch = await tx.batches.get(job["batch_id"])
+            batch = await tx.batches.get(job.batch_id)
         assert batch is not None
         teacher = self._teachers.get(batch.provider)
         factor = teacher.batch.price_factor if teacher is not None else 1.0
@@ -462,7 +464,7 @@ class ProviderJobs:
         stored = 0
 
         content = self._content(job, backend)
-        async for result in backend.results(job["provider_job_id"], status, content):
+        async for result in backend.results(provider_id, status, content):
             if result.completion is None:
                 errors[result.custom_id] = result
                 continue
@@ -475,15 +477,15 @@ class ProviderJobs:
             stored += await self._store(batch, chunk, factor)
         await self._settle_unanswered(job, batch, errors, status)
         async with self._uow() as tx:
-            cost = await tx.provider_jobs.completed_cost(job["id"])
+            cost = await tx.provider_jobs.completed_cost(job.id)
             counts = (
                 {}
                 if status.total
-                else {"request_completed": stored, "request_failed": job["request_total"] - stored}
+                else {"request_completed": stored, "request_failed": job.request_total - stored}
             )
             await tx.provider_jobs.set_progress(
-                job["id"],
-                job["batch_id"],
+                job.id,
+                job.batch_id,
                 **counts,
                 state=INGESTED,
                 cost_usd=cost,
@@ -494,8 +496,8 @@ class ProviderJobs:
             await tx.commit()
         log.info(
             "provider job %s (%s) %s: %d results stored, %d failed",
-            job["id"],
-            job["provider_job_id"],
+            job.id,
+            provider_id,
             status.state,
             stored,
             len(errors),
@@ -527,7 +529,7 @@ class ProviderJobs:
 
     async def _settle_unanswered(
         self,
-        job: Mapping[str, Any],
+        job: ProviderJob,
         batch: Batch,
         errors: Mapping[str, BatchResult],
         status: JobStatus,
@@ -542,11 +544,11 @@ class ProviderJobs:
         async with self._uow() as tx:
             current = await tx.batches.get(batch.id)
             cancelled = current is not None and current.cancel_time is not None
-            rows = await tx.provider_jobs.unanswered(job["id"])
+            rows = await tx.provider_jobs.unanswered(job.id)
             events: list[NewEvent] = []
             requeue: list[str] = []
             for r in rows:
-                result = errors.get(custom_id(r["id"], r["attempt"]))
+                result = errors.get(custom_id(r.id, r.attempt))
                 if result is not None:
                     code, message = result.error_code, result.error_message
                     retryable = result.retryable
@@ -560,31 +562,29 @@ class ProviderJobs:
                         or f"the provider batch job ended {status.state} with no result"
                     )
                     retryable = True
-                failures = r["teacher_failures"] + 1
+                failures = r.teacher_failures + 1
                 if cancelled:
-                    await tx.provider_jobs.fail([r["id"]], "", "", at, cancelled=True)
-                    events.append(NewEvent(r["id"], batch.id, RunStatus.CANCELLED, r["attempt"]))
+                    await tx.provider_jobs.fail([r.id], "", "", at, cancelled=True)
+                    events.append(NewEvent(r.id, batch.id, RunStatus.CANCELLED, r.attempt))
                 elif not retryable or failures >= self._s.max_attempts:
-                    error = RunError(code, teacher_gave_up(message, failures, r["lost_count"]))
+                    error = RunError(code, teacher_gave_up(message, failures, r.lost_count))
                     await tx.provider_jobs.fail(
-                        [r["id"]], error.code, error.message, at, cancelled=False
+                        [r.id], error.code, error.message, at, cancelled=False
                     )
-                    events.append(
-                        NewEvent(r["id"], batch.id, RunStatus.FAILED, r["attempt"], error)
-                    )
+                    events.append(NewEvent(r.id, batch.id, RunStatus.FAILED, r.attempt, error))
                 else:
-                    requeue.append(r["id"])
+                    requeue.append(r.id)
                     events.append(
                         NewEvent(
-                            r["id"],
+                            r.id,
                             batch.id,
                             RunStatus.QUEUED,
-                            r["attempt"],
+                            r.attempt,
                             RunError(code, message),
                         )
                     )
             # Providers bill no failed request: whatever it reserved is freed.
-            await tx.budgets.release([(r["id"], r["attempt"]) for r in rows])
+            await tx.budgets.release([(r.id, r.attempt) for r in rows])
             # A batch with a deadline wants its results by then: online; else
             # the next provider job, at the batch price again.
             go_online = batch.deadline_time is not None
@@ -602,5 +602,5 @@ class ProviderJobs:
             await self._queue.enqueue(EXECUTE_RUN, online)
 
 
-def _request(batch: Batch, messages: Sequence[Mapping[str, str]]) -> GenerationRequest:
-    return GenerationRequest(batch.model, messages_from_json(messages), batch.params)
+def _request(batch: Batch, messages: list[ChatMessage]) -> GenerationRequest:
+    return GenerationRequest(batch.model, messages, batch.params)

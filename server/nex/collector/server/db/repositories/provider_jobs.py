@@ -6,20 +6,43 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, any_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, Text, and_, any_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from nex.collector.server.db.repositories.base import Repository
 from nex.collector.server.db.repositories.batches import provider_job_view
 from nex.collector.server.db.repositories.events import NOTIFY_CHANNEL
-from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS, move
+from nex.collector.server.db.repositories.runs import ATTEMPT_COLUMNS, messages_from_json, move
 from nex.collector.server.db.tables import batches, provider_jobs, runs, workers
 from nex.collector.server.domain.batches import PROVIDER_JOB_FINAL_STATES, ProviderJobView
+from nex.collector.server.domain.provider_jobs import ProviderJob, WaitingBatch
 from nex.collector.server.domain.run_transitions import CANCEL_RUNNING, FAIL, RELEASE, SUBMIT
-from nex.collector.server.domain.runs import RunStatus
+from nex.collector.server.domain.runs import RunAttempt, RunRequest, RunStatus
 
 # States after which the job needs nothing more from us.
 DONE = PROVIDER_JOB_FINAL_STATES
+# What a job's steps read of it.
+_JOB_COLUMNS = (
+    provider_jobs.c.id,
+    provider_jobs.c.batch_id,
+    provider_jobs.c.teacher,
+    provider_jobs.c.state,
+    provider_jobs.c.provider_job_id,
+    provider_jobs.c.input_file_id,
+    provider_jobs.c.request_total,
+    provider_jobs.c.request_completed,
+    provider_jobs.c.request_failed,
+    provider_jobs.c.polls,
+    provider_jobs.c.step_failures,
+    provider_jobs.c.cancel_requested,
+    provider_jobs.c.create_time,
+)
+# What a run asks its teacher.
+_REQUEST_COLUMNS = (runs.c.id, runs.c.attempt, runs.c.messages)
+
+
+def _request(id_: str, attempt: int, messages: Sequence[Mapping[str, str]]) -> RunRequest:
+    return RunRequest(id_, attempt, messages_from_json(messages))
 
 
 def _run_among(ids: Sequence[str]) -> ColumnElement[bool]:
@@ -36,7 +59,7 @@ class ProviderJobRepository(Repository):
 
     async def batches_waiting(
         self, limit: int, settled_before: datetime, enough: int
-    ) -> list[Mapping[Any, Any]]:
+    ) -> list[WaitingBatch]:
         """Batches (not paused, not cancelled) with runs queued for a provider
         job, once no run has joined them since `settled_before` (runs sent in
         many calls make one job, not one per call) or `enough` are waiting."""
@@ -48,22 +71,17 @@ class ProviderJobRepository(Repository):
             .limit(limit)
             .subquery()
         )
-        stmt = select(
-            batches.c.id,
-            batches.c.provider,
-            batches.c.execution_mode,
-            batches.c.deadline_time,
-        ).where(
+        stmt = select(batches.c.id, batches.c.provider).where(
             batches.c.id.in_(select(waiting.c.batch_id)),
             batches.c.pause_time.is_(None),
             batches.c.cancel_time.is_(None),
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [WaitingBatch(*row) for row in await self.session.execute(stmt)]
 
-    async def take_queued(self, batch_id: str, limit: int) -> list[Mapping[Any, Any]]:
+    async def take_queued(self, batch_id: str, limit: int) -> list[RunRequest]:
         """Queued runs of a batch waiting for a provider job, locked (others skip them)."""
         stmt = (
-            select(runs.c.id, runs.c.attempt, runs.c.messages)
+            select(*_REQUEST_COLUMNS)
             .where(
                 runs.c.batch_id == batch_id,
                 runs.c.via_provider.is_(True),
@@ -73,7 +91,7 @@ class ProviderJobRepository(Repository):
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [_request(*row) for row in await self.session.execute(stmt)]
 
     async def insert(self, values: Mapping[str, Any]) -> None:
         """Stores a new job from its column values."""
@@ -94,7 +112,7 @@ class ProviderJobRepository(Repository):
 
     async def claim_due(
         self, now: datetime, lease: timedelta, limit: int, worker_id: str | None
-    ) -> list[Mapping[Any, Any]]:
+    ) -> list[ProviderJob]:
         """Jobs due for their next step, taken by `worker_id`: nobody else takes
         one while that worker's heartbeat lasts, and a dead worker's is taken at
         once. A caller with no worker id holds it until `now + lease`."""
@@ -124,9 +142,9 @@ class ProviderJobRepository(Repository):
             update(provider_jobs)
             .where(provider_jobs.c.id.in_(due))
             .values(next_poll_time=now + lease, worker_id=worker_id)
-            .returning(*provider_jobs.c)
+            .returning(*_JOB_COLUMNS)
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [ProviderJob(*row) for row in await self.session.execute(stmt)]
 
     async def release(self, job_id: str, worker_id: str | None) -> None:
         """The step is over: the job is due again at its own next_poll_time."""
@@ -166,15 +184,18 @@ class ProviderJobRepository(Repository):
         )
         return frozenset(r[0] for r in await self.session.execute(stmt))
 
-    async def get(self, job_id: str) -> Mapping[Any, Any] | None:
-        """The job's row, or None."""
-        return await self._one(select(provider_jobs).where(provider_jobs.c.id == job_id))
+    async def get(self, job_id: str) -> ProviderJob | None:
+        """The job, or None."""
+        # Typed Any: too many columns for select()'s typed overloads.
+        stmt: Select[Any] = select(*_JOB_COLUMNS).where(provider_jobs.c.id == job_id)
+        row = (await self.session.execute(stmt)).first()
+        return None if row is None else ProviderJob(*row)
 
-    async def requests(self, job_id: str) -> AsyncIterator[Mapping[Any, Any]]:
+    async def requests(self, job_id: str) -> AsyncIterator[RunRequest]:
         """The runs a job carries, at the attempt it carries them, streamed
         (a server-side cursor: never all of them in memory)."""
         stmt = (
-            select(runs.c.id, runs.c.attempt, runs.c.messages)
+            select(*_REQUEST_COLUMNS)
             .where(
                 runs.c.provider_job_id == job_id,
                 runs.c.status == RunStatus.RUNNING.value,
@@ -183,10 +204,10 @@ class ProviderJobRepository(Repository):
             .execution_options(yield_per=1000)
         )
         result = await self.session.stream(stmt)
-        async for row in result.mappings():
-            yield row
+        async for row in result:
+            yield _request(*row)
 
-    async def unanswered(self, job_id: str) -> list[Mapping[Any, Any]]:
+    async def unanswered(self, job_id: str) -> list[RunAttempt]:
         """Runs still running in the job (locked): no result came for them."""
         stmt = (
             select(
@@ -198,10 +219,10 @@ class ProviderJobRepository(Repository):
             )
             .with_for_update()
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [RunAttempt(*row) for row in await self.session.execute(stmt)]
 
-    async def lock_running(self, keys: Sequence[tuple[str, int]]) -> list[Mapping[Any, Any]]:
-        """Rows of the runs still running at the given attempts, locked."""
+    async def lock_running(self, keys: Sequence[tuple[str, int]]) -> list[RunAttempt]:
+        """The runs still running at the given attempts, locked."""
         if not keys:
             return []
         wanted = dict(keys)
@@ -212,8 +233,8 @@ class ProviderJobRepository(Repository):
             .where(_run_among(list(wanted)), runs.c.status == RunStatus.RUNNING.value)
             .with_for_update()
         )
-        rows = (await self.session.execute(stmt)).mappings()
-        return [r for r in rows if wanted.get(r["id"]) == r["attempt"]]
+        found = [RunAttempt(*row) for row in await self.session.execute(stmt)]
+        return [r for r in found if wanted.get(r.id) == r.attempt]
 
     async def requeue(self, ids: Sequence[str], *, via_provider: bool) -> None:
         """Running -> queued after a failed or expired request: one teacher
@@ -276,10 +297,10 @@ class ProviderJobRepository(Repository):
             .values(cancel_requested=True, next_poll_time=now)
         )
 
-    async def overdue(self, now: datetime, margin: timedelta) -> list[Mapping[Any, Any]]:
-        """Jobs of AUTO batches whose deadline (minus the margin) has come."""
+    async def overdue(self, now: datetime, margin: timedelta) -> list[str]:
+        """The ids of jobs of AUTO batches whose deadline (minus the margin) has come."""
         stmt = (
-            select(provider_jobs.c.id, provider_jobs.c.batch_id)
+            select(provider_jobs.c.id)
             .join(batches, batches.c.id == provider_jobs.c.batch_id)
             .where(
                 batches.c.execution_mode == "auto",
@@ -289,7 +310,7 @@ class ProviderJobRepository(Repository):
                 provider_jobs.c.cancel_requested.is_(False),
             )
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [r[0] for r in await self.session.execute(stmt)]
 
     async def auto_batches_due(self, now: datetime, margin: timedelta) -> list[str]:
         """AUTO batches past their deadline minus the margin that still have

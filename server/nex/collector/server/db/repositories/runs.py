@@ -39,6 +39,7 @@ from nex.collector.server.domain.run_transitions import (
     ending,
 )
 from nex.collector.server.domain.runs import (
+    AnsweredRun,
     ClaimedRun,
     LostRun,
     Run,
@@ -377,7 +378,7 @@ class RunRepository(Repository):
 
     async def complete_answered(
         self, keys: Sequence[tuple[str, int]], now: datetime
-    ) -> list[Mapping[Any, Any]]:
+    ) -> list[AnsweredRun]:
         """Running at the given attempt with the answer stored -> completed (its
         worker is stopping); returns their id, batch id, attempt and cost."""
         if not keys:
@@ -391,7 +392,7 @@ class RunRepository(Repository):
             .values(end_time=now, lease_expires=None)
             .returning(runs.c.id, runs.c.batch_id, runs.c.attempt, runs.c.cost_usd)
         )
-        return list((await self.session.execute(stmt)).mappings())
+        return [AnsweredRun(*row) for row in await self.session.execute(stmt)]
 
     async def unclaim(self, id_: str, attempt: int) -> bool:
         """Running at `attempt` -> queued at attempt - 1: the attempt was never
