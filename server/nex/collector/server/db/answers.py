@@ -21,22 +21,20 @@ from nex.collector.server.domain.runs import Answer, RunAnswer, RunStatus
 from nex.collector.server.domain.teacher import TokenLogprobs
 from nex.collector.server.domain.validation import storable_text, storable_texts
 
-# What a teacher's answer sets on its run (besides answer_time).
+# An answer's logprobs (see `tokens_values`).
+TOKEN_COLUMNS = ("token_texts", "token_logprobs", "top_counts", "top_tokens", "top_logprobs")
+# What a teacher's answer sets on its run (besides answer_time), in the order
+# `answer_values` gives them.
 ANSWER_COLUMNS = (
     "output_text",
     "finish_reason",
     "has_logprobs",
-    "token_texts",
-    "token_logprobs",
-    "top_counts",
-    "top_tokens",
-    "top_logprobs",
+    *TOKEN_COLUMNS,
     "input_tokens",
     "output_tokens",
     "cost_usd",
     "latency_ms",
 )
-TOKEN_COLUMNS = ANSWER_COLUMNS[3:8]
 _NO_TOKENS = (None,) * len(TOKEN_COLUMNS)
 _NO_ANSWER = (None, None, False, *_NO_TOKENS, 0, 0, 0.0, 0)
 _SETS = ", ".join(f"{name} = ${i}" for i, name in enumerate(ANSWER_COLUMNS, start=4))
