@@ -79,6 +79,25 @@ async def test_waiters_queue_in_turn_and_keep_their_turn(redis: aioredis.Redis) 
     assert (await limiter.usage("t")).waiting == 30
 
 
+async def test_waiters_past_their_turn_come_back_in_turn_not_together(
+    redis: aioredis.Redis,
+) -> None:
+    limiter = RateLimiter(redis, lease_s=60, margin=1.0)
+    limits = BucketLimits(requests_per_min=120)  # 2 in any second: turns 1/2 s apart
+    assert all([(await limiter.acquire("t", "m", f"r{i}", 10, limits)).granted for i in range(2)])
+    waits = [(await limiter.acquire("t", "m", f"w{i}", 10, limits)).wait_s for i in range(4)]
+    assert waits == sorted(waits) and waits[-1] < 2.6
+    await asyncio.sleep(waits[-1] + 0.05)  # every turn has passed; the window is empty
+    assert all([(await limiter.acquire("t", "m", f"n{i}", 10, limits)).granted for i in range(2)])
+    # the window is full again: each waiter past its turn comes back after those
+    # ahead of it (one call's share of a second each), not all at the next free slot
+    again = [await limiter.acquire("t", "m", f"w{i}", 10, limits) for i in range(4)]
+    assert not any(g.granted for g in again)
+    assert again[0].wait_s <= 1.05
+    assert [round(g.wait_s - again[0].wait_s, 1) for g in again[2:]] == [0.0, 0.5]
+    assert again[3].wait_s >= 1.45
+
+
 async def test_a_429_under_the_limit_cuts_the_pace(redis: aioredis.Redis) -> None:
     limiter = RateLimiter(redis, lease_s=60, margin=1.0)
     limits = BucketLimits(requests_per_min=540)  # 9 in any second

@@ -10,7 +10,10 @@ busy worker comes back: the grant is taken when the call goes out, not booked
 ahead. A caller told to wait is given a turn at the back of one queue per
 teacher (one call's share of a second after the last turn), and keeps it when
 it asks again: waiters do not all return at once, and none is overtaken for
-coming back.
+coming back. One still refused past its turn comes back after those ahead
+of it (one call's share of a second each), not with all of them at the next
+free slot: a herd of waiters polling Redis every few milliseconds cost the
+workers more CPU than the calls themselves.
 Requests in flight are a sorted set of leases that expire, so a killed
 worker leaks nothing.
 
@@ -87,6 +90,12 @@ local function wait(ms, why, per_s)
   local turn = tonumber(redis.call('ZSCORE', KEYS[3], id))
   if turn then
     ms = math.max(ms, turn - now)
+    if turn <= now and per_s and per_s > 0 then
+      -- past its turn and still refused: come back after those ahead of it,
+      -- not with all of them at the next free slot
+      local ahead = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. turn)
+      ms = math.max(ms, ahead * 1000 / per_s)
+    end
   elseif per_s and per_s > 0 then
     local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
     local tail = now
