@@ -93,7 +93,7 @@ local function wait(ms, why, per_s)
     if turn <= now and per_s and per_s > 0 then
       -- past its turn and still refused: come back after those ahead of it,
       -- not with all of them at the next free slot
-      local ahead = redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. turn)
+      local ahead = redis.call('ZRANK', KEYS[3], id)
       ms = math.max(ms, ahead * 1000 / per_s)
     end
   elseif per_s and per_s > 0 then
