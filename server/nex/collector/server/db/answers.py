@@ -47,6 +47,12 @@ _STORE = (
 _GONE = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
 
 
+async def _keep(connection: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is: it only ever runs the one
+    UPDATE above (no session state, no LISTEN, no locks), so asyncpg's reset
+    (a round trip of `RESET ALL; UNLISTEN *; ...` per release) has nothing to undo."""
+
+
 class AnswerWriter:
     """Used on one event loop only (its pool belongs to the loop that made it)."""
 
@@ -75,7 +81,7 @@ class AnswerWriter:
             async with self._opening:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=1, max_size=self._size
+                        self._dsn, min_size=1, max_size=self._size, reset=_keep
                     )
         return self._pool
 
