@@ -21,7 +21,7 @@ and in Parquet (a dataset built from the batch), and the workers' answer
 received -> committed p50/p99. Then a table of every case and the targets.
 
     python bench/collect.py [--runs 500] [--tokens 64,256] [--latencies 0,200]
-        [--modes dev,serve] [--workers 1] [--repeats 1] [--peers sdk,raw,curator]
+        [--modes dev,serve] [--workers N] [--repeats 1] [--peers sdk,raw,curator]
 
 The machine is shared and noisy: read the ratios (peers and collector measured
 back to back), not the absolute numbers; --repeats N alternates them N times.
@@ -60,6 +60,7 @@ from bench._support import (  # noqa: E402
     tree_cpu_s,
     wait_port,
 )
+from nex.collector.server.worker.processes import default_count  # noqa: E402
 
 KEY = "sk-bench"
 TOP_LOGPROBS = 5
@@ -681,7 +682,12 @@ def main() -> None:
     parser.add_argument("--tokens", default="64,256", help="answer lengths, comma-separated")
     parser.add_argument("--latencies", default="0,200", help="teacher latencies in ms")
     parser.add_argument("--modes", default="dev,serve", help="dev: one process; serve: + workers")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (serve and dev)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_count(),
+        help="worker processes (serve and dev); default: what `dev` starts, one per core",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="alternations per case")
     parser.add_argument("--peers", default=",".join(PEERS), help="any of sdk,raw,curator")
     args = parser.parse_args()

@@ -26,6 +26,7 @@ from nex.collector.server.cli import (
 )
 from nex.collector.server.cli.demo import demo
 from nex.collector.server.cli.teachers import teachers
+from nex.collector.server.worker.processes import default_count
 
 if TYPE_CHECKING:
     from nex.collector.server.api.server import GrpcServer
@@ -155,13 +156,14 @@ def dev(
     addr: AddrOpt = None,
     data_dir: DataDirOpt = None,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="worker processes beside the server's (0: the worker runs in the "
             "server's own process)",
+            show_default="one per core, at most 4",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Embedded PostgreSQL + Redis (unless DATABASE_URL/REDIS_URL are set), migrations,
     the server and its workers, in the foreground."""
@@ -170,7 +172,7 @@ def dev(
         serve=True,
         work=workers == 0,
         migrate=True,
-        worker_processes=workers,
+        worker_processes=default_count() if workers is None else workers,
     )
 
 
