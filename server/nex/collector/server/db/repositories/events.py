@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import RowMapping, func, insert, select, text
+from sqlalchemy import RowMapping, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nex.collector.server.db.locks import EVENTS_LOCK
@@ -13,6 +13,19 @@ from nex.collector.server.db.tables import run_events
 from nex.collector.server.domain.runs import RunError, RunEvent, RunStatus
 
 NOTIFY_CHANNEL = "nex_run_events"
+
+# All the events of a transaction in one statement, one array per column: an
+# executemany would run the INSERT once per event (a Bind/Execute each, and the
+# executor set up each time). Revisions follow the list's order (ORDER BY the
+# position: the sequence's defaults are drawn after the sort).
+_APPEND = text(
+    f"INSERT INTO {run_events.name} (run_id, batch_id, status, attempt, error_code, error_message)"
+    " SELECT run_id, batch_id, status, attempt, error_code, error_message FROM unnest("
+    "CAST(:run_ids AS text[]), CAST(:batch_ids AS text[]), CAST(:statuses AS text[]),"
+    " CAST(:attempts AS integer[]), CAST(:codes AS text[]), CAST(:messages AS text[]))"
+    " WITH ORDINALITY AS e(run_id, batch_id, status, attempt, error_code, error_message, n)"
+    " ORDER BY n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +65,15 @@ class EventRepository:
             return
         await self.session.execute(text(f"SELECT pg_advisory_xact_lock({EVENTS_LOCK})"))
         await self.session.execute(
-            insert(run_events),
-            [
-                {
-                    "run_id": e.run_id,
-                    "batch_id": e.batch_id,
-                    "status": e.status.value,
-                    "attempt": e.attempt,
-                    "error_code": e.error.code if e.error else None,
-                    "error_message": e.error.message if e.error else None,
-                }
-                for e in events
-            ],
+            _APPEND,
+            {
+                "run_ids": [e.run_id for e in events],
+                "batch_ids": [e.batch_id for e in events],
+                "statuses": [e.status.value for e in events],
+                "attempts": [e.attempt for e in events],
+                "codes": [e.error.code if e.error else None for e in events],
+                "messages": [e.error.message if e.error else None for e in events],
+            },
         )
         for batch_id in sorted({e.batch_id for e in events}):
             await self.session.execute(select(func.pg_notify(NOTIFY_CHANNEL, batch_id)))
