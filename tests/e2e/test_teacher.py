@@ -26,7 +26,7 @@ from nex.collector.client import (
 )
 from nex.collector.server.testing import CollectorEnvironment
 from tests.conftest import TEACHER_KEY, unique
-from tests.fakes.teacher_api import FakeTeacherAPI
+from tests.fakes.teacher_api import FakeTeacherAPI, Scripted
 from tests.support.db import fetch_all
 from tests.support.waiting import until
 
@@ -122,6 +122,70 @@ def test_openai_logprobs_are_stored_exactly_as_sent(
     assert stored.usage.input_tokens == exchange.response["usage"]["prompt_tokens"]
     assert exchange.request["top_logprobs"] == 5 and exchange.request["logprobs"] is True
     assert exchange.request["messages"][1]["content"] == "Explain topic 1 in one paragraph."
+
+
+# Token texts go to PostgreSQL joined by U+001F and split there (db/answers.py);
+# texts that would not split back exactly take the array path.
+@pytest.mark.parametrize(
+    ("tokens", "alternatives"),
+    [
+        (["Hel", "lo", " wörld", "😀"], [["Hel", "He"], ["lo"], [" wörld", " w"], ["😀", ""]]),
+        (["a\x1fb", "\x1f"], [["\x1f", "x"], ["\x1f\x1f"]]),  # the separator itself
+        ([""], [[""]]),  # one empty text: "" splits into no element at all
+        (["", ""], [["", ""], []]),
+        (["a\x00"], [["\x00"]]),  # NUL is stored as U+FFFD, on both paths
+        ([], []),
+    ],
+    ids=["plain", "separator", "one-empty", "empties", "nul", "none"],
+)
+def test_token_texts_are_stored_exactly_whatever_they_hold(
+    client: Client,
+    template: PromptTemplate,
+    fresh_teacher_api: FakeTeacherAPI,
+    tokens: list[str],
+    alternatives: list[list[str]],
+) -> None:
+    content = [
+        {
+            "token": token,
+            "logprob": -0.5 * i,
+            "top_logprobs": [{"token": a, "logprob": -1.0 - j} for j, a in enumerate(alts)],
+        }
+        for i, (token, alts) in enumerate(zip(tokens, alternatives, strict=True))
+    ]
+    answer = {
+        "choices": [
+            {
+                "message": {"content": "".join(tokens)},
+                "finish_reason": "stop",
+                "logprobs": {"content": content},
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": len(tokens)},
+    }
+    fresh_teacher_api.script(Scripted(200, body=answer))
+    batch = _batch(client, template, "openai", top_logprobs=2)
+    run = client.create_run(batch.id, _vars(1))
+    stored = _wait_run(client, run.id)
+    assert stored.status == RunStatus.COMPLETED, stored.error
+
+    def kept(text: str) -> str:
+        return text.replace("\x00", "\ufffd")
+
+    assert [t.token for t in stored.tokens] == [kept(t) for t in tokens]
+    assert [[a.token for a in t.top_logprobs] for t in stored.tokens] == [
+        [kept(a) for a in alts] for alts in alternatives
+    ]
+    assert [t.logprob for t in stored.tokens] == [-0.5 * i for i in range(len(tokens))]
+
+
+def _wait_run(client: Client, run_id: str) -> Any:
+    until(
+        "the run to end",
+        lambda: client.get_run(run_id).status not in (RunStatus.QUEUED, RunStatus.RUNNING),
+        timeout=30,
+    )
+    return client.get_run(run_id)
 
 
 def test_anthropic_runs_have_no_logprobs(

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from nex.collector.server.db.tables import runs
 from nex.collector.server.domain.runs import Answer, RunAnswer, RunStatus
-from nex.collector.server.domain.teacher import TokenLogprobs
+from nex.collector.server.domain.teacher import TOKEN_SEPARATOR, TokenLogprobs
 from nex.collector.server.domain.validation import storable_text, storable_texts
 
 # An answer's logprobs (see `tokens_values`).
@@ -37,11 +37,29 @@ ANSWER_COLUMNS = (
 )
 _NO_TOKENS = (None,) * len(TOKEN_COLUMNS)
 _NO_ANSWER = (None, None, False, *_NO_TOKENS, 0, 0, 0.0, 0)
-_SETS = ", ".join(f"{name} = ${i}" for i, name in enumerate(ANSWER_COLUMNS, start=4))
-_STORE = (
-    f"UPDATE {runs.name} SET answer_time = $3, {_SETS} "
-    f"WHERE id = $1 AND status = '{RunStatus.RUNNING.value}' AND attempt = $2"
-)
+# Token texts can go joined by TOKEN_SEPARATOR, split by PostgreSQL: asyncpg
+# encodes a text[] element by element in Python, about a third of this write's
+# CPU at top-5 logprobs, where one string is one copy. Used for every answer
+# whose texts split back exactly (see `_joined`), i.e. nearly all.
+_JOINED = ("token_texts", "top_tokens")
+_JOINED_AT = tuple(ANSWER_COLUMNS.index(name) + 3 for name in _JOINED)  # in a row below
+
+
+def _store(joined: bool) -> str:
+    """The UPDATE of one answer; row: run id, attempt, answer_time, ANSWER_COLUMNS."""
+    sets = ", ".join(
+        f"{name} = string_to_array(${i}::text, E'\\x1f')"
+        if joined and name in _JOINED
+        else f"{name} = ${i}"
+        for i, name in enumerate(ANSWER_COLUMNS, start=4)
+    )
+    return (
+        f"UPDATE {runs.name} SET answer_time = $3, {sets} "
+        f"WHERE id = $1 AND status = '{RunStatus.RUNNING.value}' AND attempt = $2"
+    )
+
+
+_STORE, _STORE_JOINED = _store(joined=False), _store(joined=True)
 # A connection PostgreSQL dropped (a restart): the write is tried once more on
 # a new one.
 _GONE = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
@@ -68,13 +86,24 @@ class AnswerWriter:
         in one round trip."""
         if not answers:
             return
-        args = [(a.run_id, a.attempt, a.answered_at, *answer_values(a.answer)) for a in answers]
+        joined: list[tuple[Any, ...]] = []
+        arrays: list[tuple[Any, ...]] = []
+        for a in answers:
+            row = (a.run_id, a.attempt, a.answered_at, *answer_values(a.answer))
+            packed = _joined_row(row)
+            if packed is None:
+                arrays.append(row)
+            else:
+                joined.append(packed)
         pool = await self._open()
-        try:
-            await pool.executemany(_STORE, args)
-        except _GONE:
-            await pool.expire_connections()
-            await pool.executemany(_STORE, args)
+        for statement, args in ((_STORE_JOINED, joined), (_STORE, arrays)):
+            if not args:
+                continue
+            try:
+                await pool.executemany(statement, args)
+            except _GONE:
+                await pool.expire_connections()
+                await pool.executemany(statement, args)
 
     async def _open(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -89,6 +118,29 @@ class AnswerWriter:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def _joined(texts: Sequence[str] | None) -> str | bool | None:
+    """`texts` joined by TOKEN_SEPARATOR when string_to_array gives them back
+    exactly (None stays None); False when it would not: a text holding the
+    separator, or one lone empty text (PostgreSQL splits "" into no element)."""
+    if texts is None:
+        return None
+    joined = TOKEN_SEPARATOR.join(texts)
+    if joined == "":
+        return joined if not texts else False
+    return joined if joined.count(TOKEN_SEPARATOR) == len(texts) - 1 else False
+
+
+def _joined_row(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A `_STORE` row as `_STORE_JOINED` takes it, or None when it cannot be."""
+    out = list(row)
+    for i in _JOINED_AT:
+        joined = _joined(row[i])
+        if joined is False:
+            return None
+        out[i] = joined
+    return tuple(out)
 
 
 def tokens_values(tokens: TokenLogprobs | None) -> tuple[Any, ...]:
