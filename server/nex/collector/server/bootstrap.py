@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 
 from nex.collector.server.config import (
@@ -32,6 +31,7 @@ from nex.collector.server.config import (
     teacher_credentials,
 )
 from nex.collector.server.db.answers import AnswerWriter
+from nex.collector.server.db.engine import make_engine
 from nex.collector.server.db.event_hub import EventHub
 from nex.collector.server.db.migrate import current_revision, head_revision, upgrade_to_head
 from nex.collector.server.db.uow import UnitOfWorkFactory
@@ -152,12 +152,6 @@ async def open_redis(redis_url: str) -> ArqRedis:
         return await create_pool(RedisSettings.from_dsn(redis_url))
     except (OSError, RedisError) as exc:
         raise StartupError(f"cannot reach Redis at {_safe_url(redis_url)}: {exc}") from exc
-
-
-def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
-    return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
-    )
 
 
 def _secret(value: SecretStr | None) -> str | None:
