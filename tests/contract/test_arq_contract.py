@@ -122,6 +122,17 @@ def test_worker_methods_we_override_or_call() -> None:
     assert _params(Worker.start_jobs) == ["self", "job_ids"]
     assert _params(Worker.run_job) == ["self", "job_id", "score"]
     assert _params(Worker.handle_sig) == ["self", "signum"]
+    # BatchStartWorker.finish_job ends many jobs in one transaction, as arq ends one.
+    assert _params(Worker.finish_job) == [
+        "self",
+        "job_id",
+        "finish",
+        "result_data",
+        "result_timeout_s",
+        "keep_result_forever",
+        "incr_score",
+        "keep_in_progress",
+    ]
     assert _params(Worker.close) == ["self"]
     assert _params(Worker.async_run) == ["self"]
     for method in (Worker.start_jobs, Worker.run_job, Worker.close, Worker.async_run):

@@ -10,6 +10,11 @@ so that the reconciler frees a job only when the worker that started it is
 dead; and a job this worker is already running is never run twice at once
 (arq keeps one task per job id): the second start waits for the first to end.
 
+The common end of a job (done, no result kept) is written for every job that
+ends within the same few milliseconds in one MULTI/EXEC: arq's own
+`finish_job` is one transaction per job, a Redis round trip per run. Any other
+end (deferred, retried, a result kept) is arq's own.
+
 Its `close` waits for every job it cancels: arq's own gathers them without
 `return_exceptions`, so it re-raises the first job's CancelledError and
 returns while the other jobs are still handing their runs back."""
@@ -19,11 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+
+from nex.collector.server.services.microbatch import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,9 @@ end
 return started
 """
 
+# A job's keys besides its queue entry, deleted when it is done (arq's finish_job).
+_JOB_KEYS = (in_progress_key_prefix, retry_key_prefix, job_key_prefix)
+
 
 class BatchStartWorker(Worker):
     def __init__(self, *args: Any, owner: str = "1", **kwargs: Any) -> None:
@@ -56,6 +72,7 @@ class BatchStartWorker(Worker):
         self._scan = max(self.queue_read_limit, self.max_jobs * 4)
         self.queue_read_limit = 1
         self._start_script: Any = None
+        self._finishes: MicroBatcher[str, None] | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
@@ -101,6 +118,47 @@ class BatchStartWorker(Worker):
             await asyncio.wait({running})
             raise
         await self.run_job(job_id, score)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        if not finish or result_data or keep_in_progress is not None:
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+            return
+        if self._finishes is None:
+            self._finishes = MicroBatcher(self._finish_many, name="job ends", linger_s=0.0)
+        await self._finishes.submit(job_id)
+
+    async def _finish_many(self, job_ids: Sequence[str]) -> list[None]:
+        """What arq's finish_job does for a job done with no result kept, for
+        many jobs in one transaction: its marker, retry count and job gone, and
+        it leaves the queue (and the abort set)."""
+        keys = [
+            p + j
+            for j in job_ids
+            for p in (in_progress_key_prefix, retry_key_prefix, job_key_prefix)
+        ]
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.delete(*keys)
+            tr.zrem(abort_jobs_ss, *job_ids)
+            tr.zrem(self.queue_name, *job_ids)
+            await tr.execute()
+        return [None] * len(job_ids)
 
     def _job_ended(self, _: object) -> None:
         """Frees the slot `start_jobs` took (what arq's own start does on completion)."""
