@@ -4,9 +4,10 @@ more than MAX_DEFAULT_PROCESSES on a big machine."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from nex.collector.server.worker import processes
 from nex.collector.server.worker.processes import MAX_DEFAULT_PROCESSES, default_count
 
 
@@ -16,5 +17,5 @@ from nex.collector.server.worker.processes import MAX_DEFAULT_PROCESSES, default
 def test_one_worker_per_usable_core_up_to_the_cap(
     monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
 ) -> None:
-    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
     assert default_count() == expected

@@ -19,6 +19,7 @@ from sqlalchemy.pool import QueuePool
 from nex.collector.server import bootstrap
 from nex.collector.server.api.errors import status_for
 from nex.collector.server.config import load_settings
+from nex.collector.server.db.engine import make_engine
 from nex.collector.server.domain import errors as domain
 from nex.collector.server.domain.scoring import MetricRegistry
 from nex.collector.server.domain.teacher import CompletedRun
@@ -192,7 +193,7 @@ def test_other_statuses_carry_no_retry_info() -> None:
 def test_the_database_pool_is_a_setting() -> None:
     settings = load_settings(DATABASE_POOL_SIZE=3, DATABASE_MAX_OVERFLOW=7)
     assert (settings.database_pool_size, settings.database_max_overflow) == (3, 7)
-    engine = bootstrap.make_engine(
+    engine = make_engine(
         "postgresql+asyncpg://u@localhost/db",
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
