@@ -1,7 +1,8 @@
 """Connections PostgreSQL dropped (a restart, a failover, an operator's
-pg_terminate_backend) are replaced before anyone uses them: pooled connections
-that sat idle are checked at checkout (db/engine.py), so the next call after
-the drop is served, and the worker goes on taking runs."""
+pg_terminate_backend) are replaced: a pooled connection idle for a while is
+checked at checkout (db/engine.py), and one that fails in use renews the whole
+pool, so the next call after the drop is served and the worker goes on taking
+runs."""
 
 from __future__ import annotations
 
