@@ -681,7 +681,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500, help="runs per measurement")
     parser.add_argument("--tokens", default="64,256", help="answer lengths, comma-separated")
     parser.add_argument("--latencies", default="0,200", help="teacher latencies in ms")
-    parser.add_argument("--modes", default="dev,serve", help="dev: one process; serve: + workers")
+    parser.add_argument(
+        "--modes", default="dev,serve", help="dev: `nex-collector dev`; serve: serve + workers"
+    )
     parser.add_argument(
         "--workers",
         type=int,

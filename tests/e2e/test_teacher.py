@@ -166,7 +166,8 @@ def test_token_texts_are_stored_exactly_whatever_they_hold(
     fresh_teacher_api.script(Scripted(200, body=answer))
     batch = _batch(client, template, "openai", top_logprobs=2)
     run = client.create_run(batch.id, _vars(1))
-    stored = _wait_run(client, run.id)
+    _wait(client, batch.id)
+    stored = client.get_run(run.id)
     assert stored.status == RunStatus.COMPLETED, stored.error
 
     def kept(text: str) -> str:
@@ -177,15 +178,6 @@ def test_token_texts_are_stored_exactly_whatever_they_hold(
         [kept(a) for a in alts] for alts in alternatives
     ]
     assert [t.logprob for t in stored.tokens] == [-0.5 * i for i in range(len(tokens))]
-
-
-def _wait_run(client: Client, run_id: str) -> Any:
-    until(
-        "the run to end",
-        lambda: client.get_run(run_id).status not in (RunStatus.QUEUED, RunStatus.RUNNING),
-        timeout=30,
-    )
-    return client.get_run(run_id)
 
 
 def test_anthropic_runs_have_no_logprobs(

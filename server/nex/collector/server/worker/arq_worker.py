@@ -148,11 +148,7 @@ class BatchStartWorker(Worker):
         """What arq's finish_job does for a job done with no result kept, for
         many jobs in one transaction: its marker, retry count and job gone, and
         it leaves the queue (and the abort set)."""
-        keys = [
-            p + j
-            for j in job_ids
-            for p in (in_progress_key_prefix, retry_key_prefix, job_key_prefix)
-        ]
+        keys = [prefix + j for j in job_ids for prefix in _JOB_KEYS]
         async with self.pool.pipeline(transaction=True) as tr:
             tr.delete(*keys)
             tr.zrem(abort_jobs_ss, *job_ids)

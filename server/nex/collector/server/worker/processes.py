@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 # A worker that dies sooner than this after starting is not restarted at once:
 # the next try waits RESTART_DELAY_S, so a broken setup does not spin.
 QUICK_EXIT_S = 5.0
+RESTART_DELAY_S = 2.0
+DRAIN_S = 20.0
 # `dev` starts one worker process per core it may use, up to this many: at a
 # fast teacher one worker's event loop is the limit (about one core), and the
 # server, PostgreSQL and Redis share the rest.
 MAX_DEFAULT_PROCESSES = 4
-RESTART_DELAY_S = 2.0
-DRAIN_S = 20.0
 
 
 def default_count() -> int:
